@@ -1,0 +1,278 @@
+"""Checkpoint reading and writing.
+
+Our format is a plain dict, loadable with ``torch.load(weights_only=True)``::
+
+    {"format_version": 1, "arch": str, "arch_args": dict, "deploy": bool,
+     "state_dict": {name: tensor}, "meta": dict}
+
+:func:`read_checkpoint` also accepts what training scripts usually write: a
+bare state dict (the official ACmix code), or one wrapped under ``"model"``
+(Swin/DeiT-style scripts), ``"state_dict"`` (Lightning, mmcv) or
+``"model_state_dict"``; a leading ``module.`` (DataParallel/DDP) is
+stripped.  Files are never unpickled beyond tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError
+from .models import create_model, list_models, model_entrypoint
+from .reparam import is_deploy
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LoadedCheckpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "atomic_write",
+]
+
+FORMAT_VERSION = 1
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state")
+_SHOWN = 5  # how many key names an error message lists
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)``, then rename the temp file onto ``path``.
+
+    The temp file lives in the destination directory (same filesystem, so the
+    rename is atomic); on any failure it is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        raise CheckpointError(f"output directory {path.parent} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"output path {path} is a directory; give a file name")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` in our checkpoint format, atomically.
+
+    The model must come from :func:`acmix_deploy.create_model` (it carries
+    ``arch_name`` and ``arch_args``).  Whether it is in deploy form is
+    detected from its modules.
+    """
+    arch = getattr(model, "arch_name", None)
+    if arch is None:
+        raise CheckpointError(
+            "the model has no arch_name: build it with acmix_deploy.create_model(name, ...) "
+            "so that the checkpoint records how to rebuild it"
+        )
+    full_meta = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "package_version": _package_version(),
+        "torch_version": str(torch.__version__),
+    }
+    full_meta.update(meta or {})
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "arch_args": dict(getattr(model, "arch_args", {})),
+        "deploy": is_deploy(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": full_meta,
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model read from a file, with what was learnt about the file."""
+
+    model: nn.Module
+    arch: str
+    arch_args: dict[str, Any]
+    deploy: bool
+    source_format: str  # "acmix-deploy", "state_dict", or "wrapped:<key>"
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(exc).__name__)
+        if "weights_only" in text or "Unsupported global" in text:
+            raise CheckpointError(
+                f"{path} contains Python objects other than tensors and plain containers, which are "
+                f"refused for safety (torch.load(weights_only=True)): {first}. Re-save it as a plain "
+                "state dict: torch.save(model.state_dict(), 'weights.pth')"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {msg}"
+        ) from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, dict):
+        keys = list(obj)[:_SHOWN]
+        return f"a dict with keys {keys}{' ...' if len(obj) > _SHOWN else ''}"
+    return f"a {type(obj).__name__}"
+
+
+def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _infer_arch_args(arch: str, sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """num_classes and in_chans from the classifier and stem shapes, where the arch takes them."""
+    import inspect
+
+    params = inspect.signature(model_entrypoint(arch)).parameters
+    args: dict[str, Any] = {}
+    fc = sd.get("fc.weight")
+    if "num_classes" in params and fc is not None and fc.dim() == 2:
+        args["num_classes"] = int(fc.shape[0])
+    stem = sd.get("conv1.weight")
+    if "in_chans" in params and stem is not None and stem.dim() == 4:
+        args["in_chans"] = int(stem.shape[1])
+    return args
+
+
+def _check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str, form: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+
+    def some(keys):
+        return ", ".join(keys[:_SHOWN]) + (f" (and {len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else "")
+
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {some(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {some(unexpected)}")
+        raise CheckpointError(
+            f"{path} does not match architecture {arch} ({form} form): " + "; ".join(parts)
+            + ". Is --arch right for this file?"
+        )
+    for k, v in expected.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise CheckpointError(
+                f"{path} does not match architecture {arch} ({form} form): tensor {k} has shape "
+                f"{tuple(sd[k].shape)} in the file but {tuple(v.shape)} in the model"
+            )
+
+
+def read_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedCheckpoint:
+    """Read any supported checkpoint into a ready model (``eval()`` mode, CPU)."""
+    path = Path(path)
+    obj = _torch_load(path)
+    notes: list[str] = []
+    meta: dict[str, Any] = {}
+    if isinstance(obj, dict) and "format_version" in obj and "state_dict" in obj:
+        version = obj["format_version"]
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} has checkpoint format version {version!r}; this acmix-deploy reads up to "
+                f"{FORMAT_VERSION}. Upgrade acmix-deploy."
+            )
+        stored_arch = obj.get("arch")
+        if arch is not None and stored_arch is not None and arch != stored_arch:
+            raise CheckpointError(
+                f"{path} was saved as architecture {stored_arch!r}, but {arch!r} was asked for; "
+                "drop --arch or pass the stored one"
+            )
+        arch = stored_arch or arch
+        arch_args = dict(obj.get("arch_args") or {})
+        deploy = bool(obj.get("deploy", False))
+        sd = obj["state_dict"]
+        meta = dict(obj.get("meta") or {})
+        source_format = "acmix-deploy"
+        if not _is_state_dict(sd):
+            raise CheckpointError(f"{path}: its 'state_dict' entry is {_describe(sd)}, not a mapping of tensors")
+    else:
+        sd = None
+        source_format = "state_dict"
+        if _is_state_dict(obj):
+            sd = obj
+        elif isinstance(obj, dict):
+            for key in _WRAPPER_KEYS:
+                if _is_state_dict(obj.get(key)):
+                    sd = obj[key]
+                    source_format = f"wrapped:{key}"
+                    others = [k for k in obj if k != key]
+                    if others:
+                        notes.append(f"ignored top-level entries: {', '.join(map(str, others[:_SHOWN]))}")
+                    break
+        if sd is None:
+            raise CheckpointError(
+                f"{path} is not a model checkpoint: it holds {_describe(obj)}; expected a state dict "
+                f"(name -> tensor), one under one of the keys {list(_WRAPPER_KEYS)}, or an acmix-deploy checkpoint"
+            )
+        if arch is None:
+            raise CheckpointError(
+                f"{path} is a bare state dict that does not say which architecture it belongs to; "
+                f"pass it with --arch (known: {', '.join(list_models())})"
+            )
+        sd = _strip_prefix(sd, "module.")
+        deploy = any(k.endswith(".qkv.weight") for k in sd) and not any(k.endswith(".rate1") for k in sd)
+        arch_args = _infer_arch_args(arch, sd)
+        if arch_args:
+            notes.append("inferred from tensor shapes: " + ", ".join(f"{k}={v}" for k, v in arch_args.items()))
+    model_entrypoint(arch)  # raises UnknownArchitectureError listing the known ones
+    try:
+        model = create_model(arch, deploy=deploy, **arch_args)
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: cannot build {arch} with the stored arguments {arch_args}: {exc}") from None
+    form = "deploy" if deploy else "training"
+    _check_state_dict(model, sd, path, arch, form)
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    return LoadedCheckpoint(model, arch, arch_args, deploy, source_format, meta, notes)
+
+
+def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> nn.Module:
+    """Load a checkpoint (ours, a bare state dict, or a wrapped one) as a ready ``nn.Module``."""
+    return read_checkpoint(path, arch).model

@@ -1,0 +1,248 @@
+"""The ``acmix-deploy`` command line: thin Typer commands over the library.
+
+Exit codes: 0 success, 1 a check failed (outputs differ beyond tolerance),
+2 bad input (missing or corrupt file, wrong architecture, bad argument).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import AcmixDeployError
+
+app = typer.Typer(
+    name="acmix-deploy",
+    help="Fold ACmix / X-volution models into deployable form, check them, and ship them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: Exception, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}P"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"acmix-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
+) -> None:
+    """acmix-deploy: reparameterize, check and ship ACmix-style models."""
+
+
+@app.command("list-models")
+def list_models_cmd(pattern: Optional[str] = typer.Argument(None, help="Shell-style filter, e.g. 'acmix_*'.")) -> None:
+    """List the registered architectures."""
+    from .models import list_models, model_entrypoint
+
+    table = Table("architecture", "description")
+    for name in list_models(pattern):
+        doc = (model_entrypoint(name).__doc__ or "").strip().splitlines()[0]
+        table.add_row(name, doc)
+    console.print(table)
+
+
+@app.command()
+def info(
+    ckpt: Path = typer.Argument(..., help="Checkpoint file (ours, a bare state dict, or a wrapped one)."),
+    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture, for files that do not record it."),
+) -> None:
+    """Describe a checkpoint: architecture, form, parameters, keys."""
+    from .analysis import count_parameters
+    from .checkpoint import read_checkpoint
+    from .modules import ACmix, ACmixDeploy
+
+    try:
+        loaded = read_checkpoint(ckpt, arch)
+    except AcmixDeployError as exc:
+        _fail(exc)
+    model = loaded.model
+    sd = model.state_dict()
+    prefixes: dict[str, int] = {}
+    for k in sd:
+        prefixes[k.split(".")[0]] = prefixes.get(k.split(".")[0], 0) + 1
+    table = Table(show_header=False, title=str(ckpt))
+    table.add_row("architecture", loaded.arch)
+    table.add_row("arguments", ", ".join(f"{k}={v}" for k, v in loaded.arch_args.items()) or "(defaults)")
+    table.add_row("form", "deploy (folded)" if loaded.deploy else "training")
+    table.add_row("file format", loaded.source_format)
+    table.add_row("parameters", f"{count_parameters(model):,}")
+    table.add_row("ACmix blocks", str(sum(isinstance(m, (ACmix, ACmixDeploy)) for m in model.modules())))
+    table.add_row("tensors", f"{len(sd)} ({', '.join(f'{p}: {n}' for p, n in prefixes.items())})")
+    table.add_row("input size", "x".join(map(str, model.default_cfg["input_size"])))
+    for key, value in loaded.meta.items():
+        table.add_row(f"meta.{key}", str(value))
+    for note in loaded.notes:
+        table.add_row("note", note)
+    console.print(table)
+
+
+@app.command()
+def reparam(
+    ckpt: Path = typer.Argument(..., help="Training checkpoint to fold."),
+    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Deploy checkpoint to write [default: CKPT.deploy.pth]."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare outputs of both forms before writing."),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input size of the check [default: the arch's]."),
+    batch: int = typer.Option(2, "--batch", min=1, help="Batch size of the check."),
+    tol: float = typer.Option(1e-5, "--tol", help="Largest accepted relative error, max|a-b| / max|a| (float32)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random check input."),
+) -> None:
+    """Fold a training checkpoint into its deploy form, check it, and write it atomically."""
+    from .analysis import check_equivalence, count_macs, count_parameters
+    from .checkpoint import read_checkpoint, save_checkpoint
+    from .reparam import foldable_leftovers, reparameterize_model
+
+    out = output or ckpt.with_name(ckpt.stem + ".deploy.pth")
+    try:
+        if out.resolve() == ckpt.resolve():
+            raise AcmixDeployError(f"output {out} is the input checkpoint; choose another path with -o")
+        if not out.parent.exists():
+            raise AcmixDeployError(f"output directory {out.parent} does not exist")
+        if imgsz is not None and imgsz < 1:
+            raise AcmixDeployError(f"--imgsz must be positive, got {imgsz}")
+        with console.status(f"reading {ckpt}"):
+            loaded = read_checkpoint(ckpt, arch)
+        for note in loaded.notes:
+            console.print(f"[dim]note: {note}[/]")
+        if loaded.deploy:
+            console.print(f"{ckpt} is already in deploy form ({loaded.arch}); nothing to fold, nothing written.")
+            return
+        model = loaded.model
+        t0 = time.perf_counter()
+        deploy = reparameterize_model(model)
+        fold_s = time.perf_counter() - t0
+        left = foldable_leftovers(deploy)
+        if left:
+            console.print(f"[yellow]warning:[/] not folded: {', '.join(left[:5])}")
+        c = model.default_cfg["input_size"][0]
+        size = imgsz or model.default_cfg["input_size"][-1]
+        input_size = (c, size, size)
+        diff = None
+        if check:
+            with console.status("checking outputs of both forms"):
+                t1 = time.perf_counter()
+                diff = check_equivalence(model, deploy, input_size, batch=batch, seed=seed)
+                check_s = time.perf_counter() - t1
+        macs = (count_macs(model, input_size), count_macs(deploy, input_size))
+    except AcmixDeployError as exc:
+        _fail(exc)
+
+    table = Table(title=f"{loaded.arch}: training -> deploy", show_lines=False)
+    table.add_column("")
+    table.add_column("training", justify="right")
+    table.add_column("deploy", justify="right")
+    table.add_row("parameters", _human(count_parameters(model)), _human(count_parameters(deploy)))
+    table.add_row(f"MACs @ {'x'.join(map(str, input_size))}", _human(macs[0]), _human(macs[1]))
+    table.add_row("fold time", "", f"{fold_s * 1000:.0f} ms")
+    if diff is not None:
+        table.add_row(f"max abs error (batch {batch})", "", f"{diff.max_abs:.3g}")
+        table.add_row("relative error", "", f"{diff.rel:.3g} (tol {tol:g})")
+        table.add_row("check time", "", f"{check_s:.2f} s")
+    console.print(table)
+    if diff is not None and not diff.rel <= tol:
+        err_console.print(
+            f"[bold red]check failed:[/] relative error {diff.rel:.3g} is above --tol {tol:g}; nothing written"
+        )
+        raise typer.Exit(1)
+    meta = {"source": ckpt.name, "source_sha256": _sha256(ckpt)}
+    if diff is not None:
+        meta.update({"check_rel_error": diff.rel, "check_input": list(input_size)})
+    try:
+        save_checkpoint(deploy, out, meta=meta)
+    except AcmixDeployError as exc:
+        _fail(exc)
+    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("acmix-demo"), "--out", "-o", help="Directory for the checkpoints."),
+    epochs: int = typer.Option(12, "--epochs", min=1, help="Training epochs."),
+    imgsz: int = typer.Option(16, "--imgsz", min=8, help="Digits are upsampled from 8x8 to this size."),
+    k_att: int = typer.Option(3, "--k-att", help="Attention window of the ACmix blocks."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads [default: torch's]."),
+) -> None:
+    """Train a small ACmix-ResNet on scikit-learn's digits, fold it, verify and time both forms."""
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .demo import DemoConfig, run_demo
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = DemoConfig(epochs=epochs, imgsz=imgsz, k_att=k_att, seed=seed, out_dir=out_dir)
+    labels = {"train": "training (training form)", "fold": "folding + reloading", "time": "timing both forms"}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            res = run_demo(cfg, progress)
+        except AcmixDeployError as exc:
+            _fail(exc)
+
+    table = Table(title=f"demo: {cfg.arch} on digits {imgsz}x{imgsz} ({res.n_train} train / {res.n_test} held out)")
+    table.add_column("")
+    table.add_column("training form", justify="right")
+    table.add_column("deploy form", justify="right")
+    table.add_row("held-out accuracy", f"{res.accuracy_train_form:.2%}", f"{res.accuracy_deploy_form:.2%}")
+    table.add_row("parameters", _human(res.params[0]), _human(res.params[1]))
+    table.add_row("MACs / image", _human(res.macs[0]), _human(res.macs[1]))
+    for b in sorted({b for _, b in res.latency_ms}):
+        t_tr, t_dep = res.latency_ms[("training", b)], res.latency_ms[("deploy", b)]
+        table.add_row(f"latency, batch {b} (median)", f"{t_tr:.2f} ms", f"{t_dep:.2f} ms ({t_tr / t_dep:.2f}x faster)")
+    console.print(table)
+    same = "identical" if res.predictions_identical else "[bold red]DIFFERENT[/]"
+    console.print(
+        f"held-out predictions of the two forms: {same}; logits max abs diff {res.logits_diff['max_abs']:.2g} "
+        f"(relative {res.logits_diff['rel']:.2g})"
+    )
+    console.print(f"training took {res.train_seconds:.0f} s; wrote {res.train_checkpoint} and {res.deploy_checkpoint}")
+    if not res.predictions_identical:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

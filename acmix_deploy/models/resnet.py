@@ -1,0 +1,242 @@
+"""ResNet backbones with ACmix in place of the bottleneck's 3x3 convolution.
+
+The layout is the official ACmix ResNet (torchvision v1.5 bottlenecks, stride
+in the middle operator): stem ``conv1`` 7x7/2 + ``bn1`` + ReLU + 3x3/2 max
+pool, four stages ``layer1..layer4``, global average pool, ``fc``.  Module
+names are torchvision's, so official ACmix-ResNet state dicts load unchanged:
+``layerN.M.conv2`` is the ACmix block and ``layerN.M.bn2`` the BatchNorm
+after it.
+
+Every block knows its deploy form: ``reparameterize()`` folds each
+Conv+BatchNorm pair into one convolution and each ACmix+BatchNorm pair into
+:class:`~acmix_deploy.modules.ACmixDeploy`; folded BatchNorms become
+``nn.Identity`` so that the remaining module names stay those of the
+training form.  ``deploy=True`` builds that structure directly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..fold import fuse_conv_bn
+from ..modules import ACmix, ACmixDeploy
+from .registry import register_model
+
+__all__ = ["Bottleneck", "ResNet"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def fuse_pair(parent: nn.Module, op_name: str, bn_name: str) -> None:
+    """Replace ``parent.op_name`` by its fusion with ``parent.bn_name`` and the BN by Identity."""
+    op, bn = getattr(parent, op_name), getattr(parent, bn_name)
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        return  # already folded
+    if isinstance(op, nn.Conv2d):
+        fused = fuse_conv_bn(op, bn)
+    elif isinstance(op, ACmix):
+        fused = op.fuse(bn)
+    else:
+        raise ConfigError(f"cannot fold {type(bn).__name__} into {type(op).__name__}")
+    setattr(parent, op_name, fused)
+    setattr(parent, bn_name, nn.Identity())
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1, deploy: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=deploy)
+
+
+def _norm(c: int, deploy: bool) -> nn.Module:
+    return nn.Identity() if deploy else nn.BatchNorm2d(c)
+
+
+class Bottleneck(nn.Module):
+    """torchvision v1.5 bottleneck; ``mixer='acmix'`` puts ACmix in place of the 3x3 conv."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        mixer: str = "acmix",
+        k_att: int = 7,
+        head: int = 4,
+        k_conv: int = 3,
+        deploy: bool = False,
+    ):
+        super().__init__()
+        width = planes
+        self.conv1 = _conv(inplanes, width, 1, deploy=deploy)
+        self.bn1 = _norm(width, deploy)
+        if mixer == "acmix":
+            cls = ACmixDeploy if deploy else ACmix
+            self.conv2 = cls(width, width, k_att, head, k_conv, stride)
+        elif mixer == "conv":
+            self.conv2 = _conv(width, width, 3, stride, deploy=deploy)
+        else:
+            raise ConfigError(f"unknown mixer {mixer!r}; use 'acmix' or 'conv'")
+        self.bn2 = _norm(width, deploy)
+        self.conv3 = _conv(width, planes * self.expansion, 1, deploy=deploy)
+        self.bn3 = _norm(planes * self.expansion, deploy)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def reparameterize(self) -> None:
+        for op, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+            fuse_pair(self, op, bn)
+        if self.downsample is not None:
+            fuse_pair(self.downsample, "0", "1")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet with bottleneck blocks.
+
+    ``stem='imagenet'``: 7x7/2 conv + 3x3/2 max pool (total stride 32);
+    ``stem='small'``: one 3x3/1 conv, no pool (total stride 8, for 32x32 inputs).
+    ``widths`` are the bottleneck widths of the four stages (outputs are 4x).
+    """
+
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (3, 4, 6, 3),
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        mixer: str = "acmix",
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        stem: str = "imagenet",
+        stem_width: int | None = None,
+        k_att: int = 7,
+        head: int = 4,
+        k_conv: int = 3,
+        deploy: bool = False,
+    ):
+        super().__init__()
+        if len(layers) != len(widths) or not layers:
+            raise ConfigError(f"layers {layers} and widths {widths} must have the same, non-zero length")
+        for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self.deploy = deploy
+        stem_width = stem_width or widths[0]
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=deploy)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        elif stem == "small":
+            self.conv1 = _conv(in_chans, stem_width, 3, deploy=deploy)
+            self.maxpool = nn.Identity()
+        else:
+            raise ConfigError(f"unknown stem {stem!r}; use 'imagenet' or 'small'")
+        self.bn1 = _norm(stem_width, deploy)
+        self.relu = nn.ReLU(inplace=True)
+        inplanes = stem_width
+        block_args = dict(mixer=mixer, k_att=k_att, head=head, k_conv=k_conv, deploy=deploy)
+        for idx, (n, width) in enumerate(zip(layers, widths)):
+            stride = 1 if idx == 0 else 2
+            blocks = []
+            for j in range(n):
+                s = stride if j == 0 else 1
+                downsample = None
+                if j == 0 and (s != 1 or inplanes != width * Bottleneck.expansion):
+                    downsample = nn.Sequential(
+                        _conv(inplanes, width * Bottleneck.expansion, 1, s, deploy=deploy),
+                        _norm(width * Bottleneck.expansion, deploy),
+                    )
+                blocks.append(Bottleneck(inplanes, width, s, downsample, **block_args))
+                inplanes = width * Bottleneck.expansion
+            self.add_module(f"layer{idx + 1}", nn.Sequential(*blocks))
+        self.num_stages = len(layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.default_cfg = {"input_size": (in_chans, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        if not deploy:
+            self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, ACmix):
+                m.reset_parameters()  # rates 0.5 and the shift kernels of dep_conv
+
+    def reparameterize(self) -> None:
+        """Fold the stem's BatchNorm; blocks fold themselves (see :func:`reparameterize_model`)."""
+        fuse_pair(self, "conv1", "bn1")
+        self.deploy = True
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for idx in range(self.num_stages):
+            x = getattr(self, f"layer{idx + 1}")(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.forward_features(x)).flatten(1)
+        return self.fc(x)
+
+
+def _resnet(layers, mixer="acmix", deploy=False, input_size=224, **kwargs) -> ResNet:
+    model = ResNet(layers=layers, mixer=mixer, deploy=deploy, **kwargs)
+    model.default_cfg["input_size"] = (model.in_chans, input_size, input_size)
+    return model
+
+
+@register_model
+def acmix_resnet26(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -> ResNet:
+    """ACmix-ResNet-26: stages [1, 2, 4, 1] (the SASA ResNet-26 layout), 224x224."""
+    return _resnet((1, 2, 4, 1), num_classes=num_classes, in_chans=in_chans, deploy=deploy)
+
+
+@register_model
+def acmix_resnet38(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -> ResNet:
+    """ACmix-ResNet-38: stages [2, 3, 5, 2] (the SASA ResNet-38 layout), 224x224."""
+    return _resnet((2, 3, 5, 2), num_classes=num_classes, in_chans=in_chans, deploy=deploy)
+
+
+@register_model
+def acmix_resnet50(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -> ResNet:
+    """ACmix-ResNet-50: stages [3, 4, 6, 3], ACmix(width, width, 7, 4, 3, stride), 224x224."""
+    return _resnet((3, 4, 6, 3), num_classes=num_classes, in_chans=in_chans, deploy=deploy)
+
+
+@register_model
+def resnet50(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -> ResNet:
+    """Plain ResNet-50 (torchvision v1.5 layout) with the same widths, for comparison."""
+    return _resnet((3, 4, 6, 3), mixer="conv", num_classes=num_classes, in_chans=in_chans, deploy=deploy)
+
+
+_TINY = dict(widths=(16, 32, 64, 128), stem="small", input_size=32)
+
+
+@register_model
+def acmix_resnet_tiny(
+    num_classes: int = 10, in_chans: int = 3, k_att: int = 7, head: int = 4, deploy: bool = False
+) -> ResNet:
+    """A small ACmix-ResNet for 32x32 inputs: stages [1, 1, 1, 1], widths 16-128, 3x3 stem (tests, demo)."""
+    return _resnet((1, 1, 1, 1), num_classes=num_classes, in_chans=in_chans, k_att=k_att, head=head,
+                   deploy=deploy, **_TINY)
+
+
+@register_model
+def resnet_tiny(num_classes: int = 10, in_chans: int = 3, deploy: bool = False) -> ResNet:
+    """The plain-convolution counterpart of :func:`acmix_resnet_tiny`."""
+    return _resnet((1, 1, 1, 1), mixer="conv", num_classes=num_classes, in_chans=in_chans, deploy=deploy, **_TINY)

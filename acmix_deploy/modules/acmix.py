@@ -1,0 +1,402 @@
+"""ACmix (Pan et al., arXiv 2111.14556), convolution-backbone form, and its deploy form.
+
+:class:`ACmix` is the training form with the official parameter names, shapes
+and forward semantics, so state dicts trained with the official code load with
+``strict=True``.  :meth:`ACmix.fuse` returns :class:`ACmixDeploy`, the folded
+form (optionally absorbing a following BatchNorm), which computes the same
+function with
+
+1. one 1x1 convolution producing ``[q'; k; v'; r]`` (q/k/v fused, the scaling
+   ``d ** -0.5`` in q', ``rate1`` and the BatchNorm scale in v', and two
+   positional channels ``r = W_p^T q'`` per head),
+2. the window-attention core (softmax over each pixel's ``ka x ka``
+   reflection-padded neighbourhood; the positional term is ``r`` dotted with a
+   constant table of coordinate differences),
+3. one grouped ``kc x kc`` convolution for the whole convolution path
+   (``fc``, ``dep_conv``, ``rate2`` and the BatchNorm folded), reading q/k/v,
+4. an add.
+
+The softmax attention itself is data dependent and is *not* turned into a
+static convolution; it is computed exactly as in the training form.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import fold
+from ..errors import ConfigError, InputShapeError
+
+__all__ = ["ACmix", "ACmixDeploy", "window_attention", "coordinate_grid"]
+
+
+def coordinate_grid(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """ACmix's ``loc``: ``(1, 2, H, W)``, channel 0 the width coordinate in [-1, 1], channel 1 the height."""
+    lw = torch.linspace(-1.0, 1.0, width, dtype=dtype, device=device)
+    lh = torch.linspace(-1.0, 1.0, height, dtype=dtype, device=device)
+    return torch.stack([lw.expand(height, width), lh[:, None].expand(height, width)])[None]
+
+
+def _validate_hparams(in_planes, out_planes, kernel_att, head, kernel_conv, stride, dilation):
+    for name, value in (
+        ("in_planes", in_planes),
+        ("out_planes", out_planes),
+        ("kernel_att", kernel_att),
+        ("head", head),
+        ("kernel_conv", kernel_conv),
+        ("stride", stride),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"ACmix: {name} must be a positive integer, got {value!r}")
+    if out_planes % head:
+        raise ConfigError(
+            f"ACmix: out_planes ({out_planes}) must be divisible by head ({head}) "
+            "so that every head gets the same head_dim"
+        )
+    if kernel_att % 2 == 0:
+        raise ConfigError(f"ACmix: kernel_att must be odd (a window centred on the pixel), got {kernel_att}")
+    if kernel_conv % 2 == 0:
+        raise ConfigError(f"ACmix: kernel_conv must be odd, got {kernel_conv}")
+    if dilation != 1:
+        raise ConfigError(
+            f"ACmix: dilation={dilation} is not supported; the official operator pads for a dilated "
+            "window but unfolds an undilated one, so only dilation=1 gives consistent shapes"
+        )
+
+
+def _check_input(x: torch.Tensor, in_planes: int, kernel_att: int, stride: int, name: str) -> None:
+    if x.dim() != 4:
+        raise InputShapeError(f"{name}: expected a 4-D input (batch, channels, height, width), got shape {tuple(x.shape)}")
+    if x.shape[1] != in_planes:
+        raise InputShapeError(f"{name}: expected {in_planes} input channels, got {x.shape[1]}")
+    hh, ww = x.shape[-2:]
+    pad = (kernel_att - 1) // 2
+    if min(hh, ww) <= pad:
+        raise InputShapeError(
+            f"{name}: input {hh}x{ww} is too small for kernel_att={kernel_att}: reflection padding "
+            f"by {pad} needs height and width of at least {pad + 1}"
+        )
+    if stride > 1 and (hh % stride or ww % stride):
+        raise InputShapeError(
+            f"{name}: input {hh}x{ww} is not divisible by stride {stride}; the official operator "
+            "produces (H // stride, W // stride) outputs and needs H and W divisible by the stride"
+        )
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    table: torch.Tensor,
+    heads: int,
+    kernel: int,
+    stride: int,
+) -> torch.Tensor:
+    """ACmix's softmax attention over each pixel's reflection-padded window.
+
+    ``q`` (already scaled), ``k``, ``v``: ``(b, C, H, W)`` head-major; ``r``:
+    ``(b, 2h, H, W)`` positional channels; ``table``: ``(2, ka*ka, H_out, W_out)``
+    from :func:`acmix_deploy.fold.relative_position_table`.  For output pixel
+    ``p`` (input position ``s * p``) and window slot ``j``::
+
+        logit[j] = sum_i q_i(sp) k_i(nbr_j) + sum_c r_c(sp) table[c, j, p]
+        out_i(p) = sum_j softmax_j(logit) v_i(nbr_j)
+    """
+    b, c, hh, ww = k.shape
+    d = c // heads
+    pad = (kernel - 1) // 2
+    kk = kernel * kernel
+    h_out, w_out = (hh - 1) // stride + 1, (ww - 1) // stride + 1
+    if stride > 1:
+        q = q[:, :, ::stride, ::stride]
+        r = r[:, :, ::stride, ::stride]
+    k_nbr = F.unfold(F.pad(k.reshape(b * heads, d, hh, ww), (pad,) * 4, mode="reflect"), kernel, stride=stride)
+    k_nbr = k_nbr.view(b * heads, d, kk, h_out, w_out)
+    logits = (q.reshape(b * heads, d, 1, h_out, w_out) * k_nbr).sum(1)
+    logits = logits + (r.reshape(b * heads, 2, 1, h_out, w_out) * table).sum(1)
+    att = torch.softmax(logits, dim=1)
+    v_nbr = F.unfold(F.pad(v.reshape(b * heads, d, hh, ww), (pad,) * 4, mode="reflect"), kernel, stride=stride)
+    v_nbr = v_nbr.view(b * heads, d, kk, h_out, w_out)
+    return (att.unsqueeze(1) * v_nbr).sum(2).reshape(b, c, h_out, w_out)
+
+
+class ACmix(nn.Module):
+    """Training form of ACmix, with the official parameter names.
+
+    Parameters: ``conv1``/``conv2``/``conv3`` (1x1, query/key/value),
+    ``conv_p`` (1x1, 2 -> head_dim, positional encoding), ``fc`` (1x1,
+    3*head -> kernel_conv**2, no bias), ``dep_conv`` (grouped kernel_conv
+    convolution, groups head_dim, no bias), ``rate1``/``rate2`` (scalars).
+
+    ``forward(x)`` returns ``rate1 * attention + rate2 * convolution`` of size
+    ``(H // stride, W // stride)``; H and W must be divisible by ``stride`` and
+    larger than the reflection padding ``(kernel_att - 1) // 2``.
+    """
+
+    def __init__(
+        self,
+        in_planes: int,
+        out_planes: int,
+        kernel_att: int = 7,
+        head: int = 4,
+        kernel_conv: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+    ):
+        super().__init__()
+        _validate_hparams(in_planes, out_planes, kernel_att, head, kernel_conv, stride, dilation)
+        self.in_planes = in_planes
+        self.out_planes = out_planes
+        self.head = head
+        self.kernel_att = kernel_att
+        self.kernel_conv = kernel_conv
+        self.stride = stride
+        self.dilation = dilation
+        self.head_dim = out_planes // head
+
+        self.rate1 = nn.Parameter(torch.empty(1))
+        self.rate2 = nn.Parameter(torch.empty(1))
+        self.conv1 = nn.Conv2d(in_planes, out_planes, kernel_size=1)
+        self.conv2 = nn.Conv2d(in_planes, out_planes, kernel_size=1)
+        self.conv3 = nn.Conv2d(in_planes, out_planes, kernel_size=1)
+        self.conv_p = nn.Conv2d(2, self.head_dim, kernel_size=1)
+        self.padding_att = (dilation * (kernel_att - 1) + 1) // 2
+        self.fc = nn.Conv2d(3 * head, kernel_conv * kernel_conv, kernel_size=1, bias=False)
+        self.dep_conv = nn.Conv2d(
+            kernel_conv * kernel_conv * self.head_dim,
+            out_planes,
+            kernel_size=kernel_conv,
+            groups=self.head_dim,
+            padding=kernel_conv // 2,
+            stride=stride,
+            bias=False,
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official initialisation: rates 0.5, dep_conv as kc*kc one-hot shift kernels."""
+        with torch.no_grad():
+            self.rate1.fill_(0.5)
+            self.rate2.fill_(0.5)
+            kc = self.kernel_conv
+            shift = torch.zeros(kc * kc, kc, kc)
+            for j in range(kc * kc):
+                shift[j, j // kc, j % kc] = 1.0
+            self.dep_conv.weight.copy_(shift.repeat(self.out_planes, 1, 1, 1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_planes}, {self.out_planes}, kernel_att={self.kernel_att}, head={self.head}, "
+            f"kernel_conv={self.kernel_conv}, stride={self.stride}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_planes, self.kernel_att, self.stride, "ACmix")
+        q, k, v = self.conv1(x), self.conv2(x), self.conv3(x)
+        b, c, hh, ww = q.shape
+        heads, d, s, ka = self.head, self.head_dim, self.stride, self.kernel_att
+        h_out, w_out = hh // s, ww // s
+        kk = ka * ka
+
+        # Attention path.  The official code builds loc in the default dtype;
+        # here it follows x so that the module also runs in float64.
+        pe = self.conv_p(coordinate_grid(hh, ww, dtype=x.dtype, device=x.device))
+        q_att = q.view(b * heads, d, hh, ww) * d**-0.5
+        k_att = k.view(b * heads, d, hh, ww)
+        v_att = v.view(b * heads, d, hh, ww)
+        q_pe = pe
+        if s > 1:
+            q_att = q_att[:, :, ::s, ::s]
+            q_pe = pe[:, :, ::s, ::s]
+        pad = (self.padding_att,) * 4
+        k_nbr = F.unfold(F.pad(k_att, pad, mode="reflect"), ka, stride=s).view(b * heads, d, kk, h_out, w_out)
+        pe_nbr = F.unfold(F.pad(pe, pad, mode="reflect"), ka, stride=s).view(1, d, kk, h_out, w_out)
+        att = (q_att.unsqueeze(2) * (k_nbr + q_pe.unsqueeze(2) - pe_nbr)).sum(1)
+        att = torch.softmax(att, dim=1)
+        v_nbr = F.unfold(F.pad(v_att, pad, mode="reflect"), ka, stride=s).view(b * heads, d, kk, h_out, w_out)
+        out_att = (att.unsqueeze(1) * v_nbr).sum(2).view(b, c, h_out, w_out)
+
+        # Convolution path: fc mixes the 3h head maps of every head-dim index,
+        # dep_conv (groups = head_dim) shifts and sums them.
+        qkv = torch.cat(
+            [q.view(b, heads, d, hh * ww), k.view(b, heads, d, hh * ww), v.view(b, heads, d, hh * ww)], 1
+        )
+        f_all = self.fc(qkv)
+        f_conv = f_all.permute(0, 2, 1, 3).reshape(b, -1, hh, ww)
+        out_conv = self.dep_conv(f_conv)
+        return self.rate1 * out_att + self.rate2 * out_conv
+
+    def attention_macs(self, x_shape) -> int:
+        """Multiply-accumulates of the attention core per batch (logits, positional term, aggregation)."""
+        b, _, hh, ww = x_shape
+        kk = self.kernel_att**2
+        pix = (hh // self.stride) * (ww // self.stride)
+        # q * (k + pe_c - pe_n) summed over d, then att * v summed over the window.
+        return b * pix * kk * self.out_planes * 2
+
+    @torch.no_grad()
+    def fuse(self, bn: nn.modules.batchnorm._BatchNorm | None = None) -> "ACmixDeploy":
+        """Return the deploy form, equal to ``self`` (followed by ``bn`` if given) in inference mode."""
+        if bn is not None and bn.num_features != self.out_planes:
+            raise ConfigError(
+                f"BatchNorm has {bn.num_features} channels, ACmix has {self.out_planes} outputs"
+            )
+        deploy = ACmixDeploy(
+            self.in_planes, self.out_planes, self.kernel_att, self.head, self.kernel_conv, self.stride
+        ).to(device=self.conv1.weight.device, dtype=self.conv1.weight.dtype)
+        params = acmix_deploy_params(self, bn)
+        deploy.qkv.weight.copy_(params["qkv.weight"])
+        deploy.qkv.bias.copy_(params["qkv.bias"])
+        deploy.conv_path.weight.copy_(params["conv_path.weight"])
+        deploy.conv_path.bias.copy_(params["conv_path.bias"])
+        deploy.att_scale.copy_(params["att_scale"])
+        deploy.refresh_mode()
+        return deploy
+
+
+# The smallest |rate1 * g| still folded into v.  Scaling a float32 value by a
+# and its reading weight by 1 / a costs one rounding each, whatever the size of
+# a, as long as neither result leaves the normal range; 1e-12 keeps a wide
+# margin to that edge (float32 normals start at 1.2e-38).
+_MIN_FOLDED_SCALE = 1e-12
+
+
+def acmix_deploy_params(m: ACmix, bn: nn.modules.batchnorm._BatchNorm | None = None) -> dict[str, torch.Tensor]:
+    """All deploy-form tensors of one ACmix block (float64), see :class:`ACmixDeploy`."""
+    c, heads, d = m.out_planes, m.head, m.head_dim
+    if bn is not None:
+        g, beta = fold.batchnorm_affine(bn)
+    else:
+        g = torch.ones(c, dtype=torch.float64)
+        beta = torch.zeros(c, dtype=torch.float64)
+    rate1 = float(m.rate1.detach().double().item())
+    rate2 = float(m.rate2.detach().double().item())
+    att_coef = g * rate1  # the attention output is scaled by rate1, then by g
+    fold_v = bool(torch.all(att_coef.abs() >= _MIN_FOLDED_SCALE))
+    q_scale = d**-0.5
+    w_qkv, b_qkv = fold.fuse_qkv(
+        m.conv1.weight, m.conv1.bias, m.conv2.weight, m.conv2.bias, m.conv3.weight, m.conv3.bias,
+        q_scale, att_coef if fold_v else None,
+    )
+    w_r, b_r = fold.positional_rows(w_qkv[:c], b_qkv[:c], m.conv_p.weight, heads)
+    in_scale = torch.ones(3 * c, dtype=torch.float64)
+    in_scale[:c] = q_scale
+    if fold_v:
+        in_scale[2 * c:] = att_coef
+    w_conv = fold.fold_conv_path(m.fc.weight, m.dep_conv.weight, heads, in_scale, g * rate2)
+    b_conv = beta.clone()
+    if m.dep_conv.bias is not None:
+        b_conv += g * rate2 * m.dep_conv.bias.detach().double()
+    if fold_v:
+        att_scale = torch.ones(c, dtype=torch.float64)
+    else:  # rate1 == 0 or a zero BatchNorm scale: keep v as is and scale the attention output
+        att_scale = att_coef
+    return {
+        "qkv.weight": torch.cat([w_qkv, w_r], 0),
+        "qkv.bias": torch.cat([b_qkv, b_r], 0),
+        "conv_path.weight": w_conv,
+        "conv_path.bias": b_conv,
+        "att_scale": att_scale,
+    }
+
+
+class ACmixDeploy(nn.Module):
+    """Deploy form of :class:`ACmix`: one 1x1 conv, the attention core, one grouped conv, an add.
+
+    State: ``qkv`` (1x1 conv ``C_in -> 3C + 2h``: ``[q'; k; v'; r]``),
+    ``conv_path`` (``kc x kc`` conv ``3C -> C``, groups ``d``, reading q/k/v
+    regrouped by head-dimension index) and the buffer ``att_scale`` (``(C,)``).
+    ``att_scale`` is all ones when ``rate1`` and the BatchNorm scale were folded
+    into v (the normal case): the output is then ``attention + conv_path``.
+    When they could not be folded (``rate1 == 0`` or a zero BatchNorm scale)
+    it holds the per-channel factor applied to the attention output; if it is
+    all zeros the attention core is skipped (it would be multiplied by zero).
+    """
+
+    def __init__(
+        self,
+        in_planes: int,
+        out_planes: int,
+        kernel_att: int = 7,
+        head: int = 4,
+        kernel_conv: int = 3,
+        stride: int = 1,
+    ):
+        super().__init__()
+        _validate_hparams(in_planes, out_planes, kernel_att, head, kernel_conv, stride, 1)
+        self.in_planes = in_planes
+        self.out_planes = out_planes
+        self.head = head
+        self.head_dim = out_planes // head
+        self.kernel_att = kernel_att
+        self.kernel_conv = kernel_conv
+        self.stride = stride
+        self.qkv = nn.Conv2d(in_planes, 3 * out_planes + 2 * head, kernel_size=1)
+        self.conv_path = nn.Conv2d(
+            3 * out_planes, out_planes, kernel_size=kernel_conv, stride=stride,
+            padding=kernel_conv // 2, groups=self.head_dim,
+        )
+        self.register_buffer("att_scale", torch.ones(out_planes))
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_mode())
+        self._tables: dict[tuple, torch.Tensor] = {}
+        self.mode = "folded"
+
+    def refresh_mode(self) -> None:
+        """Derive how the attention output is combined from ``att_scale``."""
+        scale = self.att_scale
+        if bool(torch.all(scale == 1)):
+            self.mode = "folded"
+        elif bool(torch.all(scale == 0)):
+            self.mode = "conv_only"
+        else:
+            self.mode = "scaled"
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_planes}, {self.out_planes}, kernel_att={self.kernel_att}, head={self.head}, "
+            f"kernel_conv={self.kernel_conv}, stride={self.stride}, mode={self.mode}"
+        )
+
+    def position_table(self, height: int, width: int, dtype, device) -> torch.Tensor:
+        """The ``(2, ka*ka, H_out, W_out)`` coordinate-difference table, computed once per size."""
+        key = (height, width, dtype, str(device))
+        table = self._tables.get(key)
+        if table is None:
+            table = fold.relative_position_table(height, width, self.kernel_att, self.stride, dtype, device)
+            if not torch.jit.is_tracing():
+                self._tables[key] = table
+        return table
+
+    def _apply(self, fn, recurse=True):
+        self._tables = {}  # tables follow the module's device and dtype
+        return super()._apply(fn, recurse)
+
+    def attention_macs(self, x_shape) -> int:
+        if self.mode == "conv_only":
+            return 0
+        b, _, hh, ww = x_shape
+        pix = (hh // self.stride) * (ww // self.stride)
+        kk = self.kernel_att**2
+        # q . k over d, r . table over 2 per head, att * v over the window.
+        return b * pix * kk * (2 * self.out_planes + 2 * self.head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_planes, self.kernel_att, self.stride, "ACmixDeploy")
+        c = self.out_planes
+        y = self.qkv(x)
+        qkv = y[:, : 3 * c]
+        out = self.conv_path(fold.regroup_by_head_dim(qkv, self.head))
+        if self.mode == "conv_only":
+            return out
+        hh, ww = x.shape[-2:]
+        table = self.position_table(hh, ww, x.dtype, x.device)
+        att = window_attention(
+            y[:, :c], y[:, c : 2 * c], y[:, 2 * c : 3 * c], y[:, 3 * c :], table,
+            self.head, self.kernel_att, self.stride,
+        )
+        if self.mode == "scaled":
+            att = att * self.att_scale.view(1, -1, 1, 1)
+        return att + out
