@@ -1,0 +1,29 @@
+"""Shared fixtures and the tolerances of the equivalence tests.
+
+Tolerances (relative error ``max|a - b| / max|a|``, see acmix_deploy.analysis):
+
+* float64: ``1e-12``.  The folds are exact algebra, so in float64 only
+  rounding of reassociated sums remains (observed ~1e-15 for whole ResNet-50s);
+  any real mistake (a wrong channel, a missed border, a dropped bias) gives
+  errors of order 1e-3 to 1.
+* float32: ``1e-5`` (~100 float32 ulps).  Folding changes the order of the
+  sums (q/k/v fused, fc merged into dep_conv, BatchNorm scales multiplied into
+  weights), so each layer's output moves by a few ulps and the differences
+  compound over depth and through softmax; observed values are 1e-7 for one
+  block and ~4e-7 for ResNet-50, so 1e-5 leaves a margin while still being
+  far below the ~1e-3 that the smallest real mistake produces.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+TOL_F32 = 1e-5
+TOL_F64 = 1e-12
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+    yield
