@@ -31,7 +31,6 @@ __all__ = [
     "positional_rows",
     "fold_conv_path",
     "regroup_by_head_dim",
-    "relative_position_table",
 ]
 
 
@@ -197,31 +196,3 @@ def regroup_by_head_dim(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     """Reorder ``(b, 3C, H, W)`` from ``t * d + i`` to ``i * 3h + t`` (a channel transpose)."""
     b, c3, hh, ww = qkv.shape
     return qkv.reshape(b, 3 * heads, c3 // (3 * heads), hh, ww).transpose(1, 2).reshape(b, c3, hh, ww)
-
-
-def relative_position_table(
-    height: int,
-    width: int,
-    kernel: int,
-    stride: int = 1,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """``loc(centre) - loc(neighbour)`` for every output pixel and window slot.
-
-    ``loc`` is ACmix's coordinate grid (channel 0: ``linspace(-1, 1, W)`` along
-    the width, channel 1: ``linspace(-1, 1, H)`` along the height).  Neighbours
-    come from the same reflection padding and strided ``ka x ka`` unfold as the
-    keys, so reflected borders are reproduced exactly.  The result has shape
-    ``(2, ka*ka, H_out, W_out)`` and depends only on the resolution.
-    """
-    pad = (kernel - 1) // 2
-    lw = torch.linspace(-1.0, 1.0, width, dtype=torch.float64, device=device)
-    lh = torch.linspace(-1.0, 1.0, height, dtype=torch.float64, device=device)
-    loc = torch.stack([lw.expand(height, width), lh[:, None].expand(height, width)])[None]
-    padded = F.pad(loc, (pad, pad, pad, pad), mode="reflect")
-    h_out = (height - 1) // stride + 1
-    w_out = (width - 1) // stride + 1
-    nbr = F.unfold(padded, kernel, stride=stride).view(2, kernel * kernel, h_out, w_out)
-    centre = loc[0, :, ::stride, ::stride].unsqueeze(1)
-    return (centre - nbr).to(dtype)

@@ -182,14 +182,14 @@ def test_deploy_state_dict_round_trip_restores_mode():
     assert fresh.mode == "conv_only"
 
 
-def test_position_table_is_cached_per_size_and_follows_dtype():
+def test_attention_plan_is_cached_per_size_and_follows_dtype():
     deploy = randomize_model(ACmix(4, 8, 3, 2, 3, 1), 0).eval().fuse()
     deploy(torch.randn(1, 4, 6, 6))
     deploy(torch.randn(2, 4, 6, 6))
     deploy(torch.randn(1, 4, 5, 7))
-    assert len(deploy._tables) == 2
+    assert len(deploy._plans) == 2
     deploy.double()
-    assert deploy._tables == {}
+    assert deploy._plans == {}
     assert deploy(torch.randn(1, 4, 6, 6, dtype=torch.float64)).dtype == torch.float64
 
 

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from acmix_deploy import fold
 from acmix_deploy.errors import ConfigError
-from acmix_deploy.modules.acmix import coordinate_grid
 
 from .conftest import TOL_F64
 
@@ -90,28 +89,6 @@ def test_positional_rows_equal_projected_query(heads, d):
     q = F.conv2d(x, wq, bq).view(2, heads, d, 4, 3)
     expected = torch.einsum("ic,bhiyx->bhcyx", wp.view(d, 2), q).reshape(2, 2 * heads, 4, 3)
     assert _rel(expected, F.conv2d(x, w_r, b_r)) < TOL_F64
-
-
-@pytest.mark.parametrize("ka,stride,size", [(7, 1, (9, 11)), (5, 2, (8, 6)), (3, 1, (4, 5)), (7, 2, (10, 8))])
-def test_position_table_reproduces_official_pe_difference(ka, stride, size):
-    """q . (pe(centre) - pe(nbr)) computed the official way == r . table, reflected borders included."""
-    torch.manual_seed(ka)
-    hh, ww = size
-    d = 3
-    conv_p = nn.Conv2d(2, d, 1).double()
-    with torch.no_grad():
-        conv_p.bias.normal_(0, 5.0)  # must cancel
-    pad = (ka - 1) // 2
-    pe = conv_p(coordinate_grid(hh, ww, dtype=torch.float64))
-    h_out, w_out = hh // stride, ww // stride
-    pe_nbr = F.unfold(F.pad(pe, (pad,) * 4, mode="reflect"), ka, stride=stride).view(1, d, ka * ka, h_out, w_out)
-    q = torch.randn(2, d, h_out, w_out, dtype=torch.float64)
-    official = (q.unsqueeze(2) * (pe[:, :, ::stride, ::stride].unsqueeze(2) - pe_nbr)).sum(1)
-    table = fold.relative_position_table(hh, ww, ka, stride, torch.float64)
-    assert table.shape == (2, ka * ka, h_out, w_out)
-    r = torch.einsum("ic,biyx->bcyx", conv_p.weight.view(d, 2), q)
-    folded = (r.unsqueeze(2) * table).sum(1)
-    assert _rel(official, folded) < TOL_F64
 
 
 @pytest.mark.parametrize("heads,d,kc,stride", [(4, 2, 3, 1), (2, 3, 3, 2), (1, 4, 5, 1), (8, 1, 3, 2)])

@@ -1,5 +1,6 @@
 """Training-form operators and their deploy forms."""
 
-from .acmix import ACmix, ACmixDeploy, window_attention
+from .acmix import ACmix, ACmixDeploy
+from .window_attention import HaloPlan, halo_attention, make_halo_plan
 
-__all__ = ["ACmix", "ACmixDeploy", "window_attention"]
+__all__ = ["ACmix", "ACmixDeploy", "HaloPlan", "halo_attention", "make_halo_plan"]

@@ -6,12 +6,13 @@ and forward semantics, so state dicts trained with the official code load with
 form (optionally absorbing a following BatchNorm), which computes the same
 function with
 
-1. one 1x1 convolution producing ``[q'; k; v'; r]`` (q/k/v fused, the scaling
+1. one 1x1 convolution producing ``[q'; k; v'; -r]`` (q/k/v fused, the scaling
    ``d ** -0.5`` in q', ``rate1`` and the BatchNorm scale in v', and two
    positional channels ``r = W_p^T q'`` per head),
 2. the window-attention core (softmax over each pixel's ``ka x ka``
-   reflection-padded neighbourhood; the positional term is ``r`` dotted with a
-   constant table of coordinate differences),
+   reflection-padded neighbourhood, computed as blocked matrix products, see
+   :mod:`acmix_deploy.modules.window_attention`; the positional term is
+   ``-r`` dotted with the coordinates of each key),
 3. one grouped ``kc x kc`` convolution for the whole convolution path
    (``fc``, ``dep_conv``, ``rate2`` and the BatchNorm folded), reading q/k/v,
 4. an add.
@@ -28,8 +29,9 @@ import torch.nn.functional as F
 
 from .. import fold
 from ..errors import ConfigError, InputShapeError
+from .window_attention import HaloPlan, halo_attention, make_halo_plan
 
-__all__ = ["ACmix", "ACmixDeploy", "window_attention", "coordinate_grid"]
+__all__ = ["ACmix", "ACmixDeploy", "coordinate_grid"]
 
 
 def coordinate_grid(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -83,44 +85,6 @@ def _check_input(x: torch.Tensor, in_planes: int, kernel_att: int, stride: int, 
             f"{name}: input {hh}x{ww} is not divisible by stride {stride}; the official operator "
             "produces (H // stride, W // stride) outputs and needs H and W divisible by the stride"
         )
-
-
-def window_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    r: torch.Tensor,
-    table: torch.Tensor,
-    heads: int,
-    kernel: int,
-    stride: int,
-) -> torch.Tensor:
-    """ACmix's softmax attention over each pixel's reflection-padded window.
-
-    ``q`` (already scaled), ``k``, ``v``: ``(b, C, H, W)`` head-major; ``r``:
-    ``(b, 2h, H, W)`` positional channels; ``table``: ``(2, ka*ka, H_out, W_out)``
-    from :func:`acmix_deploy.fold.relative_position_table`.  For output pixel
-    ``p`` (input position ``s * p``) and window slot ``j``::
-
-        logit[j] = sum_i q_i(sp) k_i(nbr_j) + sum_c r_c(sp) table[c, j, p]
-        out_i(p) = sum_j softmax_j(logit) v_i(nbr_j)
-    """
-    b, c, hh, ww = k.shape
-    d = c // heads
-    pad = (kernel - 1) // 2
-    kk = kernel * kernel
-    h_out, w_out = (hh - 1) // stride + 1, (ww - 1) // stride + 1
-    if stride > 1:
-        q = q[:, :, ::stride, ::stride]
-        r = r[:, :, ::stride, ::stride]
-    k_nbr = F.unfold(F.pad(k.reshape(b * heads, d, hh, ww), (pad,) * 4, mode="reflect"), kernel, stride=stride)
-    k_nbr = k_nbr.view(b * heads, d, kk, h_out, w_out)
-    logits = (q.reshape(b * heads, d, 1, h_out, w_out) * k_nbr).sum(1)
-    logits = logits + (r.reshape(b * heads, 2, 1, h_out, w_out) * table).sum(1)
-    att = torch.softmax(logits, dim=1)
-    v_nbr = F.unfold(F.pad(v.reshape(b * heads, d, hh, ww), (pad,) * 4, mode="reflect"), kernel, stride=stride)
-    v_nbr = v_nbr.view(b * heads, d, kk, h_out, w_out)
-    return (att.unsqueeze(1) * v_nbr).sum(2).reshape(b, c, h_out, w_out)
 
 
 class ACmix(nn.Module):
@@ -282,6 +246,7 @@ def acmix_deploy_params(m: ACmix, bn: nn.modules.batchnorm._BatchNorm | None = N
         q_scale, att_coef if fold_v else None,
     )
     w_r, b_r = fold.positional_rows(w_qkv[:c], b_qkv[:c], m.conv_p.weight, heads)
+    w_r, b_r = -w_r, -b_r  # the attention core takes -r (see window_attention.py)
     in_scale = torch.ones(3 * c, dtype=torch.float64)
     in_scale[:c] = q_scale
     if fold_v:
@@ -306,7 +271,7 @@ def acmix_deploy_params(m: ACmix, bn: nn.modules.batchnorm._BatchNorm | None = N
 class ACmixDeploy(nn.Module):
     """Deploy form of :class:`ACmix`: one 1x1 conv, the attention core, one grouped conv, an add.
 
-    State: ``qkv`` (1x1 conv ``C_in -> 3C + 2h``: ``[q'; k; v'; r]``),
+    State: ``qkv`` (1x1 conv ``C_in -> 3C + 2h``: ``[q'; k; v'; -r]``),
     ``conv_path`` (``kc x kc`` conv ``3C -> C``, groups ``d``, reading q/k/v
     regrouped by head-dimension index) and the buffer ``att_scale`` (``(C,)``).
     ``att_scale`` is all ones when ``rate1`` and the BatchNorm scale were folded
@@ -341,7 +306,7 @@ class ACmixDeploy(nn.Module):
         )
         self.register_buffer("att_scale", torch.ones(out_planes))
         self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_mode())
-        self._tables: dict[tuple, torch.Tensor] = {}
+        self._plans: dict[tuple, HaloPlan] = {}
         self.mode = "folded"
 
     def refresh_mode(self) -> None:
@@ -360,28 +325,28 @@ class ACmixDeploy(nn.Module):
             f"kernel_conv={self.kernel_conv}, stride={self.stride}, mode={self.mode}"
         )
 
-    def position_table(self, height: int, width: int, dtype, device) -> torch.Tensor:
-        """The ``(2, ka*ka, H_out, W_out)`` coordinate-difference table, computed once per size."""
+    def halo_plan(self, height: int, width: int, dtype, device) -> HaloPlan:
+        """Index tables and mask of the attention core, computed once per input size."""
         key = (height, width, dtype, str(device))
-        table = self._tables.get(key)
-        if table is None:
-            table = fold.relative_position_table(height, width, self.kernel_att, self.stride, dtype, device)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = make_halo_plan(height, width, self.kernel_att, self.stride, dtype=dtype, device=device)
             if not torch.jit.is_tracing():
-                self._tables[key] = table
-        return table
+                self._plans[key] = plan
+        return plan
 
     def _apply(self, fn, recurse=True):
-        self._tables = {}  # tables follow the module's device and dtype
+        self._plans = {}  # plans follow the module's device and dtype
         return super()._apply(fn, recurse)
 
     def attention_macs(self, x_shape) -> int:
+        """MACs the blocked core performs (masked halo slots included), per batch."""
         if self.mode == "conv_only":
             return 0
         b, _, hh, ww = x_shape
-        pix = (hh // self.stride) * (ww // self.stride)
-        kk = self.kernel_att**2
-        # q . k over d, r . table over 2 per head, att * v over the window.
-        return b * pix * kk * (2 * self.out_planes + 2 * self.head)
+        plan = self.halo_plan(hh, ww, torch.float32, "cpu")
+        per_head = plan.tiles * plan.tile_pixels * plan.halo_pixels * (2 * self.head_dim + 2)
+        return b * self.head * per_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_planes, self.kernel_att, self.stride, "ACmixDeploy")
@@ -392,10 +357,9 @@ class ACmixDeploy(nn.Module):
         if self.mode == "conv_only":
             return out
         hh, ww = x.shape[-2:]
-        table = self.position_table(hh, ww, x.dtype, x.device)
-        att = window_attention(
-            y[:, :c], y[:, c : 2 * c], y[:, 2 * c : 3 * c], y[:, 3 * c :], table,
-            self.head, self.kernel_att, self.stride,
+        plan = self.halo_plan(hh, ww, x.dtype, x.device)
+        att = halo_attention(
+            y[:, :c], y[:, 3 * c :], y[:, c : 2 * c], y[:, 2 * c : 3 * c], plan, self.head
         )
         if self.mode == "scaled":
             att = att * self.att_scale.view(1, -1, 1, 1)
