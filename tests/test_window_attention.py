@@ -87,3 +87,13 @@ def test_every_output_pixel_maps_to_its_own_query():
     plan2 = make_halo_plan(10, 6, 5, 2, tile=3)
     oy, ox = torch.meshgrid(torch.arange(5), torch.arange(3), indexing="ij")
     assert torch.equal(plan2.query_index[plan2.output_index], (2 * oy * 6 + 2 * ox).reshape(-1))
+
+
+def test_batch_chunking_gives_the_same_result():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 8, 9, 9, generator=gen) for _ in range(3))
+    r_neg = torch.randn(5, 4, 9, 9, generator=gen)
+    plan = make_halo_plan(9, 9, 7, 1)
+    whole = halo_attention(q, r_neg, k, v, plan, heads=2, chunk_bytes=1 << 40)
+    chunked = halo_attention(q, r_neg, k, v, plan, heads=2, chunk_bytes=1)  # one image per chunk
+    assert torch.allclose(whole, chunked, rtol=0, atol=1e-6)
