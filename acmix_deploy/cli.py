@@ -232,7 +232,8 @@ def demo(
     table.add_row("MACs / image", _human(res.macs[0]), _human(res.macs[1]))
     for b in sorted({b for _, b in res.latency_ms}):
         t_tr, t_dep = res.latency_ms[("training", b)], res.latency_ms[("deploy", b)]
-        table.add_row(f"latency, batch {b} (median)", f"{t_tr:.2f} ms", f"{t_dep:.2f} ms ({t_tr / t_dep:.2f}x faster)")
+        speed = f"{t_tr / t_dep:.2f}x faster" if t_dep <= t_tr else f"{t_dep / t_tr:.2f}x slower"
+        table.add_row(f"latency, batch {b} (median)", f"{t_tr:.2f} ms", f"{t_dep:.2f} ms ({speed})")
     console.print(table)
     same = "identical" if res.predictions_identical else "[bold red]DIFFERENT[/]"
     console.print(
