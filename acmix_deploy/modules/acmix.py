@@ -356,7 +356,8 @@ class ACmixDeploy(nn.Module):
         out = self.conv_path(fold.regroup_by_head_dim(qkv, self.head))
         if self.mode == "conv_only":
             return out
-        hh, ww = x.shape[-2:]
+        # Static spatial size: the plan's index tables are constants of the graph.
+        hh, ww = int(x.shape[-2]), int(x.shape[-1])
         plan = self.halo_plan(hh, ww, x.dtype, x.device)
         att = halo_attention(
             y[:, :c], y[:, 3 * c :], y[:, c : 2 * c], y[:, 2 * c : 3 * c], plan, self.head

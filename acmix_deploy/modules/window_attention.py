@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = ["HaloPlan", "make_halo_plan", "halo_attention"]
@@ -71,56 +72,68 @@ class HaloPlan:
     key_coords: torch.Tensor  # (tiles, halo_pixels, 2): loc of each key slot (width, height coordinate)
 
 
-def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
+def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
     """Reflection-pad semantics (edge not repeated), then clamp what lies beyond any window."""
-    idx = torch.where(idx < 0, -idx, idx)
-    idx = torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
-    return idx.clamp(0, n - 1)
+    idx = np.where(idx < 0, -idx, idx)
+    idx = np.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+    return np.clip(idx, 0, n - 1)
 
 
 def make_halo_plan(
     height: int, width: int, kernel: int, stride: int = 1, tile: int | None = None,
     dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
 ) -> HaloPlan:
+    """Build the index tables for one input size.
+
+    Computed with NumPy on purpose: when a model is traced (ONNX export), the
+    tables must enter the graph as constants, not as traced index arithmetic.
+    """
     pad = (kernel - 1) // 2
     tile = tile or default_tile(kernel)
     h_out, w_out = (height - 1) // stride + 1, (width - 1) // stride + 1
     ty, tx = min(tile, h_out), min(tile, w_out)
     nty, ntx = -(-h_out // ty), -(-w_out // tx)
     ky, kx = (ty - 1) * stride + kernel, (tx - 1) * stride + kernel
+    ar = np.arange
 
     # Rows/cols of the halo of block (a, b): input positions s*T*a - pad + k.
-    rows = _reflect(stride * ty * torch.arange(nty)[:, None] - pad + torch.arange(ky)[None], height)
-    cols = _reflect(stride * tx * torch.arange(ntx)[:, None] - pad + torch.arange(kx)[None], width)
+    rows = _reflect(stride * ty * ar(nty)[:, None] - pad + ar(ky)[None], height)
+    cols = _reflect(stride * tx * ar(ntx)[:, None] - pad + ar(kx)[None], width)
     key_index = (rows[:, None, :, None] * width + cols[None, :, None, :]).reshape(-1)
 
     # Queries: output pixel (a*T + p) reads input position stride * (a*T + p); slots past
     # the output edge (partial last block) repeat the last pixel and are discarded.
-    qr = (ty * torch.arange(nty)[:, None] + torch.arange(ty)[None]).clamp(max=h_out - 1) * stride
-    qc = (tx * torch.arange(ntx)[:, None] + torch.arange(tx)[None]).clamp(max=w_out - 1) * stride
+    qr = np.minimum(ty * ar(nty)[:, None] + ar(ty)[None], h_out - 1) * stride
+    qc = np.minimum(tx * ar(ntx)[:, None] + ar(tx)[None], w_out - 1) * stride
     query_index = (qr[:, None, :, None] * width + qc[None, :, None, :]).reshape(-1)
 
-    oy, ox = torch.arange(h_out), torch.arange(w_out)
+    oy, ox = ar(h_out), ar(w_out)
     slot_y = (oy // ty)[:, None] * ntx * ty * tx + (oy % ty)[:, None] * tx
     slot_x = (ox // tx)[None, :] * ty * tx + (ox % tx)[None, :]
     output_index = (slot_y + slot_x).reshape(-1)
 
     # Query (py, px) sees halo slot (hy, hx) iff 0 <= hy - s*py < ka and 0 <= hx - s*px < ka.
-    dy = torch.arange(ky)[None, :] - stride * torch.arange(ty)[:, None]
-    dx = torch.arange(kx)[None, :] - stride * torch.arange(tx)[:, None]
+    dy = ar(ky)[None, :] - stride * ar(ty)[:, None]
+    dx = ar(kx)[None, :] - stride * ar(tx)[:, None]
     inside = ((dy >= 0) & (dy < kernel))[:, None, :, None] & ((dx >= 0) & (dx < kernel))[None, :, None, :]
-    mask = torch.zeros(ty * tx, ky * kx, dtype=dtype)
-    mask.masked_fill_(~inside.reshape(ty * tx, ky * kx), float("-inf"))
+    mask = np.where(inside.reshape(ty * tx, ky * kx), 0.0, -np.inf)
 
-    lw = torch.linspace(-1.0, 1.0, width, dtype=torch.float64)
-    lh = torch.linspace(-1.0, 1.0, height, dtype=torch.float64)
-    loc = torch.stack([lw.expand(height, width).reshape(-1), lh[:, None].expand(height, width).reshape(-1)], 1)
-    key_coords = loc[key_index].reshape(nty * ntx, ky * kx, 2).to(dtype)
+    loc_w = np.linspace(-1.0, 1.0, width)
+    loc_h = np.linspace(-1.0, 1.0, height)
+    loc = np.stack([np.broadcast_to(loc_w, (height, width)).reshape(-1),
+                    np.broadcast_to(loc_h[:, None], (height, width)).reshape(-1)], 1)
+    key_coords = loc[key_index].reshape(nty * ntx, ky * kx, 2)
+
+    def index(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
+
+    def values(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
 
     return HaloPlan(
         out_size=(h_out, w_out), tiles=nty * ntx, tile_pixels=ty * tx, halo_pixels=ky * kx,
-        query_index=query_index.to(device), key_index=key_index.to(device),
-        output_index=output_index.to(device), mask=mask.to(device), key_coords=key_coords.to(device),
+        query_index=index(query_index), key_index=index(key_index), output_index=index(output_index),
+        mask=values(mask), key_coords=values(key_coords),
     )
 
 
