@@ -6,17 +6,17 @@ Exit codes: 0 success, 1 a check failed (outputs differ beyond tolerance),
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import AcmixDeployError
+from .errors import AcmixDeployError, EquivalenceError
 
 app = typer.Typer(
     name="acmix-deploy",
@@ -30,7 +30,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(exc: Exception, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -40,14 +40,6 @@ def _human(n: float) -> str:
             return f"{n:.3g}{unit}"
         n /= 1000
     return f"{n:.3g}P"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _version_callback(value: bool) -> None:
@@ -124,6 +116,7 @@ def reparam(
     """Fold a training checkpoint into its deploy form, check it, and write it atomically."""
     from .analysis import check_equivalence, count_macs, count_parameters
     from .checkpoint import read_checkpoint, save_checkpoint
+    from .pipeline import sha256_file
     from .reparam import foldable_leftovers, reparameterize_model
 
     out = output or ckpt.with_name(ckpt.stem + ".deploy.pth")
@@ -178,7 +171,7 @@ def reparam(
             f"[bold red]check failed:[/] relative error {diff.rel:.3g} is above --tol {tol:g}; nothing written"
         )
         raise typer.Exit(1)
-    meta = {"source": ckpt.name, "source_sha256": _sha256(ckpt)}
+    meta = {"source": ckpt.name, "source_sha256": sha256_file(ckpt)}
     if diff is not None:
         meta.update({"check_rel_error": diff.rel, "check_input": list(input_size)})
     try:
@@ -186,6 +179,148 @@ def reparam(
     except AcmixDeployError as exc:
         _fail(exc)
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+def _check_output_path(out: Path, src: Path) -> None:
+    if out.resolve() == src.resolve():
+        raise AcmixDeployError(f"output {out} is the input file; choose another path with -o")
+    if not out.parent.exists():
+        raise AcmixDeployError(f"output directory {out.parent} does not exist")
+    if out.is_dir():
+        raise AcmixDeployError(f"output {out} is a directory; give a file name")
+
+
+def _comparison_table(title: str, rows) -> Table:
+    table = Table(title=title)
+    for col in ("runner", "batch", "max abs error", "relative error", "top-1 agreement"):
+        table.add_column(col, justify="left" if col == "runner" else "right")
+    for row in rows:
+        top1 = "" if row.diff.top1_agreement is None else f"{row.diff.top1_agreement:.1%}"
+        table.add_row(row.runner, str(row.batch), f"{row.diff.max_abs:.3g}", f"{row.diff.rel:.3g}", top1)
+    return table
+
+
+@app.command()
+def export(
+    ckpt: Path = typer.Argument(..., help="Checkpoint (training form is folded first, with a check)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="Target format (see 'acmix-deploy formats')."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file [default: CKPT with the format's suffix]."),
+    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width [default: the arch's]."),
+    batch: int = typer.Option(1, "--batch", help="Batch size of the example input (the fixed batch with --static)."),
+    dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch axis."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim."),
+    tol: float = typer.Option(1e-4, "--tol", help="Largest accepted relative error of the exported model vs torch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
+) -> None:
+    """Export a model (folded first if needed), validate it against torch, write it atomically."""
+    from .compare import compare_runners, random_inputs
+    from .exporters import FORMATS, export_onnx
+    from .exporters.onnx import MAX_OPSET, MIN_OPSET
+    from .pipeline import prepare_deploy, sha256_file
+    from .runtime import OrtRunner, TorchRunner
+
+    try:
+        if fmt not in FORMATS:
+            raise AcmixDeployError(f"unknown format {fmt!r}; available: {', '.join(FORMATS)}")
+        if batch < 1:
+            raise AcmixDeployError(f"--batch must be positive, got {batch}")
+        if not MIN_OPSET <= opset <= MAX_OPSET:
+            raise AcmixDeployError(f"--opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
+        spec = FORMATS[fmt]
+        out = output or ckpt.with_suffix(spec.suffix)
+        if not ckpt.exists():
+            raise AcmixDeployError(f"checkpoint {ckpt} does not exist")
+        _check_output_path(out, ckpt)
+        with console.status(f"reading and folding {ckpt}"):
+            prep = prepare_deploy(ckpt, arch, imgsz)
+        if prep.diff is not None:
+            console.print(f"folded the training form in {prep.fold_seconds * 1000:.0f} ms "
+                          f"(relative error vs training form {prep.diff.rel:.2g})")
+        reference = TorchRunner(prep.deploy, name="torch:deploy")
+        batches = (batch,) if not dynamic else tuple(sorted({batch, batch + 2}))
+        inputs = random_inputs(prep.input_size, batches, seed)
+        rows: list = []
+
+        def validate(tmp: Path) -> None:
+            rows.extend(compare_runners(reference, [OrtRunner(tmp)], inputs))
+            worst = max(r.diff.rel for r in rows)
+            if not worst <= tol:
+                console.print(_comparison_table("ONNX Runtime vs torch (deploy form)", rows))
+                raise EquivalenceError(f"ONNX Runtime output differs by {worst:.3g} (relative), above --tol {tol:g}")
+
+        meta = {
+            "arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": ckpt.name,
+            "source_sha256": sha256_file(ckpt), "package_version": __version__,
+            "mean": list(prep.deploy.default_cfg.get("mean", ())), "std": list(prep.deploy.default_cfg.get("std", ())),
+        }
+        with console.status(f"exporting {fmt} and validating with ONNX Runtime"):
+            res = export_onnx(prep.deploy, out, prep.input_size, batch=batch, dynamic=dynamic, opset=opset,
+                              simplify=simplify, metadata=meta, validate=validate)
+    except EquivalenceError as exc:
+        _fail(exc, code=1)
+    except AcmixDeployError as exc:
+        _fail(exc)
+    console.print(_comparison_table("ONNX Runtime vs torch (deploy form)", rows))
+    ops = ", ".join(f"{op} {n}" for op, n in res.op_histogram.items())
+    shape = "x".join(["N" if dynamic else str(batch), *map(str, prep.input_size)])
+    console.print(f"graph: {res.nodes} nodes, opset {res.opset}, input {shape}; ops: {ops}")
+    console.print(f"wrote {res.path} ({res.size_bytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
+
+
+@app.command()
+def formats() -> None:
+    """List the export formats."""
+    from .exporters import FORMATS
+
+    table = Table("format", "suffix", "needs", "install", "what it is")
+    for f in FORMATS.values():
+        table.add_row(f.name, f.suffix, f.needs, escape(f'pip install "acmix-deploy[{f.extra}]"'), f.description)
+    console.print(table)
+
+
+@app.command()
+def compare(
+    ckpt: Path = typer.Argument(..., help="Checkpoint: the reference (its training form when it has one)."),
+    models: list[Path] = typer.Argument(None, help="Exported models to compare (.onnx)."),
+    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width [default: the arch's]."),
+    batch: list[int] = typer.Option([1, 3], "--batch", help="Batch sizes (repeat the option for several)."),
+    tol: float = typer.Option(1e-4, "--tol", help="Largest accepted relative error (float32)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Run the same inputs through every form and backend and report the errors against the reference."""
+    from .compare import compare_runners, random_inputs
+    from .pipeline import prepare_deploy
+    from .runtime import OrtRunner, TorchRunner
+
+    try:
+        if any(b < 1 for b in batch):
+            raise AcmixDeployError(f"--batch values must be positive, got {batch}")
+        prep = prepare_deploy(ckpt, arch, imgsz, check=False)
+        if prep.training is not None:
+            reference = TorchRunner(prep.training, name="torch:training")
+            candidates = [TorchRunner(prep.deploy, name="torch:deploy")]
+        else:
+            reference = TorchRunner(prep.deploy, name="torch:deploy")
+            candidates = []
+        for path in models or []:
+            if path.suffix != ".onnx":
+                raise AcmixDeployError(f"{path}: only .onnx models can be compared so far")
+            runner = OrtRunner(path)
+            runner.name = f"{runner.name} ({path.name})"
+            candidates.append(runner)
+        if not candidates:
+            raise AcmixDeployError("nothing to compare: give a training checkpoint or exported models")
+        rows = compare_runners(reference, candidates, random_inputs(prep.input_size, tuple(batch), seed))
+    except AcmixDeployError as exc:
+        _fail(exc)
+    console.print(_comparison_table(f"against {reference.name}, input {'x'.join(map(str, prep.input_size))}", rows))
+    worst = max(r.diff.rel for r in rows)
+    if not worst <= tol:
+        err_console.print(f"[bold red]comparison failed:[/] relative error {worst:.3g} above --tol {tol:g}")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -34,3 +34,11 @@ class UnknownArchitectureError(AcmixDeployError, KeyError):
 
 class EquivalenceError(AcmixDeployError):
     """A deploy model whose outputs differ from the training form beyond tolerance."""
+
+
+class MissingDependencyError(AcmixDeployError, ImportError):
+    """An optional dependency (onnx, onnxruntime, tensorrt, ...) that is not installed."""
+
+
+class ExportError(AcmixDeployError):
+    """An export that cannot produce a valid artifact."""

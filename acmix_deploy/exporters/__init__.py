@@ -1,0 +1,29 @@
+"""Export targets, driven by one table (:data:`FORMATS`) shared by the CLI, the docs and the checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .onnx import OnnxExport, export_onnx, op_histogram, unsupported_ops
+
+__all__ = ["ExportFormat", "FORMATS", "OnnxExport", "export_onnx", "op_histogram", "unsupported_ops"]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    suffix: str
+    needs: str  # what must be installed / present
+    extra: str  # the pip extra that installs it
+    description: str
+
+
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat(
+            "onnx", ".onnx", "onnx, onnxruntime, onnxslim", "onnx",
+            "ONNX graph of the deploy form (dynamic batch), simplified, validated with ONNX Runtime",
+        ),
+    )
+}

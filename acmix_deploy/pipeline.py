@@ -1,0 +1,75 @@
+"""Steps shared by the CLI commands and by Python users: load, fold, check, export."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+
+from .analysis import OutputDiff, check_equivalence
+from .checkpoint import LoadedCheckpoint, read_checkpoint
+from .errors import ConfigError, EquivalenceError
+from .reparam import reparameterize_model
+
+__all__ = ["Prepared", "prepare_deploy", "sha256_file", "default_input_size"]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_input_size(model: nn.Module, imgsz: int | None = None) -> tuple[int, int, int]:
+    c, h, w = model.default_cfg["input_size"]
+    if imgsz is not None:
+        if imgsz < 1:
+            raise ConfigError(f"--imgsz must be positive, got {imgsz}")
+        h = w = imgsz
+    return (c, h, w)
+
+
+@dataclass
+class Prepared:
+    loaded: LoadedCheckpoint
+    training: nn.Module | None  # None when the file already held the deploy form
+    deploy: nn.Module
+    input_size: tuple[int, int, int]
+    fold_seconds: float
+    diff: OutputDiff | None  # training vs deploy, when checked
+
+
+def prepare_deploy(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    imgsz: int | None = None,
+    check: bool = True,
+    tol: float = 1e-5,
+    batch: int = 2,
+    seed: int = 0,
+) -> Prepared:
+    """Load a checkpoint and return its deploy form, folding (and checking) a training form.
+
+    Raises :class:`EquivalenceError` when the check's relative error exceeds ``tol``.
+    """
+    loaded = read_checkpoint(Path(path), arch)
+    input_size = default_input_size(loaded.model, imgsz)
+    if loaded.deploy:
+        return Prepared(loaded, None, loaded.model, input_size, 0.0, None)
+    t0 = time.perf_counter()
+    deploy = reparameterize_model(loaded.model)
+    fold_seconds = time.perf_counter() - t0
+    diff = None
+    if check:
+        diff = check_equivalence(loaded.model, deploy, input_size, batch=batch, seed=seed)
+        if not diff.rel <= tol:
+            raise EquivalenceError(
+                f"the folded model differs from the training form by {diff.rel:.3g} (relative), above {tol:g}"
+            )
+    return Prepared(loaded, loaded.model, deploy, input_size, fold_seconds, diff)

@@ -1,0 +1,47 @@
+"""ONNX Runtime runner (CPU by default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AcmixDeployError
+from ..exporters.util import require
+
+
+class OrtRunner:
+    """An ``onnxruntime.InferenceSession`` over one ONNX file.
+
+    ``providers`` defaults to the CPU provider.  ONNX Runtime silently falls
+    back to the CPU when a requested GPU provider cannot start, so the
+    providers actually in use are read back from the session (``providers``).
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None,
+                 profile_prefix: str | None = None):
+        ort = require("onnxruntime", "onnx")
+        path = Path(path)
+        if not path.is_file():
+            raise AcmixDeployError(f"ONNX model {path} does not exist")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        if profile_prefix:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AcmixDeployError(f"ONNX Runtime cannot load {path}: {first}") from None
+        self.providers = self.session.get_providers()
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape
+        self.name = f"onnxruntime:{self.providers[0].replace('ExecutionProvider', '')}"
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]

@@ -1,0 +1,151 @@
+"""ONNX export, ONNX Runtime runner, comparator, and the export/compare CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+import acmix_deploy as ad
+from acmix_deploy.errors import AcmixDeployError, ExportError, MissingDependencyError
+from acmix_deploy.testing import randomize_model
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'acmix-deploy[onnx]')")
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'acmix-deploy[onnx]')")
+pytest.importorskip("onnxslim", reason="onnxslim is not installed (pip install 'acmix-deploy[onnx]')")
+
+from acmix_deploy.cli import app  # noqa: E402
+from acmix_deploy.compare import compare_runners, random_inputs  # noqa: E402
+from acmix_deploy.exporters import export_onnx, unsupported_ops  # noqa: E402
+from acmix_deploy.exporters.trt_ops import TENSORRT_ONNX_OPS  # noqa: E402
+from acmix_deploy.exporters.util import require  # noqa: E402
+from acmix_deploy.runtime import OrtRunner, TorchRunner  # noqa: E402
+
+runner = CliRunner()
+# ONNX Runtime fuses and reorders differently from torch; 1e-4 relative is the export tolerance.
+TOL_ORT = 1e-4
+
+
+@pytest.mark.parametrize("name,size", [("acmix_resnet_tiny", 32), ("resnet_tiny", 32), ("acmix_resnet_tiny", 48)])
+def test_onnx_matches_training_form_with_dynamic_batch(tmp_path, name, size):
+    train = randomize_model(ad.create_model(name), 1).eval()
+    deploy = ad.reparameterize_model(train)
+    res = export_onnx(deploy, tmp_path / "m.onnx", (3, size, size), metadata={"arch": name})
+    proto = onnx.load(res.path)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert not unsupported_ops(proto)
+    assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["acmix_deploy.arch"] == name and json.loads(meta["acmix_deploy.input_shape"]) == ["batch", 3, size, size]
+    rows = compare_runners(TorchRunner(train), [OrtRunner(res.path)], random_inputs((3, size, size), (1, 3)))
+    assert [r.batch for r in rows] == [1, 3]
+    assert all(r.diff.rel <= TOL_ORT and r.diff.top1_agreement == 1.0 for r in rows)
+
+
+def test_deploy_graph_has_no_unfold_and_only_tensorrt_ops(tmp_path):
+    deploy = ad.reparameterize_model(randomize_model(ad.create_model("acmix_resnet_tiny"), 0).eval())
+    res = export_onnx(deploy, tmp_path / "m.onnx", (3, 32, 32))
+    assert set(res.op_histogram) <= TENSORRT_ONNX_OPS
+    assert "BatchNormalization" not in res.op_histogram and "Pad" not in res.op_histogram
+    assert res.op_histogram["Softmax"] == 4 and res.op_histogram["MatMul"] == 8  # 4 ACmix blocks
+
+
+class _UsesIsInf(nn.Module):
+    def forward(self, x):
+        return torch.isinf(x).float()
+
+
+def test_unsupported_operator_is_refused_and_nothing_written(tmp_path):
+    model = _UsesIsInf()
+    model.register_parameter("p", nn.Parameter(torch.zeros(1)))
+    with pytest.raises(ExportError, match="IsInf"):
+        export_onnx(model, tmp_path / "m.onnx", (3, 4, 4), simplify=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_static_batch(tmp_path):
+    deploy = ad.create_model("resnet_tiny", deploy=True)
+    res = export_onnx(deploy, tmp_path / "m.onnx", (3, 32, 32), batch=2, dynamic=False)
+    dim = onnx.load(res.path).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_value == 2 and not res.dynamic_batch
+
+
+def test_validation_failure_leaves_nothing(tmp_path):
+    deploy = ad.create_model("resnet_tiny", deploy=True)
+
+    def reject(path):
+        raise AcmixDeployError("rejected")
+
+    with pytest.raises(AcmixDeployError, match="rejected"):
+        export_onnx(deploy, tmp_path / "m.onnx", (3, 32, 32), validate=reject)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ort_runner_errors(tmp_path):
+    with pytest.raises(AcmixDeployError, match="does not exist"):
+        OrtRunner(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(AcmixDeployError, match="ONNX Runtime cannot load"):
+        OrtRunner(bad)
+
+
+def test_require_names_the_extra():
+    with pytest.raises(MissingDependencyError, match=r'pip install "acmix-deploy\[trt\]"'):
+        require("surely_not_an_installed_module", "trt")
+
+
+@pytest.fixture
+def train_ckpt(tmp_path):
+    model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=6), 3).eval()
+    return ad.save_checkpoint(model, tmp_path / "train.pth"), model
+
+
+def test_cli_export_and_compare(train_ckpt, tmp_path):
+    path, model = train_ckpt
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime:CPU" in result.output and f"wrote {out}" in result.output
+    proto = onnx.load(out)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["acmix_deploy.source"] == "train.pth" and len(meta["acmix_deploy.source_sha256"]) == 64
+    result = runner.invoke(app, ["compare", str(path), str(out), "--batch", "1", "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert "torch:training" in result.output and "torch:deploy" in result.output and "model.onnx" in result.output
+    result = runner.invoke(app, ["compare", str(path), str(out), "--tol", "1e-12"])
+    assert result.exit_code == 1 and "comparison failed" in result.output
+
+
+def test_cli_export_default_output_name(train_ckpt):
+    path, _ = train_ckpt
+    result = runner.invoke(app, ["export", str(path), "--static", "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert path.with_suffix(".onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message,code",
+    [
+        (["export", "{tmp}/missing.pth"], "does not exist", 2),
+        (["export", "{ckpt}", "--format", "tflite"], "unknown format 'tflite'; available: onnx", 2),
+        (["export", "{ckpt}", "--opset", "9"], "--opset 9 is not supported", 2),
+        (["export", "{ckpt}", "--batch", "0"], "--batch must be positive", 2),
+        (["export", "{ckpt}", "-o", "{tmp}/no/dir/m.onnx"], "does not exist", 2),
+        (["export", "{bare}", "--arch", "acmix_resnet26"], "does not match architecture acmix_resnet26", 2),
+        (["export", "{ckpt}", "--tol", "1e-12"], "above --tol", 1),
+        (["compare", "{ckpt}", "{tmp}/missing.onnx"], "does not exist", 2),
+    ],
+)
+def test_cli_export_bad_input(train_ckpt, tmp_path, args, message, code):
+    path, model = train_ckpt
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), bare)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = runner.invoke(app, [a.format(tmp=tmp_path, ckpt=path, bare=bare) for a in args])
+    assert result.exit_code == code, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
