@@ -69,7 +69,7 @@ class HaloPlan:
     key_index: torch.Tensor  # (tiles * halo_pixels,) flat input position of each key slot
     output_index: torch.Tensor  # (H_out * W_out,) query slot of each output pixel
     mask: torch.Tensor  # (tile_pixels, halo_pixels): 0 inside the window, -inf outside
-    key_coords: torch.Tensor  # (tiles, halo_pixels, 2): loc of each key slot (width, height coordinate)
+    coords: torch.Tensor  # (1, 1, 2, H*W): loc of every input position (width, height coordinate)
 
 
 def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
@@ -122,7 +122,6 @@ def make_halo_plan(
     loc_h = np.linspace(-1.0, 1.0, height)
     loc = np.stack([np.broadcast_to(loc_w, (height, width)).reshape(-1),
                     np.broadcast_to(loc_h[:, None], (height, width)).reshape(-1)], 1)
-    key_coords = loc[key_index].reshape(nty * ntx, ky * kx, 2)
 
     def index(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
@@ -133,7 +132,7 @@ def make_halo_plan(
     return HaloPlan(
         out_size=(h_out, w_out), tiles=nty * ntx, tile_pixels=ty * tx, halo_pixels=ky * kx,
         query_index=index(query_index), key_index=index(key_index), output_index=index(output_index),
-        mask=values(mask), key_coords=values(key_coords),
+        mask=values(mask), coords=values(loc.T.reshape(1, 1, 2, height * width)),
     )
 
 
@@ -186,9 +185,9 @@ def _halo_attention(
     qe = torch.cat([q.reshape(b, heads, d, hh * ww), r_neg.reshape(b, heads, 2, hh * ww)], 2)
     qe = qe.reshape(bh, d + 2, hh * ww).transpose(1, 2)
     q_t = qe[:, plan.query_index].reshape(bh, n_t, t_pix, d + 2)
-    k_cl = k.reshape(bh, d, hh * ww).transpose(1, 2)
-    k_t = torch.cat([k_cl[:, plan.key_index].reshape(bh, n_t, k_pix, d),
-                     plan.key_coords.expand(bh, n_t, k_pix, 2)], 3)
+    # Keys gain their coordinates as two more channels before the gather (the small tensor).
+    ke = torch.cat([k.reshape(b, heads, d, hh * ww), plan.coords.expand(b, heads, 2, hh * ww)], 2)
+    k_t = ke.reshape(bh, d + 2, hh * ww).transpose(1, 2)[:, plan.key_index].reshape(bh, n_t, k_pix, d + 2)
     v_t = v.reshape(bh, d, hh * ww).transpose(1, 2)[:, plan.key_index].reshape(bh, n_t, k_pix, d)
     logits = torch.matmul(q_t, k_t.transpose(2, 3)) + plan.mask
     out = torch.matmul(torch.softmax(logits, dim=-1), v_t)  # (bh, tiles, T*T, d)
