@@ -323,6 +323,119 @@ def compare(
         raise typer.Exit(1)
 
 
+def _render_profile(report: dict) -> None:
+    dev = report["device"]
+    where = dev.get("gpu") or f"{dev['cpu']}, {dev['threads']} threads"
+    table = Table(title=f"{report['model'].get('arch') or report['model']['path']} on {where}")
+    cols = ("backend", "form", "batch", "mean ms", "std", "p50", "p90", "p99", "samples/s", "peak MB")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("backend", "form") else "right")
+    for r in report["results"]:
+        peak = "" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
+        table.add_row(r["backend"], r["form"], str(r["batch"]), f"{r['mean_ms']:.2f}", f"{r['std_ms']:.2f}",
+                      f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                      f"{r['throughput_per_s']:.1f}", peak)
+    console.print(table)
+    for row in report.get("compare_forms", []):
+        console.print(f"[bold]training / deploy[/] ({row['backend']}, batch {row['batch']}, medians): "
+                      f"{row['training_over_deploy']:.2f}x")
+    for label, ops in report.get("layers", {}).items():
+        lt = Table(title=f"top operators: {label}")
+        for col in ("operator", "calls/run", "ms/run", "%"):
+            lt.add_column(col, justify="left" if col == "operator" else "right")
+        for op in ops:
+            lt.add_row(escape(op["name"]), str(op["calls"]), f"{op['ms_per_run']:.3f}", f"{op['percent']:.1f}")
+        console.print(lt)
+    for note in report.get("notes", []):
+        console.print(f"[dim]note: {note}[/]")
+
+
+@app.command()
+def profile(
+    model: Path = typer.Argument(..., help="Checkpoint (training or deploy form) or ONNX model."),
+    backend: list[str] = typer.Option(["torch"], "--backend", "-b", help="torch, torch-compile, onnxruntime (repeatable)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    batch: list[int] = typer.Option([1], "--batch", help="Batch sizes (repeatable)."),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width [default: the arch's]."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed runs before timing."),
+    iters: int = typer.Option(30, "--iters", help="Timed runs (ignored with --seconds)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Time for this long instead of --iters."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime."),
+    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
+    compare_forms: bool = typer.Option(False, "--compare-forms", help="Time training and deploy forms side by side."),
+    layers: bool = typer.Option(False, "--layers", help="Show the top operators by time."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the results as CSV."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write latency vs batch as PNG."),
+) -> None:
+    """Measure latency, throughput and peak memory per backend and batch size on this device."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .profiling import ProfileSettings, plot_reports, profile_model, save_csv, save_json
+
+    settings = ProfileSettings(
+        backends=tuple(backend), batches=tuple(batch), imgsz=imgsz, warmup=warmup, iters=iters, seconds=seconds,
+        threads=threads, device=device, compare_forms=compare_forms, layers=layers, arch=arch,
+    )
+    try:
+        settings.validate()
+        for out in (json_out, csv_out, plot_out):
+            if out is not None:
+                _check_output_path(out, model)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("preparing", total=None)
+
+            def progress(desc: str, done: int, total: int) -> None:
+                bar.update(task, description=desc, completed=done, total=total)
+
+            report = profile_model(model, settings, progress)
+        _render_profile(report)
+        if json_out:
+            console.print(f"wrote {save_json(report, json_out)}")
+        if csv_out:
+            console.print(f"wrote {save_csv([report], csv_out)}")
+        if plot_out:
+            console.print(f"wrote {plot_reports([report], plot_out)}")
+    except AcmixDeployError as exc:
+        _fail(exc)
+
+
+@app.command()
+def report(
+    reports: list[Path] = typer.Argument(..., help="Profile reports (JSON) to merge, e.g. one per device."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write one latency-vs-batch plot (PNG)."),
+    markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Write one Markdown table."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write all rows as CSV."),
+) -> None:
+    """Merge saved profile reports into one table (and plot)."""
+    from .checkpoint import atomic_write
+    from .profiling import load_report, markdown_table, merged_rows, plot_reports, save_csv
+
+    try:
+        loaded = [load_report(p) for p in reports]
+        for out in (plot_out, markdown_out, csv_out):
+            if out is not None and not out.parent.exists():
+                raise AcmixDeployError(f"output directory {out.parent} does not exist")
+        table = Table(title=f"{len(loaded)} report(s)")
+        for col in ("device", "model", "backend", "form", "batch", "p50 ms", "p99 ms", "samples/s"):
+            table.add_column(col, justify="right" if col in ("batch", "p50 ms", "p99 ms", "samples/s") else "left")
+        for r in merged_rows(loaded):
+            table.add_row(r["device"], str(r["arch"]), r["backend"], r.get("form") or "", str(r["batch"]),
+                          f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_per_s']:.1f}")
+        console.print(table)
+        if markdown_out:
+            text = markdown_table(loaded)
+            atomic_write(markdown_out, lambda tmp: Path(tmp).write_text(text))
+            console.print(f"wrote {markdown_out}")
+        if csv_out:
+            console.print(f"wrote {save_csv(loaded, csv_out)}")
+        if plot_out:
+            console.print(f"wrote {plot_reports(loaded, plot_out)}")
+    except AcmixDeployError as exc:
+        _fail(exc)
+
+
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("acmix-demo"), "--out", "-o", help="Directory for the checkpoints."),

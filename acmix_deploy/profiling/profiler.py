@@ -1,0 +1,357 @@
+"""Latency profiling of a model file on one device, over backends and batch sizes.
+
+Timing protocol: ``warmup`` untimed runs, then ``iters`` timed runs (or as
+many as fit in ``seconds``).  With ``torch-compile`` one more untimed run per
+batch size compiles the model first; its duration is reported as ``compile_s``.  Inputs are prepared once, already on the device.
+On CPU each run is timed with ``perf_counter_ns``; on CUDA with CUDA events
+recorded around the run, after a synchronisation, so the GPU time is
+measured and not the launch.  Peak memory: on CUDA ``max_memory_allocated``
+during the timed runs; on CPU the growth of the process's peak RSS over its
+RSS before the runs (Linux: the watermark is reset through
+``/proc/self/clear_refs``; elsewhere the field is ``None``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import AcmixDeployError, ConfigError
+from .fingerprint import device_fingerprint
+from .stats import summarize
+
+__all__ = ["BACKENDS", "ProfileSettings", "profile_model", "REPORT_SCHEMA"]
+
+BACKENDS = ("torch", "torch-compile", "onnxruntime")
+REPORT_SCHEMA = "acmix-deploy/profile/1"
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ProfileSettings:
+    backends: tuple[str, ...] = ("torch",)
+    batches: tuple[int, ...] = (1,)
+    imgsz: int | None = None
+    warmup: int = 5
+    iters: int | None = 30
+    seconds: float | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    compare_forms: bool = False
+    layers: bool = False
+    arch: str | None = None
+
+    def validate(self) -> None:
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; available: {', '.join(BACKENDS)}")
+        if not self.backends:
+            raise ConfigError("no backend given")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ConfigError(f"batch sizes must be positive, got {list(self.batches)}")
+        if self.seconds is not None:
+            if not self.seconds > 0:
+                raise ConfigError(f"--seconds must be positive, got {self.seconds}")
+        elif self.iters is None or self.iters < 1:
+            raise ConfigError(f"--iters must be at least 1, got {self.iters}")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be positive, got {self.threads}")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+
+
+@dataclass
+class _Target:
+    backend: str
+    form: str
+    make: Callable[[np.ndarray], Callable[[], object]]  # input -> zero-argument run
+    kind: str  # "torch" or "onnxruntime"
+    handle: object = None  # nn.Module or OrtRunner, for the per-layer view
+    notes: list[str] = field(default_factory=list)
+
+
+def _torch_target(model: nn.Module, backend: str, form: str, device: str) -> _Target:
+    model = model.eval().to(device)
+    fn = model
+    if backend == "torch-compile":
+        fn = torch.compile(model)
+
+    def make(x: np.ndarray):
+        xt = torch.from_numpy(x).to(device)
+
+        def run():
+            with torch.inference_mode():
+                return fn(xt)
+
+        return run
+
+    return _Target(backend, form, make, "torch", model)
+
+
+def _ort_target(path: Path, form: str, device: str, threads: int | None) -> _Target:
+    from ..runtime import OrtRunner
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else None
+    runner = OrtRunner(path, providers=providers, threads=threads)
+    if device == "cuda" and "CUDAExecutionProvider" not in runner.providers:
+        raise ConfigError(
+            "--device cuda with onnxruntime needs the CUDA execution provider (pip install onnxruntime-gpu); "
+            f"this session runs on {runner.providers}"
+        )
+
+    def make(x: np.ndarray):
+        feed = {runner.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        return lambda: runner.session.run(None, feed)
+
+    return _Target("onnxruntime", form, make, "onnxruntime", runner)
+
+
+def _rss_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _time(run: Callable[[], object], settings: ProfileSettings) -> tuple[list[float], float | None]:
+    for _ in range(settings.warmup):
+        run()
+    cuda = settings.device == "cuda"
+    times: list[float] = []
+    peak = None
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        tracked = _reset_peak_rss()
+        rss_before = _rss_mb("VmRSS") if tracked else None
+    deadline = time.perf_counter() + settings.seconds if settings.seconds else None
+    while True:
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter_ns()
+            run()
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+        if deadline is not None:
+            if time.perf_counter() >= deadline:
+                break
+        elif len(times) >= settings.iters:
+            break
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    elif rss_before is not None:
+        hwm = _rss_mb("VmHWM")
+        peak = max(0.0, hwm - rss_before) if hwm is not None else None
+    return times, peak
+
+
+def _torch_layers(model: nn.Module, x: np.ndarray, device: str, runs: int = 3, top: int = 15) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    xt = torch.from_numpy(x).to(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch.inference_mode():
+        model(xt)
+        with profile(activities=acts) as prof:
+            for _ in range(runs):
+                model(xt)
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [
+        {"name": e.key, "calls": e.count // runs, "ms_per_run": getattr(e, key) / 1000 / runs,
+         "percent": 100 * getattr(e, key) / total}
+        for e in events[:top]
+    ]
+
+
+def _ort_layers(path: Path, x: np.ndarray, threads: int | None, runs: int = 3, top: int = 15) -> list[dict]:
+    import json
+
+    from ..runtime import OrtRunner
+
+    with tempfile.TemporaryDirectory(prefix="acmix-ortprof-") as tmp:
+        runner = OrtRunner(path, threads=threads, profile_prefix=os.path.join(tmp, "ort"))
+        runner.infer(x)
+        for _ in range(runs):
+            runner.infer(x)
+        events = json.loads(Path(runner.session.end_profiling()).read_text())
+    per_op: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op.setdefault(op, []).append(e["dur"])
+    total = sum(sum(v) for v in per_op.values()) or 1.0
+    rows = sorted(per_op.items(), key=lambda kv: sum(kv[1]), reverse=True)[:top]
+    n_runs = runs + 1
+    return [
+        {"name": op, "calls": len(d) // n_runs, "ms_per_run": sum(d) / 1000 / n_runs, "percent": 100 * sum(d) / total}
+        for op, d in rows
+    ]
+
+
+def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: Progress | None = None) -> dict:
+    """Profile a checkpoint (training or deploy form) or an ONNX file; returns the report dict."""
+    from ..pipeline import sha256_file
+
+    settings.validate()
+    path = Path(path)
+    if not path.exists():
+        raise AcmixDeployError(f"model {path} does not exist")
+    if path.suffix in (".pt2", ".engine", ".plan"):
+        raise AcmixDeployError(
+            f"{path}: AOTInductor packages and TensorRT engines cannot be profiled by this version; "
+            "profile the checkpoint or its ONNX export"
+        )
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    tmpdir = tempfile.TemporaryDirectory(prefix="acmix-profile-")
+    targets: list[_Target] = []
+    notes: list[str] = []
+    onnx_paths: dict[str, Path] = {}
+    model_info: dict = {"path": str(path), "sha256": sha256_file(path)}
+    try:
+        if path.suffix == ".onnx":
+            if set(settings.backends) - {"onnxruntime"}:
+                raise ConfigError(f"{path.name} is an ONNX model: only --backend onnxruntime can run it")
+            if settings.compare_forms:
+                raise ConfigError("--compare-forms needs a training checkpoint, not an ONNX model")
+            onnx_paths["onnx"] = path
+            probe = _ort_target(path, "onnx", settings.device, settings.threads)
+            shape = probe.handle.input_shape
+            if not all(isinstance(d, int) for d in shape[1:]):
+                raise ConfigError(f"{path.name} has a dynamic spatial size {shape}; export it with a fixed --imgsz")
+            input_size = tuple(shape[1:])
+            if settings.imgsz is not None and settings.imgsz not in input_size[1:]:
+                raise ConfigError(f"{path.name} takes {input_size[1]}x{input_size[2]} inputs; --imgsz cannot change that")
+            targets.append(probe)
+            model_info.update({"format": "onnx", "forms": ["onnx"]})
+            fixed_batch = shape[0] if isinstance(shape[0], int) else None
+            if fixed_batch is not None and any(b != fixed_batch for b in settings.batches):
+                raise ConfigError(f"{path.name} has a static batch of {fixed_batch}; profile --batch {fixed_batch}")
+        else:
+            from ..exporters import export_onnx
+            from ..pipeline import prepare_deploy
+
+            prep = prepare_deploy(path, settings.arch, settings.imgsz, check=False)
+            input_size = prep.input_size
+            forms: dict[str, nn.Module] = {}
+            if prep.training is not None:
+                forms["training"] = prep.training
+                if settings.compare_forms:
+                    forms["deploy"] = prep.deploy
+            else:
+                if settings.compare_forms:
+                    raise ConfigError(f"{path.name} holds the deploy form already; --compare-forms needs a training checkpoint")
+                forms["deploy"] = prep.deploy
+            model_info.update({"format": "checkpoint", "arch": prep.loaded.arch,
+                               "arch_args": prep.loaded.arch_args, "forms": list(forms)})
+            for backend in settings.backends:
+                for form, model in forms.items():
+                    if backend == "onnxruntime":
+                        if form == "training":
+                            notes.append("onnxruntime runs the deploy form only; the training form is timed in torch")
+                            continue
+                        onnx_path = Path(tmpdir.name) / f"{form}.onnx"
+                        export_onnx(model, onnx_path, input_size)
+                        onnx_paths[form] = onnx_path
+                        targets.append(_ort_target(onnx_path, form, settings.device, settings.threads))
+                    else:
+                        targets.append(_torch_target(model, backend, form, settings.device))
+        if not targets:
+            raise ConfigError("nothing to profile with these backends and forms")
+        model_info["input_size"] = list(input_size)
+
+        results = []
+        total = len(targets) * len(settings.batches)
+        done = 0
+        rng = np.random.default_rng(0)
+        for target in targets:
+            for batch in settings.batches:
+                x = rng.standard_normal((batch, *input_size), dtype=np.float32)
+                if progress:
+                    progress(f"{target.backend}/{target.form} batch {batch}", done, total)
+                run = target.make(x)
+                first_run_s = None
+                if target.backend == "torch-compile":  # compilation happens here, outside the timing
+                    t0 = time.perf_counter()
+                    run()
+                    first_run_s = time.perf_counter() - t0
+                times, peak = _time(run, settings)
+                row = {"backend": target.backend, "form": target.form, "batch": batch, **summarize(times, batch),
+                       "peak_mem_mb": peak, "peak_mem_kind": "cuda_max_allocated" if settings.device == "cuda" else "rss_growth"}
+                if first_run_s is not None:
+                    row["compile_s"] = first_run_s
+                results.append(row)
+                done += 1
+                if progress:
+                    progress(f"{target.backend}/{target.form} batch {batch}", done, total)
+
+        report = {
+            "schema": REPORT_SCHEMA,
+            "device": device_fingerprint(settings.device, settings.threads),
+            "model": model_info,
+            "settings": {"backends": list(settings.backends), "batches": list(settings.batches),
+                         "warmup": settings.warmup, "iters": settings.iters, "seconds": settings.seconds,
+                         "timer": "cuda_events" if settings.device == "cuda" else "perf_counter_ns",
+                         "percentiles": "linear interpolation between closest ranks (NumPy default)"},
+            "results": results,
+            "notes": notes,
+        }
+        if settings.compare_forms:
+            ratios = []
+            for backend in settings.backends:
+                for batch in settings.batches:
+                    t = [r for r in results if r["backend"] == backend and r["batch"] == batch]
+                    tr = next((r for r in t if r["form"] == "training"), None)
+                    dp = next((r for r in t if r["form"] == "deploy"), None)
+                    if tr and dp:
+                        ratios.append({"backend": backend, "batch": batch,
+                                       "training_over_deploy": tr["p50_ms"] / dp["p50_ms"]})
+            report["compare_forms"] = ratios
+        if settings.layers:
+            layers = {}
+            x = rng.standard_normal((settings.batches[0], *input_size), dtype=np.float32)
+            for target in targets:
+                label = f"{target.backend}/{target.form}"
+                if target.kind == "torch":
+                    layers[label] = _torch_layers(target.handle, x, settings.device)
+                else:
+                    layers[label] = _ort_layers(onnx_paths[target.form], x, settings.threads)
+            report["layers"] = layers
+        return report
+    finally:
+        tmpdir.cleanup()

@@ -1,0 +1,205 @@
+"""Profiling: statistics, fingerprint, report schema, merging, CLI and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import acmix_deploy as ad
+from acmix_deploy.cli import app
+from acmix_deploy.errors import AcmixDeployError, ConfigError
+from acmix_deploy.profiling import (
+    ProfileSettings,
+    device_fingerprint,
+    load_report,
+    markdown_table,
+    percentile,
+    profile_model,
+    summarize,
+)
+from acmix_deploy.testing import randomize_model
+
+runner = CliRunner()
+
+
+def test_percentiles_match_numpy_linear_definition():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 100):
+        xs = sorted(rng.exponential(size=n).tolist())
+        for q in (0, 50, 90, 95, 99, 100):
+            assert math.isclose(percentile(xs, q), float(np.percentile(xs, q)), rel_tol=1e-12)
+
+
+def test_summarize_known_values():
+    s = summarize([4.0, 1.0, 3.0, 2.0, 10.0], batch=8)
+    assert s["runs"] == 5 and s["min_ms"] == 1.0 and s["max_ms"] == 10.0
+    assert s["mean_ms"] == 4.0 and s["p50_ms"] == 3.0
+    assert math.isclose(s["p90_ms"], 4.0 + 0.6 * 6.0)  # rank 3.6 between 4 and 10
+    assert math.isclose(s["std_ms"], math.sqrt(((0 + 9 + 1 + 4 + 36) / 4)))
+    assert math.isclose(s["throughput_per_s"], 8 * 1000 / 4.0)
+    assert summarize([5.0], batch=1)["std_ms"] == 0.0
+    with pytest.raises(ValueError):
+        summarize([], batch=1)
+
+
+def test_fingerprint_of_this_machine():
+    fp = device_fingerprint("cpu", threads=2)
+    assert fp["threads"] == 2 and fp["torch"] == str(torch.__version__) and fp["acmix_deploy"] == ad.__version__
+    assert fp["cpu"] and fp["logical_cpus"] >= 1 and len(fp["hostname_sha256"]) == 16
+    import socket
+
+    assert socket.gethostname() not in json.dumps(fp)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prof")
+    model = randomize_model(ad.create_model("acmix_resnet_tiny"), 0).eval()
+    train = ad.save_checkpoint(model, d / "train.pth")
+    deploy = ad.save_checkpoint(ad.reparameterize_model(model), d / "deploy.pth")
+    return d, train, deploy
+
+
+def _settings(**kw):
+    base = dict(backends=("torch",), batches=(1, 2), warmup=1, iters=3)
+    base.update(kw)
+    return ProfileSettings(**base)
+
+
+def test_profile_each_backend_and_compare_forms(ckpts):
+    _, train, _ = ckpts
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    rep = profile_model(train, _settings(backends=("torch", "onnxruntime"), compare_forms=True))
+    assert set(rep) >= {"schema", "device", "model", "settings", "results", "compare_forms"}
+    combos = {(r["backend"], r["form"], r["batch"]) for r in rep["results"]}
+    assert combos == {("torch", "training", 1), ("torch", "training", 2), ("torch", "deploy", 1),
+                      ("torch", "deploy", 2), ("onnxruntime", "deploy", 1), ("onnxruntime", "deploy", 2)}
+    for r in rep["results"]:
+        assert r["runs"] == 3 and 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["throughput_per_s"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"])
+    ratios = {(c["backend"], c["batch"]): c["training_over_deploy"] for c in rep["compare_forms"]}
+    assert set(ratios) == {("torch", 1), ("torch", 2)} and all(v > 0 for v in ratios.values())
+    assert any("onnxruntime runs the deploy form only" in n for n in rep["notes"])
+
+
+def test_profile_onnx_file_and_layers(ckpts, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from acmix_deploy.exporters import export_onnx
+
+    _, _, deploy = ckpts
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(ad.load_checkpoint(deploy), onnx_path, (3, 32, 32))
+    rep = profile_model(onnx_path, _settings(backends=("onnxruntime",), layers=True))
+    assert rep["model"]["format"] == "onnx" and rep["model"]["input_size"] == [3, 32, 32]
+    ops = rep["layers"]["onnxruntime/onnx"]
+    assert ops and {"name", "calls", "ms_per_run", "percent"} <= set(ops[0])
+    assert sum(o["percent"] for o in ops) <= 100.0 + 1e-6
+
+
+def test_profile_seconds_mode_and_torch_layers(ckpts):
+    _, _, deploy = ckpts
+    rep = profile_model(deploy, _settings(batches=(1,), iters=None, seconds=0.2, layers=True))
+    assert rep["results"][0]["runs"] >= 1
+    names = [o["name"] for o in rep["layers"]["torch/deploy"]]
+    assert any("bmm" in n or "softmax" in n or "convolution" in n for n in names)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(backends=("tensorflow",)), "unknown backend"),
+        (dict(iters=0), "--iters must be at least 1"),
+        (dict(seconds=0.0), "--seconds must be positive"),
+        (dict(batches=(0,)), "batch sizes must be positive"),
+        (dict(warmup=-1), "--warmup"),
+        (dict(device="tpu"), "cpu or cuda"),
+    ],
+)
+def test_bad_settings(ckpts, kw, match):
+    _, train, _ = ckpts
+    with pytest.raises(ConfigError, match=match):
+        profile_model(train, _settings(**kw))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no CUDA GPU is present")
+def test_cuda_without_gpu(ckpts):
+    _, train, _ = ckpts
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
+        profile_model(train, _settings(device="cuda"))
+
+
+def test_bad_models(ckpts, tmp_path):
+    _, _, deploy = ckpts
+    with pytest.raises(AcmixDeployError, match="does not exist"):
+        profile_model(tmp_path / "none.pth", _settings())
+    with pytest.raises(ConfigError, match="--compare-forms needs a training checkpoint"):
+        profile_model(deploy, _settings(compare_forms=True))
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    with pytest.raises(AcmixDeployError, match="cannot be profiled by this version"):
+        profile_model(engine, _settings())
+
+
+def test_cli_profile_and_report(ckpts, tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed")
+    _, train, deploy = ckpts
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    result = runner.invoke(app, ["profile", str(train), "--compare-forms", "--batch", "1", "--iters", "3",
+                                 "--warmup", "1", "--json", str(a), "--csv", str(tmp_path / "a.csv")])
+    assert result.exit_code == 0, result.output
+    assert "training / deploy" in result.output
+    result = runner.invoke(app, ["profile", str(deploy), "--batch", "1", "--batch", "2", "--iters", "2",
+                                 "--json", str(b), "--plot", str(tmp_path / "b.png")])
+    assert result.exit_code == 0, result.output
+    rep = load_report(a)
+    assert rep["schema"] == "acmix-deploy/profile/1"
+    for key in ("backend", "batch", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s"):
+        assert key in rep["results"][0]
+    with open(tmp_path / "a.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and rows[0]["backend"] == "torch" and float(rows[0]["p50_ms"]) > 0
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    md, png = tmp_path / "m.md", tmp_path / "m.png"
+    result = runner.invoke(app, ["report", str(a), str(b), "--markdown", str(md), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    text = md.read_text()
+    assert text.count("\n") == 2 + 2 + 2  # header, separator, 2 rows from a, 2 from b
+    assert markdown_table([load_report(a), load_report(b)]) == text
+    assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["profile", "{train}", "--backend", "tensorflow"], "unknown backend"),
+        (["profile", "{train}", "--iters", "0"], "--iters must be at least 1"),
+        (["profile", "{train}", "--json", "{tmp}/missing/x.json"], "does not exist"),
+        (["report", "{tmp}/nope.json"], "does not exist"),
+        (["report", "{notjson}"], "not a JSON profile report"),
+        (["report", "{wrongjson}"], "needs the keys device, model, results"),
+    ],
+)
+def test_cli_bad_input(ckpts, tmp_path, args, message):
+    _, train, _ = ckpts
+    (tmp_path / "n.json").write_text("{not json")
+    (tmp_path / "w.json").write_text(json.dumps({"results": []}))
+    argv = [x.format(train=train, tmp=tmp_path, notjson=tmp_path / "n.json", wrongjson=tmp_path / "w.json") for x in args]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_torch_compile_backend(ckpts):
+    """torch.compile (inductor, CPU): compiled outside the timing, compile time reported (~50 s here)."""
+    _, _, deploy = ckpts
+    rep = profile_model(deploy, _settings(backends=("torch-compile",), batches=(1,), iters=2, warmup=0))
+    row = rep["results"][0]
+    assert row["backend"] == "torch-compile" and row["runs"] == 2 and row["compile_s"] > 0
+    assert row["compile_s"] * 1000 > row["p50_ms"]  # the compile run is not among the timed ones
