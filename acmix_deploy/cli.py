@@ -454,7 +454,8 @@ def demo(
     if threads:
         torch.set_num_threads(threads)
     cfg = DemoConfig(epochs=epochs, imgsz=imgsz, k_att=k_att, seed=seed, out_dir=out_dir)
-    labels = {"train": "training (training form)", "fold": "folding + reloading", "time": "timing both forms"}
+    labels = {"train": "training (training form)", "fold": "folding + reloading", "export": "ONNX export",
+              "profile": "profiling both forms"}
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console,
@@ -475,21 +476,34 @@ def demo(
     table.add_column("")
     table.add_column("training form", justify="right")
     table.add_column("deploy form", justify="right")
-    table.add_row("held-out accuracy", f"{res.accuracy_train_form:.2%}", f"{res.accuracy_deploy_form:.2%}")
+    table.add_row("held-out accuracy (torch)", f"{res.accuracy_train_form:.2%}", f"{res.accuracy_deploy_form:.2%}")
     table.add_row("parameters", _human(res.params[0]), _human(res.params[1]))
     table.add_row("MACs / image", _human(res.macs[0]), _human(res.macs[1]))
-    for b in sorted({b for _, b in res.latency_ms}):
-        t_tr, t_dep = res.latency_ms[("training", b)], res.latency_ms[("deploy", b)]
+    for backend, b in sorted({(be, b) for be, _, b in res.latency_ms}):
+        t_tr = res.latency_ms.get((backend, "training", b))
+        t_dep = res.latency_ms[(backend, "deploy", b)]
+        if t_tr is None:
+            table.add_row(f"p50 latency, {backend}, batch {b}", "", f"{t_dep:.2f} ms")
+            continue
         speed = f"{t_tr / t_dep:.2f}x faster" if t_dep <= t_tr else f"{t_dep / t_tr:.2f}x slower"
-        table.add_row(f"latency, batch {b} (median)", f"{t_tr:.2f} ms", f"{t_dep:.2f} ms ({speed})")
+        table.add_row(f"p50 latency, {backend}, batch {b}", f"{t_tr:.2f} ms", f"{t_dep:.2f} ms ({speed})")
     console.print(table)
     same = "identical" if res.predictions_identical else "[bold red]DIFFERENT[/]"
     console.print(
-        f"held-out predictions of the two forms: {same}; logits max abs diff {res.logits_diff['max_abs']:.2g} "
-        f"(relative {res.logits_diff['rel']:.2g})"
+        f"held-out predictions, training vs deploy form: {same}; logits max abs diff "
+        f"{res.logits_diff['max_abs']:.2g} (relative {res.logits_diff['rel']:.2g})"
     )
-    console.print(f"training took {res.train_seconds:.0f} s; wrote {res.train_checkpoint} and {res.deploy_checkpoint}")
-    if not res.predictions_identical:
+    if res.onnx_path is not None:
+        same_onnx = "identical" if res.onnx_predictions_identical else "[bold red]DIFFERENT[/]"
+        console.print(
+            f"held-out predictions, ONNX Runtime vs torch deploy form: {same_onnx}; logits vs training form "
+            f"max abs diff {res.onnx_logits_diff['max_abs']:.2g} (relative {res.onnx_logits_diff['rel']:.2g})"
+        )
+    for note in res.notes:
+        console.print(f"[dim]note: {escape(note)}[/]")
+    written = [res.train_checkpoint, res.deploy_checkpoint, res.onnx_path, res.profile_json, res.profile_plot]
+    console.print(f"training took {res.train_seconds:.0f} s; wrote " + ", ".join(str(p) for p in written if p))
+    if not res.predictions_identical or res.onnx_predictions_identical is False:
         raise typer.Exit(1)
 
 

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 
 from .analysis import compare_outputs, count_macs, count_parameters
 from .checkpoint import read_checkpoint, save_checkpoint
-from .errors import ConfigError
+from .errors import ConfigError, MissingDependencyError
 from .models import create_model
+from .profiling import ProfileSettings, plot_reports, profile_model, save_json
 from .reparam import reparameterize_model
 
-__all__ = ["DemoConfig", "DemoResult", "load_digits", "run_demo", "median_latency_ms"]
+__all__ = ["DemoConfig", "DemoResult", "load_digits", "run_demo"]
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -40,6 +41,7 @@ class DemoConfig:
     seed: int = 0
     out_dir: Path = Path("acmix-demo")
     timing_runs: int = 20
+    export_onnx: bool = True  # needs the [onnx] extra; skipped with a note when missing
 
 
 @dataclass
@@ -55,7 +57,13 @@ class DemoResult:
     logits_diff: dict
     params: tuple[int, int]
     macs: tuple[int, int]
-    latency_ms: dict = field(default_factory=dict)  # {(form, batch): ms}
+    latency_ms: dict = field(default_factory=dict)  # {(backend, form, batch): median ms}
+    onnx_path: Path | None = None
+    onnx_predictions_identical: bool | None = None
+    onnx_logits_diff: dict | None = None
+    profile_json: Path | None = None
+    profile_plot: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def load_digits(imgsz: int, seed: int = 0):
@@ -82,23 +90,6 @@ def load_digits(imgsz: int, seed: int = 0):
 def _predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     model.eval()
     return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
-
-
-@torch.inference_mode()
-def median_latency_ms(model: nn.Module, x: torch.Tensor, runs: int = 20, warmup: int = 3) -> float:
-    """Median wall time of ``model(x)`` in milliseconds after ``warmup`` untimed runs."""
-    model.eval()
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        model(x)
-        times.append(time.perf_counter_ns() - t0)
-    times.sort()
-    mid = len(times) // 2
-    median = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
-    return median / 1e6
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: DemoConfig, progress: Progress | None) -> None:
@@ -129,7 +120,8 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: DemoConfig, 
 
 
 def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
-    """Train, save, reload, fold, verify on the held-out set, save the deploy form, time both."""
+    """Train, save, reload, fold, verify on the held-out set, save the deploy form, export it to
+    ONNX and check its held-out predictions, then profile both forms on every available backend."""
     torch.manual_seed(cfg.seed)
     x_train, y_train, x_test, y_test = load_digits(cfg.imgsz, cfg.seed)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,15 +150,35 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
     logits_deploy = _predict(deploy, x_test)
     pred_train, pred_deploy = logits_train.argmax(1), logits_deploy.argmax(1)
     input_size = (1, cfg.imgsz, cfg.imgsz)
+    notes: list[str] = []
+    onnx_path = onnx_identical = onnx_diff = None
+    backends: tuple[str, ...] = ("torch",)
+    if cfg.export_onnx:
+        if progress:
+            progress("export", 0, 1)
+        try:
+            onnx_path, onnx_logits = _export_and_predict(deploy, deploy_ckpt, cfg, x_test)
+            onnx_identical = bool(torch.equal(onnx_logits.argmax(1), pred_deploy))
+            onnx_diff = compare_outputs(logits_train, onnx_logits).as_dict()
+            backends = ("torch", "onnxruntime")
+        except MissingDependencyError as exc:
+            notes.append(f"ONNX export skipped: {exc}")
+        if progress:
+            progress("export", 1, 1)
 
-    latency: dict = {}
-    batches = (1, 64)
-    total = len(batches) * 2
-    for i, b in enumerate(batches):
-        for j, (form, m) in enumerate((("training", loaded), ("deploy", deploy))):
-            latency[(form, b)] = median_latency_ms(m, x_test[:b], runs=cfg.timing_runs)
-            if progress:
-                progress("time", i * 2 + j + 1, total)
+    report = profile_model(
+        train_ckpt,
+        ProfileSettings(backends=backends, batches=(1, 64), imgsz=cfg.imgsz, warmup=3, iters=cfg.timing_runs,
+                        compare_forms=True),
+        (lambda desc, done, total: progress("profile", done, total)) if progress else None,
+    )
+    profile_json = save_json(report, cfg.out_dir / "profile.json")
+    try:
+        profile_plot = plot_reports([report], cfg.out_dir / "profile.png", title="digits demo: latency vs batch")
+    except MissingDependencyError as exc:
+        profile_plot = None
+        notes.append(f"plot skipped: {exc}")
+    latency = {(r["backend"], r["form"], r["batch"]): r["p50_ms"] for r in report["results"]}
 
     return DemoResult(
         train_checkpoint=train_ckpt,
@@ -181,4 +193,22 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
         params=(count_parameters(loaded), count_parameters(deploy)),
         macs=(count_macs(loaded, input_size), count_macs(deploy, input_size)),
         latency_ms=latency,
+        onnx_path=onnx_path,
+        onnx_predictions_identical=onnx_identical,
+        onnx_logits_diff=onnx_diff,
+        profile_json=profile_json,
+        profile_plot=profile_plot,
+        notes=notes,
     )
+
+
+def _export_and_predict(deploy: nn.Module, deploy_ckpt: Path, cfg: DemoConfig, x_test: torch.Tensor):
+    """Export the deploy form to ONNX (validated by ``export_onnx``'s rules) and run the held-out set in ORT."""
+    from .exporters import export_onnx
+    from .runtime import OrtRunner
+
+    path = cfg.out_dir / "digits_deploy.onnx"
+    export_onnx(deploy, path, (1, cfg.imgsz, cfg.imgsz), metadata={"source": deploy_ckpt.name})
+    runner = OrtRunner(path)
+    logits = torch.cat([torch.from_numpy(runner.infer(x_test[i : i + 256].numpy())) for i in range(0, len(x_test), 256)])
+    return path, logits

@@ -117,14 +117,23 @@ def test_list_models():
 
 def test_demo_pipeline_short(tmp_path):
     """Two epochs keep this fast; the full demo (12 epochs) reaches ~99-100% held-out accuracy."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     from acmix_deploy.demo import DemoConfig, run_demo
+    from acmix_deploy.profiling import load_report
 
     stages = []
     res = run_demo(DemoConfig(epochs=2, out_dir=tmp_path, timing_runs=2), lambda s, d, t: stages.append(s))
     assert res.predictions_identical and res.accuracy_train_form == res.accuracy_deploy_form
     assert res.accuracy_train_form > 0.5  # far above chance (0.1) after two epochs
     assert res.logits_diff["rel"] <= 1e-5
-    assert res.train_checkpoint.exists() and res.deploy_checkpoint.exists()
+    assert res.onnx_predictions_identical and res.onnx_logits_diff["rel"] <= 1e-4
+    assert res.train_checkpoint.exists() and res.deploy_checkpoint.exists() and res.onnx_path.exists()
     assert ad.read_checkpoint(res.deploy_checkpoint).deploy
-    assert {"train", "fold", "time"} <= set(stages)
-    assert set(res.latency_ms) == {("training", 1), ("deploy", 1), ("training", 64), ("deploy", 64)}
+    assert {"train", "fold", "export", "profile"} <= set(stages)
+    assert set(res.latency_ms) == {
+        ("torch", "training", 1), ("torch", "deploy", 1), ("torch", "training", 64), ("torch", "deploy", 64),
+        ("onnxruntime", "deploy", 1), ("onnxruntime", "deploy", 64),
+    }
+    report = load_report(res.profile_json)
+    assert report["model"]["input_size"] == [1, 16, 16] and len(report["compare_forms"]) == 2
+    assert res.profile_plot.read_bytes()[:4] == b"\x89PNG"
