@@ -85,7 +85,14 @@ def test_profile_each_backend_and_compare_forms(ckpts):
         assert r["throughput_per_s"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"])
     ratios = {(c["backend"], c["batch"]): c["training_over_deploy"] for c in rep["compare_forms"]}
     assert set(ratios) == {("torch", 1), ("torch", 2)} and all(v > 0 for v in ratios.values())
-    assert any("onnxruntime runs the deploy form only" in n for n in rep["notes"])
+    assert any("onnxruntime runs the deploy form" in n for n in rep["notes"])
+
+
+def test_training_checkpoint_in_onnxruntime_profiles_its_deploy_form(ckpts):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    _, train, _ = ckpts
+    rep = profile_model(train, _settings(backends=("onnxruntime",), batches=(1,)))
+    assert [(r["backend"], r["form"]) for r in rep["results"]] == [("onnxruntime", "deploy")]
 
 
 def test_profile_onnx_file_and_layers(ckpts, tmp_path):

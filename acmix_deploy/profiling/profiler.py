@@ -280,17 +280,17 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             model_info.update({"format": "checkpoint", "arch": prep.loaded.arch,
                                "arch_args": prep.loaded.arch_args, "forms": list(forms)})
             for backend in settings.backends:
+                if backend == "onnxruntime":
+                    # ONNX models are exported from the deploy form, whatever form the file holds.
+                    if "training" in forms:
+                        notes.append("onnxruntime runs the deploy form (exported from the folded model)")
+                    onnx_path = Path(tmpdir.name) / "deploy.onnx"
+                    export_onnx(prep.deploy, onnx_path, input_size)
+                    onnx_paths["deploy"] = onnx_path
+                    targets.append(_ort_target(onnx_path, "deploy", settings.device, settings.threads))
+                    continue
                 for form, model in forms.items():
-                    if backend == "onnxruntime":
-                        if form == "training":
-                            notes.append("onnxruntime runs the deploy form only; the training form is timed in torch")
-                            continue
-                        onnx_path = Path(tmpdir.name) / f"{form}.onnx"
-                        export_onnx(model, onnx_path, input_size)
-                        onnx_paths[form] = onnx_path
-                        targets.append(_ort_target(onnx_path, form, settings.device, settings.threads))
-                    else:
-                        targets.append(_torch_target(model, backend, form, settings.device))
+                    targets.append(_torch_target(model, backend, form, settings.device))
         if not targets:
             raise ConfigError("nothing to profile with these backends and forms")
         model_info["input_size"] = list(input_size)
