@@ -210,3 +210,22 @@ def test_torch_compile_backend(ckpts):
     row = rep["results"][0]
     assert row["backend"] == "torch-compile" and row["runs"] == 2 and row["compile_s"] > 0
     assert row["compile_s"] * 1000 > row["p50_ms"]  # the compile run is not among the timed ones
+
+
+def test_backend_not_installed_is_a_clear_error(ckpts, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime" or name.startswith("onnxruntime."):
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(__import__("sys").modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    _, _, deploy = ckpts
+    from acmix_deploy.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match=r'pip install "acmix-deploy\[onnx\]"'):
+        profile_model(deploy, _settings(backends=("onnxruntime",)))

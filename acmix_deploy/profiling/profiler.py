@@ -8,7 +8,11 @@ recorded around the run, after a synchronisation, so the GPU time is
 measured and not the launch.  Peak memory: on CUDA ``max_memory_allocated``
 during the timed runs; on CPU the growth of the process's peak RSS over its
 RSS before the runs (Linux: the watermark is reset through
-``/proc/self/clear_refs``; elsewhere the field is ``None``).
+``/proc/self/clear_refs``; elsewhere the field is ``None``).  The CPU figure
+counts only memory the process had to take from the OS: after a larger form
+ran in the same process, the allocator reuses freed memory and a smaller
+form can read 0 MB.  For a clean per-form figure, profile one form per
+process (``benchmarks/attention_speed.py --memory`` does).
 """
 
 from __future__ import annotations
