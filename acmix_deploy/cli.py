@@ -371,7 +371,7 @@ def profile(
     """Measure latency, throughput and peak memory per backend and batch size on this device."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .profiling import ProfileSettings, plot_reports, profile_model, save_csv, save_json
+    from .profiling import ProfileSettings, profile_model, save_json
 
     settings = ProfileSettings(
         backends=tuple(backend), batches=tuple(batch), imgsz=imgsz, warmup=warmup, iters=iters, seconds=seconds,
@@ -393,12 +393,24 @@ def profile(
         _render_profile(report)
         if json_out:
             console.print(f"wrote {save_json(report, json_out)}")
-        if csv_out:
-            console.print(f"wrote {save_csv([report], csv_out)}")
-        if plot_out:
-            console.print(f"wrote {plot_reports([report], plot_out)}")
+        _write_merged([report], csv_out=csv_out, plot_out=plot_out)
     except AcmixDeployError as exc:
         _fail(exc)
+
+
+def _write_merged(reports: list, csv_out: Optional[Path] = None, plot_out: Optional[Path] = None,
+                  markdown_out: Optional[Path] = None) -> None:
+    """Write the CSV / plot / Markdown views of one or more profile reports, each atomically."""
+    from .checkpoint import atomic_write
+    from .profiling import markdown_table, plot_reports, save_csv
+
+    if csv_out:
+        console.print(f"wrote {save_csv(reports, csv_out)}")
+    if plot_out:
+        console.print(f"wrote {plot_reports(reports, plot_out)}")
+    if markdown_out:
+        text = markdown_table(reports)
+        console.print(f"wrote {atomic_write(markdown_out, lambda tmp: Path(tmp).write_text(text))}")
 
 
 @app.command()
@@ -409,8 +421,7 @@ def report(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write all rows as CSV."),
 ) -> None:
     """Merge saved profile reports into one table (and plot)."""
-    from .checkpoint import atomic_write
-    from .profiling import load_report, markdown_table, merged_rows, plot_reports, save_csv
+    from .profiling import load_report, merged_rows
 
     try:
         loaded = [load_report(p) for p in reports]
@@ -424,14 +435,7 @@ def report(
             table.add_row(r["device"], str(r["arch"]), r["backend"], r.get("form") or "", str(r["batch"]),
                           f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_per_s']:.1f}")
         console.print(table)
-        if markdown_out:
-            text = markdown_table(loaded)
-            atomic_write(markdown_out, lambda tmp: Path(tmp).write_text(text))
-            console.print(f"wrote {markdown_out}")
-        if csv_out:
-            console.print(f"wrote {save_csv(loaded, csv_out)}")
-        if plot_out:
-            console.print(f"wrote {plot_reports(loaded, plot_out)}")
+        _write_merged(loaded, csv_out=csv_out, plot_out=plot_out, markdown_out=markdown_out)
     except AcmixDeployError as exc:
         _fail(exc)
 

@@ -15,7 +15,6 @@ Linux only: it resets the watermark through /proc/self/clear_refs).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ import acmix_deploy as ad
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reparam_speed import cpu_name  # noqa: E402
+from reparam_speed import cpu_name, write_json  # noqa: E402
 
 MEMORY_PROBE = r"""
 import sys, torch, acmix_deploy as ad
@@ -146,11 +145,7 @@ def main() -> None:
             "results": results,
             "memory": memory,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp_json = args.json.with_suffix(".tmp")
-        tmp_json.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp_json, args.json)
-        print(f"wrote {args.json}")
+        write_json(report, args.json)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,15 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def write_json(report: dict, path: Path) -> None:
+    """Write a result file atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
 @torch.inference_mode()
 def time_once(model, x) -> float:
     t0 = time.perf_counter_ns()
@@ -101,11 +110,7 @@ def main() -> None:
         "results": results,
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+        write_json(report, args.json)
 
 
 if __name__ == "__main__":

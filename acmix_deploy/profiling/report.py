@@ -104,8 +104,10 @@ def plot_reports(reports: list[dict], path: str | os.PathLike, title: str = "lat
                 label=f"{arch} {form} / {backend} / {dev}".replace("  ", " "))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    batches = sorted({b for pts in series.values() for b, _ in pts})
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("batch size")
     ax.set_ylabel("median latency (ms)")
     ax.set_title(title)
