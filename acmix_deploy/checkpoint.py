@@ -50,18 +50,19 @@ def _package_version() -> str:
     return __version__
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
+def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> Path:
     """Call ``write(tmp_path)``, then rename the temp file onto ``path``.
 
     The temp file lives in the destination directory (same filesystem, so the
     rename is atomic); on any failure it is removed and ``path`` is untouched.
+    ``suffix`` ends the temp file's name, for writers that check it.
     """
     path = Path(path)
     if not path.parent.exists():
         raise CheckpointError(f"output directory {path.parent} does not exist")
     if path.is_dir():
         raise CheckpointError(f"output path {path} is a directory; give a file name")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

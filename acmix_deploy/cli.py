@@ -210,16 +210,20 @@ def export(
     batch: int = typer.Option(1, "--batch", help="Batch size of the example input (the fixed batch with --static)."),
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch axis."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    max_batch: int = typer.Option(256, "--max-batch", help="Largest batch of a dynamic AOTInductor package."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (AOTInductor compiles for this device)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim."),
     tol: float = typer.Option(1e-4, "--tol", help="Largest accepted relative error of the exported model vs torch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
 ) -> None:
     """Export a model (folded first if needed), validate it against torch, write it atomically."""
+    import torch
+
     from .compare import compare_runners, random_inputs
-    from .exporters import FORMATS, export_onnx
+    from .exporters import FORMATS, export_aoti, export_onnx
     from .exporters.onnx import MAX_OPSET, MIN_OPSET
     from .pipeline import prepare_deploy, sha256_file
-    from .runtime import OrtRunner, TorchRunner
+    from .runtime import AotiRunner, OrtRunner, TorchRunner
 
     try:
         if fmt not in FORMATS:
@@ -228,6 +232,12 @@ def export(
             raise AcmixDeployError(f"--batch must be positive, got {batch}")
         if not MIN_OPSET <= opset <= MAX_OPSET:
             raise AcmixDeployError(f"--opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
+        if device not in ("cpu", "cuda"):
+            raise AcmixDeployError(f"--device must be cpu or cuda, got {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise AcmixDeployError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+        if dynamic and not 1 <= batch <= max_batch:
+            raise AcmixDeployError(f"--batch {batch} must lie in 1..--max-batch ({max_batch})")
         spec = FORMATS[fmt]
         out = output or ckpt.with_suffix(spec.suffix)
         if not ckpt.exists():
@@ -238,34 +248,45 @@ def export(
         if prep.diff is not None:
             console.print(f"folded the training form in {prep.fold_seconds * 1000:.0f} ms "
                           f"(relative error vs training form {prep.diff.rel:.2g})")
-        reference = TorchRunner(prep.deploy, name="torch:deploy")
-        batches = (batch,) if not dynamic else tuple(sorted({batch, batch + 2}))
+        reference = TorchRunner(prep.deploy, name="torch:deploy", device=device if fmt == "aoti" else "cpu")
+        batches = (batch,) if not dynamic else tuple(sorted({batch, min(batch + 2, max_batch)}))
         inputs = random_inputs(prep.input_size, batches, seed)
         rows: list = []
+        make_runner = OrtRunner if fmt == "onnx" else (lambda p: AotiRunner(p, device))
+        title = f"{fmt} vs torch (deploy form)"
 
         def validate(tmp: Path) -> None:
-            rows.extend(compare_runners(reference, [OrtRunner(tmp)], inputs))
+            rows.extend(compare_runners(reference, [make_runner(tmp)], inputs))
             worst = max(r.diff.rel for r in rows)
             if not worst <= tol:
-                console.print(_comparison_table("ONNX Runtime vs torch (deploy form)", rows))
-                raise EquivalenceError(f"ONNX Runtime output differs by {worst:.3g} (relative), above --tol {tol:g}")
+                console.print(_comparison_table(title, rows))
+                raise EquivalenceError(f"the exported model's output differs by {worst:.3g} (relative), above --tol {tol:g}")
 
-        meta = {
-            "arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": ckpt.name,
-            "source_sha256": sha256_file(ckpt), "package_version": __version__,
-            "mean": list(prep.deploy.default_cfg.get("mean", ())), "std": list(prep.deploy.default_cfg.get("std", ())),
-        }
-        with console.status(f"exporting {fmt} and validating with ONNX Runtime"):
-            res = export_onnx(prep.deploy, out, prep.input_size, batch=batch, dynamic=dynamic, opset=opset,
-                              simplify=simplify, metadata=meta, validate=validate)
+        if fmt == "onnx":
+            meta = {
+                "arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": ckpt.name,
+                "source_sha256": sha256_file(ckpt), "package_version": __version__,
+                "mean": list(prep.deploy.default_cfg.get("mean", ())), "std": list(prep.deploy.default_cfg.get("std", ())),
+            }
+            with console.status("exporting ONNX and validating it with ONNX Runtime"):
+                res = export_onnx(prep.deploy, out, prep.input_size, batch=batch, dynamic=dynamic, opset=opset,
+                                  simplify=simplify, metadata=meta, validate=validate)
+        else:
+            with console.status(f"compiling with AOTInductor for {device} (minutes for large models)"):
+                res = export_aoti(prep.deploy, out, prep.input_size, batch=batch, dynamic=dynamic,
+                                  max_batch=max_batch, device=device, validate=validate)
     except EquivalenceError as exc:
         _fail(exc, code=1)
     except AcmixDeployError as exc:
         _fail(exc)
-    console.print(_comparison_table("ONNX Runtime vs torch (deploy form)", rows))
-    ops = ", ".join(f"{op} {n}" for op, n in res.op_histogram.items())
-    shape = "x".join(["N" if dynamic else str(batch), *map(str, prep.input_size)])
-    console.print(f"graph: {res.nodes} nodes, opset {res.opset}, input {shape}; ops: {ops}")
+    console.print(_comparison_table(title, rows))
+    if fmt == "onnx":
+        ops = ", ".join(f"{op} {n}" for op, n in res.op_histogram.items())
+        shape = "x".join(["N" if dynamic else str(batch), *map(str, prep.input_size)])
+        console.print(f"graph: {res.nodes} nodes, opset {res.opset}, input {shape}; ops: {ops}")
+    else:
+        span = f"batch 1..{res.max_batch}" if dynamic else f"batch {batch}"
+        console.print(f"AOTInductor package for {res.device}, {span}")
     console.print(f"wrote {res.path} ({res.size_bytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
 
 
@@ -276,14 +297,15 @@ def formats() -> None:
 
     table = Table("format", "suffix", "needs", "install", "what it is")
     for f in FORMATS.values():
-        table.add_row(f.name, f.suffix, f.needs, escape(f'pip install "acmix-deploy[{f.extra}]"'), f.description)
+        install = escape(f'pip install "acmix-deploy[{f.extra}]"') if f.extra else "(base install)"
+        table.add_row(f.name, f.suffix, f.needs, install, f.description)
     console.print(table)
 
 
 @app.command()
 def compare(
     ckpt: Path = typer.Argument(..., help="Checkpoint: the reference (its training form when it has one)."),
-    models: list[Path] = typer.Argument(None, help="Exported models to compare (.onnx)."),
+    models: list[Path] = typer.Argument(None, help="Exported models to compare (.onnx, .pt2)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width [default: the arch's]."),
     batch: list[int] = typer.Option([1, 3], "--batch", help="Batch sizes (repeat the option for several)."),
@@ -293,7 +315,7 @@ def compare(
     """Run the same inputs through every form and backend and report the errors against the reference."""
     from .compare import compare_runners, random_inputs
     from .pipeline import prepare_deploy
-    from .runtime import OrtRunner, TorchRunner
+    from .runtime import AotiRunner, OrtRunner, TorchRunner
 
     try:
         if any(b < 1 for b in batch):
@@ -306,9 +328,9 @@ def compare(
             reference = TorchRunner(prep.deploy, name="torch:deploy")
             candidates = []
         for path in models or []:
-            if path.suffix != ".onnx":
-                raise AcmixDeployError(f"{path}: only .onnx models can be compared so far")
-            runner = OrtRunner(path)
+            if path.suffix not in (".onnx", ".pt2"):
+                raise AcmixDeployError(f"{path}: give .onnx (ONNX Runtime) or .pt2 (AOTInductor) models")
+            runner = OrtRunner(path) if path.suffix == ".onnx" else AotiRunner(path)
             runner.name = f"{runner.name} ({path.name})"
             candidates.append(runner)
         if not candidates:

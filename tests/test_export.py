@@ -131,7 +131,7 @@ def test_cli_export_default_output_name(train_ckpt):
     "args,message,code",
     [
         (["export", "{tmp}/missing.pth"], "does not exist", 2),
-        (["export", "{ckpt}", "--format", "tflite"], "unknown format 'tflite'; available: onnx", 2),
+        (["export", "{ckpt}", "--format", "tflite"], "unknown format 'tflite'; available: onnx, aoti", 2),
         (["export", "{ckpt}", "--opset", "9"], "--opset 9 is not supported", 2),
         (["export", "{ckpt}", "--batch", "0"], "--batch must be positive", 2),
         (["export", "{ckpt}", "-o", "{tmp}/no/dir/m.onnx"], "does not exist", 2),
@@ -149,3 +149,42 @@ def test_cli_export_bad_input(train_ckpt, tmp_path, args, message, code):
     assert result.exit_code == code, result.output
     assert message in " ".join(result.output.split()) and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cli_export_aoti_and_compare(train_ckpt, tmp_path):
+    """AOTInductor on CPU (compiles C++: ~45 s for this tiny model on 2 cores)."""
+    path, _ = train_ckpt
+    out = tmp_path / "model.pt2"
+    result = runner.invoke(app, ["export", str(path), "--format", "aoti", "-o", str(out), "--max-batch", "8"])
+    assert result.exit_code == 0, result.output
+    assert "aoti:cpu" in result.output and "batch 1..8" in result.output and out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    result = runner.invoke(app, ["compare", str(path), str(out), "--batch", "1", "--batch", "5"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("aoti:cpu") == 2
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--format", "aoti", "--batch", "9", "--max-batch", "8"], "must lie in 1..--max-batch (8)"),
+        (["--format", "aoti", "--device", "tpu"], "--device must be cpu or cuda"),
+    ],
+)
+def test_cli_export_aoti_bad_arguments(train_ckpt, tmp_path, args, message):
+    path, _ = train_ckpt
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = runner.invoke(app, ["export", str(path), *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_aoti_runner_errors(tmp_path):
+    from acmix_deploy.runtime import AotiRunner
+
+    with pytest.raises(AcmixDeployError, match="does not exist"):
+        AotiRunner(tmp_path / "none.pt2")
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(AcmixDeployError, match="cannot load AOTInductor package"):
+        AotiRunner(bad)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .aoti import AotiExport, export_aoti
 from .onnx import OnnxExport, export_onnx, op_histogram, unsupported_ops
 
-__all__ = ["ExportFormat", "FORMATS", "OnnxExport", "export_onnx", "op_histogram", "unsupported_ops"]
+__all__ = ["AotiExport", "ExportFormat", "FORMATS", "OnnxExport", "export_aoti", "export_onnx", "op_histogram",
+           "unsupported_ops"]
 
 
 @dataclass(frozen=True)
@@ -14,7 +16,7 @@ class ExportFormat:
     name: str
     suffix: str
     needs: str  # what must be installed / present
-    extra: str  # the pip extra that installs it
+    extra: str  # the pip extra that installs it ("" when the base install suffices)
     description: str
 
 
@@ -24,6 +26,10 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat(
             "onnx", ".onnx", "onnx, onnxruntime, onnxslim", "onnx",
             "ONNX graph of the deploy form (dynamic batch), simplified, validated with ONNX Runtime",
+        ),
+        ExportFormat(
+            "aoti", ".pt2", "torch >= 2.6 and a C++ compiler (CUDA for --device cuda)", "",
+            "AOTInductor package: the deploy form compiled ahead of time, validated against torch",
         ),
     )
 }

@@ -2,5 +2,14 @@
 
 from .acmix import ACmix, ACmixDeploy
 from .window_attention import HaloPlan, halo_attention, make_halo_plan
+from .xvolution import XVolution, XVolutionDeploy
 
-__all__ = ["ACmix", "ACmixDeploy", "HaloPlan", "halo_attention", "make_halo_plan"]
+__all__ = [
+    "ACmix",
+    "ACmixDeploy",
+    "HaloPlan",
+    "XVolution",
+    "XVolutionDeploy",
+    "halo_attention",
+    "make_halo_plan",
+]

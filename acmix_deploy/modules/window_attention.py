@@ -153,10 +153,12 @@ def halo_attention(
     of logits; traced, exported or compiled graphs take the batch whole (the
     batch axis stays dynamic).
     """
+    if _capturing():  # checked first: comparing the batch size would specialise a symbolic batch
+        return _halo_attention(q, r_neg, k, v, plan, heads)
     b = k.shape[0]
     per_image = heads * plan.tiles * plan.tile_pixels * plan.halo_pixels * k.element_size()
     step = max(1, chunk_bytes // per_image)
-    if b > step and not _capturing():
+    if b > step:
         return torch.cat([
             _halo_attention(q[i : i + step], r_neg[i : i + step], k[i : i + step], v[i : i + step], plan, heads)
             for i in range(0, b, step)

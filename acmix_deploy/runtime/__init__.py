@@ -7,8 +7,9 @@ message when missing.
 
 from __future__ import annotations
 
+from .aoti import AotiRunner
 from .base import Runner
 from .onnxruntime import OrtRunner
 from .torch import TorchRunner
 
-__all__ = ["Runner", "OrtRunner", "TorchRunner"]
+__all__ = ["AotiRunner", "Runner", "OrtRunner", "TorchRunner"]

@@ -1,0 +1,84 @@
+"""AOTInductor export: the deploy form compiled ahead of time into a ``.pt2`` package.
+
+``torch.export`` captures the graph with a symbolic batch axis (``1 <= N <=
+max_batch``); ``torch._inductor.aoti_compile_and_package`` compiles it into a
+shared library inside the package (needs a C++ compiler on CPU, CUDA on GPU).
+The package loads back with ``torch._inductor.aoti_load_package`` in any
+process with the same torch version, without the model's Python code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import atomic_write
+from ..errors import ConfigError, ExportError
+
+__all__ = ["AotiExport", "export_aoti"]
+
+
+@dataclass
+class AotiExport:
+    path: Path
+    seconds: float
+    size_bytes: int
+    device: str
+    dynamic_batch: bool
+    max_batch: int
+    input_shape: tuple[int, ...]
+
+
+def export_aoti(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: tuple[int, int, int],
+    batch: int = 1,
+    dynamic: bool = True,
+    max_batch: int = 256,
+    device: str = "cpu",
+    validate: Callable[[Path], None] | None = None,
+) -> AotiExport:
+    """Compile ``model`` to an AOTInductor package at ``path`` (validated before the rename)."""
+    if not hasattr(torch._inductor, "aoti_compile_and_package"):
+        raise ExportError(f"torch {torch.__version__} has no AOTInductor packaging; it needs torch >= 2.6")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+    if dynamic and not 1 <= batch <= max_batch:
+        raise ConfigError(f"the example batch {batch} must lie in 1..{max_batch} (--max-batch)")
+    path = Path(path)
+    t0 = time.perf_counter()
+    model = model.eval().to(device)
+    # The example batch must not be 1 for a dynamic axis: torch.export specialises size-1 dimensions.
+    example = max(batch, 2) if dynamic else batch
+    x = torch.randn(example, *input_size, device=device)
+    with torch.no_grad():
+        model(x)  # input-size errors surface here with their own message
+    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=max_batch)}} if dynamic else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, (x,), dynamic_shapes=shapes)
+    except Exception as exc:  # torch.export raises many internal types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.export could not capture the model: {first}") from None
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch._inductor.aoti_compile_and_package(program, package_path=tmp)
+        if validate is not None:
+            validate(Path(tmp))
+
+    atomic_write(path, write, suffix=".pt2")
+    return AotiExport(path, time.perf_counter() - t0, path.stat().st_size, device, dynamic, max_batch,
+                      (batch, *input_size))

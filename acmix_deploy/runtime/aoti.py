@@ -1,0 +1,29 @@
+"""AOTInductor runner: a ``.pt2`` package compiled by :func:`acmix_deploy.exporters.aoti.export_aoti`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import AcmixDeployError
+
+
+class AotiRunner:
+    def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+        path = Path(path)
+        if not path.is_file():
+            raise AcmixDeployError(f"AOTInductor package {path} does not exist")
+        try:
+            self.model = torch._inductor.aoti_load_package(str(path))
+        except Exception as exc:  # the loader raises RuntimeError and zipfile errors alike
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AcmixDeployError(f"cannot load AOTInductor package {path}: {first}") from None
+        self.device = torch.device(device)
+        self.name = f"aoti:{device}"
+
+    @torch.inference_mode()
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()
