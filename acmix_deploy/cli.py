@@ -213,7 +213,9 @@ def export(
     max_batch: int = typer.Option(256, "--max-batch", help="Largest batch of a dynamic AOTInductor package."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (AOTInductor compiles for this device)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim."),
-    tol: float = typer.Option(1e-4, "--tol", help="Largest accepted relative error of the exported model vs torch."),
+    fp16: bool = typer.Option(False, "--fp16", help="ONNX in float16, attention (softmax, mask, logits) kept in float32."),
+    tol: Optional[float] = typer.Option(None, "--tol", help="Largest accepted relative error vs torch [1e-4; 2e-2 with --fp16]."),
+    min_top1: float = typer.Option(0.99, "--min-top1", help="Smallest accepted top-1 agreement with torch (--fp16)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
 ) -> None:
     """Export a model (folded first if needed), validate it against torch, write it atomically."""
@@ -228,6 +230,10 @@ def export(
     try:
         if fmt not in FORMATS:
             raise AcmixDeployError(f"unknown format {fmt!r}; available: {', '.join(FORMATS)}")
+        if fp16 and fmt != "onnx":
+            raise AcmixDeployError("--fp16 applies to --format onnx (precision is written into the ONNX graph)")
+        if tol is None:
+            tol = 2e-2 if fp16 else 1e-4
         if batch < 1:
             raise AcmixDeployError(f"--batch must be positive, got {batch}")
         if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -239,7 +245,7 @@ def export(
         if dynamic and not 1 <= batch <= max_batch:
             raise AcmixDeployError(f"--batch {batch} must lie in 1..--max-batch ({max_batch})")
         spec = FORMATS[fmt]
-        out = output or ckpt.with_suffix(spec.suffix)
+        out = output or ckpt.with_suffix((".fp16" if fp16 else "") + spec.suffix)
         if not ckpt.exists():
             raise AcmixDeployError(f"checkpoint {ckpt} does not exist")
         _check_output_path(out, ckpt)
@@ -261,6 +267,10 @@ def export(
             if not worst <= tol:
                 console.print(_comparison_table(title, rows))
                 raise EquivalenceError(f"the exported model's output differs by {worst:.3g} (relative), above --tol {tol:g}")
+            agreement = min((r.diff.top1_agreement for r in rows if r.diff.top1_agreement is not None), default=1.0)
+            if fp16 and agreement < min_top1:
+                console.print(_comparison_table(title, rows))
+                raise EquivalenceError(f"top-1 agreement {agreement:.1%} is below --min-top1 {min_top1:.1%}")
 
         if fmt == "onnx":
             meta = {
@@ -270,7 +280,7 @@ def export(
             }
             with console.status("exporting ONNX and validating it with ONNX Runtime"):
                 res = export_onnx(prep.deploy, out, prep.input_size, batch=batch, dynamic=dynamic, opset=opset,
-                                  simplify=simplify, metadata=meta, validate=validate)
+                                  simplify=simplify, metadata=meta, validate=validate, fp16=fp16)
         else:
             with console.status(f"compiling with AOTInductor for {device} (minutes for large models)"):
                 res = export_aoti(prep.deploy, out, prep.input_size, batch=batch, dynamic=dynamic,
@@ -283,7 +293,8 @@ def export(
     if fmt == "onnx":
         ops = ", ".join(f"{op} {n}" for op, n in res.op_histogram.items())
         shape = "x".join(["N" if dynamic else str(batch), *map(str, prep.input_size)])
-        console.print(f"graph: {res.nodes} nodes, opset {res.opset}, input {shape}; ops: {ops}")
+        precision = "fp16 (attention fp32)" if res.fp16 else "fp32"
+        console.print(f"graph: {res.nodes} nodes, opset {res.opset}, {precision}, input {shape}; ops: {ops}")
     else:
         span = f"batch 1..{res.max_batch}" if dynamic else f"batch {batch}"
         console.print(f"AOTInductor package for {res.device}, {span}")

@@ -188,3 +188,34 @@ def test_aoti_runner_errors(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(AcmixDeployError, match="cannot load AOTInductor package"):
         AotiRunner(bad)
+
+
+def test_fp16_keeps_attention_in_fp32_and_stays_close(tmp_path):
+    from onnx import TensorProto, numpy_helper, shape_inference
+
+    deploy = ad.reparameterize_model(randomize_model(ad.create_model("acmix_resnet_tiny"), 5).eval())
+    f32 = export_onnx(deploy, tmp_path / "f32.onnx", (3, 32, 32))
+    f16 = export_onnx(deploy, tmp_path / "f16.onnx", (3, 32, 32), fp16=True)
+    proto = shape_inference.infer_shapes(onnx.load(f16.path))
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in proto.graph.value_info}
+    softmaxes = [n for n in proto.graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == 4
+    for n in softmaxes:
+        assert types[n.input[0]] == TensorProto.FLOAT and types[n.output[0]] == TensorProto.FLOAT
+    conv_weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    inits = {i.name: i for i in proto.graph.initializer}
+    assert all(numpy_helper.to_array(inits[w]).dtype == "float16" for w in conv_weights if w in inits)
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # I/O stay float32
+    x = random_inputs((3, 32, 32), (8,), seed=1)
+    rows = compare_runners(OrtRunner(f32.path), [OrtRunner(f16.path)], x)
+    assert rows[0].diff.rel <= 1e-2 and rows[0].diff.top1_agreement == 1.0
+    assert f16.size_bytes < 0.6 * f32.size_bytes
+
+
+def test_cli_export_fp16(train_ckpt, tmp_path):
+    path, _ = train_ckpt
+    result = runner.invoke(app, ["export", str(path), "--fp16"])
+    assert result.exit_code == 0, result.output
+    assert "fp16 (attention fp32)" in result.output and path.with_name("train.fp16.onnx").exists()
+    result = runner.invoke(app, ["export", str(path), "--fp16", "--format", "aoti"])
+    assert result.exit_code == 2 and "--fp16 applies to --format onnx" in result.output

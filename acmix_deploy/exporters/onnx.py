@@ -51,6 +51,7 @@ class OnnxExport:
     dynamic_batch: bool
     input_shape: tuple[int, ...]
     simplified: bool
+    fp16: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -89,11 +90,13 @@ def export_onnx(
     simplify: bool = True,
     metadata: dict[str, Any] | None = None,
     validate: Callable[[Path], None] | None = None,
+    fp16: bool = False,
 ) -> OnnxExport:
     """Export ``model`` (eval mode, CPU, float32) to ``path``.
 
     ``validate(tmp_path)`` runs on the complete file before it is renamed onto
-    ``path``; if it raises, nothing is written.
+    ``path``; if it raises, nothing is written.  ``fp16=True`` converts the graph
+    to float16 with the attention kept in float32 (see :mod:`.precision`).
     """
     onnx = require("onnx", "onnx")
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -113,6 +116,11 @@ def export_onnx(
         onnxslim = require("onnxslim", "onnx")
         proto = onnxslim.slim(proto)
         onnx.checker.check_model(proto)
+    if fp16:
+        from .precision import convert_fp16
+
+        proto = convert_fp16(proto)
+        onnx.checker.check_model(proto)
     bad = unsupported_ops(proto)
     if bad:
         raise ExportError(
@@ -122,6 +130,7 @@ def export_onnx(
         "acmix_deploy.input_name": INPUT_NAME,
         "acmix_deploy.input_shape": json.dumps(["batch" if dynamic else batch, *input_size]),
         "acmix_deploy.output_name": OUTPUT_NAME,
+        "acmix_deploy.precision": "fp16 (softmax, mask and logits in fp32; float32 I/O)" if fp16 else "fp32",
     }
     for key, value in (metadata or {}).items():
         meta[f"acmix_deploy.{key}"] = value if isinstance(value, str) else json.dumps(value)
@@ -140,5 +149,5 @@ def export_onnx(
     return OnnxExport(
         path=path, seconds=time.perf_counter() - t0, size_bytes=path.stat().st_size, nodes=len(proto.graph.node),
         op_histogram=op_histogram(proto), opset=opset, dynamic_batch=dynamic,
-        input_shape=(batch, *input_size), simplified=simplify, metadata=meta,
+        input_shape=(batch, *input_size), simplified=simplify, fp16=fp16, metadata=meta,
     )

@@ -9,7 +9,8 @@ What the paper describes
 * Convolution, Eq. (1): ``Y(p) = sum_{d in Delta_k} W_d X(p + d) + B``.
 * Self-attention, Eq. (2): an output ``W_bar(X) X`` whose coefficient matrix
   ``W_bar(X)`` is a "dynamic, spatially varying convolution kernel".
-* Approximation of global self-attention (Eqs. (3)-(7)): the attention logit
+* Approximation of global self-attention (Eq. (3) and the derivation that
+  follows it; the later equation numbers could not be checked): the attention logit
   at ``x_0`` is approximated by a weighted sum of the *local* attention results
   ``<x_k, x_i>`` of its neighbours; stacking layers propagates the context to
   the whole image.  The resulting operator, **pixel shift self-attention
@@ -19,9 +20,10 @@ What the paper describes
   transformed features, "which can be implemented by a convolution".  Every
   step is ``O(n)``.  No softmax or other normalisation is described.
 * Multi-branch training topology (the paper's figure of the X-volution
-  block): PSSA followed by BatchNorm, and a convolution followed by
-  BatchNorm, summed.
-* Conditional conversion (the equations of the "atomic X-volution" part):
+  block, Fig. 2 per BRIEF.md): PSSA followed by BatchNorm, and a convolution
+  followed by BatchNorm, summed.
+* Conditional conversion (the two equations of the "conditionally converting
+  the multi-branch scheme into an atomic X-volution" part):
   BatchNorm is a per-channel affine (a 1x1 group convolution) and folds into
   either branch; the sum is then ``y_0 = sum_i (W_c[i] + w^A(x_0, x_i)) x_i``
   with static coefficients ``W_c`` (the trained convolution) plus

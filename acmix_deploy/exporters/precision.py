@@ -1,0 +1,56 @@
+"""Reduced precision written into the ONNX graph (TensorRT 10+/11 networks are strongly typed).
+
+FP16: weights and activations are converted to float16 with onnxconverter-common's converter, with
+the graph's inputs and outputs kept float32, and the attention kept in float32: every ``Softmax``,
+the ``Add`` that feeds it (the window mask) and the ``MatMul`` that produces the logits.  Logits of
+many terms lose accuracy in float16 and the ``-inf`` mask must not meet float16 overflow; the value
+aggregation (second ``MatMul``) and all convolutions run in float16.
+
+Why onnxconverter-common rather than NVIDIA ModelOpt's AutoCast: ModelOpt's ONNX extra pulls
+``onnxruntime-gpu`` (which clashes with ``onnxruntime``), cupy and an older onnx; the converter is a
+small pure-Python package that keeps I/O types and takes an explicit block list.
+"""
+
+from __future__ import annotations
+
+from .util import require
+
+__all__ = ["attention_nodes", "convert_fp16"]
+
+
+def attention_nodes(model_proto) -> list[str]:
+    """Names of the nodes to keep in float32: each Softmax, and the Add/MatMul chain feeding it."""
+    producer = {out: node for node in model_proto.graph.node for out in node.output}
+    keep: list[str] = []
+    for node in model_proto.graph.node:
+        if node.op_type != "Softmax":
+            continue
+        keep.append(node.name)
+        frontier = [producer.get(i) for i in node.input]
+        while frontier:
+            n = frontier.pop()
+            if n is None or n.op_type not in ("Add", "MatMul") or n.name in keep:
+                continue
+            keep.append(n.name)
+            if n.op_type == "Add":  # the mask add: follow it to the logits MatMul
+                frontier.extend(producer.get(i) for i in n.input)
+    return keep
+
+
+def convert_fp16(model_proto, keep_attention_fp32: bool = True):
+    """A float16 copy of ``model_proto`` (I/O stay float32), attention in float32 by default."""
+    require("onnxconverter_common", "onnx")
+    from onnxconverter_common import float16
+
+    import onnx
+
+    for node in model_proto.graph.node:  # the block list works on names
+        if not node.name:
+            raise ValueError("every node needs a name for the FP16 block list")
+    block = attention_nodes(model_proto) if keep_attention_fp32 else []
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model_proto)
+    # Stale float32 value_info makes the converter insert casts of the wrong type around blocked
+    # nodes (ONNX Runtime then refuses the model); types are re-inferred during the conversion.
+    del proto.graph.value_info[:]
+    return float16.convert_float_to_float16(proto, keep_io_types=True, node_block_list=block)
