@@ -214,8 +214,11 @@ def export(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (AOTInductor compiles for this device)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim."),
     fp16: bool = typer.Option(False, "--fp16", help="ONNX in float16, attention (softmax, mask, logits) kept in float32."),
-    tol: Optional[float] = typer.Option(None, "--tol", help="Largest accepted relative error vs torch [1e-4; 2e-2 with --fp16]."),
-    min_top1: float = typer.Option(0.99, "--min-top1", help="Smallest accepted top-1 agreement with torch (--fp16)."),
+    int8: bool = typer.Option(False, "--int8", help="ONNX with int8 Q/DQ convolutions, calibrated on --calib."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="INT8 calibration data: 'digits', a .npy file or an image folder."),
+    calib_limit: int = typer.Option(256, "--calib-limit", help="Most calibration images used."),
+    tol: Optional[float] = typer.Option(None, "--tol", help="Largest accepted relative error vs torch [1e-4; fp16 2e-2; int8 1.0]."),
+    min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Smallest accepted top-1 agreement with torch [fp16 0.99; int8 0.9]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
 ) -> None:
     """Export a model (folded first if needed), validate it against torch, write it atomically."""
@@ -230,10 +233,16 @@ def export(
     try:
         if fmt not in FORMATS:
             raise AcmixDeployError(f"unknown format {fmt!r}; available: {', '.join(FORMATS)}")
-        if fp16 and fmt != "onnx":
-            raise AcmixDeployError("--fp16 applies to --format onnx (precision is written into the ONNX graph)")
+        if (fp16 or int8) and fmt != "onnx":
+            raise AcmixDeployError("--fp16/--int8 apply to --format onnx (precision is written into the ONNX graph)")
+        if fp16 and int8:
+            raise AcmixDeployError("choose one of --fp16 and --int8")
+        if int8 and not calib:
+            raise AcmixDeployError("--int8 needs calibration data: --calib digits, --calib data.npy or --calib images/")
         if tol is None:
-            tol = 2e-2 if fp16 else 1e-4
+            tol = 2e-2 if fp16 else 1.0 if int8 else 1e-4
+        if min_top1 is None:
+            min_top1 = 0.9 if int8 else 0.99
         if batch < 1:
             raise AcmixDeployError(f"--batch must be positive, got {batch}")
         if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -245,7 +254,7 @@ def export(
         if dynamic and not 1 <= batch <= max_batch:
             raise AcmixDeployError(f"--batch {batch} must lie in 1..--max-batch ({max_batch})")
         spec = FORMATS[fmt]
-        out = output or ckpt.with_suffix((".fp16" if fp16 else "") + spec.suffix)
+        out = output or ckpt.with_suffix((".fp16" if fp16 else ".int8" if int8 else "") + spec.suffix)
         if not ckpt.exists():
             raise AcmixDeployError(f"checkpoint {ckpt} does not exist")
         _check_output_path(out, ckpt)
@@ -257,6 +266,15 @@ def export(
         reference = TorchRunner(prep.deploy, name="torch:deploy", device=device if fmt == "aoti" else "cpu")
         batches = (batch,) if not dynamic else tuple(sorted({batch, min(batch + 2, max_batch)}))
         inputs = random_inputs(prep.input_size, batches, seed)
+        calibration = None
+        if int8:
+            from .exporters.calibration import load_calibration
+
+            cfg = prep.deploy.default_cfg
+            calibration = load_calibration(calib, prep.input_size, cfg.get("mean"), cfg.get("std"), calib_limit)
+            # Validate a quantized model on real data (up to 64 images): random noise says little
+            # about its accuracy, and top-1 agreement needs more than a few samples.
+            inputs = [calibration[:64]]
         rows: list = []
         make_runner = OrtRunner if fmt == "onnx" else (lambda p: AotiRunner(p, device))
         title = f"{fmt} vs torch (deploy form)"
@@ -268,7 +286,7 @@ def export(
                 console.print(_comparison_table(title, rows))
                 raise EquivalenceError(f"the exported model's output differs by {worst:.3g} (relative), above --tol {tol:g}")
             agreement = min((r.diff.top1_agreement for r in rows if r.diff.top1_agreement is not None), default=1.0)
-            if fp16 and agreement < min_top1:
+            if (fp16 or int8) and agreement < min_top1:
                 console.print(_comparison_table(title, rows))
                 raise EquivalenceError(f"top-1 agreement {agreement:.1%} is below --min-top1 {min_top1:.1%}")
 
@@ -280,7 +298,9 @@ def export(
             }
             with console.status("exporting ONNX and validating it with ONNX Runtime"):
                 res = export_onnx(prep.deploy, out, prep.input_size, batch=batch, dynamic=dynamic, opset=opset,
-                                  simplify=simplify, metadata=meta, validate=validate, fp16=fp16)
+                                  simplify=simplify, metadata=meta, validate=validate, fp16=fp16,
+                                  int8_calibration=calibration,
+                                  calibration_cache=out.with_suffix(".calib.json") if int8 else None)
         else:
             with console.status(f"compiling with AOTInductor for {device} (minutes for large models)"):
                 res = export_aoti(prep.deploy, out, prep.input_size, batch=batch, dynamic=dynamic,
@@ -293,7 +313,7 @@ def export(
     if fmt == "onnx":
         ops = ", ".join(f"{op} {n}" for op, n in res.op_histogram.items())
         shape = "x".join(["N" if dynamic else str(batch), *map(str, prep.input_size)])
-        precision = "fp16 (attention fp32)" if res.fp16 else "fp32"
+        precision = "fp16 (attention fp32)" if res.fp16 else "int8 Q/DQ (attention fp32)" if res.int8 else "fp32"
         console.print(f"graph: {res.nodes} nodes, opset {res.opset}, {precision}, input {shape}; ops: {ops}")
     else:
         span = f"batch 1..{res.max_batch}" if dynamic else f"batch {batch}"

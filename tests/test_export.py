@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -218,4 +219,55 @@ def test_cli_export_fp16(train_ckpt, tmp_path):
     assert result.exit_code == 0, result.output
     assert "fp16 (attention fp32)" in result.output and path.with_name("train.fp16.onnx").exists()
     result = runner.invoke(app, ["export", str(path), "--fp16", "--format", "aoti"])
-    assert result.exit_code == 2 and "--fp16 applies to --format onnx" in result.output
+    assert result.exit_code == 2 and "--fp16/--int8 apply to --format onnx" in result.output
+
+
+def test_calibration_sources(tmp_path):
+    from acmix_deploy.errors import ConfigError
+    from acmix_deploy.exporters.calibration import load_calibration
+
+    digits = load_calibration("digits", (3, 16, 16), limit=10)
+    assert digits.shape == (10, 3, 16, 16) and digits.dtype == np.float32
+    assert abs(float(digits.mean())) < 0.1  # standardised
+    arr = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "c.npy", arr)
+    assert np.array_equal(load_calibration(tmp_path / "c.npy", (1, 8, 8)), arr)
+    np.save(tmp_path / "bad.npy", arr[:, :, :4])
+    with pytest.raises(ConfigError, match=r"expected \(N, 1, 8, 8\)"):
+        load_calibration(tmp_path / "bad.npy", (1, 8, 8))
+    np.save(tmp_path / "ints.npy", np.zeros((2, 1, 8, 8), dtype=np.int64))
+    with pytest.raises(ConfigError, match="dtype"):
+        load_calibration(tmp_path / "ints.npy", (1, 8, 8))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_calibration(tmp_path / "none.npy", (1, 8, 8))
+    from PIL import Image
+
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 30, 3), 60 * i, dtype=np.uint8)).save(img_dir / f"{i}.png")
+    imgs = load_calibration(img_dir, (3, 8, 8), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert imgs.shape == (3, 3, 8, 8) and np.allclose(imgs[0], -1.0) and np.allclose(imgs[2], 120 / 255 * 2 - 1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no images"):
+        load_calibration(tmp_path / "empty", (3, 8, 8))
+
+
+def test_cli_export_int8_with_cache(train_ckpt, tmp_path):
+    """The thresholds are loosened: a random-weight model has near-tied logits, so its top-1 flips
+    under any quantization; the defaults (0.25 relative, 90% top-1) are meant for trained models."""
+    path, _ = train_ckpt
+    out = tmp_path / "q.onnx"
+    result = runner.invoke(app, ["export", str(path), "--int8", "--calib", "digits", "--calib-limit", "32",
+                                 "-o", str(out), "--min-top1", "0", "--tol", "1"])
+    assert result.exit_code == 0, result.output
+    assert "int8 Q/DQ" in result.output and "QuantizeLinear" in result.output
+    proto = onnx.load(out)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Softmax"} <= ops and not unsupported_ops(proto)
+    zero_points = [i for i in proto.graph.initializer if i.name.endswith("_zero_point")]
+    assert zero_points and all(not np.any(onnx.numpy_helper.to_array(z)) for z in zero_points)  # TensorRT needs 0
+    assert out.with_suffix(".calib.json").exists()
+    result = runner.invoke(app, ["export", str(path), "--int8", "-o", str(tmp_path / "r.onnx")])
+    assert result.exit_code == 2 and "--int8 needs calibration data" in result.output
+    assert not (tmp_path / "r.onnx").exists()

@@ -52,6 +52,7 @@ class OnnxExport:
     input_shape: tuple[int, ...]
     simplified: bool
     fp16: bool = False
+    int8: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -91,6 +92,8 @@ def export_onnx(
     metadata: dict[str, Any] | None = None,
     validate: Callable[[Path], None] | None = None,
     fp16: bool = False,
+    int8_calibration=None,
+    calibration_cache: str | os.PathLike | None = None,
 ) -> OnnxExport:
     """Export ``model`` (eval mode, CPU, float32) to ``path``.
 
@@ -130,7 +133,10 @@ def export_onnx(
         "acmix_deploy.input_name": INPUT_NAME,
         "acmix_deploy.input_shape": json.dumps(["batch" if dynamic else batch, *input_size]),
         "acmix_deploy.output_name": OUTPUT_NAME,
-        "acmix_deploy.precision": "fp16 (softmax, mask and logits in fp32; float32 I/O)" if fp16 else "fp32",
+        "acmix_deploy.precision": (
+            "fp16 (softmax, mask and logits in fp32; float32 I/O)" if fp16
+            else "int8 Q/DQ (Conv, Gemm; attention in fp32)" if int8_calibration is not None else "fp32"
+        ),
     }
     for key, value in (metadata or {}).items():
         meta[f"acmix_deploy.{key}"] = value if isinstance(value, str) else json.dumps(value)
@@ -140,14 +146,32 @@ def export_onnx(
         entry.key, entry.value = key, value
     proto.producer_name = "acmix-deploy"
 
+    final = {"proto": proto}
+
     def write(tmp: str) -> None:
-        onnx.save(proto, tmp)
+        if int8_calibration is None:
+            onnx.save(proto, tmp)
+        else:
+            from .precision import quantize_int8
+
+            fp32_tmp = Path(tmp).with_suffix(".fp32.onnx")
+            try:
+                onnx.save(proto, fp32_tmp)
+                quantize_int8(fp32_tmp, tmp, int8_calibration, calibration_cache, input_name=INPUT_NAME)
+            finally:
+                fp32_tmp.unlink(missing_ok=True)
+            quantized = onnx.load(tmp)
+            bad_q = unsupported_ops(quantized)
+            if bad_q:
+                raise ExportError(f"the quantized graph uses operator(s) TensorRT does not support: {', '.join(bad_q)}")
+            final["proto"] = quantized
         if validate is not None:
             validate(Path(tmp))
 
     atomic_write(path, write)
     return OnnxExport(
-        path=path, seconds=time.perf_counter() - t0, size_bytes=path.stat().st_size, nodes=len(proto.graph.node),
-        op_histogram=op_histogram(proto), opset=opset, dynamic_batch=dynamic,
-        input_shape=(batch, *input_size), simplified=simplify, fp16=fp16, metadata=meta,
+        path=path, seconds=time.perf_counter() - t0, size_bytes=path.stat().st_size,
+        nodes=len(final["proto"].graph.node), op_histogram=op_histogram(final["proto"]), opset=opset, dynamic_batch=dynamic,
+        input_shape=(batch, *input_size), simplified=simplify, fp16=fp16,
+        int8=int8_calibration is not None, metadata=meta,
     )

@@ -54,3 +54,44 @@ def convert_fp16(model_proto, keep_attention_fp32: bool = True):
     # nodes (ONNX Runtime then refuses the model); types are re-inferred during the conversion.
     del proto.graph.value_info[:]
     return float16.convert_float_to_float16(proto, keep_io_types=True, node_block_list=block)
+
+
+def quantize_int8(fp32_path, out_path, calibration, cache_path=None, input_name: str = "images", batch: int = 8):
+    """Post-training INT8 quantization of an ONNX file into Q/DQ form (what TensorRT 10+ builds from).
+
+    Convolutions and the classifier (``Conv``, ``Gemm``) get symmetric int8 weights (per channel)
+    and activations (zero point 0, as TensorRT requires), with ranges from min/max calibration on
+    ``calibration`` (``(N, C, H, W)`` float32).  The attention's matrix products and softmax stay
+    in float.  With ``cache_path`` (onnxruntime >= 1.23) the computed ranges are saved there and
+    reused by later runs.
+    """
+    import inspect
+
+    require("onnxruntime", "onnx")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter(calibration[i : i + batch] for i in range(0, len(calibration), batch))
+
+        def get_next(self):
+            x = next(self._batches, None)
+            return None if x is None else {input_name: x}
+
+    import logging
+
+    kwargs = {}
+    if cache_path is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+        kwargs["calibration_cache_path"] = str(cache_path)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint through the root logger
+    try:
+        quantize_static(
+            str(fp32_path), str(out_path), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, **kwargs,
+        )
+    finally:
+        root.setLevel(level)
+    return "calibration_cache_path" in kwargs
