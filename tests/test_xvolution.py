@@ -27,7 +27,10 @@ CONFIGS = [
     (5, 2, 3, None, True, (17, 8), 3),
     (1, 1, 1, [(0, 0)], False, (5, 6), 3),
 ]
-IDS = [f"k{c[0]}-L{c[1]}-s{c[2]}-{'default' if c[3] is None else len(c[3])}{'+c' if c[4] else ''}-{c[5][0]}x{c[5][1]}-b{c[6]}" for c in CONFIGS]
+IDS = [
+    f"k{k}-L{dil}-s{s}-{'default' if sh is None else len(sh)}{'+c' if c else ''}-{h}x{w}-b{b}"
+    for k, dil, s, sh, c, (h, w), b in CONFIGS
+]
 
 
 def make(cfg, dtype=torch.float64, seed=0, cin=5, cout=6):

@@ -10,8 +10,8 @@ What the paper describes
 * Self-attention, Eq. (2): an output ``W_bar(X) X`` whose coefficient matrix
   ``W_bar(X)`` is a "dynamic, spatially varying convolution kernel".
 * Approximation of global self-attention (Eq. (3) and the derivation that
-  follows it; the later equation numbers could not be checked): the attention logit
-  at ``x_0`` is approximated by a weighted sum of the *local* attention results
+  follows it; the later equation numbers could not be checked): the attention
+  logit at ``x_0`` is approximated by a weighted sum of the *local* attention results
   ``<x_k, x_i>`` of its neighbours; stacking layers propagates the context to
   the whole image.  The resulting operator, **pixel shift self-attention
   (PSSA)**: shift the feature map by ``L`` pixels in given directions (left,
@@ -54,8 +54,8 @@ run factored, with standard ONNX ops::
     y = conv(x; W', b') + conv1x1( concat_d [x * shift_d(x)] ; M' )
 
 which is the same algebra: one ``k x k`` Conv, one Pad, ``|D|`` strided
-Slices (plus one for the centre when ``s > 1``), two Concats (the shifted
-copies; the centre repeated ``|D|`` times), one Mul, one 1x1 Conv, one Add.
+Slices (plus one for the centre when ``s > 1``), one Concat, one broadcast
+Mul (between two Reshapes), one 1x1 Conv, one Add.
 
 Choices where the paper is silent (also listed in ``docs/xvolution.md``)
 ------------------------------------------------------------------------
@@ -75,8 +75,9 @@ Choices where the paper is silent (also listed in ``docs/xvolution.md``)
 5. Shifted copies are zero-filled at the borders (as the convolution's zero
    padding), so products that reach outside the image are zero.
 6. Stride ``s``: both branches sample the output grid ``p = s * o``; the PSSA
-   weighted sum is a 1x1 convolution with stride ``s`` (products at the
-   sampled centres only), the output is ``ceil(H / s) x ceil(W / s)``.
+   weighted sum is a 1x1 convolution with stride ``s`` (the deploy form forms
+   products at the sampled centres only); the output is
+   ``ceil(H / s) x ceil(W / s)``.
 7. BatchNorm sits after each branch (the paper's figure); both are folded in
    inference mode (running statistics).
 
@@ -213,9 +214,9 @@ def shifted_products(x: torch.Tensor, shifts: Sequence[Shift], stride: int = 1) 
 
     Channel ``i * C + c`` holds ``x_c(s*o) * x_c(s*o + D[i])`` (zero when the
     shifted position is outside the image) with ``H' = ceil(H / s)``.  Built
-    from one Pad, one strided Slice per shift, two Concats and one Mul; the
-    slice bounds are relative to the padded tensor's ends, so no
-    input size is baked into an exported graph.
+    from one Pad, one strided Slice per shift, one Concat and one broadcast
+    Mul (between two Reshapes); the slice bounds are relative to the padded
+    tensor's ends, so no input size is baked into an exported graph.
     """
     pad = max(max(abs(dy), abs(dx)) for dy, dx in shifts)
     xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
@@ -229,9 +230,11 @@ def shifted_products(x: torch.Tensor, shifts: Sequence[Shift], stride: int = 1) 
 
     centre = x[..., ::s, ::s] if s > 1 else x
     stacked = torch.cat([window(dy, dx) for dy, dx in shifts], 1)
-    # The centre repeated |D| times along channels (a Concat, not a Reshape:
-    # no channel count is computed in an exported graph).
-    return stacked * torch.cat([centre] * len(shifts), 1)
+    # One broadcast Mul against the centre; explicit sizes (not unflatten,
+    # which exports with a Mod) keep the graph to Shape/Gather/Reshape.
+    b, c, ho, wo = centre.shape
+    n = len(shifts)
+    return (stacked.reshape(b, n, c, ho, wo) * centre.unsqueeze(1)).reshape(b, n * c, ho, wo)
 
 
 class XVolution(nn.Module):
