@@ -237,7 +237,39 @@ def shifted_products(x: torch.Tensor, shifts: Sequence[Shift], stride: int = 1) 
     return (stacked.reshape(b, n, c, ho, wo) * centre.unsqueeze(1)).reshape(b, n * c, ho, wo)
 
 
-class XVolution(nn.Module):
+class _XVolutionHParams:
+    """Hyper-parameters shared by the training and deploy forms."""
+
+    def _set_hparams(self, in_channels, out_channels, kernel_size, dilation, stride, shifts, include_centre):
+        self.shifts = _validate_hparams(
+            in_channels, out_channels, kernel_size, dilation, stride, shifts, include_centre
+        )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.stride = stride
+        self.padding = dilation * (kernel_size - 1) // 2
+
+    def hparams(self) -> dict:
+        """The constructor arguments, enough to build either form."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "dilation": self.dilation,
+            "stride": self.stride,
+            "shifts": [list(s) for s in self.shifts],
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"dilation={self.dilation}, stride={self.stride}, shifts={list(self.shifts)}"
+        )
+
+
+class XVolution(_XVolutionHParams, nn.Module):
     """Training form of X-volution: ``BN_c(conv(x)) + BN_a(PSSA(x))``.
 
     Submodules: ``conv`` (``k x k``, dilation ``L``, stride ``s``, zero
@@ -272,15 +304,7 @@ class XVolution(nn.Module):
         include_centre: bool = False,
     ):
         super().__init__()
-        self.shifts = _validate_hparams(
-            in_channels, out_channels, kernel_size, dilation, stride, shifts, include_centre
-        )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.dilation = dilation
-        self.stride = stride
-        self.padding = dilation * (kernel_size - 1) // 2
+        self._set_hparams(in_channels, out_channels, kernel_size, dilation, stride, shifts, include_centre)
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=self.padding,
             dilation=dilation, bias=False,
@@ -288,23 +312,6 @@ class XVolution(nn.Module):
         self.bn_conv = nn.BatchNorm2d(out_channels)
         self.pssa = nn.Conv2d(len(self.shifts) * in_channels, out_channels, 1, stride=stride, bias=False)
         self.bn_pssa = nn.BatchNorm2d(out_channels)
-
-    def hparams(self) -> dict:
-        """The constructor arguments, enough to build the matching :class:`XVolutionDeploy`."""
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "dilation": self.dilation,
-            "stride": self.stride,
-            "shifts": [list(s) for s in self.shifts],
-        }
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"dilation={self.dilation}, stride={self.stride}, shifts={list(self.shifts)}"
-        )
 
     def transformed_features(self, x: torch.Tensor) -> torch.Tensor:
         """``concat_d [x * shift_d(x)]`` at every input pixel: ``(B, |D| C_in, H, W)``."""
@@ -378,7 +385,7 @@ def xvolution_deploy_params(
     return {"conv.weight": w_c, "conv.bias": bias, "mix.weight": w_m}
 
 
-class XVolutionDeploy(nn.Module):
+class XVolutionDeploy(_XVolutionHParams, nn.Module):
     """Deploy form of :class:`XVolution`: the merged dynamic convolution, run factored.
 
     ``forward(x) = conv(x) + mix(shifted_products(x))`` where ``conv`` holds the
@@ -404,36 +411,12 @@ class XVolutionDeploy(nn.Module):
         include_centre: bool = False,
     ):
         super().__init__()
-        self.shifts = _validate_hparams(
-            in_channels, out_channels, kernel_size, dilation, stride, shifts, include_centre
-        )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.dilation = dilation
-        self.stride = stride
-        self.padding = dilation * (kernel_size - 1) // 2
+        self._set_hparams(in_channels, out_channels, kernel_size, dilation, stride, shifts, include_centre)
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=self.padding,
             dilation=dilation, bias=True,
         )
         self.mix = nn.Conv2d(len(self.shifts) * in_channels, out_channels, 1, bias=False)
-
-    def hparams(self) -> dict:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "dilation": self.dilation,
-            "stride": self.stride,
-            "shifts": [list(s) for s in self.shifts],
-        }
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"dilation={self.dilation}, stride={self.stride}, shifts={list(self.shifts)}"
-        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_channels, "XVolutionDeploy")
