@@ -222,12 +222,10 @@ def export(
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
 ) -> None:
     """Export a model (folded first if needed), validate it against torch, write it atomically."""
-    import torch
-
     from .compare import compare_runners, random_inputs
     from .exporters import FORMATS, export_aoti, export_onnx
     from .exporters.onnx import MAX_OPSET, MIN_OPSET
-    from .pipeline import prepare_deploy, sha256_file
+    from .pipeline import check_device, prepare_deploy, sha256_file
     from .runtime import AotiRunner, OrtRunner, TorchRunner
 
     try:
@@ -247,10 +245,7 @@ def export(
             raise AcmixDeployError(f"--batch must be positive, got {batch}")
         if not MIN_OPSET <= opset <= MAX_OPSET:
             raise AcmixDeployError(f"--opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
-        if device not in ("cpu", "cuda"):
-            raise AcmixDeployError(f"--device must be cpu or cuda, got {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise AcmixDeployError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+        check_device(device)
         if dynamic and not 1 <= batch <= max_batch:
             raise AcmixDeployError(f"--batch {batch} must lie in 1..--max-batch ({max_batch})")
         spec = FORMATS[fmt]

@@ -15,7 +15,7 @@ from .checkpoint import LoadedCheckpoint, read_checkpoint
 from .errors import ConfigError, EquivalenceError
 from .reparam import reparameterize_model
 
-__all__ = ["Prepared", "prepare_deploy", "sha256_file", "default_input_size"]
+__all__ = ["Prepared", "prepare_deploy", "sha256_file", "default_input_size", "check_device"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -24,6 +24,16 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_device(device: str) -> None:
+    """Refuse a device other than cpu/cuda, and cuda where torch sees no GPU."""
+    import torch
+
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
 
 
 def default_input_size(model: nn.Module, imgsz: int | None = None) -> tuple[int, int, int]:

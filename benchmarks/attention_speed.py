@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 import acmix_deploy as ad
+from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reparam_speed import cpu_name, write_json  # noqa: E402
+from reparam_speed import write_json  # noqa: E402
 
 MEMORY_PROBE = r"""
 import sys, torch, acmix_deploy as ad
@@ -137,7 +138,7 @@ def main() -> None:
 
         report = {
             "benchmark": "attention_speed",
-            "device": {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "threads": args.threads,
+            "device": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": args.threads,
                        "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__,
                        "acmix_deploy": ad.__version__},
             "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "statistic": "median",

@@ -21,17 +21,8 @@ from pathlib import Path
 import torch
 
 import acmix_deploy as ad
+from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_json(report: dict, path: Path) -> None:
@@ -97,7 +88,7 @@ def main() -> None:
     report = {
         "benchmark": "reparam_speed",
         "device": {
-            "cpu": cpu_name(),
+            "cpu": cpu_model(),
             "logical_cpus": os.cpu_count(),
             "threads": args.threads,
             "torch": str(torch.__version__),

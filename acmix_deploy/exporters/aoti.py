@@ -49,10 +49,9 @@ def export_aoti(
     """Compile ``model`` to an AOTInductor package at ``path`` (validated before the rename)."""
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise ExportError(f"torch {torch.__version__} has no AOTInductor packaging; it needs torch >= 2.6")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+    from ..pipeline import check_device
+
+    check_device(device)
     if dynamic and not 1 <= batch <= max_batch:
         raise ConfigError(f"the example batch {batch} must lie in 1..{max_batch} (--max-batch)")
     path = Path(path)

@@ -70,10 +70,9 @@ class ProfileSettings:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be positive, got {self.threads}")
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"--device must be cpu or cuda, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+        from ..pipeline import check_device
+
+        check_device(self.device)
 
 
 @dataclass
