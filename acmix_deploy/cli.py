@@ -182,12 +182,9 @@ def reparam(
 
 
 def _check_output_path(out: Path, src: Path) -> None:
-    if out.resolve() == src.resolve():
-        raise AcmixDeployError(f"output {out} is the input file; choose another path with -o")
-    if not out.parent.exists():
-        raise AcmixDeployError(f"output directory {out.parent} does not exist")
-    if out.is_dir():
-        raise AcmixDeployError(f"output {out} is a directory; give a file name")
+    from .exporters.driver import _check_output_path as check
+
+    check(out, src)
 
 
 def _comparison_table(title: str, rows) -> Table:
@@ -204,116 +201,73 @@ def _comparison_table(title: str, rows) -> Table:
 def export(
     ckpt: Path = typer.Argument(..., help="Checkpoint (training form is folded first, with a check)."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="Target format (see 'acmix-deploy formats')."),
+    trt: bool = typer.Option(False, "--trt", help="Shorthand for --format engine: a TensorRT engine (needs a GPU)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file [default: CKPT with the format's suffix]."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width [default: the arch's]."),
     batch: int = typer.Option(1, "--batch", help="Batch size of the example input (the fixed batch with --static)."),
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch axis."),
+    min_batch: Optional[int] = typer.Option(None, "--min-batch", help="TensorRT profile: smallest batch [1]."),
+    opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="TensorRT profile: batch tuned for [--batch]."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch [aoti 256; engine max(32, --opt-batch)]."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
-    max_batch: int = typer.Option(256, "--max-batch", help="Largest batch of a dynamic AOTInductor package."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (AOTInductor compiles for this device)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim."),
-    fp16: bool = typer.Option(False, "--fp16", help="ONNX in float16, attention (softmax, mask, logits) kept in float32."),
-    int8: bool = typer.Option(False, "--int8", help="ONNX with int8 Q/DQ convolutions, calibrated on --calib."),
+    fp16: bool = typer.Option(False, "--fp16", help="Float16 graph, attention (softmax, mask, logits) kept in float32."),
+    int8: bool = typer.Option(False, "--int8", help="Int8 Q/DQ convolutions, calibrated on --calib."),
     calib: Optional[str] = typer.Option(None, "--calib", help="INT8 calibration data: 'digits', a .npy file or an image folder."),
     calib_limit: int = typer.Option(256, "--calib-limit", help="Most calibration images used."),
+    workspace: Optional[float] = typer.Option(None, "--workspace", help="TensorRT builder workspace limit in GiB [TensorRT's]."),
+    opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimization level 0..5."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache, reused across builds [~/.cache/acmix-deploy/]."),
+    weak_typing: bool = typer.Option(False, "--trt-weak-typing", help="TensorRT 10 only: float32 graph + FP16/INT8 builder flags."),
     tol: Optional[float] = typer.Option(None, "--tol", help="Largest accepted relative error vs torch [1e-4; fp16 2e-2; int8 1.0]."),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Smallest accepted top-1 agreement with torch [fp16 0.99; int8 0.9]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
 ) -> None:
     """Export a model (folded first if needed), validate it against torch, write it atomically."""
-    from .compare import compare_runners, random_inputs
-    from .exporters import FORMATS, export_aoti, export_onnx
-    from .exporters.onnx import MAX_OPSET, MIN_OPSET
-    from .pipeline import check_device, prepare_deploy, sha256_file
-    from .runtime import AotiRunner, OrtRunner, TorchRunner
+    from .exporters import ExportOptions, export_model
 
+    if trt:
+        if fmt not in ("onnx", "engine"):
+            _fail(AcmixDeployError(f"--trt is --format engine; it cannot be combined with --format {fmt}"))
+        fmt = "engine"
+    opts = ExportOptions(
+        fmt=fmt, output=output, arch=arch, imgsz=imgsz, batch=batch, dynamic=dynamic, opset=opset,
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, device=device, simplify=simplify, fp16=fp16,
+        int8=int8, calib=calib, calib_limit=calib_limit, tol=tol, min_top1=min_top1, seed=seed,
+        workspace_gb=workspace, timing_cache=timing_cache, opt_level=opt_level,
+        trt_typing="weak" if weak_typing else "strong",
+    )
     try:
-        if fmt not in FORMATS:
-            raise AcmixDeployError(f"unknown format {fmt!r}; available: {', '.join(FORMATS)}")
-        if (fp16 or int8) and fmt != "onnx":
-            raise AcmixDeployError("--fp16/--int8 apply to --format onnx (precision is written into the ONNX graph)")
-        if fp16 and int8:
-            raise AcmixDeployError("choose one of --fp16 and --int8")
-        if int8 and not calib:
-            raise AcmixDeployError("--int8 needs calibration data: --calib digits, --calib data.npy or --calib images/")
-        if tol is None:
-            tol = 2e-2 if fp16 else 1.0 if int8 else 1e-4
-        if min_top1 is None:
-            min_top1 = 0.9 if int8 else 0.99
-        if batch < 1:
-            raise AcmixDeployError(f"--batch must be positive, got {batch}")
-        if not MIN_OPSET <= opset <= MAX_OPSET:
-            raise AcmixDeployError(f"--opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
-        check_device(device)
-        if dynamic and not 1 <= batch <= max_batch:
-            raise AcmixDeployError(f"--batch {batch} must lie in 1..--max-batch ({max_batch})")
-        spec = FORMATS[fmt]
-        out = output or ckpt.with_suffix((".fp16" if fp16 else ".int8" if int8 else "") + spec.suffix)
-        if not ckpt.exists():
-            raise AcmixDeployError(f"checkpoint {ckpt} does not exist")
-        _check_output_path(out, ckpt)
-        with console.status(f"reading and folding {ckpt}"):
-            prep = prepare_deploy(ckpt, arch, imgsz)
-        if prep.diff is not None:
-            console.print(f"folded the training form in {prep.fold_seconds * 1000:.0f} ms "
-                          f"(relative error vs training form {prep.diff.rel:.2g})")
-        reference = TorchRunner(prep.deploy, name="torch:deploy", device=device if fmt == "aoti" else "cpu")
-        batches = (batch,) if not dynamic else tuple(sorted({batch, min(batch + 2, max_batch)}))
-        inputs = random_inputs(prep.input_size, batches, seed)
-        calibration = None
-        if int8:
-            from .exporters.calibration import load_calibration
+        with console.status(f"exporting {ckpt} to {fmt}") as status:
+            def log(msg: str) -> None:
+                console.print(escape(msg), highlight=False)
+                status.update(f"exporting {ckpt} to {fmt}")
 
-            cfg = prep.deploy.default_cfg
-            calibration = load_calibration(calib, prep.input_size, cfg.get("mean"), cfg.get("std"), calib_limit)
-            # Validate a quantized model on real data (up to 64 images): random noise says little
-            # about its accuracy, and top-1 agreement needs more than a few samples.
-            inputs = [calibration[:64]]
-        rows: list = []
-        make_runner = OrtRunner if fmt == "onnx" else (lambda p: AotiRunner(p, device))
-        title = f"{fmt} vs torch (deploy form)"
-
-        def validate(tmp: Path) -> None:
-            rows.extend(compare_runners(reference, [make_runner(tmp)], inputs))
-            worst = max(r.diff.rel for r in rows)
-            if not worst <= tol:
-                console.print(_comparison_table(title, rows))
-                raise EquivalenceError(f"the exported model's output differs by {worst:.3g} (relative), above --tol {tol:g}")
-            agreement = min((r.diff.top1_agreement for r in rows if r.diff.top1_agreement is not None), default=1.0)
-            if (fp16 or int8) and agreement < min_top1:
-                console.print(_comparison_table(title, rows))
-                raise EquivalenceError(f"top-1 agreement {agreement:.1%} is below --min-top1 {min_top1:.1%}")
-
-        if fmt == "onnx":
-            meta = {
-                "arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": ckpt.name,
-                "source_sha256": sha256_file(ckpt), "package_version": __version__,
-                "mean": list(prep.deploy.default_cfg.get("mean", ())), "std": list(prep.deploy.default_cfg.get("std", ())),
-            }
-            with console.status("exporting ONNX and validating it with ONNX Runtime"):
-                res = export_onnx(prep.deploy, out, prep.input_size, batch=batch, dynamic=dynamic, opset=opset,
-                                  simplify=simplify, metadata=meta, validate=validate, fp16=fp16,
-                                  int8_calibration=calibration,
-                                  calibration_cache=out.with_suffix(".calib.json") if int8 else None)
-        else:
-            with console.status(f"compiling with AOTInductor for {device} (minutes for large models)"):
-                res = export_aoti(prep.deploy, out, prep.input_size, batch=batch, dynamic=dynamic,
-                                  max_batch=max_batch, device=device, validate=validate)
+            res = export_model(ckpt, opts, log)
     except EquivalenceError as exc:
+        if getattr(exc, "rows", None):
+            console.print(_comparison_table(exc.title, exc.rows))
         _fail(exc, code=1)
     except AcmixDeployError as exc:
         _fail(exc)
-    console.print(_comparison_table(title, rows))
-    if fmt == "onnx":
-        ops = ", ".join(f"{op} {n}" for op, n in res.op_histogram.items())
-        shape = "x".join(["N" if dynamic else str(batch), *map(str, prep.input_size)])
-        precision = "fp16 (attention fp32)" if res.fp16 else "int8 Q/DQ (attention fp32)" if res.int8 else "fp32"
-        console.print(f"graph: {res.nodes} nodes, opset {res.opset}, {precision}, input {shape}; ops: {ops}")
-    else:
-        span = f"batch 1..{res.max_batch}" if dynamic else f"batch {batch}"
-        console.print(f"AOTInductor package for {res.device}, {span}")
-    console.print(f"wrote {res.path} ({res.size_bytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
+    console.print(_comparison_table(res.title, res.rows))
+    o = res.options
+    if res.fmt in ("onnx", "engine"):
+        onnx_res = res.onnx or res.artifact
+        ops = ", ".join(f"{op} {n}" for op, n in onnx_res.op_histogram.items())
+        shape = "x".join(["N" if o.dynamic else str(o.batch), *map(str, res.input_size)])
+        precision = {"fp16": "fp16 (attention fp32)", "int8": "int8 Q/DQ (attention fp32)"}.get(o.precision, "fp32")
+        console.print(f"graph: {onnx_res.nodes} nodes, opset {onnx_res.opset}, {precision}, input {shape}; ops: {ops}")
+    if res.fmt == "aoti":
+        span = f"batch 1..{res.artifact.max_batch}" if o.dynamic else f"batch {o.batch}"
+        console.print(f"AOTInductor package for {res.artifact.device}, {span}")
+    if res.fmt == "engine":
+        p = res.artifact.sidecar.profiles[0]
+        console.print(f"TensorRT profile: batch {p['min'][0]} / {p['opt'][0]} / {p['max'][0]} (min / opt / max)")
+    art = res.artifact
+    console.print(f"wrote {art.path} ({art.size_bytes / 1e6:.1f} MB) in {art.seconds:.1f} s")
 
 
 @app.command()
@@ -321,17 +275,18 @@ def formats() -> None:
     """List the export formats."""
     from .exporters import FORMATS
 
-    table = Table("format", "suffix", "needs", "install", "what it is")
+    table = Table("format", "flag", "suffix", "needs", "install", "what it is")
     for f in FORMATS.values():
         install = escape(f'pip install "acmix-deploy[{f.extra}]"') if f.extra else "(base install)"
-        table.add_row(f.name, f.suffix, f.needs, install, f.description)
+        table.add_row(f.name, f"--format {f.name}" + (f" / {f.flag}" if f.flag else ""), f.suffix, f.needs, install,
+                      f.description)
     console.print(table)
 
 
 @app.command()
 def compare(
     ckpt: Path = typer.Argument(..., help="Checkpoint: the reference (its training form when it has one)."),
-    models: list[Path] = typer.Argument(None, help="Exported models to compare (.onnx, .pt2)."),
+    models: list[Path] = typer.Argument(None, help="Exported models to compare (.onnx, .pt2, .engine)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width [default: the arch's]."),
     batch: list[int] = typer.Option([1, 3], "--batch", help="Batch sizes (repeat the option for several)."),
@@ -354,9 +309,15 @@ def compare(
             reference = TorchRunner(prep.deploy, name="torch:deploy")
             candidates = []
         for path in models or []:
-            if path.suffix not in (".onnx", ".pt2"):
-                raise AcmixDeployError(f"{path}: give .onnx (ONNX Runtime) or .pt2 (AOTInductor) models")
-            runner = OrtRunner(path) if path.suffix == ".onnx" else AotiRunner(path)
+            if path.suffix not in (".onnx", ".pt2", ".engine", ".plan"):
+                raise AcmixDeployError(
+                    f"{path}: give .onnx (ONNX Runtime), .pt2 (AOTInductor) or .engine/.plan (TensorRT) models")
+            if path.suffix in (".engine", ".plan"):
+                from .runtime.tensorrt import TrtRunner
+
+                runner = TrtRunner(path)
+            else:
+                runner = OrtRunner(path) if path.suffix == ".onnx" else AotiRunner(path)
             runner.name = f"{runner.name} ({path.name})"
             candidates.append(runner)
         if not candidates:
@@ -400,8 +361,8 @@ def _render_profile(report: dict) -> None:
 
 @app.command()
 def profile(
-    model: Path = typer.Argument(..., help="Checkpoint (training or deploy form) or ONNX model."),
-    backend: list[str] = typer.Option(["torch"], "--backend", "-b", help="torch, torch-compile, onnxruntime (repeatable)."),
+    model: Path = typer.Argument(..., help="Checkpoint (training or deploy form), ONNX model, .pt2 package or TensorRT engine."),
+    backend: list[str] = typer.Option(None, "--backend", "-b", help="torch, torch-compile, onnxruntime, aoti, tensorrt (repeatable) [the file's: torch for checkpoints, onnxruntime for .onnx, aoti for .pt2, tensorrt for .engine]."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     batch: list[int] = typer.Option([1], "--batch", help="Batch sizes (repeatable)."),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width [default: the arch's]."),
@@ -422,7 +383,7 @@ def profile(
     from .profiling import ProfileSettings, profile_model, save_json
 
     settings = ProfileSettings(
-        backends=tuple(backend), batches=tuple(batch), imgsz=imgsz, warmup=warmup, iters=iters, seconds=seconds,
+        backends=tuple(backend or ()), batches=tuple(batch), imgsz=imgsz, warmup=warmup, iters=iters, seconds=seconds,
         threads=threads, device=device, compare_forms=compare_forms, layers=layers, arch=arch,
     )
     try:

@@ -149,8 +149,14 @@ def test_bad_models(ckpts, tmp_path):
         profile_model(deploy, _settings(compare_forms=True))
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")
-    with pytest.raises(AcmixDeployError, match="cannot be profiled by this version"):
+    with pytest.raises(ConfigError, match="m.engine runs on --backend tensorrt only"):
         profile_model(engine, _settings())
+    with pytest.raises(ConfigError, match="TensorRT engines run on the GPU"):
+        profile_model(engine, _settings(backends=()))
+    package = tmp_path / "m.pt2"
+    package.write_bytes(b"not a zip")
+    with pytest.raises(AcmixDeployError, match="cannot load AOTInductor package"):
+        profile_model(package, _settings(backends=()))
 
 
 def test_cli_profile_and_report(ckpts, tmp_path):

@@ -45,8 +45,13 @@ def export_aoti(
     max_batch: int = 256,
     device: str = "cpu",
     validate: Callable[[Path], None] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> AotiExport:
-    """Compile ``model`` to an AOTInductor package at ``path`` (validated before the rename)."""
+    """Compile ``model`` to an AOTInductor package at ``path`` (validated before the rename).
+
+    The package's metadata (``AOTICompiledModel.get_metadata()``) records the
+    input size under ``acmix_deploy.input_size`` ("C,H,W"), plus ``metadata``.
+    """
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise ExportError(f"torch {torch.__version__} has no AOTInductor packaging; it needs torch >= 2.6")
     from ..pipeline import check_device
@@ -71,10 +76,15 @@ def export_aoti(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.export could not capture the model: {first}") from None
 
+    stamp = {"acmix_deploy.input_size": ",".join(map(str, input_size)),
+             "acmix_deploy.max_batch": str(max_batch if dynamic else batch),
+             **{f"acmix_deploy.{k}": str(v) for k, v in (metadata or {}).items()}}
+
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch._inductor.aoti_compile_and_package(program, package_path=tmp)
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=tmp, inductor_configs={"aot_inductor.metadata": stamp})
         if validate is not None:
             validate(Path(tmp))
 

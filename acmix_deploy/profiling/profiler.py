@@ -34,14 +34,16 @@ from .stats import summarize
 
 __all__ = ["BACKENDS", "ProfileSettings", "profile_model", "REPORT_SCHEMA"]
 
-BACKENDS = ("torch", "torch-compile", "onnxruntime")
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "aoti", "tensorrt")
+# The backend that runs each kind of exported file, used when no backend is given.
+_FILE_BACKENDS = {".onnx": "onnxruntime", ".pt2": "aoti", ".engine": "tensorrt", ".plan": "tensorrt"}
 REPORT_SCHEMA = "acmix-deploy/profile/1"
 Progress = Callable[[str, int, int], None]
 
 
 @dataclass
 class ProfileSettings:
-    backends: tuple[str, ...] = ("torch",)
+    backends: tuple[str, ...] = ()  # () = the natural one for the file (torch for checkpoints)
     batches: tuple[int, ...] = (1,)
     imgsz: int | None = None
     warmup: int = 5
@@ -57,8 +59,6 @@ class ProfileSettings:
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
             raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; available: {', '.join(BACKENDS)}")
-        if not self.backends:
-            raise ConfigError("no backend given")
         if not self.batches or any(b < 1 for b in self.batches):
             raise ConfigError(f"batch sizes must be positive, got {list(self.batches)}")
         if self.seconds is not None:
@@ -80,7 +80,7 @@ class _Target:
     backend: str
     form: str
     make: Callable[[np.ndarray], Callable[[], object]]  # input -> zero-argument run
-    kind: str  # "torch" or "onnxruntime"
+    kind: str  # "torch", "onnxruntime" or "runner" (AOTInductor, TensorRT: no per-layer view)
     handle: object = None  # nn.Module or OrtRunner, for the per-layer view
     notes: list[str] = field(default_factory=list)
 
@@ -119,6 +119,31 @@ def _ort_target(path: Path, form: str, device: str, threads: int | None) -> _Tar
         return lambda: runner.session.run(None, feed)
 
     return _Target("onnxruntime", form, make, "onnxruntime", runner)
+
+
+def _file_target(path: Path, backend: str, device: str) -> _Target:
+    """An AOTInductor package or a TensorRT engine, run with its input already on the device."""
+    if backend == "tensorrt":
+        from ..runtime.tensorrt import TrtRunner
+
+        if device != "cuda":
+            raise ConfigError("TensorRT engines run on the GPU: profile them with --device cuda")
+        runner = TrtRunner(path)
+        return _Target("tensorrt", "engine", runner.prepare, "runner", runner)
+    from ..runtime import AotiRunner
+
+    runner = AotiRunner(path, device)
+
+    def make(x: np.ndarray):
+        xt = torch.from_numpy(x).to(device)
+
+        def run():
+            with torch.inference_mode():
+                return runner.model(xt)
+
+        return run
+
+    return _Target("aoti", "aoti", make, "runner", runner)
 
 
 def _rss_mb(key: str) -> float | None:
@@ -234,11 +259,9 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
     path = Path(path)
     if not path.exists():
         raise AcmixDeployError(f"model {path} does not exist")
-    if path.suffix in (".pt2", ".engine", ".plan"):
-        raise AcmixDeployError(
-            f"{path}: AOTInductor packages and TensorRT engines cannot be profiled by this version; "
-            "profile the checkpoint or its ONNX export"
-        )
+    natural = _FILE_BACKENDS.get(path.suffix, "torch")
+    if not settings.backends:
+        settings.backends = (natural,)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     tmpdir = tempfile.TemporaryDirectory(prefix="acmix-profile-")
@@ -247,7 +270,28 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
     onnx_paths: dict[str, Path] = {}
     model_info: dict = {"path": str(path), "sha256": sha256_file(path)}
     try:
-        if path.suffix == ".onnx":
+        if path.suffix in (".pt2", ".engine", ".plan"):
+            if set(settings.backends) != {natural}:
+                raise ConfigError(f"{path.name} runs on --backend {natural} only")
+            if settings.compare_forms:
+                raise ConfigError("--compare-forms needs a training checkpoint, not an exported model")
+            target = _file_target(path, natural, settings.device)
+            if natural == "tensorrt":
+                input_size = tuple(target.handle.input_shape[1:])
+                model_info.update({"format": "tensorrt", "forms": ["engine"],
+                                   "engine": {k: getattr(target.handle.sidecar, k, None) for k in
+                                              ("precision", "tensorrt_version", "gpu_name", "compute_capability")}})
+            else:
+                if target.handle.input_shape is None:
+                    raise ConfigError(f"{path.name} does not record its input size; export it with acmix-deploy")
+                input_size = tuple(target.handle.input_shape[1:])
+                model_info.update({"format": "aoti", "forms": ["aoti"]})
+            if settings.imgsz is not None and settings.imgsz not in input_size[1:]:
+                raise ConfigError(f"{path.name} takes {input_size[1]}x{input_size[2]} inputs; --imgsz cannot change that")
+            if settings.layers:
+                raise ConfigError("--layers is available for checkpoints and ONNX models")
+            targets.append(target)
+        elif path.suffix == ".onnx":
             if set(settings.backends) - {"onnxruntime"}:
                 raise ConfigError(f"{path.name} is an ONNX model: only --backend onnxruntime can run it")
             if settings.compare_forms:

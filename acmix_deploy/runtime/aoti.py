@@ -23,6 +23,13 @@ class AotiRunner:
             raise AcmixDeployError(f"cannot load AOTInductor package {path}: {first}") from None
         self.device = torch.device(device)
         self.name = f"aoti:{device}"
+        try:
+            self.metadata = dict(self.model.get_metadata())
+        except Exception:  # packages from other writers may carry none
+            self.metadata = {}
+        size = self.metadata.get("acmix_deploy.input_size")
+        # (-1, C, H, W) when the package records its input size, else None
+        self.input_shape = [-1, *map(int, size.split(","))] if size else None
 
     @torch.inference_mode()
     def infer(self, x: np.ndarray) -> np.ndarray:

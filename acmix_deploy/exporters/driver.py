@@ -1,0 +1,250 @@
+"""One export run: validate the request, fold the checkpoint, write the artifact, prove it.
+
+:func:`export_model` is what ``acmix-deploy export`` calls; Python users call
+it the same way.  Every argument is checked before any work starts (a wrong
+option costs nothing); each step reports its time and output size through
+``log``; every file is written atomically after it passed its comparison
+against the torch deploy form, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import AcmixDeployError, ConfigError, EquivalenceError
+
+__all__ = ["ExportOptions", "ExportResult", "export_model", "output_path"]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportOptions:
+    fmt: str = "onnx"
+    output: Path | None = None
+    arch: str | None = None
+    imgsz: int | None = None
+    batch: int = 1
+    dynamic: bool = True
+    opset: int = 17
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None  # [aoti 256, engine max(32, batch)]
+    device: str = "cpu"
+    simplify: bool = True
+    fp16: bool = False
+    int8: bool = False
+    calib: str | None = None
+    calib_limit: int = 256
+    tol: float | None = None  # [1e-4; fp16 2e-2; int8 1.0]
+    min_top1: float | None = None  # [fp16 0.99; int8 0.9]
+    seed: int = 0
+    workspace_gb: float | None = None
+    timing_cache: Path | None = None
+    opt_level: int = 3
+    trt_typing: str = "strong"
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.fp16 else "int8" if self.int8 else "fp32"
+
+
+@dataclass
+class ExportResult:
+    fmt: str
+    path: Path
+    artifact: Any  # OnnxExport, AotiExport or EngineBuild
+    rows: list  # compare.Comparison rows of the validation
+    title: str
+    options: ExportOptions
+    arch: str
+    input_size: tuple[int, int, int]
+    onnx: Any = None  # the OnnxExport an engine was built from
+    steps: list[str] = field(default_factory=list)
+
+
+def output_path(ckpt: Path, opts: ExportOptions) -> Path:
+    from . import FORMATS
+
+    tag = {"fp16": ".fp16", "int8": ".int8"}.get(opts.precision, "")
+    return opts.output or ckpt.with_suffix(tag + FORMATS[opts.fmt].suffix)
+
+
+def _check_output_path(out: Path, src: Path) -> None:
+    if out.resolve() == src.resolve():
+        raise AcmixDeployError(f"output {out} is the input file; choose another path with -o")
+    if not out.parent.exists():
+        raise AcmixDeployError(f"output directory {out.parent} does not exist")
+    if out.is_dir():
+        raise AcmixDeployError(f"output {out} is a directory; give a file name")
+
+
+def resolve_options(ckpt: Path, opts: ExportOptions):
+    """Check every option against the others and fill the format's defaults; returns (opts, profile)."""
+    from . import FORMATS
+    from ..pipeline import check_device
+    from .onnx import MAX_OPSET, MIN_OPSET
+    from .tensorrt import engine_profiles
+
+    if opts.fmt not in FORMATS:
+        raise ConfigError(f"unknown format {opts.fmt!r}; available: {', '.join(FORMATS)}")
+    if (opts.fp16 or opts.int8) and opts.fmt not in ("onnx", "engine"):
+        raise ConfigError("--fp16/--int8 apply to --format onnx and engine (precision is written into the ONNX graph)")
+    if opts.fp16 and opts.int8:
+        raise ConfigError("choose one of --fp16 and --int8")
+    if opts.int8 and not opts.calib:
+        raise ConfigError("--int8 needs calibration data: --calib digits, --calib data.npy or --calib images/")
+    if opts.batch < 1:
+        raise ConfigError(f"--batch must be positive, got {opts.batch}")
+    if not MIN_OPSET <= opts.opset <= MAX_OPSET:
+        raise ConfigError(f"--opset {opts.opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
+    if opts.imgsz is not None and opts.imgsz < 1:
+        raise ConfigError(f"--imgsz must be positive, got {opts.imgsz}")
+    if opts.trt_typing != "strong" and opts.fmt != "engine":
+        raise ConfigError("weak typing is an option of TensorRT engines (--format engine / --trt)")
+    tol = opts.tol if opts.tol is not None else 2e-2 if opts.fp16 else 1.0 if opts.int8 else 1e-4
+    min_top1 = opts.min_top1 if opts.min_top1 is not None else 0.9 if opts.int8 else 0.99
+    profile = None
+    if opts.fmt == "engine":
+        profile = engine_profiles(opts.batch, opts.dynamic, opts.min_batch, opts.opt_batch, opts.max_batch)
+        max_batch = profile.max
+        device = "cuda"
+        if opts.workspace_gb is not None and opts.workspace_gb <= 0:
+            raise ConfigError(f"--workspace must be positive (GiB), got {opts.workspace_gb}")
+        if not 0 <= opts.opt_level <= 5:
+            raise ConfigError(f"--opt-level must be 0..5, got {opts.opt_level}")
+    else:
+        if opts.min_batch is not None or opts.opt_batch is not None:
+            raise ConfigError("--min-batch/--opt-batch shape TensorRT optimization profiles (--format engine)")
+        max_batch = 256 if opts.max_batch is None else opts.max_batch
+        if max_batch < 1:
+            raise ConfigError(f"--max-batch must be positive, got {max_batch}")
+        if opts.dynamic and not 1 <= opts.batch <= max_batch:
+            raise ConfigError(f"--batch {opts.batch} must lie in 1..--max-batch ({max_batch})")
+        device = opts.device
+        check_device(device)
+    if not ckpt.exists():
+        raise AcmixDeployError(f"checkpoint {ckpt} does not exist")
+    resolved = replace(opts, tol=tol, min_top1=min_top1, max_batch=max_batch, device=device)
+    out = output_path(ckpt, resolved)
+    _check_output_path(out, ckpt)
+    return replace(resolved, output=out), profile
+
+
+def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) -> ExportResult:
+    """Export the model in ``ckpt`` (folded first when it holds the training form) as ``opts`` say.
+
+    Raises :class:`~acmix_deploy.errors.EquivalenceError` when the artifact's
+    outputs differ from torch beyond ``opts.tol`` (or top-1 agreement falls
+    below ``opts.min_top1`` for fp16/int8); other bad input raises
+    :class:`~acmix_deploy.errors.AcmixDeployError`.  Nothing is written then.
+    """
+    from .. import __version__
+    from ..compare import compare_runners, random_inputs
+    from ..pipeline import prepare_deploy, sha256_file
+    from ..runtime import TorchRunner
+
+    ckpt = Path(ckpt)
+    say = log or (lambda msg: None)
+    opts, profile = resolve_options(ckpt, opts)
+    if opts.fmt == "engine":
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()  # before the fold: a machine without TensorRT or a GPU stops here, at no cost
+    out = opts.output
+    t0 = time.perf_counter()
+    prep = prepare_deploy(ckpt, opts.arch, opts.imgsz)
+    if prep.diff is not None:
+        say(f"folded the training form in {prep.fold_seconds * 1000:.0f} ms "
+            f"(relative error vs training form {prep.diff.rel:.2g})")
+    else:
+        say(f"read the deploy form in {time.perf_counter() - t0:.1f} s")
+    device = opts.device if opts.fmt in ("aoti", "engine") else "cpu"
+    reference = TorchRunner(prep.deploy, name="torch:deploy", device=device)
+    top = opts.max_batch if opts.dynamic else opts.batch
+    batches = (opts.batch,) if not opts.dynamic else tuple(sorted({opts.batch, min(opts.batch + 2, top)}))
+    inputs = random_inputs(prep.input_size, batches, opts.seed)
+    calibration = None
+    if opts.int8:
+        from .calibration import load_calibration
+
+        cfg = prep.deploy.default_cfg
+        calibration = load_calibration(opts.calib, prep.input_size, cfg.get("mean"), cfg.get("std"), opts.calib_limit)
+        # A quantized model is judged on real data (up to 64 images): random noise says little about its
+        # accuracy, and top-1 agreement needs more than a few samples.
+        inputs = [calibration[: min(64, top)]]
+    reduced = opts.fp16 or opts.int8
+
+    def validator(make_runner, title: str, rows: list):
+        def validate(tmp: Path, *extra) -> None:
+            rows.extend(compare_runners(reference, [make_runner(tmp, *extra)], inputs))
+            worst = max(r.diff.rel for r in rows)
+            agreement = min((r.diff.top1_agreement for r in rows if r.diff.top1_agreement is not None), default=1.0)
+            problem = None
+            if not worst <= opts.tol:
+                problem = f"the exported model's output differs by {worst:.3g} (relative), above --tol {opts.tol:g}"
+            elif reduced and agreement < opts.min_top1:
+                problem = f"top-1 agreement {agreement:.1%} is below --min-top1 {opts.min_top1:.1%}"
+            if problem:
+                exc = EquivalenceError(f"{title}: {problem}; nothing written")
+                exc.rows, exc.title = list(rows), title  # for the caller's report
+                raise exc
+        return validate
+
+    meta = {
+        "arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": ckpt.name,
+        "source_sha256": sha256_file(ckpt), "package_version": __version__,
+        "mean": list(prep.deploy.default_cfg.get("mean", ())), "std": list(prep.deploy.default_cfg.get("std", ())),
+    }
+
+    def onnx_step(path: Path, rows: list):
+        from ..runtime import OrtRunner
+        from .onnx import export_onnx
+
+        res = export_onnx(prep.deploy, path, prep.input_size, batch=opts.batch, dynamic=opts.dynamic,
+                          opset=opts.opset, simplify=opts.simplify, metadata=meta,
+                          validate=validator(OrtRunner, "onnx vs torch (deploy form)", rows), fp16=opts.fp16,
+                          int8_calibration=calibration,
+                          calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None)
+        say(f"ONNX: {res.nodes} nodes, {opts.precision}, validated with ONNX Runtime; wrote {res.path} "
+            f"({res.size_bytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
+        return res
+
+    rows: list = []
+    onnx_res = None
+    if opts.fmt == "onnx":
+        artifact = onnx_step(out, rows)
+        title = "onnx vs torch (deploy form)"
+    elif opts.fmt == "aoti":
+        from ..runtime import AotiRunner
+        from .aoti import export_aoti
+
+        title = "aoti vs torch (deploy form)"
+        artifact = export_aoti(prep.deploy, out, prep.input_size, batch=opts.batch, dynamic=opts.dynamic,
+                               max_batch=opts.max_batch, device=device,
+                               validate=validator(lambda p: AotiRunner(p, device), title, rows),
+                               metadata={"arch": prep.loaded.arch, "source_sha256": meta["source_sha256"]})
+        say(f"AOTInductor: wrote {artifact.path} ({artifact.size_bytes / 1e6:.1f} MB) in {artifact.seconds:.1f} s")
+    else:
+        from ..runtime.tensorrt import TrtRunner
+        from .onnx import INPUT_NAME, OUTPUT_NAME
+        from .tensorrt import build_engine
+
+        onnx_rows: list = []
+        onnx_res = onnx_step(out.with_suffix(".onnx"), onnx_rows)
+        title = f"tensorrt ({opts.precision}) vs torch (deploy form)"
+        artifact = build_engine(
+            onnx_res.path, out, prep.input_size, profile, precision=opts.precision, typing=opts.trt_typing,
+            workspace_gb=opts.workspace_gb, opt_level=opts.opt_level, timing_cache=opts.timing_cache,
+            input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+            source={"checkpoint": ckpt.name, "sha256": meta["source_sha256"], "arch": prep.loaded.arch},
+            validate=validator(lambda p, sidecar: TrtRunner(p, check=False, sidecar=sidecar), title, rows),
+        )
+        rows = onnx_rows + rows
+        say(f"TensorRT {artifact.sidecar.tensorrt_version} on {artifact.sidecar.gpu_name}: wrote {artifact.path} "
+            f"({artifact.size_bytes / 1e6:.1f} MB) and its sidecar in {artifact.seconds:.1f} s; timing cache "
+            f"{artifact.timing_cache}")
+    return ExportResult(opts.fmt, out, artifact, rows, title, opts, prep.loaded.arch, prep.input_size, onnx_res)

@@ -1,0 +1,395 @@
+"""TensorRT engines built from our ONNX graphs with TensorRT's Python API.
+
+Precision lives in the ONNX graph, not in builder flags.  TensorRT 11 removed
+the FP16/INT8 builder flags and the INT8 calibrator: every network is strongly
+typed, so a float16 engine is built from a float16 ONNX graph (``--fp16``,
+attention kept in float32) and an int8 engine from a Q/DQ graph (``--int8``).
+TensorRT 10 builds the same graphs as a ``STRONGLY_TYPED`` network, so both
+versions give engines with the same per-layer precisions; on TensorRT 10 the
+legacy route (a float32 graph with ``BuilderFlag.FP16``, softmax and its
+reductions pinned to float32 by layer precision constraints) is available as
+``typing="weak"``.  Float32 engines disable TF32 where the flag exists, so an
+"fp32" engine computes in float32.
+
+Every engine ``X.engine`` gets a JSON sidecar ``X.engine.json`` (TensorRT
+version, GPU name and compute capability, precision, optimization profiles,
+ONNX sha256, build time).  The sidecar is a separate file, not a header inside
+the plan, so Triton and ``trtexec`` load the plan unchanged.  An engine only
+runs on the GPU model and TensorRT version it was built with;
+:func:`check_sidecar` refuses any other pairing with both named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import MISSING, asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..checkpoint import atomic_write
+from ..errors import AcmixDeployError, ConfigError, ExportError, MissingDependencyError
+
+__all__ = [
+    "BatchProfile", "EngineBuild", "EngineSidecar", "GpuInfo", "build_engine", "check_sidecar", "current_gpu",
+    "default_timing_cache", "engine_profiles", "read_sidecar", "require_tensorrt", "sidecar_path", "trt_major",
+    "write_sidecar",
+]
+
+SIDECAR_FORMAT = "acmix-deploy.tensorrt-engine"
+SIDECAR_VERSION = 1
+MIN_TRT_MAJOR = 10
+# Operators pinned to float32 in weakly typed (TensorRT 10 flag) builds: the attention's softmax and the
+# reductions around it lose accuracy in float16.
+_FP32_LAYER_TYPES = ("SOFTMAX", "REDUCE", "NORMALIZATION")
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """One optimization profile over the batch axis (spatial size fixed)."""
+
+    min: int
+    opt: int
+    max: int
+
+    def shapes(self, input_size: tuple[int, int, int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        return tuple((b, *input_size) for b in (self.min, self.opt, self.max))  # type: ignore[return-value]
+
+
+def engine_profiles(
+    batch: int, dynamic: bool, min_batch: int | None = None, opt_batch: int | None = None,
+    max_batch: int | None = None,
+) -> BatchProfile:
+    """The batch range of an engine, validated with messages that name the options.
+
+    Static: min = opt = max = ``batch``.  Dynamic: ``min_batch`` (default 1) <=
+    ``opt_batch`` (default ``batch``) <= ``max_batch`` (default ``max(batch, 32)``).
+    """
+    for name, value in (("--batch", batch), ("--min-batch", min_batch), ("--opt-batch", opt_batch),
+                        ("--max-batch", max_batch)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not dynamic:
+        given = {n: v for n, v in (("--min-batch", min_batch), ("--opt-batch", opt_batch), ("--max-batch", max_batch))
+                 if v is not None and v != batch}
+        if given:
+            raise ConfigError(f"--static builds for exactly --batch {batch}; drop {', '.join(given)} or use --dynamic")
+        return BatchProfile(batch, batch, batch)
+    lo = 1 if min_batch is None else min_batch
+    opt = batch if opt_batch is None else opt_batch
+    hi = max(opt, 32) if max_batch is None else max_batch
+    if not lo <= opt <= hi:
+        raise ConfigError(
+            f"impossible batch range: need --min-batch ({lo}) <= --opt-batch ({opt}) <= --max-batch ({hi})"
+        )
+    return BatchProfile(lo, opt, hi)
+
+
+# ----------------------------------------------------------------------------------------- environment
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "9.0"
+
+
+def current_gpu(device_index: int = 0) -> GpuInfo | None:
+    """The CUDA GPU torch sees, or None on a machine without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return GpuInfo(torch.cuda.get_device_name(device_index), f"{major}.{minor}")
+
+
+def require_tensorrt(need_gpu: bool = True):
+    """Import ``tensorrt`` after checking what it needs, or raise one clear error.
+
+    The GPU is checked first: without a CUDA device, TensorRT's runtime logs a
+    CUDA error and deserialising an engine then crashes the process.
+    """
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        raise MissingDependencyError(
+            'TensorRT is not installed; install it on a machine with an NVIDIA GPU with: pip install "acmix-deploy[trt]"'
+        )
+    if need_gpu and current_gpu() is None:
+        raise MissingDependencyError(
+            "TensorRT needs a CUDA GPU, and torch sees none on this machine (export ONNX or AOTInductor here, "
+            "and build the engine on the GPU machine that will run it)"
+        )
+    try:
+        trt = importlib.import_module("tensorrt")
+    except Exception as exc:  # a stub package or a broken CUDA install raises all sorts
+        raise MissingDependencyError(
+            f'TensorRT cannot be imported ({exc}); reinstall it with: pip install "acmix-deploy[trt]"'
+        ) from None
+    if not hasattr(trt, "Builder"):
+        raise MissingDependencyError(
+            "the installed 'tensorrt' package has no builder (a lean/dispatch runtime or a stub); "
+            'install the full one with: pip install "acmix-deploy[trt]"'
+        )
+    return trt
+
+
+def trt_major(trt) -> int:
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except ValueError:
+        raise ExportError(f"cannot read TensorRT's version from {trt.__version__!r}") from None
+
+
+def default_timing_cache(trt_version: str, gpu: GpuInfo) -> Path:
+    """Per TensorRT version and compute capability, in the user's cache directory."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "acmix-deploy"
+    return base / f"tensorrt-{trt_version}-sm{gpu.compute_capability.replace('.', '')}.timing-cache"
+
+
+# --------------------------------------------------------------------------------------------- sidecar
+
+
+@dataclass
+class EngineSidecar:
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str  # fp32 | fp16 | int8
+    typing: str  # strong | weak
+    input_name: str
+    output_name: str
+    input_size: list[int]  # C, H, W
+    profiles: list[dict[str, list[int]]]  # [{"min": [N,C,H,W], "opt": [...], "max": [...]}]
+    onnx_sha256: str
+    build_seconds: float
+    workspace_bytes: int | None = None
+    builder_optimization_level: int | None = None
+    engine_sha256: str = ""
+    package_version: str = ""
+    created: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    format: str = SIDECAR_FORMAT
+    format_version: int = SIDECAR_VERSION
+
+    @property
+    def max_batch(self) -> int:
+        return max(p["max"][0] for p in self.profiles)
+
+    @property
+    def min_batch(self) -> int:
+        return min(p["min"][0] for p in self.profiles)
+
+
+def sidecar_path(engine: str | os.PathLike) -> Path:
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".json")
+
+
+def write_sidecar(engine: str | os.PathLike, sidecar: EngineSidecar) -> Path:
+    text = json.dumps(asdict(sidecar), indent=2, sort_keys=True) + "\n"
+    return atomic_write(sidecar_path(engine), lambda tmp: Path(tmp).write_text(text))
+
+
+def read_sidecar(engine: str | os.PathLike) -> EngineSidecar:
+    """Read and check the sidecar of ``engine``; a missing or foreign one is a clear error."""
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise AcmixDeployError(
+            f"engine {engine} has no sidecar {path.name}: it records the GPU and TensorRT version the engine was "
+            "built for; rebuild the engine with 'acmix-deploy export --trt'"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AcmixDeployError(f"cannot read engine sidecar {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise AcmixDeployError(f"{path} is not an acmix-deploy engine sidecar")
+    if data.get("format_version", 0) > SIDECAR_VERSION:
+        raise AcmixDeployError(
+            f"{path} has sidecar format {data.get('format_version')}, newer than this acmix-deploy understands "
+            f"({SIDECAR_VERSION}); upgrade acmix-deploy"
+        )
+    known = EngineSidecar.__dataclass_fields__
+    missing = [k for k, f in known.items() if k not in data and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise AcmixDeployError(f"engine sidecar {path} lacks {', '.join(missing)}")
+    return EngineSidecar(**{k: v for k, v in data.items() if k in known})
+
+
+def check_sidecar(sidecar: EngineSidecar, trt_version: str, gpu: GpuInfo, engine: str | os.PathLike = "engine") -> None:
+    """Refuse an engine built for another GPU model or TensorRT version, naming both."""
+    problems = []
+    if sidecar.tensorrt_version != trt_version:
+        problems.append(f"it was built with TensorRT {sidecar.tensorrt_version}, this machine has TensorRT {trt_version}")
+    if sidecar.compute_capability != gpu.compute_capability or sidecar.gpu_name != gpu.name:
+        problems.append(
+            f"it was built for {sidecar.gpu_name} (compute capability {sidecar.compute_capability}), "
+            f"this machine has {gpu.name} (compute capability {gpu.compute_capability})"
+        )
+    if problems:
+        raise AcmixDeployError(
+            f"refusing to load {engine}: " + "; ".join(problems)
+            + ". TensorRT engines only run where they were built: rebuild it here with 'acmix-deploy export --trt'"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+@dataclass
+class EngineBuild:
+    path: Path
+    sidecar: EngineSidecar
+    seconds: float
+    size_bytes: int
+    timing_cache: Path | None
+
+
+def _fp32_constraints(trt, network) -> int:
+    """Pin softmax, reductions and normalisations to float32 in a weakly typed network; count them."""
+    pinned = 0
+    kinds = {getattr(trt.LayerType, k) for k in _FP32_LAYER_TYPES if hasattr(trt.LayerType, k)}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in kinds:
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned += 1
+    return pinned
+
+
+def configure_builder(
+    trt, builder, onnx_bytes: bytes, input_name: str, input_size: tuple[int, int, int], profile: BatchProfile,
+    precision: str, typing: str, workspace_bytes: int | None, opt_level: int, timing_cache_bytes: bytes,
+):
+    """Network, parser and builder config for one build (no GPU work yet).  Returns (network, config, parser)."""
+    major = trt_major(trt)
+    flags = 0
+    if typing == "strong" and major < 11:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if major < 10 and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, trt.Logger(trt.Logger.WARNING))
+    if not parser.parse(onnx_bytes):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ExportError("TensorRT's ONNX parser rejected the graph: " + "; ".join(errors[:3]))
+    config = builder.create_builder_config()
+    if workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if hasattr(config, "builder_optimization_level"):
+        config.builder_optimization_level = opt_level
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: no TF32 matmuls
+    if typing == "weak":
+        if precision in ("fp16", "int8"):
+            config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)  # the graph carries Q/DQ scales: no calibrator
+        if precision != "fp32":
+            _fp32_constraints(trt, network)
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    opt_profile = builder.create_optimization_profile()
+    opt_profile.set_shape(input_name, *profile.shapes(input_size))
+    config.add_optimization_profile(opt_profile)
+    cache = config.create_timing_cache(timing_cache_bytes)
+    config.set_timing_cache(cache, False)
+    return network, config, parser
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    path: str | os.PathLike,
+    input_size: tuple[int, int, int],
+    profile: BatchProfile,
+    precision: str = "fp32",
+    typing: str = "strong",
+    workspace_gb: float | None = None,
+    opt_level: int = 3,
+    timing_cache: str | os.PathLike | None = None,
+    input_name: str = "images",
+    output_name: str = "logits",
+    source: dict[str, Any] | None = None,
+    validate: Callable[[Path, EngineSidecar], None] | None = None,
+    trt=None,
+) -> EngineBuild:
+    """Build a TensorRT engine from ``onnx_path`` and write it with its sidecar, atomically.
+
+    ``precision`` says what the ONNX graph carries (``fp32``, ``fp16`` or ``int8``
+    Q/DQ).  ``validate(tmp_engine, sidecar)`` runs on the finished plan before it
+    is moved into place.  The timing cache is read before and written after the
+    build, so later builds on the same GPU and TensorRT version reuse it.
+    """
+    from .. import __version__
+    from ..pipeline import sha256_file
+
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    if typing not in ("strong", "weak"):
+        raise ConfigError(f"typing must be 'strong' or 'weak', got {typing!r}")
+    if not 0 <= opt_level <= 5:
+        raise ConfigError(f"--opt-level must be 0..5, got {opt_level}")
+    if workspace_gb is not None and workspace_gb <= 0:
+        raise ConfigError(f"--workspace must be positive (GiB), got {workspace_gb}")
+    trt = trt or require_tensorrt()
+    major = trt_major(trt)
+    if major < MIN_TRT_MAJOR:
+        raise MissingDependencyError(
+            f'TensorRT {trt.__version__} is too old; acmix-deploy needs TensorRT >= {MIN_TRT_MAJOR}: pip install "acmix-deploy[trt]"'
+        )
+    if typing == "weak" and major >= 11:
+        raise ConfigError(
+            f"TensorRT {trt.__version__} builds strongly typed networks only; precision comes from the ONNX graph "
+            "(--fp16 / --int8), so drop the weak-typing option"
+        )
+    gpu = current_gpu()
+    if gpu is None:
+        raise MissingDependencyError("TensorRT needs a CUDA GPU, and torch sees none on this machine")
+    onnx_path, path = Path(onnx_path), Path(path)
+    cache_path = Path(timing_cache) if timing_cache else default_timing_cache(str(trt.__version__), gpu)
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    workspace = int(workspace_gb * (1 << 30)) if workspace_gb else None
+
+    t0 = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, config, _parser = configure_builder(
+        trt, builder, onnx_path.read_bytes(), input_name, input_size, profile, precision, typing, workspace,
+        opt_level, cache_bytes,
+    )
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError("TensorRT could not build an engine from the graph (see TensorRT's log above)")
+    build_seconds = time.perf_counter() - t0
+    plan_bytes = bytes(plan)
+
+    sidecar = EngineSidecar(
+        tensorrt_version=str(trt.__version__), gpu_name=gpu.name, compute_capability=gpu.compute_capability,
+        precision=precision, typing=typing, input_name=input_name, output_name=output_name,
+        input_size=list(input_size),
+        profiles=[dict(zip(("min", "opt", "max"), map(list, profile.shapes(input_size))))],
+        onnx_sha256=sha256_file(onnx_path), build_seconds=round(build_seconds, 3), workspace_bytes=workspace,
+        builder_optimization_level=opt_level, package_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), source=dict(source or {}),
+    )
+    sidecar.engine_sha256 = hashlib.sha256(plan_bytes).hexdigest()
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(plan_bytes)
+        if validate is not None:
+            validate(Path(tmp), sidecar)
+
+    atomic_write(path, write, suffix=path.suffix or ".engine")
+    write_sidecar(path, sidecar)
+    serialized_cache = config.get_timing_cache()
+    if serialized_cache is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        data = bytes(serialized_cache.serialize())
+        atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(data))
+    return EngineBuild(path, sidecar, time.perf_counter() - t0, path.stat().st_size, cache_path)

@@ -1,0 +1,101 @@
+"""TensorRT runner: one engine file and its sidecar, run on the CUDA GPU with torch-owned buffers.
+
+The sidecar is checked before the plan is touched (see
+:func:`acmix_deploy.exporters.tensorrt.check_sidecar`): an engine built for
+another GPU model or TensorRT version is refused with both named, instead of
+failing inside TensorRT.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AcmixDeployError, InputShapeError
+from ..exporters.tensorrt import EngineSidecar, check_sidecar, current_gpu, read_sidecar, require_tensorrt
+
+__all__ = ["TrtRunner"]
+
+
+class TrtRunner:
+    """Runs a serialized TensorRT engine (``.engine``/``.plan``) on ``cuda``.
+
+    ``check=False`` skips the sidecar check (an engine validated right after
+    its build, before its sidecar is in place).
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cuda", check: bool = True,
+                 sidecar: EngineSidecar | None = None):
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise AcmixDeployError(f"TensorRT engine {path} does not exist")
+        if device not in ("cuda", "cuda:0") and not str(device).startswith("cuda"):
+            raise AcmixDeployError(f"TensorRT engines run on a CUDA device, not {device!r}")
+        trt = require_tensorrt()
+        gpu = current_gpu()
+        self.sidecar = sidecar if sidecar is not None else (read_sidecar(path) if check else None)
+        if check and self.sidecar is not None:
+            check_sidecar(self.sidecar, str(trt.__version__), gpu, path)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise AcmixDeployError(f"TensorRT could not deserialize {path} (see TensorRT's log above)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise AcmixDeployError(f"{path}: expected one input and one output, found {inputs} and {outputs}")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        lo, _opt, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+        self.input_shape = [-1 if lo[0] != hi[0] else int(lo[0]), *map(int, lo[1:])]
+        self._torch_dtype = {
+            trt.float32: torch.float32, trt.float16: torch.float16,
+        }
+        self.device = torch.device(device)
+        self._torch = torch
+        self.name = f"tensorrt:{gpu.name}" if gpu else "tensorrt"
+
+    def prepare(self, x: np.ndarray):
+        """Copy ``x`` to the GPU, bind input and output buffers, and return ``run``.
+
+        ``run()`` enqueues one execution on torch's current stream and returns
+        the output tensor (on the GPU) without waiting: the profiler times it
+        with CUDA events, so the host-device copies stay outside the timing.
+        """
+        torch = self._torch
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
+            raise InputShapeError(f"the engine takes (N, {', '.join(map(str, self.input_shape[1:]))}), got {x.shape}")
+        if not self.min_batch <= x.shape[0] <= self.max_batch:
+            raise InputShapeError(
+                f"batch {x.shape[0]} is outside the engine's optimization profile {self.min_batch}..{self.max_batch}"
+            )
+        in_dtype = self._torch_dtype.get(self.engine.get_tensor_dtype(self.input_name), torch.float32)
+        inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device).to(in_dtype).contiguous()
+        self.context.set_input_shape(self.input_name, tuple(inp.shape))
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        out_dtype = self._torch_dtype.get(self.engine.get_tensor_dtype(self.output_name), torch.float32)
+        out = torch.empty(out_shape, dtype=out_dtype, device=self.device)
+        context, input_name, output_name = self.context, self.input_name, self.output_name
+
+        def run():
+            # Rebind on every call: several prepared batches may share one execution context.
+            context.set_input_shape(input_name, tuple(inp.shape))
+            context.set_tensor_address(input_name, inp.data_ptr())
+            context.set_tensor_address(output_name, out.data_ptr())
+            if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+                raise AcmixDeployError("TensorRT failed to run the engine (see TensorRT's log above)")
+            return out
+
+        return run
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        out = self.prepare(x)()
+        self._torch.cuda.current_stream(self.device).synchronize()
+        return out.float().cpu().numpy()
