@@ -1,0 +1,398 @@
+"""TensorRT export without a GPU: profiles, sidecars, mismatch refusal, CLI errors, and the builder's
+configuration checked against a recording stand-in for the ``tensorrt`` module.
+
+Building and running a real engine needs TensorRT and a CUDA GPU; that test skips with the reason
+when either is missing.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import acmix_deploy as ad
+from acmix_deploy.cli import app
+from acmix_deploy.errors import AcmixDeployError, ConfigError, ExportError
+from acmix_deploy.exporters import tensorrt as trt_export
+from acmix_deploy.exporters.tensorrt import (
+    BatchProfile,
+    EngineSidecar,
+    GpuInfo,
+    build_engine,
+    check_sidecar,
+    configure_builder,
+    engine_profiles,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
+from acmix_deploy.testing import randomize_model
+
+runner = CliRunner()
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------------- profiles
+
+
+def test_profiles_defaults_and_static():
+    assert engine_profiles(1, True) == BatchProfile(1, 1, 32)
+    assert engine_profiles(8, True) == BatchProfile(1, 8, 32)
+    assert engine_profiles(64, True) == BatchProfile(1, 64, 64)
+    assert engine_profiles(4, True, min_batch=2, opt_batch=8, max_batch=16) == BatchProfile(2, 8, 16)
+    assert engine_profiles(4, False) == BatchProfile(4, 4, 4)
+    assert engine_profiles(4, False, max_batch=4) == BatchProfile(4, 4, 4)
+    assert BatchProfile(1, 4, 8).shapes((3, 32, 32)) == ((1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(batch=1, dynamic=True, min_batch=8, opt_batch=4), r"--min-batch \(8\) <= --opt-batch \(4\)"),
+        (dict(batch=1, dynamic=True, opt_batch=16, max_batch=8), r"--opt-batch \(16\) <= --max-batch \(8\)"),
+        (dict(batch=0, dynamic=True), "--batch must be a positive integer"),
+        (dict(batch=1, dynamic=True, max_batch=-3), "--max-batch must be a positive integer"),
+        (dict(batch=2, dynamic=False, min_batch=1), "--static builds for exactly --batch 2; drop --min-batch"),
+    ],
+)
+def test_impossible_profiles(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        engine_profiles(**kwargs)
+
+
+# -------------------------------------------------------------------------------------------- sidecar
+
+
+def _sidecar(**kw) -> EngineSidecar:
+    base = dict(
+        tensorrt_version="10.13.0.35", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
+        precision="fp16", typing="strong", input_name="images", output_name="logits", input_size=[3, 224, 224],
+        profiles=[{"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, 224, 224]}],
+        onnx_sha256="ab" * 32, build_seconds=12.5,
+    )
+    base.update(kw)
+    return EngineSidecar(**base)
+
+
+def test_sidecar_round_trip(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    written = write_sidecar(engine, _sidecar())
+    assert written == sidecar_path(engine) == tmp_path / "model.engine.json"
+    back = read_sidecar(engine)
+    assert back == _sidecar()
+    assert (back.min_batch, back.max_batch) == (1, 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine", "model.engine.json"]  # no temp files
+
+
+def test_sidecar_errors(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    with pytest.raises(AcmixDeployError, match="has no sidecar model.engine.json"):
+        read_sidecar(engine)
+    side = sidecar_path(engine)
+    side.write_text("{not json")
+    with pytest.raises(AcmixDeployError, match="cannot read engine sidecar"):
+        read_sidecar(engine)
+    side.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(AcmixDeployError, match="not an acmix-deploy engine sidecar"):
+        read_sidecar(engine)
+    data = json.loads(json.dumps(_sidecar().__dict__))
+    data["format_version"] = 99
+    side.write_text(json.dumps(data))
+    with pytest.raises(AcmixDeployError, match="newer than this acmix-deploy understands"):
+        read_sidecar(engine)
+    data["format_version"] = 1
+    del data["compute_capability"]
+    side.write_text(json.dumps(data))
+    with pytest.raises(AcmixDeployError, match="lacks compute_capability"):
+        read_sidecar(engine)
+
+
+def test_mismatch_is_refused_naming_both():
+    side = _sidecar()
+    check_sidecar(side, "10.13.0.35", GpuInfo("NVIDIA H100 80GB HBM3", "9.0"))  # same: accepted
+    with pytest.raises(AcmixDeployError) as err:
+        check_sidecar(side, "10.13.0.35", GpuInfo("NVIDIA A100-SXM4-80GB", "8.0"), "m.engine")
+    msg = str(err.value)
+    assert "NVIDIA H100 80GB HBM3 (compute capability 9.0)" in msg and "NVIDIA A100-SXM4-80GB (compute capability 8.0)" in msg
+    assert "refusing to load m.engine" in msg
+    with pytest.raises(AcmixDeployError, match=r"built with TensorRT 10\.13\.0\.35, this machine has TensorRT 11\.0\.0"):
+        check_sidecar(side, "11.0.0", GpuInfo("NVIDIA H100 80GB HBM3", "9.0"))
+    # Same compute capability, another model (H100 vs H200): still refused, the tactics were timed on the other.
+    with pytest.raises(AcmixDeployError, match="NVIDIA H200"):
+        check_sidecar(side, "10.13.0.35", GpuInfo("NVIDIA H200", "9.0"))
+
+
+# ------------------------------------------------------------------- builder against a recording stand-in
+
+
+def fake_tensorrt(version: str, parse_ok: bool = True, build_ok: bool = True) -> types.ModuleType:
+    """A stand-in for the ``tensorrt`` module that records what the builder code asks of it."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    major = int(version.split(".")[0])
+    trt.calls = []
+
+    class NetworkDefinitionCreationFlag(enum.IntEnum):
+        STRONGLY_TYPED = 5
+
+    flags = ["TF32", "OBEY_PRECISION_CONSTRAINTS"] + (["FP16", "INT8"] if major < 11 else [])
+    trt.BuilderFlag = enum.Enum("BuilderFlag", flags)
+    trt.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
+    trt.MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE"])
+    trt.LayerType = enum.Enum("LayerType", ["CONVOLUTION", "SOFTMAX", "REDUCE", "MATRIX_MULTIPLY"])
+    trt.float32 = "float32"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level=None):
+            pass
+
+    class Layer:
+        def __init__(self, kind):
+            self.type, self.precision, self.num_outputs, self.out_types = kind, None, 1, {}
+
+        def set_output_type(self, i, t):
+            self.out_types[i] = t
+
+    class Network:
+        def __init__(self, flags):
+            self.flags = flags
+            self.layers = [Layer(trt.LayerType.CONVOLUTION), Layer(trt.LayerType.MATRIX_MULTIPLY),
+                           Layer(trt.LayerType.SOFTMAX), Layer(trt.LayerType.REDUCE)]
+            self.num_layers = len(self.layers)
+
+        def get_layer(self, i):
+            return self.layers[i]
+
+    class Parser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse(self, data):
+            trt.calls.append(("parse", len(data)))
+            return parse_ok
+
+        def get_error(self, i):
+            return "Unsupported operator FancyOp"
+
+    class Cache:
+        def __init__(self, data):
+            self.data = data
+
+        def serialize(self):
+            return self.data + b"+tuned"
+
+    class Config:
+        def __init__(self):
+            self.flags, self.cleared, self.profiles, self.pool, self.cache = set(), set(), [], {}, None
+            self.builder_optimization_level = None
+
+        def set_memory_pool_limit(self, pool, size):
+            self.pool[pool] = size
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
+        def clear_flag(self, flag):
+            self.cleared.add(flag)
+
+        def add_optimization_profile(self, p):
+            self.profiles.append(p)
+
+        def create_timing_cache(self, data):
+            return Cache(data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            self.shape = (name, lo, opt, hi)
+
+    class Builder:
+        def __init__(self, logger):
+            trt.builder = self
+
+        def create_network(self, flags):
+            self.network = Network(flags)
+            return self.network
+
+        def create_builder_config(self):
+            self.config = Config()
+            return self.config
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            return b"PLAN-BYTES" if build_ok else None
+
+    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, Parser
+    return trt
+
+
+def _configure(trt, precision="fp32", typing="strong"):
+    builder = trt.Builder(None)
+    return configure_builder(trt, builder, b"onnx", "images", (3, 32, 32), BatchProfile(1, 4, 16), precision, typing,
+                             1 << 30, 4, b"cache")
+
+
+def test_builder_strong_typing_per_version():
+    trt10 = fake_tensorrt("10.13.0.35")
+    network, config, _ = _configure(trt10)
+    assert network.flags == 1 << 5  # STRONGLY_TYPED requested explicitly on TensorRT 10
+    assert trt10.BuilderFlag.TF32 in config.cleared and not config.flags
+    assert config.profiles[0].shape == ("images", (1, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32))
+    assert config.pool == {trt10.MemoryPoolType.WORKSPACE: 1 << 30}
+    assert config.builder_optimization_level == 4 and config.cache.data == b"cache"
+    trt11 = fake_tensorrt("11.2.0")
+    network, config, _ = _configure(trt11, precision="fp16")
+    assert network.flags == 0 and not config.flags  # strongly typed is the only kind: precision is in the graph
+
+
+def test_builder_weak_typing_pins_attention_to_fp32():
+    trt = fake_tensorrt("10.9.0")
+    network, config, _ = _configure(trt, precision="int8", typing="weak")
+    assert network.flags == 0
+    assert {trt.BuilderFlag.FP16, trt.BuilderFlag.INT8, trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS} <= config.flags
+    pinned = {layer.type for layer in network.layers if layer.precision == "float32"}
+    assert pinned == {trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+
+
+def test_parser_errors_are_reported():
+    trt = fake_tensorrt("10.9.0", parse_ok=False)
+    with pytest.raises(ExportError, match="rejected the graph: Unsupported operator FancyOp"):
+        _configure(trt)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    monkeypatch.setattr(trt_export, "current_gpu", lambda index=0: GpuInfo("NVIDIA H200", "9.0"))
+
+
+def test_build_engine_writes_plan_sidecar_and_cache(tmp_path, fake_gpu):
+    trt = fake_tensorrt("10.13.0.35")
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"graph")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old")
+    seen = {}
+
+    def validate(tmp, sidecar):
+        seen["tmp"], seen["bytes"], seen["precision"] = tmp, tmp.read_bytes(), sidecar.precision
+
+    res = build_engine(onnx_path, tmp_path / "m.engine", (3, 32, 32), BatchProfile(1, 2, 8), precision="fp16",
+                       timing_cache=cache, workspace_gb=0.5, validate=validate, trt=trt)
+    assert (tmp_path / "m.engine").read_bytes() == b"PLAN-BYTES"
+    assert seen["bytes"] == b"PLAN-BYTES" and seen["tmp"] != tmp_path / "m.engine" and seen["precision"] == "fp16"
+    side = read_sidecar(tmp_path / "m.engine")
+    assert (side.gpu_name, side.compute_capability, side.tensorrt_version) == ("NVIDIA H200", "9.0", "10.13.0.35")
+    assert side.profiles == [{"min": [1, 3, 32, 32], "opt": [2, 3, 32, 32], "max": [8, 3, 32, 32]}]
+    assert side.workspace_bytes == 1 << 29 and len(side.engine_sha256) == 64 and len(side.onnx_sha256) == 64
+    assert cache.read_bytes() == b"old+tuned"  # read before, written back after the build
+    assert res.timing_cache == cache
+
+
+def test_build_engine_failure_leaves_nothing(tmp_path, fake_gpu):
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"graph")
+
+    def reject(tmp, sidecar):
+        raise AcmixDeployError("outputs differ")
+
+    with pytest.raises(AcmixDeployError, match="outputs differ"):
+        build_engine(onnx_path, tmp_path / "m.engine", (3, 32, 32), BatchProfile(1, 1, 4),
+                     timing_cache=tmp_path / "c", validate=reject, trt=fake_tensorrt("10.13.0.35"))
+    with pytest.raises(ExportError, match="could not build an engine"):
+        build_engine(onnx_path, tmp_path / "m.engine", (3, 32, 32), BatchProfile(1, 1, 4),
+                     timing_cache=tmp_path / "c", trt=fake_tensorrt("10.13.0.35", build_ok=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_build_engine_refuses_bad_requests(tmp_path, fake_gpu):
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"graph")
+    args = (onnx_path, tmp_path / "m.engine", (3, 32, 32), BatchProfile(1, 1, 4))
+    with pytest.raises(ConfigError, match="strongly typed networks only"):
+        build_engine(*args, typing="weak", trt=fake_tensorrt("11.0.0"))
+    with pytest.raises(AcmixDeployError, match="needs TensorRT >= 10"):
+        build_engine(*args, trt=fake_tensorrt("8.6.1"))
+    with pytest.raises(ConfigError, match="--opt-level must be 0..5"):
+        build_engine(*args, opt_level=7, trt=fake_tensorrt("10.0.0"))
+    with pytest.raises(ConfigError, match="--workspace must be positive"):
+        build_engine(*args, workspace_gb=0, trt=fake_tensorrt("10.0.0"))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def train_ckpt(tmp_path):
+    model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=5), 7).eval()
+    return ad.save_checkpoint(model, tmp_path / "train.pth")
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="checks the message shown where TensorRT or a GPU is missing")
+def test_cli_trt_without_tensorrt_or_gpu(train_ckpt, tmp_path):
+    result = runner.invoke(app, ["export", str(train_ckpt), "--trt", "-o", str(tmp_path / "m.engine")])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert out.startswith("error:") and "Traceback" not in out
+    assert 'pip install "acmix-deploy[trt]"' in out or "needs a CUDA GPU" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.pth"]  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trt", "--min-batch", "8", "--opt-batch", "4"], "impossible batch range"),
+        (["--trt", "--static", "--batch", "2", "--max-batch", "8"], "--static builds for exactly --batch 2"),
+        (["--format", "aoti", "--min-batch", "2"], "TensorRT optimization profiles"),
+        (["--format", "aoti", "--trt"], "--trt is --format engine"),
+        (["--trt", "--opt-level", "9"], "--opt-level must be 0..5"),
+        (["--trt", "--workspace", "0"], "--workspace must be positive"),
+        (["--trt-weak-typing"], "weak typing is an option of TensorRT engines"),
+        (["--trt", "-o", "/nonexistent-dir/m.engine"], "does not exist"),
+    ],
+)
+def test_cli_trt_argument_errors(train_ckpt, args, message):
+    result = runner.invoke(app, ["export", str(train_ckpt), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_formats_table_lists_engine():
+    result = runner.invoke(app, ["formats"])
+    assert result.exit_code == 0
+    assert "engine" in result.output and "--trt" in result.output and ".engine" in result.output
+
+
+@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and a CUDA GPU (pip install 'acmix-deploy[trt]' on a GPU machine)")
+def test_real_engine_matches_torch(train_ckpt, tmp_path):
+    from acmix_deploy.runtime.tensorrt import TrtRunner
+
+    out = tmp_path / "m.engine"
+    result = runner.invoke(app, ["export", str(train_ckpt), "--trt", "-o", str(out), "--max-batch", "4",
+                                 "--timing-cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    trt_runner = TrtRunner(out)
+    deploy = ad.reparameterize_model(ad.load_checkpoint(train_ckpt))
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    ref = deploy(torch.from_numpy(x)).detach()
+    diff = ad.compare_outputs(ref, torch.from_numpy(trt_runner.infer(x)))
+    assert diff.rel <= 1e-4
