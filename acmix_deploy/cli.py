@@ -457,6 +457,7 @@ def demo(
     k_att: int = typer.Option(3, "--k-att", help="Attention window of the ACmix blocks."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads [default: torch's]."),
+    aoti: bool = typer.Option(True, "--aoti/--no-aoti", help="Also compile the deploy form with AOTInductor (~1 min)."),
 ) -> None:
     """Train a small ACmix-ResNet on scikit-learn's digits, fold it, verify and time both forms."""
     import torch
@@ -466,9 +467,9 @@ def demo(
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = DemoConfig(epochs=epochs, imgsz=imgsz, k_att=k_att, seed=seed, out_dir=out_dir)
+    cfg = DemoConfig(epochs=epochs, imgsz=imgsz, k_att=k_att, seed=seed, out_dir=out_dir, export_aoti=aoti)
     labels = {"train": "training (training form)", "fold": "folding + reloading", "export": "ONNX export",
-              "profile": "profiling both forms"}
+              "aoti": "AOTInductor compile", "profile": "profiling both forms"}
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console,
@@ -512,11 +513,18 @@ def demo(
             f"held-out predictions, ONNX Runtime vs torch deploy form: {same_onnx}; logits vs training form "
             f"max abs diff {res.onnx_logits_diff['max_abs']:.2g} (relative {res.onnx_logits_diff['rel']:.2g})"
         )
+    if res.aoti_path is not None:
+        same_aoti = "identical" if res.aoti_predictions_identical else "[bold red]DIFFERENT[/]"
+        console.print(
+            f"held-out predictions, AOTInductor vs torch deploy form: {same_aoti}; logits vs training form "
+            f"max abs diff {res.aoti_logits_diff['max_abs']:.2g} (relative {res.aoti_logits_diff['rel']:.2g})"
+        )
     for note in res.notes:
         console.print(f"[dim]note: {escape(note)}[/]")
-    written = [res.train_checkpoint, res.deploy_checkpoint, res.onnx_path, res.profile_json, res.profile_plot]
+    written = [res.train_checkpoint, res.deploy_checkpoint, res.onnx_path, res.aoti_path, res.profile_json,
+               res.profile_plot]
     console.print(f"training took {res.train_seconds:.0f} s; wrote " + ", ".join(str(p) for p in written if p))
-    if not res.predictions_identical or res.onnx_predictions_identical is False:
+    if not res.predictions_identical or False in (res.onnx_predictions_identical, res.aoti_predictions_identical):
         raise typer.Exit(1)
 
 

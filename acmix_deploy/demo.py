@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .analysis import compare_outputs, count_macs, count_parameters
 from .checkpoint import read_checkpoint, save_checkpoint
-from .errors import ConfigError, MissingDependencyError
+from .errors import ConfigError, ExportError, MissingDependencyError
 from .models import create_model
 from .profiling import ProfileSettings, plot_reports, profile_model, save_json
 from .reparam import reparameterize_model
@@ -42,6 +42,7 @@ class DemoConfig:
     out_dir: Path = Path("acmix-demo")
     timing_runs: int = 20
     export_onnx: bool = True  # needs the [onnx] extra; skipped with a note when missing
+    export_aoti: bool = True  # needs a C++ compiler; skipped with a note when compilation fails
 
 
 @dataclass
@@ -61,6 +62,9 @@ class DemoResult:
     onnx_path: Path | None = None
     onnx_predictions_identical: bool | None = None
     onnx_logits_diff: dict | None = None
+    aoti_path: Path | None = None
+    aoti_predictions_identical: bool | None = None
+    aoti_logits_diff: dict | None = None
     profile_json: Path | None = None
     profile_plot: Path | None = None
     notes: list[str] = field(default_factory=list)
@@ -165,6 +169,18 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
             notes.append(f"ONNX export skipped: {exc}")
         if progress:
             progress("export", 1, 1)
+    aoti_path = aoti_identical = aoti_diff = None
+    if cfg.export_aoti:
+        if progress:
+            progress("aoti", 0, 1)
+        try:
+            aoti_path, aoti_logits = _compile_and_predict(deploy, cfg, x_test)
+            aoti_identical = bool(torch.equal(aoti_logits.argmax(1), pred_deploy))
+            aoti_diff = compare_outputs(logits_train, aoti_logits).as_dict()
+        except ExportError as exc:  # no C++ compiler here; a mismatch (EquivalenceError) is not skipped
+            notes.append(f"AOTInductor export skipped: {exc}")
+        if progress:
+            progress("aoti", 1, 1)
 
     report = profile_model(
         train_ckpt,
@@ -172,6 +188,9 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
                         compare_forms=True),
         (lambda desc, done, total: progress("profile", done, total)) if progress else None,
     )
+    if aoti_path is not None:
+        compiled = profile_model(aoti_path, ProfileSettings(batches=(1, 64), warmup=3, iters=cfg.timing_runs))
+        report["results"] += [{**r, "form": "deploy"} for r in compiled["results"]]  # the deploy form, compiled
     profile_json = save_json(report, cfg.out_dir / "profile.json")
     try:
         profile_plot = plot_reports([report], cfg.out_dir / "profile.png", title="digits demo: latency vs batch")
@@ -196,6 +215,9 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
         onnx_path=onnx_path,
         onnx_predictions_identical=onnx_identical,
         onnx_logits_diff=onnx_diff,
+        aoti_path=aoti_path,
+        aoti_predictions_identical=aoti_identical,
+        aoti_logits_diff=aoti_diff,
         profile_json=profile_json,
         profile_plot=profile_plot,
         notes=notes,
@@ -210,5 +232,28 @@ def _export_and_predict(deploy: nn.Module, deploy_ckpt: Path, cfg: DemoConfig, x
     path = cfg.out_dir / "digits_deploy.onnx"
     export_onnx(deploy, path, (1, cfg.imgsz, cfg.imgsz), metadata={"source": deploy_ckpt.name})
     runner = OrtRunner(path)
+    logits = torch.cat([torch.from_numpy(runner.infer(x_test[i : i + 256].numpy())) for i in range(0, len(x_test), 256)])
+    return path, logits
+
+
+def _compile_and_predict(deploy: nn.Module, cfg: DemoConfig, x_test: torch.Tensor):
+    """Compile the deploy form with AOTInductor (validated against torch before the rename) and run the
+    held-out set through the loaded package."""
+    from .compare import compare_runners, random_inputs
+    from .errors import EquivalenceError
+    from .exporters import export_aoti
+    from .runtime import AotiRunner, TorchRunner
+
+    path = cfg.out_dir / "digits_deploy.pt2"
+    size = (1, cfg.imgsz, cfg.imgsz)
+
+    def validate(tmp: Path) -> None:
+        rows = compare_runners(TorchRunner(deploy), [AotiRunner(tmp)], random_inputs(size, (1, 5)))
+        worst = max(r.diff.rel for r in rows)
+        if not worst <= 1e-4:
+            raise EquivalenceError(f"the AOTInductor package differs from torch by {worst:.3g} (relative)")
+
+    export_aoti(deploy, path, size, batch=2, max_batch=256, validate=validate)
+    runner = AotiRunner(path)
     logits = torch.cat([torch.from_numpy(runner.infer(x_test[i : i + 256].numpy())) for i in range(0, len(x_test), 256)])
     return path, logits

@@ -129,10 +129,11 @@ def test_demo_pipeline_short(tmp_path):
     assert res.onnx_predictions_identical and res.onnx_logits_diff["rel"] <= 1e-4
     assert res.train_checkpoint.exists() and res.deploy_checkpoint.exists() and res.onnx_path.exists()
     assert ad.read_checkpoint(res.deploy_checkpoint).deploy
-    assert {"train", "fold", "export", "profile"} <= set(stages)
+    assert res.aoti_predictions_identical and res.aoti_logits_diff["rel"] <= 1e-4 and res.aoti_path.exists()
+    assert {"train", "fold", "export", "aoti", "profile"} <= set(stages)
     assert set(res.latency_ms) == {
         ("torch", "training", 1), ("torch", "deploy", 1), ("torch", "training", 64), ("torch", "deploy", 64),
-        ("onnxruntime", "deploy", 1), ("onnxruntime", "deploy", 64),
+        ("onnxruntime", "deploy", 1), ("onnxruntime", "deploy", 64), ("aoti", "deploy", 1), ("aoti", "deploy", 64),
     }
     report = load_report(res.profile_json)
     assert report["model"]["input_size"] == [1, 16, 16] and len(report["compare_forms"]) == 2

@@ -83,8 +83,12 @@ def export_aoti(
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch._inductor.aoti_compile_and_package(
-                program, package_path=tmp, inductor_configs={"aot_inductor.metadata": stamp})
+            try:
+                torch._inductor.aoti_compile_and_package(
+                    program, package_path=tmp, inductor_configs={"aot_inductor.metadata": stamp})
+            except Exception as exc:  # a missing C++ compiler or CUDA toolkit surfaces as many types
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ExportError(f"AOTInductor could not compile the model for {device}: {first}") from None
         if validate is not None:
             validate(Path(tmp))
 
