@@ -31,5 +31,10 @@ FORMATS: dict[str, ExportFormat] = {
             "aoti", ".pt2", "torch >= 2.6 and a C++ compiler (CUDA for --device cuda)", "",
             "AOTInductor package: the deploy form compiled ahead of time, validated against torch",
         ),
+        ExportFormat(
+            "triton", "/", "onnx, onnxruntime, onnxslim (--engine onnx); TensorRT engines + sidecars (--engine trt)",
+            "onnx",
+            "Triton model repository REPO/NAME/{config.pbtxt,1/model.onnx|model.plan}, dynamic batching configured",
+        ),
     )
 }
