@@ -332,10 +332,12 @@ def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[
                    imgsz: Optional[int], max_batch: Optional[int], device: str, instances: int, queue_delay_us: int,
                    opset: int, simplify: bool, force: bool) -> None:
     """``export --format triton``: a Triton model repository (see acmix_deploy.exporters.triton)."""
-    from .exporters.triton import write_engine_repository, write_onnx_repository
+    from .exporters.triton import check_model_name, write_engine_repository, write_onnx_repository
     from .pipeline import prepare_deploy, sha256_file
 
     try:
+        if max_batch is not None and max_batch < 1:
+            raise AcmixDeployError(f"--max-batch must be positive, got {max_batch}")
         if engine not in ("onnx", "trt"):
             raise AcmixDeployError(f"--engine must be onnx or trt, got {engine!r}")
         if instances < 1:
@@ -346,6 +348,7 @@ def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[
             raise AcmixDeployError(f"{src} does not exist")
         repo = repo or src.resolve().parent / "model_repository"
         name = name or (src.name if src.is_dir() else src.name.split(".")[0])
+        check_model_name(name)
         if engine == "trt":
             res = write_engine_repository(src, repo, name, max_batch=max_batch, instances=instances,
                                           max_queue_delay_us=queue_delay_us, force=force)

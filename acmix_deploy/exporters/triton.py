@@ -35,7 +35,8 @@ from typing import Callable
 
 from ..errors import ConfigError, ExportError
 
-__all__ = ["TritonModelConfig", "TritonRepoExport", "engine_model_config", "model_config_text", "write_model_dir",
+__all__ = ["TritonModelConfig", "TritonRepoExport", "check_model_name", "engine_model_config", "find_engines",
+           "model_config_text", "write_model_dir",
            "write_engine_repository", "write_onnx_repository"]
 
 PLAN_SUFFIXES = (".engine", ".plan")
