@@ -457,3 +457,45 @@ def test_sigterm_finishes_inflight_request(onnx_model, loaded):
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def _engine_with_sidecar(tmp_path: Path) -> Path:
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"fake plan")
+    profiles = [{"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]},
+                {"min": [8, 3, 32, 32], "opt": [16, 3, 32, 32], "max": [32, 3, 32, 32]}]
+    (tmp_path / "m.engine.json").write_text(json.dumps({"input_name": "input", "output_name": "output",
+                                                        "compute_capability": "9.0", "profiles": profiles}))
+    return engine
+
+
+def test_open_runner_engine_without_gpu_is_refused(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ad.AcmixDeployError, match="no CUDA GPU"):
+        open_runner(_engine_with_sidecar(tmp_path))
+
+
+def test_open_runner_engine_spec_comes_from_sidecar(tmp_path, monkeypatch, loaded):
+    """With a stand-in TrtRunner (no TensorRT here): names and batch range from the sidecar, output from a probe."""
+    import types
+
+    import torch
+
+    calls = []
+
+    class FakeTrtRunner:
+        def __init__(self, path, device="cuda"):
+            self.name, self.device = "tensorrt:fake", device
+            calls.append((Path(path).name, device))
+
+        def infer(self, x):
+            return loaded.runner.infer(x)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "acmix_deploy.runtime.tensorrt", types.SimpleNamespace(TrtRunner=FakeTrtRunner))
+    spec = open_runner(_engine_with_sidecar(tmp_path))
+    assert calls == [("m.engine", "cuda")]
+    assert (spec.input.name, spec.output.name, spec.input.shape, spec.output.shape) == ("input", "output", (3, 32, 32), (5,))
+    assert (spec.min_batch, spec.max_batch, spec.platform) == (1, 32, "tensorrt_plan")

@@ -231,9 +231,11 @@ def find_engines(path: str | os.PathLike) -> list[Path]:
 
 def _engine_output_dims(engine: Path, meta: dict) -> tuple[int, ...]:
     """The output shape without batch: the sidecar's ``output_shape`` or the source ONNX found next to the engine."""
-    if "output_shape" in meta:
+    if "output_shape" in meta:  # the full shape, batch axis first (any value there)
         shape = meta["output_shape"]
-        return tuple(int(d) for d in (shape[1:] if len(shape) > 1 and shape[0] in (-1, "batch", None) else shape))
+        if not isinstance(shape, list) or len(shape) < 2 or not all(isinstance(d, int) for d in shape[1:]):
+            raise ExportError(f"{engine.name}: sidecar output_shape must be a list [N, ...] of ints, got {shape!r}")
+        return tuple(shape[1:])
     digest = meta.get("onnx_sha256")
     if digest:
         from ..pipeline import sha256_file

@@ -147,6 +147,11 @@ def open_runner(
             raise AcmixDeployError(f"{path.name}: input {inp.name} has dynamic C/H/W {inp.shape}; a fixed image size is needed")
     elif backend == "tensorrt":
         meta = read_engine_sidecar(path)
+        import torch
+
+        # TensorRT without a usable CUDA device crashes the process on deserialization: refuse first.
+        if not torch.cuda.is_available():
+            raise AcmixDeployError(f"cannot run TensorRT engine {path.name}: no CUDA GPU is visible on this machine")
         try:
             from .tensorrt import TrtRunner
         except ImportError as exc:

@@ -18,6 +18,7 @@ and a message for the client's ``{"error": ...}`` body.
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass
 
@@ -143,7 +144,7 @@ def parse_infer_request(
         raise ProtocolError(f"input {input_name!r}: shape {list(shape)} does not match the model's {expected}")
     if shape[0] < 1:
         raise ProtocolError(f"input {input_name!r}: the batch axis must be at least 1")
-    count = int(np.prod(shape))
+    count = math.prod(shape)
 
     in_params = entry.get("parameters") or {}
     if not isinstance(in_params, dict):
