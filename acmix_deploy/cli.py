@@ -371,6 +371,8 @@ def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[
     except AcmixDeployError as exc:
         _fail(exc)
     console.print(res.config_text.rstrip(), highlight=False, markup=False)
+    if res.validation_rel_error is not None:
+        console.print(f"model.onnx vs torch (deploy form), batches 1 and 2: relative error {res.validation_rel_error:.3g}")
     files = ", ".join(str(f.relative_to(res.repo)) for f in res.files)
     console.print(f"wrote Triton model {res.config.name!r} ({res.config.platform}, max_batch_size "
                   f"{res.config.max_batch_size}) in {res.repo}: {files} ({res.seconds:.1f} s)")

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -76,6 +77,7 @@ def onnx_repo(tiny):
     res = runner.invoke(app, ["export", str(path), "--format", "triton", "-o", str(repo), "--name", "acmix",
                               "--max-batch", "4", "--instances", "2"])
     assert res.exit_code == 0, res.output
+    assert re.search(r"vs torch .*relative error \d", res.output)
     return repo
 
 

@@ -68,6 +68,7 @@ class TritonRepoExport:
     files: list[Path]
     seconds: float
     onnx: object | None = None  # the OnnxExport for ONNX repositories
+    validation_rel_error: float | None = None  # ONNX vs torch, with the built-in check
 
 
 def _dims(dims) -> str:
@@ -168,8 +169,9 @@ def write_onnx_repository(
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
     t0 = time.perf_counter()
+    checked: dict = {}
     if validate is None:
-        validate = _torch_check(model, input_size)
+        validate = _torch_check(model, input_size, checked)
     holder: dict = {}
 
     def fill(version_dir: Path) -> list[Path]:
@@ -187,7 +189,7 @@ def write_onnx_repository(
 
     model_dir, files = write_model_dir(repo, name, lambda: holder["text"], fill, force=force)
     return TritonRepoExport(Path(repo), model_dir, holder["cfg"], holder["text"], files, time.perf_counter() - t0,
-                            onnx=holder["onnx"])
+                            onnx=holder["onnx"], validation_rel_error=checked.get("rel"))
 
 
 def _onnx_output_dims(path: Path) -> tuple[int, ...]:
@@ -199,7 +201,7 @@ def _onnx_output_dims(path: Path) -> tuple[int, ...]:
     return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
 
 
-def _torch_check(model, input_size, tol: float = 1e-4) -> Callable[[Path], None]:
+def _torch_check(model, input_size, record: dict, tol: float = 1e-4) -> Callable[[Path], None]:
     def check(tmp: Path) -> None:
         from ..compare import compare_runners, random_inputs
         from ..errors import EquivalenceError
@@ -207,7 +209,7 @@ def _torch_check(model, input_size, tol: float = 1e-4) -> Callable[[Path], None]
 
         rows = compare_runners(TorchRunner(model, name="torch:deploy"), [OrtRunner(tmp)],
                                random_inputs(input_size, (1, 2), 0))
-        worst = max(r.diff.rel for r in rows)
+        worst = record["rel"] = max(r.diff.rel for r in rows)
         if not worst <= tol:
             raise EquivalenceError(f"the exported ONNX model differs from torch by {worst:.3g} (relative), above {tol:g}")
 
