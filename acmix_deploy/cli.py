@@ -222,7 +222,8 @@ def export(
     tol: Optional[float] = typer.Option(None, "--tol", help="Largest accepted relative error vs torch [1e-4; fp16 2e-2; int8 1.0]."),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Smallest accepted top-1 agreement with torch [fp16 0.99; int8 0.9]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
-    engine: str = typer.Option("onnx", "--engine", help="Triton: onnx (export CKPT) or trt (CKPT: engine file or folder)."),
+    engine: str = typer.Option("onnx", "--engine", help="Triton: onnx (CKPT: a checkpoint, exported, or a .onnx file) "
+                               "or trt (CKPT: an engine file or a folder of engines)."),
     instances: int = typer.Option(1, "--instances", help="Triton: model instances (instance_group count)."),
     model_name: Optional[str] = typer.Option(None, "--name", help="Triton: model name [default: the file's stem]."),
     queue_delay_us: int = typer.Option(1000, "--max-queue-delay-us", help="Triton: dynamic batching queue delay."),
@@ -332,7 +333,12 @@ def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[
                    imgsz: Optional[int], max_batch: Optional[int], device: str, instances: int, queue_delay_us: int,
                    opset: int, simplify: bool, force: bool) -> None:
     """``export --format triton``: a Triton model repository (see acmix_deploy.exporters.triton)."""
-    from .exporters.triton import check_model_name, write_engine_repository, write_onnx_repository
+    from .exporters.triton import (
+        check_model_name,
+        write_engine_repository,
+        write_onnx_file_repository,
+        write_onnx_repository,
+    )
     from .pipeline import prepare_deploy, sha256_file
 
     try:
@@ -349,7 +355,11 @@ def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[
         repo = repo or src.resolve().parent / "model_repository"
         name = name or (src.name if src.is_dir() else src.name.split(".")[0])
         check_model_name(name)
-        if engine == "trt":
+        if engine == "onnx" and src.suffix == ".onnx":  # an ONNX file exported before: used as it is
+            res = write_onnx_file_repository(src, repo, name, max_batch=8 if max_batch is None else max_batch,
+                                             device=device, instances=instances, max_queue_delay_us=queue_delay_us,
+                                             force=force)
+        elif engine == "trt":
             res = write_engine_repository(src, repo, name, max_batch=max_batch, instances=instances,
                                           max_queue_delay_us=queue_delay_us, force=force)
         else:

@@ -499,3 +499,47 @@ def test_open_runner_engine_spec_comes_from_sidecar(tmp_path, monkeypatch, loade
     assert calls == [("m.engine", "cuda")]
     assert (spec.input.name, spec.output.name, spec.input.shape, spec.output.shape) == ("input", "output", (3, 32, 32), (5,))
     assert (spec.min_batch, spec.max_batch, spec.platform) == (1, 32, "tensorrt_plan")
+
+
+def test_batcher_stop_fails_waiting_requests_instead_of_losing_them():
+    """Stopping while a batch is still being filled answers its requests with an error (no hung clients)."""
+    import asyncio
+
+    from acmix_deploy.serving import DynamicBatcher
+
+    async def scenario():
+        batcher = DynamicBatcher(lambda x: x[:, :1, 0, 0] * 2, max_batch=64, timeout_s=30.0)
+        await batcher.start()
+        pending = asyncio.ensure_future(batcher.submit(np.ones((2, 1, 1, 1), np.float32)))
+        await asyncio.sleep(0.05)  # collected, waiting for the batch to fill
+        await batcher.stop()
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await asyncio.wait_for(pending, 5)
+
+    asyncio.run(scenario())
+
+
+def test_batcher_merges_and_splits_exactly():
+    import asyncio
+
+    from acmix_deploy.serving import DynamicBatcher
+
+    seen = []
+
+    def infer(x):
+        seen.append(x.shape[0])
+        return x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True)
+
+    async def scenario():
+        batcher = DynamicBatcher(infer, max_batch=4, timeout_s=0.2)
+        await batcher.start()
+        xs = [np.full((n, 1, 2, 2), i, np.float32) for i, n in enumerate([1, 2, 1, 3, 5])]
+        outs = await asyncio.gather(*(batcher.submit(x) for x in xs))
+        await batcher.stop()
+        return xs, outs
+
+    xs, outs = asyncio.run(scenario())
+    for x, y in zip(xs, outs):
+        assert y.shape == (x.shape[0], 1) and np.all(y == x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True))
+    # arrival order 1,2,1 fill 4; 3 does not fit with 5 -> alone; 5 >= max_batch runs alone
+    assert seen == [4, 3, 5]

@@ -297,3 +297,27 @@ def test_real_tritonserver_accepts_the_generated_configs(onnx_repo, tmp_path):
     assert "Poll failed for model directory 'plans'" not in log
     assert "failed to load 'acmix' version 1: Invalid argument: unable to find backend library for backend 'onnxruntime'" in log
     assert "failed to load 'plans' version 1: Invalid argument: unable to find backend library for backend 'tensorrt'" in log
+
+
+def test_repository_from_an_existing_onnx_file(onnx_repo, tiny, tmp_path, pb2):
+    src = tmp_path / "exported.onnx"
+    shutil.copyfile(onnx_repo / "acmix" / "1" / "model.onnx", src)
+    res = runner.invoke(app, ["export", str(src), "--format", "triton", "-o", str(tmp_path / "repo"), "--max-batch", "3"])
+    assert res.exit_code == 0, res.output
+    cfg = parse(pb2, (tmp_path / "repo" / "exported" / "config.pbtxt").read_text())
+    assert (cfg.max_batch_size, list(cfg.input[0].dims), list(cfg.output[0].dims)) == (3, [3, 32, 32], [6])
+    assert (tmp_path / "repo" / "exported" / "1" / "model.onnx").read_bytes() == src.read_bytes()
+
+    from acmix_deploy.exporters import export_onnx
+
+    static = tmp_path / "static.onnx"
+    export_onnx(ad.reparameterize_model(tiny[1]), static, (3, 32, 32), batch=2, dynamic=False)
+    res = runner.invoke(app, ["export", str(static), "--format", "triton", "-o", str(tmp_path / "repo")])
+    assert res.exit_code == 0, res.output
+    cfg = parse(pb2, (tmp_path / "repo" / "static" / "config.pbtxt").read_text())
+    assert cfg.max_batch_size == 0 and list(cfg.input[0].dims) == [2, 3, 32, 32] and list(cfg.output[0].dims) == [2, 6]
+    assert not cfg.HasField("dynamic_batching")
+
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    res = runner.invoke(app, ["export", str(tmp_path / "broken.onnx"), "--format", "triton", "-o", str(tmp_path / "repo")])
+    assert res.exit_code == 2 and "broken.onnx" in res.output and not (tmp_path / "repo" / "broken").exists()

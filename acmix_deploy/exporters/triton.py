@@ -36,7 +36,7 @@ from typing import Callable
 from ..errors import ConfigError, ExportError
 
 __all__ = ["TritonModelConfig", "TritonRepoExport", "check_model_name", "engine_model_config", "find_engines",
-           "model_config_text", "write_model_dir",
+           "model_config_text", "write_model_dir", "write_onnx_file_repository",
            "write_engine_repository", "write_onnx_repository"]
 
 PLAN_SUFFIXES = (".engine", ".plan")
@@ -190,6 +190,58 @@ def write_onnx_repository(
     model_dir, files = write_model_dir(repo, name, lambda: holder["text"], fill, force=force)
     return TritonRepoExport(Path(repo), model_dir, holder["cfg"], holder["text"], files, time.perf_counter() - t0,
                             onnx=holder["onnx"], validation_rel_error=checked.get("rel"))
+
+
+def write_onnx_file_repository(
+    onnx_path: str | os.PathLike, repo: str | os.PathLike, name: str, max_batch: int = 8, device: str = "cpu",
+    instances: int = 1, max_queue_delay_us: int = 1000, force: bool = False,
+) -> TritonRepoExport:
+    """A model directory around an ONNX file exported before (copied as ``1/model.onnx``).
+
+    Names and shapes are read from the graph.  A dynamic batch axis gives
+    ``max_batch_size = max_batch`` and dynamic batching; a fixed one gives
+    ``max_batch_size: 0`` and full-shape dims (Triton then never batches).
+    The file must load in ONNX Runtime and have one input and one output.
+    """
+    from .util import require
+
+    check_model_name(name)
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch must be positive, got {max_batch}")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    onnx = require("onnx", "onnx")
+    onnx_path = Path(onnx_path)
+    t0 = time.perf_counter()
+    from ..runtime import OrtRunner
+
+    OrtRunner(onnx_path)  # loads (raises a clear error for a file ONNX Runtime cannot take)
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ConfigError(f"{onnx_path.name} has {len(inputs)} inputs and {len(graph.output)} outputs; one of each is needed")
+
+    def shape(value_info) -> list[int]:
+        return [d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim]
+
+    in_shape, out_shape = shape(inputs[0]), shape(graph.output[0])
+    dynamic = in_shape[0] == -1
+    cfg = TritonModelConfig(
+        name=name, platform="onnxruntime_onnx", input_name=inputs[0].name, output_name=graph.output[0].name,
+        input_dims=tuple(in_shape[1:] if dynamic else in_shape), output_dims=tuple(out_shape[1:] if dynamic else out_shape),
+        max_batch_size=max_batch if dynamic else 0, preferred_batch_sizes=(max_batch,),
+        max_queue_delay_us=max_queue_delay_us, instance_kind="KIND_GPU" if device == "cuda" else "KIND_CPU",
+        instance_count=instances,
+    )
+    text = model_config_text(cfg)
+
+    def fill(version_dir: Path) -> list[Path]:
+        shutil.copyfile(onnx_path, version_dir / "model.onnx")
+        return [version_dir / "model.onnx"]
+
+    model_dir, files = write_model_dir(repo, name, text, fill, force=force)
+    return TritonRepoExport(Path(repo), model_dir, cfg, text, files, time.perf_counter() - t0)
 
 
 def _onnx_output_dims(path: Path) -> tuple[int, ...]:

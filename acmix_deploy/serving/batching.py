@@ -64,6 +64,7 @@ class DynamicBatcher:
         self._collector: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self._held: _Pending | None = None
+        self._collecting: list[_Pending] = []  # the batch being filled (failed on stop, not lost)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -80,7 +81,7 @@ class DynamicBatcher:
                 pass
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        leftovers = [self._held] if self._held else []
+        leftovers = [*self._collecting, *([self._held] if self._held else [])]
         while self._queue is not None and not self._queue.empty():
             leftovers.append(self._queue.get_nowait())
         for item in leftovers:
@@ -122,6 +123,7 @@ class DynamicBatcher:
                 self._slots.release()
                 raise
             batch, rows = [first], first.rows
+            self._collecting = batch
             deadline = loop.time() + self.timeout_s
             while rows < self.max_batch:
                 item = await self._next(deadline - loop.time())
@@ -132,6 +134,7 @@ class DynamicBatcher:
                     break
                 batch.append(item)
                 rows += item.rows
+            self._collecting = []
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
