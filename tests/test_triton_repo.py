@@ -321,3 +321,179 @@ def test_repository_from_an_existing_onnx_file(onnx_repo, tiny, tmp_path, pb2):
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     res = runner.invoke(app, ["export", str(tmp_path / "broken.onnx"), "--format", "triton", "-o", str(tmp_path / "repo")])
     assert res.exit_code == 2 and "broken.onnx" in res.output and not (tmp_path / "repo" / "broken").exists()
+
+
+# -- the same requests against a real Triton and against our server ---------------------------------------------------
+
+PROBE_MODEL_PY = '''\
+import sys
+sys.path[:0] = {site_packages!r}  # numpy of the environment the server came with
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "images").as_numpy()
+            y = x.mean(axis=(2, 3)).astype(np.float32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("logits", y)]))
+        return responses
+'''
+
+PROBE_CONFIG = '''\
+name: "probe"
+backend: "python"
+max_batch_size: 8
+input [ { name: "images" data_type: TYPE_FP32 dims: [ 3, 4, 4 ] } ]
+output [ { name: "logits" data_type: TYPE_FP32 dims: [ 3 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+'''
+
+
+class MeanRunner:
+    """The probe model in our server: per-channel mean, the same function as the Python-backend model in Triton."""
+
+    name = "numpy:mean"
+
+    def infer(self, x):
+        return x.mean(axis=(2, 3)).astype(np.float32)
+
+
+def python_backend_dir(binary: Path, tmp_path: Path) -> tuple[Path, list[str]] | None:
+    """A backend folder whose python backend has its stub, and the site-packages the stub should see."""
+    root = binary.parent.parent
+    if (root / "backends" / "python" / "triton_python_backend_stub").is_file():
+        return root / "backends", []
+    lib = root / "backends" / "python" / "libtriton_python.so"
+    site = root.parents[1]  # nvidia-pytriton: <site-packages>/pytriton/tritonserver
+    stubs = sorted((root / "python_backend_stubs").glob("*/triton_python_backend_stub"))
+    if not lib.is_file() or not stubs or site.name != "site-packages":
+        return None
+    version = site.parent.name.removeprefix("python")  # the stub must match that environment's Python
+    stub = next((s for s in stubs if s.parent.name == version), None)
+    if stub is None:
+        return None
+    backends = tmp_path / "backends"
+    (backends / "python").mkdir(parents=True)
+    for f in (root / "backends" / "python").iterdir():
+        if f.is_file():
+            (backends / "python" / f.name).symlink_to(f)
+    (backends / "python" / "triton_python_backend_stub").symlink_to(stub)  # a link keeps the stub's rpath
+    return backends, [str(site)]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_same_requests_against_real_triton_and_our_server(tmp_path):
+    """Protocol conformance: tritonclient.http and ServingClient get the same answers, in the same
+    response format, from a real Triton 2.51 (Python backend) and from our server, for one model."""
+    tritonhttp = pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed")
+    httpx = pytest.importorskip("httpx", reason="httpx not installed")
+    pytest.importorskip("fastapi", reason="our server needs fastapi")
+    import dataclasses
+    import threading
+    import time
+
+    from acmix_deploy.runtime.loader import LoadedModel, TensorSpec
+    from acmix_deploy.serving import ServeSettings, ServingClient, bind_socket, build_server, create_app
+
+    binary = tritonserver_binary()
+    if binary is None:
+        pytest.skip("no tritonserver binary (set TRITONSERVER_BIN, e.g. the one bundled in nvidia-pytriton)")
+    found = python_backend_dir(binary, tmp_path)
+    if found is None:
+        pytest.skip(f"no usable Python backend (with its stub) next to {binary}")
+    backends, site_packages = found
+    repo = tmp_path / "repo"
+    (repo / "probe" / "1").mkdir(parents=True)
+    (repo / "probe" / "config.pbtxt").write_text(PROBE_CONFIG)
+    (repo / "probe" / "1" / "model.py").write_text(PROBE_MODEL_PY.format(site_packages=site_packages))
+    http, grpc = free_ports(2)
+    log = tmp_path / "triton.log"
+    with open(log, "w") as log_file:
+        triton = subprocess.Popen(
+            [str(binary), "--model-repository", str(repo), "--backend-directory", str(backends),
+             "--http-address", "127.0.0.1", "--http-port", str(http), "--grpc-address", "127.0.0.1",
+             "--grpc-port", str(grpc), "--allow-metrics", "false", "--exit-timeout-secs", "5"],
+            stdout=log_file, stderr=subprocess.STDOUT)
+    model = LoadedModel(runner=MeanRunner(), backend="torch", platform="python", path=repo, min_batch=1, max_batch=None,
+                        input=TensorSpec("images", "FP32", (3, 4, 4)), output=TensorSpec("logits", "FP32", (3,)))
+    sock = bind_socket("127.0.0.1", 0)
+    ours = build_server(create_app(model, ServeSettings(name="probe", port=0)), sock, log_level="warning")
+    thread = threading.Thread(target=ours.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    urls = {"triton": f"127.0.0.1:{http}", "ours": f"127.0.0.1:{sock.getsockname()[1]}"}
+    try:
+        ServingClient("http://" + urls["ours"]).wait_ready(timeout_s=20)
+        deadline = time.monotonic() + 60
+        while not ServingClient("http://" + urls["triton"]).ready():
+            if triton.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Triton did not become ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+        x = np.random.default_rng(0).standard_normal((3, 3, 4, 4)).astype(np.float32)
+        ref = x.mean(axis=(2, 3))
+        meta, raw_json, raw_bin, errors = {}, {}, {}, {}
+        for server, address in urls.items():
+            meta[server] = ServingClient("http://" + address).metadata("probe")
+            client = tritonhttp.InferenceServerClient(address)
+            try:
+                for binary_in in (True, False):
+                    for binary_out in (True, False):
+                        inp = tritonhttp.InferInput("images", list(x.shape), "FP32")
+                        inp.set_data_from_numpy(x, binary_data=binary_in)
+                        out = tritonhttp.InferRequestedOutput("logits", binary_data=binary_out)
+                        got = client.infer("probe", [inp], outputs=[out], request_id="r1")
+                        assert np.allclose(got.as_numpy("logits"), ref, rtol=1e-6, atol=1e-7), server
+                        assert got.get_response()["id"] == "r1"
+            finally:
+                client.close()
+            for use_binary in (True, False):
+                got = ServingClient("http://" + address).infer("probe", x, binary=use_binary)
+                assert np.allclose(got, ref, rtol=1e-6, atol=1e-7), server
+            body = {"id": "j", "inputs": [{"name": "images", "datatype": "FP32", "shape": [3, 3, 4, 4],
+                                           "data": x.reshape(-1).tolist()}]}
+            raw_json[server] = httpx.post(f"http://{address}/v2/models/probe/infer", json=body).json()
+            r = httpx.post(f"http://{address}/v2/models/probe/infer",
+                           json={**body, "parameters": {"binary_data_output": True}})
+            header = int(r.headers["Inference-Header-Content-Length"])
+            raw_bin[server] = (json.loads(r.content[:header]), len(r.content) - header)
+            errors[server] = [httpx.post(f"http://{address}/v2/models/{name}/infer", content=content)
+                              for name, content in (("nope", b"{}"), ("probe", b"{not json"))]
+    finally:
+        ours.should_exit = True
+        thread.join(10)
+        sock.close()
+        triton.terminate()
+        try:
+            triton.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            triton.kill()
+            triton.wait()
+
+    # the same metadata (Triton reports its platform "python" for this backend)
+    assert meta["triton"] == meta["ours"]
+    # the same JSON response, value for value, and the same binary response header
+    for server in urls:
+        data = raw_json[server]["outputs"][0].pop("data")
+        assert np.allclose(data, ref.reshape(-1), rtol=1e-6, atol=1e-7)
+    assert raw_json["triton"] == raw_json["ours"]
+    assert raw_bin["triton"] == raw_bin["ours"]
+    assert raw_bin["ours"][0]["outputs"][0]["parameters"] == {"binary_data_size": ref.nbytes}
+    # errors: JSON {"error": ...}; unknown model is 4xx on both (Triton answers bad JSON with a 4xx or 5xx too)
+    for server in urls:
+        unknown, bad_json = errors[server]
+        assert 400 <= unknown.status_code < 500 and set(unknown.json()) == {"error"}, server
+        assert bad_json.status_code >= 400 and set(bad_json.json()) == {"error"}, server
