@@ -39,5 +39,19 @@ WORKDIR /work
 ENTRYPOINT ["acmix-deploy"]
 CMD ["--help"]
 
+# Inference server: `acmix-deploy serve` (KServe v2 / Triton HTTP protocol) on port 8000.
+#   docker build --target serve -t acmix-deploy:serve .
+#   docker run --rm -p 127.0.0.1:8000:8000 -v "$PWD/model.onnx:/models/model.onnx:ro" acmix-deploy:serve
+# The server listens on 0.0.0.0 inside the container; publish the port on the interface you mean.
+# SIGTERM (docker stop) reaches the server as PID 1 and finishes the requests in flight.
+FROM cpu AS serve
+USER root
+RUN cd /opt/acmix-deploy && pip install ".[onnx,serve]"
+USER acmix
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
+  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready').status != 200)"
+CMD ["serve", "/models/model.onnx", "--name", "model", "--host", "0.0.0.0", "--port", "8000"]
+
 # Make the CPU image the default target.
 FROM cpu

@@ -209,7 +209,9 @@ def export(
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch axis."),
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="TensorRT profile: smallest batch [1]."),
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="TensorRT profile: batch tuned for [--batch]."),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch [aoti 256; engine max(32, --opt-batch)]."),
+    max_batch: Optional[int] = typer.Option(
+        None, "--max-batch", help="Largest batch [aoti 256; engine max(32, --opt-batch); Triton's max_batch_size: "
+        "8 for --engine onnx, the engines' profile for --engine trt]."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (AOTInductor compiles for this device)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim."),
@@ -224,9 +226,20 @@ def export(
     tol: Optional[float] = typer.Option(None, "--tol", help="Largest accepted relative error vs torch [1e-4; fp16 2e-2; int8 1.0]."),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Smallest accepted top-1 agreement with torch [fp16 0.99; int8 0.9]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
+    engine: str = typer.Option("onnx", "--engine", help="Triton: onnx (CKPT: a checkpoint, exported, or a .onnx file) "
+                               "or trt (CKPT: an engine file or a folder of engines)."),
+    instances: int = typer.Option(1, "--instances", help="Triton: model instances (instance_group count)."),
+    model_name: Optional[str] = typer.Option(None, "--name", help="Triton: model name [default: the file's stem]."),
+    queue_delay_us: int = typer.Option(1000, "--max-queue-delay-us", help="Triton: dynamic batching queue delay."),
+    force: bool = typer.Option(False, "--force", help="Triton: replace an existing model directory."),
 ) -> None:
     """Export a model (folded first if needed), validate it against torch, write it atomically."""
     from .exporters import ExportOptions, export_model
+
+    if fmt == "triton":
+        _export_triton(ckpt, output, engine, model_name, arch, imgsz, max_batch, device, instances, queue_delay_us,
+                       opset, simplify, force)
+        return
 
     if trt:
         if fmt not in ("onnx", "engine"):
@@ -268,6 +281,65 @@ def export(
         console.print(f"TensorRT profile: batch {p['min'][0]} / {p['opt'][0]} / {p['max'][0]} (min / opt / max)")
     art = res.artifact
     console.print(f"wrote {art.path} ({art.size_bytes / 1e6:.1f} MB) in {art.seconds:.1f} s")
+
+
+def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[str], arch: Optional[str],
+                   imgsz: Optional[int], max_batch: Optional[int], device: str, instances: int, queue_delay_us: int,
+                   opset: int, simplify: bool, force: bool) -> None:
+    """``export --format triton``: a Triton model repository (see acmix_deploy.exporters.triton)."""
+    from .exporters.triton import (
+        check_model_name,
+        write_engine_repository,
+        write_onnx_file_repository,
+        write_onnx_repository,
+    )
+    from .pipeline import prepare_deploy, sha256_file
+
+    try:
+        if max_batch is not None and max_batch < 1:
+            raise AcmixDeployError(f"--max-batch must be positive, got {max_batch}")
+        if engine not in ("onnx", "trt"):
+            raise AcmixDeployError(f"--engine must be onnx or trt, got {engine!r}")
+        if instances < 1:
+            raise AcmixDeployError(f"--instances must be positive, got {instances}")
+        if queue_delay_us < 0:
+            raise AcmixDeployError(f"--max-queue-delay-us must not be negative, got {queue_delay_us}")
+        if not src.exists():
+            raise AcmixDeployError(f"{src} does not exist")
+        repo = repo or src.resolve().parent / "model_repository"
+        name = name or (src.name if src.is_dir() else src.name.split(".")[0])
+        check_model_name(name)
+        if engine == "onnx" and src.suffix == ".onnx":  # an ONNX file exported before: used as it is
+            res = write_onnx_file_repository(src, repo, name, max_batch=8 if max_batch is None else max_batch,
+                                             device=device, instances=instances, max_queue_delay_us=queue_delay_us,
+                                             force=force)
+        elif engine == "trt":
+            res = write_engine_repository(src, repo, name, max_batch=max_batch, instances=instances,
+                                          max_queue_delay_us=queue_delay_us, force=force)
+        else:
+            if device not in ("cpu", "cuda"):  # the GPU is the Triton machine's, not necessarily this one's
+                raise AcmixDeployError(f"--device must be cpu or cuda, got {device!r}")
+            if (repo / name).exists() and not force:
+                raise AcmixDeployError(f"model directory {repo / name} already exists; pass --force to replace it")
+            with console.status(f"reading and folding {src}"):
+                prep = prepare_deploy(src, arch, imgsz)
+            meta = {"arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": src.name,
+                    "source_sha256": sha256_file(src), "package_version": __version__}
+            with console.status("exporting ONNX, validating it against torch, writing the repository"):
+                res = write_onnx_repository(prep.deploy, repo, name, prep.input_size,
+                                            max_batch=8 if max_batch is None else max_batch, device=device,
+                                            instances=instances, max_queue_delay_us=queue_delay_us, opset=opset,
+                                            simplify=simplify, metadata=meta, force=force)
+    except EquivalenceError as exc:
+        _fail(exc, code=1)
+    except AcmixDeployError as exc:
+        _fail(exc)
+    console.print(res.config_text.rstrip(), highlight=False, markup=False)
+    if res.validation_rel_error is not None:
+        console.print(f"model.onnx vs torch (deploy form), batches 1 and 2: relative error {res.validation_rel_error:.3g}")
+    files = ", ".join(str(f.relative_to(res.repo)) for f in res.files)
+    console.print(f"wrote Triton model {res.config.name!r} ({res.config.platform}, max_batch_size "
+                  f"{res.config.max_batch_size}) in {res.repo}: {files} ({res.seconds:.1f} s)")
 
 
 @app.command()
@@ -526,6 +598,43 @@ def demo(
     console.print(f"training took {res.train_seconds:.0f} s; wrote " + ", ".join(str(p) for p in written if p))
     if not res.predictions_identical or False in (res.onnx_predictions_identical, res.aoti_predictions_identical):
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    model: Path = typer.Argument(..., help="Model: .onnx, .pt2 (with --arch), .engine/.plan, or a checkpoint."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the URLs [default: the file's stem]."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="TCP port (0: a free one)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="onnxruntime, aoti, tensorrt, torch [by suffix]."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Most rows merged into one batch (1: no batching)."),
+    batch_timeout_ms: float = typer.Option(2.0, "--batch-timeout-ms", help="Longest wait to fill a batch."),
+    workers: int = typer.Option(1, "--workers", help="Batches run at once (inference threads)."),
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body; larger ones get 413."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads per batch."),
+    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (bare state dicts, .pt2)."),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width (checkpoints, .pt2)."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve a model over HTTP with the KServe v2 / Triton inference protocol (dynamic batching, /metrics)."""
+    from .serving.app import ServeSettings, serve as run_server
+
+    settings = ServeSettings(name=name or model.name.split(".")[0], host=host, port=port, max_batch=max_batch,
+                             batch_timeout_ms=batch_timeout_ms, workers=workers, max_body_mb=max_body_mb)
+
+    def announce(loaded, address) -> None:
+        console.print(f"serving {loaded.path.name} as {settings.name!r} ({loaded.runner.name}; input "
+                      f"{loaded.input.name} -1x{'x'.join(map(str, loaded.input.shape))}) on "
+                      f"http://{address[0]}:{address[1]}/v2/models/{settings.name}", highlight=False, soft_wrap=True)
+
+    try:
+        if not model.exists():
+            raise AcmixDeployError(f"model {model} does not exist")
+        run_server(model, settings, backend=backend, device=device, arch=arch, imgsz=imgsz, threads=threads,
+                   log_level=log_level, on_ready=announce)
+    except AcmixDeployError as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -297,12 +297,13 @@ def test_build_engine_writes_plan_sidecar_and_cache(tmp_path, fake_gpu):
         seen["tmp"], seen["bytes"], seen["precision"] = tmp, tmp.read_bytes(), sidecar.precision
 
     res = build_engine(onnx_path, tmp_path / "m.engine", (3, 32, 32), BatchProfile(1, 2, 8), precision="fp16",
-                       timing_cache=cache, workspace_gb=0.5, validate=validate, trt=trt)
+                       timing_cache=cache, workspace_gb=0.5, validate=validate, trt=trt, output_shape=[-1, 10])
     assert (tmp_path / "m.engine").read_bytes() == b"PLAN-BYTES"
     assert seen["bytes"] == b"PLAN-BYTES" and seen["tmp"] != tmp_path / "m.engine" and seen["precision"] == "fp16"
     side = read_sidecar(tmp_path / "m.engine")
     assert (side.gpu_name, side.compute_capability, side.tensorrt_version) == ("NVIDIA H200", "9.0", "10.13.0.35")
     assert side.profiles == [{"min": [1, 3, 32, 32], "opt": [2, 3, 32, 32], "max": [8, 3, 32, 32]}]
+    assert side.output_shape == [-1, 10]
     assert side.workspace_bytes == 1 << 29 and len(side.engine_sha256) == 64 and len(side.onnx_sha256) == 64
     assert cache.read_bytes() == b"old+tuned"  # read before, written back after the build
     assert res.timing_cache == cache

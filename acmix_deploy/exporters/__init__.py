@@ -38,5 +38,10 @@ FORMATS: dict[str, ExportFormat] = {
             "TensorRT plan built from the validated ONNX graph (kept beside it), JSON sidecar, validated "
             "against torch", flag="--trt",
         ),
+        ExportFormat(
+            "triton", "/", "onnx, onnxruntime, onnxslim (--engine onnx); TensorRT engines + sidecars (--engine trt)",
+            "onnx",
+            "Triton model repository REPO/NAME/{config.pbtxt,1/model.onnx|model.plan}, dynamic batching configured",
+        ),
     )
 }

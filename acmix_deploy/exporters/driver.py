@@ -91,6 +91,9 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
 
     if opts.fmt not in FORMATS:
         raise ConfigError(f"unknown format {opts.fmt!r}; available: {', '.join(FORMATS)}")
+    if opts.fmt == "triton":
+        raise ConfigError("Triton repositories are written by acmix_deploy.exporters.triton "
+                          "(write_onnx_repository, write_engine_repository); export_model writes single files")
     if (opts.fp16 or opts.int8) and opts.fmt not in ("onnx", "engine"):
         raise ConfigError("--fp16/--int8 apply to --format onnx and engine (precision is written into the ONNX graph)")
     if opts.fp16 and opts.int8:
@@ -242,6 +245,8 @@ def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) 
             input_name=INPUT_NAME, output_name=OUTPUT_NAME,
             source={"checkpoint": ckpt.name, "sha256": meta["source_sha256"], "arch": prep.loaded.arch},
             validate=validator(lambda p, sidecar: TrtRunner(p, check=False, sidecar=sidecar), title, rows),
+            output_shape=[-1 if profile.min != profile.max else profile.max,
+                          *reference.infer(inputs[0][:1]).shape[1:]],
         )
         rows = onnx_rows + rows
         say(f"TensorRT {artifact.sidecar.tensorrt_version} on {artifact.sidecar.gpu_name}: wrote {artifact.path} "

@@ -167,6 +167,7 @@ class EngineSidecar:
     profiles: list[dict[str, list[int]]]  # [{"min": [N,C,H,W], "opt": [...], "max": [...]}]
     onnx_sha256: str
     build_seconds: float
+    output_shape: list[int] | None = None  # full shape, batch axis first (-1 when dynamic)
     workspace_bytes: int | None = None
     builder_optimization_level: int | None = None
     engine_sha256: str = ""
@@ -318,6 +319,7 @@ def build_engine(
     source: dict[str, Any] | None = None,
     validate: Callable[[Path, EngineSidecar], None] | None = None,
     trt=None,
+    output_shape: list[int] | None = None,
 ) -> EngineBuild:
     """Build a TensorRT engine from ``onnx_path`` and write it with its sidecar, atomically.
 
@@ -372,7 +374,7 @@ def build_engine(
     sidecar = EngineSidecar(
         tensorrt_version=str(trt.__version__), gpu_name=gpu.name, compute_capability=gpu.compute_capability,
         precision=precision, typing=typing, input_name=input_name, output_name=output_name,
-        input_size=list(input_size),
+        input_size=list(input_size), output_shape=list(output_shape) if output_shape else None,
         profiles=[dict(zip(("min", "opt", "max"), map(list, profile.shapes(input_size))))],
         onnx_sha256=sha256_file(onnx_path), build_seconds=round(build_seconds, 3), workspace_bytes=workspace,
         builder_optimization_level=opt_level, package_version=__version__,

@@ -1,0 +1,388 @@
+"""Triton Inference Server model repositories: ``REPO/NAME/config.pbtxt`` and ``REPO/NAME/1/model.*``.
+
+Two kinds of model directory:
+
+* ONNX (platform ``onnxruntime_onnx``): ``1/model.onnx``, exported from the
+  deploy form with :func:`acmix_deploy.exporters.export_onnx` and validated
+  against torch before anything is written; ``max_batch_size`` is the
+  ``max_batch`` option (the graph's batch axis is dynamic), instances run on
+  the CPU (``KIND_CPU``) or the GPU (``KIND_GPU``).
+* TensorRT (platform ``tensorrt_plan``): the engine(s) copied to ``1/``,
+  ``max_batch_size`` taken from the optimization profiles in the engines' JSON
+  sidecars (the largest batch a profile accepts, capped by ``max_batch``),
+  ``KIND_GPU``.  Engines only run on the GPU architecture they were built for,
+  so several engines (one per compute capability) become
+  ``model.sm<CC>.plan`` files selected by ``cc_model_filenames``.
+
+The config text is written by hand (Triton reads protobuf text format) and
+checked in the tests by parsing it with Triton's own ``model_config.proto``
+(shipped with ``tritonclient``).  The model directory is assembled in a
+temporary directory inside ``REPO`` and renamed into place, so Triton never
+sees a half-written model; an existing model directory is replaced only with
+``force=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError, ExportError
+
+__all__ = ["TritonModelConfig", "TritonRepoExport", "check_model_name", "engine_model_config", "find_engines",
+           "model_config_text", "write_model_dir", "write_onnx_file_repository",
+           "write_engine_repository", "write_onnx_repository"]
+
+PLAN_SUFFIXES = (".engine", ".plan")
+
+
+@dataclass
+class TritonModelConfig:
+    name: str
+    platform: str  # onnxruntime_onnx | tensorrt_plan
+    input_name: str
+    output_name: str
+    input_dims: tuple[int, ...]  # without the batch axis when max_batch_size > 0
+    output_dims: tuple[int, ...]
+    max_batch_size: int  # 0: no batch axis handled by Triton (dims are the full shapes)
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 1000
+    instance_kind: str = "KIND_CPU"
+    instance_count: int = 1
+    cc_model_filenames: dict[str, str] = field(default_factory=dict)
+    default_model_filename: str | None = None
+
+
+@dataclass
+class TritonRepoExport:
+    repo: Path
+    model_dir: Path
+    config: TritonModelConfig
+    config_text: str
+    files: list[Path]
+    seconds: float
+    onnx: object | None = None  # the OnnxExport for ONNX repositories
+    validation_rel_error: float | None = None  # ONNX vs torch, with the built-in check
+
+
+def _dims(dims) -> str:
+    return "[ " + ", ".join(str(int(d)) for d in dims) + " ]"
+
+
+def check_model_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith(".") or '"' in name:
+        raise ConfigError(f"model name must be a plain directory name, got {name!r}")
+
+
+def model_config_text(cfg: TritonModelConfig) -> str:
+    """``config.pbtxt`` (protobuf text format of ``inference.ModelConfig``)."""
+    check_model_name(cfg.name)
+    if cfg.max_batch_size < 0:
+        raise ConfigError(f"max_batch_size must not be negative, got {cfg.max_batch_size}")
+    if cfg.instance_kind not in ("KIND_CPU", "KIND_GPU"):
+        raise ConfigError(f"instance kind must be KIND_CPU or KIND_GPU, got {cfg.instance_kind}")
+    if cfg.instance_count < 1:
+        raise ConfigError(f"instance count must be positive, got {cfg.instance_count}")
+    lines = [f'name: "{cfg.name}"', f'platform: "{cfg.platform}"', f"max_batch_size: {cfg.max_batch_size}"]
+    if cfg.default_model_filename:
+        lines.append(f'default_model_filename: "{cfg.default_model_filename}"')
+    for section, name, dims in (("input", cfg.input_name, cfg.input_dims), ("output", cfg.output_name, cfg.output_dims)):
+        lines += [f"{section} [", "  {", f'    name: "{name}"', "    data_type: TYPE_FP32", f"    dims: {_dims(dims)}",
+                  "  }", "]"]
+    if cfg.max_batch_size > 0:
+        lines.append("dynamic_batching {")
+        preferred = [b for b in cfg.preferred_batch_sizes if 1 <= b <= cfg.max_batch_size]
+        if preferred:
+            lines.append(f"  preferred_batch_size: {_dims(sorted(set(preferred)))}")
+        lines += [f"  max_queue_delay_microseconds: {int(cfg.max_queue_delay_us)}", "}"]
+    lines += ["instance_group [", "  {", f"    count: {cfg.instance_count}", f"    kind: {cfg.instance_kind}", "  }", "]"]
+    if cfg.cc_model_filenames:
+        lines.append("cc_model_filenames [")
+        entries = [f'  {{ key: "{cc}" value: "{fn}" }}' for cc, fn in sorted(cfg.cc_model_filenames.items())]
+        lines.append(",\n".join(entries))
+        lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_dir(repo: str | os.PathLike, name: str, config_text: str | Callable[[], str],
+                    fill_version_dir: Callable[[Path], list[Path]], force: bool = False) -> tuple[Path, list[Path]]:
+    """Write ``REPO/NAME`` atomically: ``fill_version_dir(tmp/1)`` writes the model files, then one rename.
+
+    ``config_text`` may be a callable, called after the model files exist (for
+    a config that depends on the exported graph).
+    ``REPO`` is created when missing (its parent must exist).  An existing
+    ``REPO/NAME`` is refused unless ``force``; with ``force`` it is swapped out
+    only after the new directory is complete.
+    """
+    repo = Path(repo)
+    if not repo.parent.exists():
+        raise ConfigError(f"parent directory {repo.parent} of the repository does not exist")
+    if repo.exists() and not repo.is_dir():
+        raise ConfigError(f"repository path {repo} exists and is not a directory")
+    repo.mkdir(exist_ok=True)
+    final = repo / name
+    if final.exists() and not force:
+        raise ConfigError(f"model directory {final} already exists; pass --force to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo))
+    try:
+        version_dir = tmp / "1"
+        version_dir.mkdir()
+        files = fill_version_dir(version_dir)
+        (tmp / "config.pbtxt").write_text(config_text() if callable(config_text) else config_text)
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=repo))
+            os.replace(final, old / name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, [final / "config.pbtxt", *(final / "1" / f.name for f in files)]
+
+
+def write_onnx_repository(
+    model, repo: str | os.PathLike, name: str, input_size: tuple[int, int, int], max_batch: int = 8,
+    device: str = "cpu", instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17,
+    simplify: bool = True, metadata: dict | None = None, validate: Callable[[Path], None] | None = None,
+    force: bool = False,
+) -> TritonRepoExport:
+    """Export ``model`` (deploy form) to ``REPO/NAME/1/model.onnx`` with a dynamic batch axis, plus its config.
+
+    ``validate(tmp_onnx)`` runs on the exported file before it is moved into
+    place (the same hook as :func:`export_onnx`); when omitted, the ONNX model is
+    checked against ``model`` in torch (relative error <= 1e-4 at batches 1 and 2).
+    """
+    from .onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
+
+    check_model_name(name)
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch must be positive for a dynamic-batch ONNX model, got {max_batch}")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    t0 = time.perf_counter()
+    checked: dict = {}
+    if validate is None:
+        validate = _torch_check(model, input_size, checked)
+    holder: dict = {}
+
+    def fill(version_dir: Path) -> list[Path]:
+        onnx_path = version_dir / "model.onnx"
+        holder["onnx"] = export_onnx(model, onnx_path, input_size, batch=1, dynamic=True, opset=opset,
+                                     simplify=simplify, metadata=metadata, validate=validate)
+        holder["cfg"] = cfg = TritonModelConfig(
+            name=name, platform="onnxruntime_onnx", input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+            input_dims=tuple(input_size), output_dims=_onnx_output_dims(onnx_path), max_batch_size=max_batch,
+            preferred_batch_sizes=(max_batch,), max_queue_delay_us=max_queue_delay_us,
+            instance_kind="KIND_GPU" if device == "cuda" else "KIND_CPU", instance_count=instances,
+        )
+        holder["text"] = model_config_text(cfg)
+        return [onnx_path]
+
+    model_dir, files = write_model_dir(repo, name, lambda: holder["text"], fill, force=force)
+    return TritonRepoExport(Path(repo), model_dir, holder["cfg"], holder["text"], files, time.perf_counter() - t0,
+                            onnx=holder["onnx"], validation_rel_error=checked.get("rel"))
+
+
+def write_onnx_file_repository(
+    onnx_path: str | os.PathLike, repo: str | os.PathLike, name: str, max_batch: int = 8, device: str = "cpu",
+    instances: int = 1, max_queue_delay_us: int = 1000, force: bool = False,
+) -> TritonRepoExport:
+    """A model directory around an ONNX file exported before (copied as ``1/model.onnx``).
+
+    Names and shapes are read from the graph.  A dynamic batch axis gives
+    ``max_batch_size = max_batch`` and dynamic batching; a fixed one gives
+    ``max_batch_size: 0`` and full-shape dims (Triton then never batches).
+    The file must load in ONNX Runtime and have one input and one output.
+    """
+    from .util import require
+
+    check_model_name(name)
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch must be positive, got {max_batch}")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    onnx = require("onnx", "onnx")
+    onnx_path = Path(onnx_path)
+    t0 = time.perf_counter()
+    from ..runtime import OrtRunner
+
+    OrtRunner(onnx_path)  # loads (raises a clear error for a file ONNX Runtime cannot take)
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ConfigError(f"{onnx_path.name} has {len(inputs)} inputs and {len(graph.output)} outputs; one of each is needed")
+
+    def shape(value_info) -> list[int]:
+        return [d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim]
+
+    in_shape, out_shape = shape(inputs[0]), shape(graph.output[0])
+    dynamic = in_shape[0] == -1
+    cfg = TritonModelConfig(
+        name=name, platform="onnxruntime_onnx", input_name=inputs[0].name, output_name=graph.output[0].name,
+        input_dims=tuple(in_shape[1:] if dynamic else in_shape), output_dims=tuple(out_shape[1:] if dynamic else out_shape),
+        max_batch_size=max_batch if dynamic else 0, preferred_batch_sizes=(max_batch,),
+        max_queue_delay_us=max_queue_delay_us, instance_kind="KIND_GPU" if device == "cuda" else "KIND_CPU",
+        instance_count=instances,
+    )
+    text = model_config_text(cfg)
+
+    def fill(version_dir: Path) -> list[Path]:
+        shutil.copyfile(onnx_path, version_dir / "model.onnx")
+        return [version_dir / "model.onnx"]
+
+    model_dir, files = write_model_dir(repo, name, text, fill, force=force)
+    return TritonRepoExport(Path(repo), model_dir, cfg, text, files, time.perf_counter() - t0)
+
+
+def _onnx_output_dims(path: Path) -> tuple[int, ...]:
+    from .util import require
+
+    onnx = require("onnx", "onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
+
+
+def _torch_check(model, input_size, record: dict, tol: float = 1e-4) -> Callable[[Path], None]:
+    def check(tmp: Path) -> None:
+        from ..compare import compare_runners, random_inputs
+        from ..errors import EquivalenceError
+        from ..runtime import OrtRunner, TorchRunner
+
+        rows = compare_runners(TorchRunner(model, name="torch:deploy"), [OrtRunner(tmp)],
+                               random_inputs(input_size, (1, 2), 0))
+        worst = record["rel"] = max(r.diff.rel for r in rows)
+        if not worst <= tol:
+            raise EquivalenceError(f"the exported ONNX model differs from torch by {worst:.3g} (relative), above {tol:g}")
+
+    return check
+
+
+def find_engines(path: str | os.PathLike) -> list[Path]:
+    """``path`` itself (an engine file) or every ``*.engine`` / ``*.plan`` in a directory, sorted."""
+    path = Path(path)
+    if path.is_dir():
+        engines = sorted(p for p in path.iterdir() if p.suffix in PLAN_SUFFIXES and p.is_file())
+        if not engines:
+            raise ConfigError(f"no .engine or .plan files in {path}")
+        return engines
+    if not path.is_file():
+        raise ConfigError(f"engine {path} does not exist")
+    if path.suffix not in PLAN_SUFFIXES:
+        raise ConfigError(f"{path.name} is not a TensorRT engine (.engine or .plan)")
+    return [path]
+
+
+def _engine_output_dims(engine: Path, meta: dict) -> tuple[int, ...]:
+    """The output shape without batch: the sidecar's ``output_shape`` or the source ONNX found next to the engine."""
+    if "output_shape" in meta:  # the full shape, batch axis first (any value there)
+        shape = meta["output_shape"]
+        if not isinstance(shape, list) or len(shape) < 2 or not all(isinstance(d, int) for d in shape[1:]):
+            raise ExportError(f"{engine.name}: sidecar output_shape must be a list [N, ...] of ints, got {shape!r}")
+        return tuple(shape[1:])
+    digest = meta.get("onnx_sha256")
+    if digest:
+        from ..pipeline import sha256_file
+
+        for candidate in sorted(engine.parent.glob("*.onnx")):
+            if sha256_file(candidate) == digest:
+                return _onnx_output_dims(candidate)
+    raise ExportError(
+        f"cannot tell the output shape of {engine.name}: its sidecar has no 'output_shape', and no ONNX file with its "
+        f"onnx_sha256 lies next to it; put the source ONNX model in {engine.parent}"
+    )
+
+
+def engine_model_config(engines: list[Path], name: str, max_batch: int | None = None, instances: int = 1,
+                        max_queue_delay_us: int = 1000) -> tuple[TritonModelConfig, dict[Path, str]]:
+    """The config for one or more engines (one per compute capability) and the file name each gets in ``1/``."""
+    from ..runtime.loader import read_engine_sidecar
+
+    metas = {e: read_engine_sidecar(e) for e in engines}
+    first_engine, first = engines[0], metas[engines[0]]
+    for e, m in metas.items():
+        for key in ("input_name", "output_name"):
+            if m[key] != first[key]:
+                raise ConfigError(f"{e.name} has {key} {m[key]!r} but {first_engine.name} has {first[key]!r}; "
+                                  "one model directory holds one model")
+    profiles = [p for m in metas.values() for p in m["profiles"]]
+    chw_min = [min(p["min"][i] for p in profiles) for i in range(1, 4)]
+    chw_max = [max(p["max"][i] for p in profiles) for i in range(1, 4)]
+    input_dims = tuple(lo if lo == hi else -1 for lo, hi in zip(chw_min, chw_max))
+    # Triton sends any batch from 1 to max_batch_size: every engine must cover 1..its max.
+    engine_max = []
+    for e, m in metas.items():
+        lo = min(p["min"][0] for p in m["profiles"])
+        if lo > 1:
+            raise ConfigError(f"{e.name}: its optimization profiles start at batch {lo}; Triton needs batch 1 to work")
+        engine_max.append(max(p["max"][0] for p in m["profiles"]))
+    max_batch_size = min(engine_max)
+    if max_batch is not None:
+        if max_batch < 1:
+            raise ConfigError(f"--max-batch must be positive, got {max_batch}")
+        max_batch_size = min(max_batch_size, max_batch)
+    output_dims = {_engine_output_dims(e, m) for e, m in metas.items()}
+    if len(output_dims) != 1:
+        raise ConfigError(f"the engines disagree on the output shape: {sorted(output_dims)}")
+    opt = sorted({p["opt"][0] for p in profiles if p["opt"][0] <= max_batch_size} | {max_batch_size})
+
+    filenames: dict[Path, str] = {}
+    cc_map: dict[str, str] = {}
+    if len(engines) == 1:
+        filenames[first_engine] = "model.plan"
+    else:
+        for e, m in metas.items():
+            cc = str(m.get("compute_capability") or "")
+            if not cc or not all(part.isdigit() for part in cc.split(".")):
+                raise ConfigError(f"{e.name}: its sidecar has no compute_capability like '8.6'; "
+                                  "several engines are told apart by it")
+            if cc in cc_map:
+                other = next(x for x, fn in filenames.items() if fn == cc_map[cc])
+                raise ConfigError(f"{e.name} and {other.name} are both built for compute capability {cc}; keep one")
+            filenames[e] = cc_map[cc] = f"model.sm{cc.replace('.', '')}.plan"
+    cfg = TritonModelConfig(
+        name=name, platform="tensorrt_plan", input_name=first["input_name"], output_name=first["output_name"],
+        input_dims=input_dims, output_dims=output_dims.pop(), max_batch_size=max_batch_size,
+        preferred_batch_sizes=tuple(opt), max_queue_delay_us=max_queue_delay_us, instance_kind="KIND_GPU",
+        instance_count=instances, cc_model_filenames=cc_map,
+    )
+    return cfg, filenames
+
+
+def write_engine_repository(engines: str | os.PathLike | list, repo: str | os.PathLike, name: str,
+                            max_batch: int | None = None, instances: int = 1, max_queue_delay_us: int = 1000,
+                            force: bool = False) -> TritonRepoExport:
+    """A ``tensorrt_plan`` model directory from engine file(s) (or a directory of them) and their sidecars."""
+    check_model_name(name)
+    t0 = time.perf_counter()
+    paths = find_engines(engines) if not isinstance(engines, list) else [p for e in engines for p in find_engines(e)]
+    cfg, filenames = engine_model_config(paths, name, max_batch, instances, max_queue_delay_us)
+    text = model_config_text(cfg)
+
+    def fill(version_dir: Path) -> list[Path]:
+        out = []
+        for src, fn in filenames.items():
+            shutil.copyfile(src, version_dir / fn)
+            out.append(version_dir / fn)
+        (version_dir / "engines.json").write_text(json.dumps(
+            {fn: {"source": src.name, **_sidecar(src)} for src, fn in filenames.items()}, indent=2))
+        return out
+
+    model_dir, files = write_model_dir(repo, name, text, fill, force=force)
+    return TritonRepoExport(Path(repo), model_dir, cfg, text, files, time.perf_counter() - t0)
+
+
+def _sidecar(engine: Path) -> dict:
+    from ..runtime.loader import read_engine_sidecar
+
+    return read_engine_sidecar(engine)

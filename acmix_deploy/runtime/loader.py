@@ -1,0 +1,206 @@
+"""Open any model file this package produces as a runner, with the tensor spec a server needs.
+
+Dispatch is by suffix:
+
+=================  ===========================================================
+``.onnx``          :class:`OrtRunner` (names and shapes read from the session)
+``.pt2``           :class:`AotiRunner` (AOTInductor package)
+``.engine/.plan``  ``TrtRunner`` (imported lazily; names and batch range from
+                   the ``X.engine.json`` sidecar written next to the engine)
+``.pth/.pt``       :class:`TorchRunner` over the deploy form (a training
+                   checkpoint is folded first, with a check)
+=================  ===========================================================
+
+Every runner is warmed up with one batch of zeros at the smallest batch it
+accepts; the output shape (without the batch axis) is read from that run, so a
+model that cannot run fails here, at load time, instead of on the first request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AcmixDeployError, ConfigError
+
+__all__ = ["BACKENDS", "LoadedModel", "TensorSpec", "open_runner", "read_engine_sidecar"]
+
+# backend name -> the suffixes it opens
+BACKENDS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": (".onnx",),
+    "aoti": (".pt2",),
+    "tensorrt": (".engine", ".plan"),
+    "torch": (".pth", ".pt"),
+}
+
+# Triton's ``platform`` names (model metadata) for each backend.
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "aoti": "torch_aoti", "torch": "pytorch"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor as the KServe v2 protocol describes it: the shape excludes the batch axis."""
+
+    name: str
+    datatype: str  # v2 protocol name: "FP32"
+    shape: tuple[int, ...]  # without the batch axis; -1 for a dynamic axis
+
+
+@dataclass
+class LoadedModel:
+    runner: object  # a Runner: .name, .infer(np.float32 NCHW) -> np.ndarray
+    backend: str
+    platform: str
+    path: Path
+    input: TensorSpec
+    output: TensorSpec
+    min_batch: int  # the smallest batch the runner accepts
+    max_batch: int | None  # the largest (None: no limit of the runner's own)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.input.shape)  # type: ignore[return-value]
+
+
+def read_engine_sidecar(engine: str | os.PathLike) -> dict:
+    """The JSON sidecar ``X.engine.json`` of a TensorRT engine ``X.engine``, checked for the keys we use."""
+    engine = Path(engine)
+    sidecar = engine.with_name(engine.name + ".json")
+    if not sidecar.is_file():
+        raise AcmixDeployError(f"TensorRT engine {engine} has no sidecar {sidecar.name} (written by the TensorRT export)")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AcmixDeployError(f"cannot read {sidecar}: {exc}") from None
+    missing = [k for k in ("input_name", "output_name", "profiles") if k not in meta]
+    if not isinstance(meta, dict) or missing:
+        raise AcmixDeployError(f"{sidecar} lacks key(s) {', '.join(missing) or 'all'}")
+    profiles = meta["profiles"]
+    try:
+        ok = bool(profiles) and all(
+            len(p[k]) == 4 and all(isinstance(d, int) and d > 0 for d in p[k]) for p in profiles for k in ("min", "opt", "max")
+        )
+    except (TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise AcmixDeployError(f"{sidecar}: 'profiles' must be a list of {{min, opt, max}} NCHW shapes of positive ints")
+    return meta
+
+
+def _backend_for(path: Path, backend: str | None) -> str:
+    suffix = path.suffix.lower()
+    by_suffix = next((b for b, suffixes in BACKENDS.items() if suffix in suffixes), None)
+    if backend is None:
+        if by_suffix is None:
+            known = ", ".join(s for ss in BACKENDS.values() for s in ss)
+            raise ConfigError(f"cannot tell how to run {path.name}: the suffix must be one of {known}")
+        return by_suffix
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    if suffix not in BACKENDS[backend]:
+        raise ConfigError(f"backend {backend} runs {'/'.join(BACKENDS[backend])} files, not {path.name}")
+    return backend
+
+
+def _dim(d) -> int:
+    return d if isinstance(d, int) and d > 0 else -1
+
+
+def open_runner(
+    path: str | os.PathLike,
+    backend: str | None = None,
+    device: str = "cpu",
+    arch: str | None = None,
+    imgsz: int | None = None,
+    threads: int | None = None,
+) -> LoadedModel:
+    """Open ``path`` with the runner of its format; see the module docstring."""
+    path = Path(path)
+    if not path.exists():
+        raise AcmixDeployError(f"model {path} does not exist")
+    if path.is_dir():
+        raise AcmixDeployError(f"model {path} is a directory; give a model file (.onnx, .pt2, .engine, .pth)")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be positive, got {threads}")
+    backend = _backend_for(path, backend)
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
+    min_batch, max_batch = 1, None
+
+    if backend == "onnxruntime":
+        from .onnxruntime import OrtRunner
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else None
+        runner = OrtRunner(path, providers=providers, threads=threads)
+        inp, out = runner.session.get_inputs()[0], runner.session.get_outputs()[0]
+        if len(inp.shape) != 4:
+            raise AcmixDeployError(f"{path.name}: input {inp.name} has shape {inp.shape}; an NCHW image batch is expected")
+        if isinstance(inp.shape[0], int) and inp.shape[0] > 0:  # exported with --static
+            min_batch = max_batch = inp.shape[0]
+        input_name, output_name = inp.name, out.name
+        chw = tuple(_dim(d) for d in inp.shape[1:])
+        if -1 in chw:
+            raise AcmixDeployError(f"{path.name}: input {inp.name} has dynamic C/H/W {inp.shape}; a fixed image size is needed")
+    elif backend == "tensorrt":
+        meta = read_engine_sidecar(path)
+        import torch
+
+        # TensorRT without a usable CUDA device crashes the process on deserialization: refuse first.
+        if not torch.cuda.is_available():
+            raise AcmixDeployError(f"cannot run TensorRT engine {path.name}: no CUDA GPU is visible on this machine")
+        try:
+            from .tensorrt import TrtRunner
+        except ImportError as exc:
+            raise AcmixDeployError(
+                f"cannot run TensorRT engine {path.name}: the TensorRT runner is unavailable ({exc}); "
+                "install TensorRT on a machine with an NVIDIA GPU (pip install \"acmix-deploy[trt]\")"
+            ) from None
+        if device != "cuda":
+            device = "cuda"  # an engine only runs on the GPU it was built for
+        runner = TrtRunner(path, device=device)
+        profile = meta["profiles"][0]
+        min_batch = min(p["min"][0] for p in meta["profiles"])
+        max_batch = max(p["max"][0] for p in meta["profiles"])
+        chw = tuple(profile["opt"][1:])
+        input_name, output_name = meta["input_name"], meta["output_name"]
+    else:
+        from ..exporters.onnx import INPUT_NAME, OUTPUT_NAME
+
+        input_name, output_name = INPUT_NAME, OUTPUT_NAME
+        if backend == "aoti":
+            from .aoti import AotiRunner
+
+            if arch is None:  # the package records no input size; it comes from the architecture (and imgsz)
+                raise ConfigError(f"{path.name}: an AOTInductor package records no input size; give --arch (and --imgsz)")
+            from ..models import create_model
+            from ..pipeline import default_input_size
+
+            chw = default_input_size(create_model(arch, deploy=True), imgsz)
+            runner = AotiRunner(path, device)
+        else:
+            from ..pipeline import prepare_deploy
+            from .torch import TorchRunner
+
+            prep = prepare_deploy(path, arch, imgsz)
+            chw = prep.input_size
+            runner = TorchRunner(prep.deploy, name=f"torch:deploy:{device}", device=device)
+
+    try:
+        probe = runner.infer(np.zeros((min_batch, *chw), dtype=np.float32))
+    except AcmixDeployError:
+        raise
+    except Exception as exc:  # a model that cannot run its own input shape
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AcmixDeployError(f"{path.name} fails on a {min_batch}x{'x'.join(map(str, chw))} input: {first}") from None
+    if probe.ndim < 1 or probe.shape[0] != min_batch:
+        raise AcmixDeployError(f"{path.name}: output shape {probe.shape} has no batch axis of size {min_batch}")
+    return LoadedModel(
+        runner=runner, backend=backend, platform=PLATFORMS[backend], path=path,
+        input=TensorSpec(input_name, "FP32", tuple(int(d) for d in chw)),
+        output=TensorSpec(output_name, "FP32", tuple(int(d) for d in probe.shape[1:])),
+        min_batch=min_batch, max_batch=max_batch,
+    )

@@ -1,0 +1,166 @@
+"""Dynamic batching: concurrent requests merged along the batch axis, run once, split back.
+
+Semantics (the same as Triton's dynamic batcher with ``max_batch_size`` and
+``max_queue_delay``, except for oversized requests):
+
+* A batch starts with the oldest waiting request and takes the next ones, in
+  arrival order, while their rows fit in ``max_batch``; it is dispatched when
+  full, when the next request would not fit (that request opens the next
+  batch), or ``timeout_s`` after the batch started collecting.
+* ``workers`` batches may run at once (one thread each; the event loop never
+  runs a model).  With one worker, requests that arrive while a batch runs
+  are merged into the next one without waiting further.
+* A request with ``rows >= max_batch`` is run alone, as sent; ``max_batch=1``
+  therefore turns batching off.  (Whether the model accepts that many rows is
+  checked by the server before the request gets here.)
+* The model is row-independent (inference mode, no cross-sample statistics),
+  so row ``i`` of a merged batch equals the unbatched result for that row; the
+  tests check this against direct runner calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .metrics import ServerMetrics
+
+__all__ = ["DynamicBatcher"]
+
+
+@dataclass
+class _Pending:
+    tensor: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def rows(self) -> int:
+        return int(self.tensor.shape[0])
+
+
+class DynamicBatcher:
+    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch: int = 8, timeout_s: float = 0.002,
+                 workers: int = 1, metrics: ServerMetrics | None = None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be positive, got {max_batch}")
+        if timeout_s < 0:
+            raise ValueError(f"timeout must not be negative, got {timeout_s}")
+        if workers < 1:
+            raise ValueError(f"workers must be positive, got {workers}")
+        self.infer = infer
+        self.max_batch = max_batch
+        self.timeout_s = timeout_s
+        self.workers = workers
+        self.metrics = metrics
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="acmix-infer")
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._collector: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._held: _Pending | None = None
+        self._collecting: list[_Pending] = []  # the batch being filled (failed on stop, not lost)
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._slots = asyncio.Semaphore(self.workers)
+        self._collector = asyncio.create_task(self._collect_forever(), name="acmix-batcher")
+
+    async def stop(self) -> None:
+        """Finish the batches that run, fail what still waits, release the threads."""
+        if self._collector is not None:
+            self._collector.cancel()
+            try:
+                await self._collector
+            except asyncio.CancelledError:
+                pass
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        leftovers = [*self._collecting, *([self._held] if self._held else [])]
+        while self._queue is not None and not self._queue.empty():
+            leftovers.append(self._queue.get_nowait())
+        for item in leftovers:
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, tensor: np.ndarray) -> np.ndarray:
+        """The model's output for ``tensor`` (rows of one request), computed in some batch."""
+        if self._queue is None:
+            raise RuntimeError("the batcher is not started")
+        item = _Pending(tensor, asyncio.get_running_loop().create_future())
+        await self._queue.put(item)
+        return await item.future
+
+    async def _next(self, timeout: float | None) -> _Pending | None:
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        if timeout is None:
+            return await self._queue.get()
+        if timeout <= 0:
+            try:
+                return self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _collect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            try:
+                first = await self._next(None)
+            except BaseException:
+                self._slots.release()
+                raise
+            batch, rows = [first], first.rows
+            self._collecting = batch
+            deadline = loop.time() + self.timeout_s
+            while rows < self.max_batch:
+                item = await self._next(deadline - loop.time())
+                if item is None:
+                    break
+                if rows + item.rows > self.max_batch:
+                    self._held = item  # opens the next batch
+                    break
+                batch.append(item)
+                rows += item.rows
+            self._collecting = []
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        try:
+            live = [p for p in batch if not p.future.done()]  # a cancelled request (client gone) is not run
+            if not live:
+                return
+            started = time.perf_counter()
+            x = live[0].tensor if len(live) == 1 else np.concatenate([p.tensor for p in live], axis=0)
+            try:
+                y = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, x)
+                if not isinstance(y, np.ndarray) or y.ndim < 1 or y.shape[0] != x.shape[0]:
+                    raise RuntimeError(f"the model returned shape {getattr(y, 'shape', None)} for a batch of {x.shape[0]}")
+            except Exception as exc:
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                return
+            if self.metrics is not None:
+                self.metrics.batch_executed(int(x.shape[0]), [started - p.enqueued for p in live])
+            start = 0
+            for p in live:
+                if not p.future.done():
+                    p.future.set_result(y[start:start + p.rows])
+                start += p.rows
+        finally:
+            self._slots.release()

@@ -1,0 +1,246 @@
+"""Load test of ``acmix-deploy serve``: throughput and latency with and without dynamic batching.
+
+Starts one server per mode on 127.0.0.1 (subprocesses running the CLI), both
+loaded for the whole run, and drives them in interleaved rounds (A B, B A, ...)
+so that the drift of a shared machine hits both alike; each round sends a
+bounded number of requests from ``--concurrency`` concurrent clients (and stops
+after ``--max-seconds`` in any case).  Requests carry binary FP32 tensors
+(``--rows`` images each).  Every answer is checked (HTTP 200, output shape,
+and the first round's answers against ONNX Runtime in this process).
+
+Reported per mode (medians over rounds): requests/s, images/s, p50 and p99
+latency, errors, and the mean executed batch size read from the server's
+``/metrics``; the ratio batched / unbatched is computed within each round.
+
+    python benchmarks/load_test.py --concurrency 16 --requests 300 --rounds 3 \
+        --json benchmarks/results/load_test_cpu.json
+
+Without ``--model`` a random-weight ``acmix_resnet_tiny`` (32x32, ONNX) is
+exported to a temporary folder.  ``--url`` targets one running server on
+the loopback interface instead (one mode, no comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from acmix_deploy.profiling import cpu_model  # noqa: E402
+from acmix_deploy.serving.client import ServingClient  # noqa: E402
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
+def export_tiny(folder: Path, arch: str) -> Path:
+    import acmix_deploy as ad
+    from acmix_deploy.exporters import export_onnx
+    from acmix_deploy.testing import randomize_model
+
+    model = randomize_model(ad.create_model(arch, num_classes=10), 0).eval()
+    path = folder / f"{arch}.onnx"
+    export_onnx(ad.reparameterize_model(model), path, (3, 32, 32))
+    return path
+
+
+def start_server(model: Path, name: str, max_batch: int, timeout_ms: float, threads: int) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "acmix_deploy.cli", "serve", str(model), "--name", name, "--host", "127.0.0.1",
+           "--port", "0", "--max-batch", str(max_batch), "--batch-timeout-ms", str(timeout_ms),
+           "--threads", str(threads), "--log-level", "warning"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
+        if m:
+            ServingClient(m.group(1)).wait_ready(timeout_s=60)
+            return proc, m.group(1)
+    proc.kill()
+    raise SystemExit(f"server for {name} did not start: {proc.stdout.read()}")
+
+
+def batch_metrics(url: str) -> tuple[float, float]:
+    text = ServingClient(url)._request("GET", "/metrics")[2].decode()
+    count = float(re.search(r"^acmix_inference_batch_size_count\{[^}]*\} (\S+)$", text, re.M).group(1))
+    rows = float(re.search(r"^acmix_inference_batch_size_sum\{[^}]*\} (\S+)$", text, re.M).group(1))
+    return count, rows
+
+
+async def drive(url: str, model: str, payloads: list[np.ndarray], concurrency: int, n_requests: int,
+                max_seconds: float, expected: list[np.ndarray] | None) -> dict:
+    import httpx
+
+    meta = ServingClient(url).metadata(model)
+    in_name, out_name = meta["inputs"][0]["name"], meta["outputs"][0]["name"]
+    n_out = meta["outputs"][0]["shape"][1:]
+    bodies = []
+    for x in payloads:
+        head = json.dumps({"inputs": [{"name": in_name, "datatype": "FP32", "shape": list(x.shape),
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "outputs": [{"name": out_name, "parameters": {"binary_data": True}}]}).encode()
+        bodies.append((head + x.tobytes(), len(head)))
+    latencies: list[float] = []
+    errors: list[str] = []
+    worst_rel = 0.0
+    next_index = 0
+    deadline = time.monotonic() + max_seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        async def worker() -> None:
+            nonlocal next_index, worst_rel
+            while next_index < n_requests and time.monotonic() < deadline:
+                i = next_index
+                next_index += 1
+                body, n_head = bodies[i % len(bodies)]
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(f"/v2/models/{model}/infer", content=body,
+                                          headers={"Inference-Header-Content-Length": str(n_head)})
+                except httpx.HTTPError as exc:
+                    errors.append(type(exc).__name__)
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors.append(f"HTTP {r.status_code}")
+                    continue
+                h = int(r.headers["Inference-Header-Content-Length"])
+                out = json.loads(r.content[:h])["outputs"][0]
+                y = np.frombuffer(r.content, dtype="<f4", offset=h).reshape(out["shape"])
+                if list(y.shape[1:]) != n_out or y.shape[0] != payloads[i % len(payloads)].shape[0]:
+                    errors.append(f"shape {y.shape}")
+                elif expected is not None:
+                    ref = expected[i % len(expected)]
+                    worst_rel = max(worst_rel, float(np.abs(y - ref).max() / np.abs(ref).max()))
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t_start
+    done = len(latencies)
+    lat_ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
+    rows = payloads[0].shape[0]
+    return {"requests": done, "errors": len(errors), "error_kinds": sorted(set(errors)), "seconds": wall,
+            "requests_per_s": done / wall, "images_per_s": done * rows / wall,
+            "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
+            "max_rel_error_vs_local": worst_rel if expected is not None else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="ONNX model [default: a random-weight acmix_resnet_tiny]")
+    ap.add_argument("--arch", default="acmix_resnet_tiny", help="architecture exported when --model is not given")
+    ap.add_argument("--url", help="target a running server on 127.0.0.1 instead (one mode)")
+    ap.add_argument("--name", default="model", help="model name (with --url: the served name)")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=300, help="requests per mode and round")
+    ap.add_argument("--max-seconds", type=float, default=60, help="stop a round after this long")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=1, help="images per request")
+    ap.add_argument("--max-batch", type=int, default=16, help="the batched server's --max-batch")
+    ap.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of each server")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    for flag in ("concurrency", "requests", "rounds", "rows"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag} must be positive")
+    if args.url and urllib.parse.urlparse(args.url).hostname not in LOOPBACK:
+        ap.error("--url must point at the loopback interface (127.0.0.1)")
+
+    rng = np.random.default_rng(0)
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = args.model
+        if args.url:
+            modes = {"target": args.url}
+            model_path = None
+        else:
+            model_path = model_path or export_tiny(Path(tmp), args.arch)
+            modes = {}
+            for mode, max_batch in (("batched", args.max_batch), ("unbatched", 1)):
+                proc, url = start_server(model_path, args.name, max_batch, args.batch_timeout_ms, args.threads)
+                procs.append(proc)
+                modes[mode] = url
+        try:
+            shape = ServingClient(next(iter(modes.values()))).metadata(args.name)["inputs"][0]["shape"][1:]
+            payloads = [rng.standard_normal((args.rows, *shape)).astype(np.float32) for _ in range(32)]
+            expected = None
+            if model_path is not None:
+                from acmix_deploy.runtime import OrtRunner
+
+                local = OrtRunner(model_path, threads=1)
+                expected = [local.infer(x) for x in payloads]
+            results: dict[str, list[dict]] = {m: [] for m in modes}
+            order = list(modes)
+            for r in range(args.rounds):
+                for mode in (order if r % 2 == 0 else order[::-1]):
+                    before = batch_metrics(modes[mode])
+                    res = asyncio.run(drive(modes[mode], args.name, payloads, args.concurrency, args.requests,
+                                            args.max_seconds, expected if r == 0 else None))
+                    after = batch_metrics(modes[mode])
+                    executions = after[0] - before[0]
+                    res["mean_executed_batch"] = (after[1] - before[1]) / executions if executions else None
+                    results[mode].append(res)
+                    print(f"round {r + 1} {mode:>9}: {res['requests_per_s']:8.1f} req/s  p50 {res['p50_ms']:7.2f} ms  "
+                          f"p99 {res['p99_ms']:7.2f} ms  errors {res['errors']}  mean batch "
+                          f"{res['mean_executed_batch'] or 0:.2f}", flush=True)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=30)
+                proc.stdout.close()
+
+    summary = {}
+    for mode, rounds in results.items():
+        summary[mode] = {k: statistics.median(r[k] for r in rounds) for k in
+                         ("requests_per_s", "images_per_s", "p50_ms", "p99_ms")}
+        summary[mode]["errors"] = sum(r["errors"] for r in rounds)
+        summary[mode]["requests"] = sum(r["requests"] for r in rounds)
+        summary[mode]["mean_executed_batch"] = statistics.median(r["mean_executed_batch"] or 0 for r in rounds)
+        first = rounds[0].get("max_rel_error_vs_local")
+        summary[mode]["max_rel_error_vs_local"] = first
+    if {"batched", "unbatched"} <= set(results):
+        summary["batched_over_unbatched_throughput"] = statistics.median(
+            b["requests_per_s"] / u["requests_per_s"] for b, u in zip(results["batched"], results["unbatched"]))
+        summary["batched_over_unbatched_p99"] = statistics.median(
+            b["p99_ms"] / u["p99_ms"] for b, u in zip(results["batched"], results["unbatched"]))
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        report = {
+            "benchmark": "load_test", "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "model": str(model_path.name if model_path else args.url), "rows_per_request": args.rows,
+            "concurrency": args.concurrency, "requests_per_round": args.requests, "rounds": args.rounds,
+            "max_batch": args.max_batch, "batch_timeout_ms": args.batch_timeout_ms, "server_threads": args.threads,
+            "note": "client and servers share this machine's CPUs",
+            "summary": summary, "rounds_detail": results,
+        }
+        write_json(report, args.json)
+
+
+if __name__ == "__main__":
+    main()
