@@ -146,21 +146,20 @@ def conv_path_bias_map(
 
 
 def factored_fc_weight(
-    fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, heads: int, head_dim: int, in_scale: torch.Tensor
+    fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, in_scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fc`` as a grouped 1x1 convolution reading ``qkv`` in head-dimension-major order.
+    """``fc`` as a Linear over the ``3nh`` slots of each head-dimension index.
 
-    For each head-dimension index ``i`` (group ``i``), output ``i * kk + j``
-    is ``sum_t fc[j, t] / in_scale[t] * qkv'[i * 3nh + t] + b[j]``, which is the
-    official ``f[j, i]`` when ``qkv'`` carries the per-slot factor ``in_scale``
-    (``d ** -0.5`` on the query slots).  The output order ``i * kk + j`` is the
-    one ``dep_conv`` reads.  Returns ``(W (d*kk, 3nh, 1, 1), b (d*kk,))`` float64.
+    The official ``f[j, i] = sum_t fc[j, t] * qkv[t * d + i] + b[j]``.  When the
+    deploy ``qkv`` carries a per-slot factor ``in_scale[t]`` (``d ** -0.5`` on
+    the query slots), ``W'[j, t] = fc[j, t] / in_scale[t]`` undoes it; applied to
+    ``qkv`` viewed as ``(..., d, 3nh)`` (head-dimension-major rows) it gives
+    ``(..., d, 9)``, i.e. channel ``i * 9 + j``, the order ``dep_conv`` reads.
+    Returns ``(W' (9, 3nh), b (9,))`` float64.
     """
     fc = _f64(fc_weight).reshape(fc_weight.shape[0], fc_weight.shape[1])  # (kk, 3nh)
-    if fc.shape[1] != 3 * heads:
-        raise ConfigError(f"fc has {fc.shape[1]} inputs, expected 3 * heads = {3 * heads}")
-    kk = fc.shape[0]
-    fc = fc / _f64(in_scale).reshape(1, 3 * heads)
-    w = fc.repeat(head_dim, 1).reshape(head_dim * kk, 3 * heads, 1, 1)
-    b = _f64(fc_bias) if fc_bias is not None else torch.zeros(kk, dtype=torch.float64)
-    return w, b.repeat(head_dim)
+    s = _f64(in_scale).reshape(-1)
+    if fc.shape[1] != s.numel():
+        raise ConfigError(f"fc has {fc.shape[1]} inputs, in_scale has {s.numel()} entries")
+    b = _f64(fc_bias) if fc_bias is not None else torch.zeros(fc.shape[0], dtype=torch.float64)
+    return fc / s[None, :], b

@@ -340,8 +340,10 @@ def test_conv_path_folds_alone(form):
     else:
         slot = torch.ones(3 * nh, dtype=torch.float64)
         slot[:nh] = scale
-        w_fc, b_fc = fold_swin.factored_fc_weight(fc_w, fc_b, nh, d, slot)
-        got = F.conv2d(F.conv2d(regrouped, w_fc, b_fc, groups=d), dep * rate2, None, padding=1, groups=d)
+        w_fc, b_fc = fold_swin.factored_fc_weight(fc_w, fc_b, slot)
+        f = F.linear(carried[..., fold_swin.head_dim_major_order(nh, d)].reshape(2, *hw, d, 3 * nh), w_fc, b_fc)
+        f = f.reshape(2, *hw, d * 9).permute(0, 3, 1, 2)
+        got = F.conv2d(f, dep * rate2, None, padding=1, groups=d)
     assert _rel(expect, got) < TOL_F64
 
 

@@ -96,7 +96,7 @@ def choose_conv_fold(conv_fold: str, heads: int) -> str:
 
     ``merged``: one grouped 3x3 convolution ``3nh -> nh`` per head-dimension
     group, ``27 nh^2`` MACs per group and pixel.  ``factored``: ``fc`` as a
-    grouped 1x1 ``3nh -> 9`` and ``dep_conv`` as is, ``27 nh + 81 nh``.  The
+    Linear ``3nh -> 9`` per head-dimension index, then ``dep_conv``: ``27 nh + 81 nh``.  The
     merged form does fewer MACs while ``nh <= 4``; ``auto`` picks by that rule.
     """
     if conv_fold not in CONV_FOLDS:
@@ -253,7 +253,7 @@ def window_attention_deploy_params(
     else:
         slot_scale = torch.ones(3 * nh, dtype=torch.float64)
         slot_scale[:nh] = m.scale
-        w_fc, b_fc = fold_swin.factored_fc_weight(m.fc.weight, m.fc.bias, nh, d, slot_scale)
+        w_fc, b_fc = fold_swin.factored_fc_weight(m.fc.weight, m.fc.bias, slot_scale)
         params["fc.weight"] = w_fc
         params["fc.bias"] = b_fc
         # Padding fc's output (its bias included) is then exactly the official one: no bias map.
@@ -272,9 +272,9 @@ class WindowAttentionACmixDeploy(nn.Module):
     * ``conv_fold='merged'``: ``conv_path`` (3x3, ``3C -> C``, groups ``d``,
       ``rate2 * dep_conv o fc``) plus ``conv_bias`` (``(C, H, W)``: ``rate2``
       times what ``fc.bias`` contributes through the zero-padded ``dep_conv``);
-    * ``conv_fold='factored'``: ``fc`` (1x1, ``3C -> 9d``, groups ``d``, with
-      bias) then ``dep_conv`` (``rate2`` folded), exactly the official padding;
-      no bias map is needed.
+    * ``conv_fold='factored'``: ``fc`` (Linear ``3nh -> 9`` with bias, applied to
+      ``qkv`` viewed as ``(..., d, 3nh)``) then ``dep_conv`` (``rate2`` folded),
+      exactly the official padding; no bias map is needed.
 
     ``y = proj(softmax(q k^T + attn_bias) v) + conv(qkv) + conv_bias``.
     """
@@ -309,7 +309,7 @@ class WindowAttentionACmixDeploy(nn.Module):
             self.conv_path = nn.Conv2d(3 * dim, dim, 3, padding=1, groups=d, bias=False)
             self.register_buffer("conv_bias", torch.zeros(dim, hh, ww))
         else:
-            self.fc = nn.Conv2d(3 * dim, 9 * d, 1, groups=d, bias=True)
+            self.fc = nn.Linear(3 * num_heads, 9)
             self.dep_conv = nn.Conv2d(9 * d, dim, 3, padding=1, groups=d, bias=False)
 
     def extra_repr(self) -> str:
@@ -327,11 +327,11 @@ class WindowAttentionACmixDeploy(nn.Module):
         gh, gw, n = hh // w, ww // w, w * w
         qkv = self.qkv(x)  # (B, H, W, 3C), channel i * 3nh + s * nh + head
 
-        f = qkv.permute(0, 3, 1, 2)
         if self.conv_fold == "merged":
-            conv = self.conv_path(f) + self.conv_bias
-        else:
-            conv = self.dep_conv(self.fc(f))
+            conv = self.conv_path(qkv.permute(0, 3, 1, 2)) + self.conv_bias
+        else:  # fc mixes the 3nh slots of each head-dimension index: (..., d, 3nh) -> (..., d, 9)
+            f = self.fc(qkv.reshape(-1, hh, ww, d, 3 * nh)).reshape(-1, hh, ww, d * 9)
+            conv = self.dep_conv(f.permute(0, 3, 1, 2))
 
         # One transpose from the map to (q|k|v, window, head, token, dim).
         t = qkv.reshape(-1, gh, w, gw, w, d, 3, nh).permute(6, 0, 1, 3, 7, 2, 4, 5).reshape(3, -1, nh, n, d)
