@@ -24,7 +24,6 @@ __all__ = [
     "relative_position_bias",
     "attention_bias",
     "fold_output_rate",
-    "head_dim_major_order",
     "conv_path_bias_map",
     "factored_fc_weight",
 ]
@@ -103,19 +102,6 @@ def fold_output_rate(weight: torch.Tensor, bias: torch.Tensor, rate: float) -> t
     return _f64(weight) * rate, _f64(bias) * rate
 
 
-def head_dim_major_order(heads: int, head_dim: int) -> torch.Tensor:
-    """Row permutation of ``qkv`` from ``t * d + i`` to ``i * 3nh + t``.
-
-    ``perm[i * 3nh + t] = t * d + i``: after ``W' = W[perm]`` the rows read by
-    group ``i`` of the convolution path (all slots ``t`` of head-dimension
-    ``i``) are contiguous, so the grouped convolution reads ``qkv`` directly;
-    the attention path reads q/k/v through the matching reshape.
-    """
-    t = torch.arange(3 * heads)
-    i = torch.arange(head_dim)
-    return (t[None, :] * head_dim + i[:, None]).reshape(-1)
-
-
 def conv_path_bias_map(
     fc_bias: torch.Tensor, dep_weight: torch.Tensor, height: int, width: int, out_scale: float = 1.0
 ) -> torch.Tensor:
@@ -148,13 +134,13 @@ def conv_path_bias_map(
 def factored_fc_weight(
     fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, in_scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fc`` as a Linear over the ``3nh`` slots of each head-dimension index.
+    """``fc`` reading a ``qkv`` whose query rows carry the attention scale.
 
     The official ``f[j, i] = sum_t fc[j, t] * qkv[t * d + i] + b[j]``.  When the
     deploy ``qkv`` carries a per-slot factor ``in_scale[t]`` (``d ** -0.5`` on
-    the query slots), ``W'[j, t] = fc[j, t] / in_scale[t]`` undoes it; applied to
-    ``qkv`` viewed as ``(..., d, 3nh)`` (head-dimension-major rows) it gives
-    ``(..., d, 9)``, i.e. channel ``i * 9 + j``, the order ``dep_conv`` reads.
+    the query slots), ``W'[j, t] = fc[j, t] / in_scale[t]`` undoes it.  Applied
+    as ``W' @ F`` to ``F = qkv`` arranged ``(B, d, 3nh, H*W)`` it gives
+    ``(B, d, 9, H*W)``, i.e. channel ``i * 9 + j``, the order ``dep_conv`` reads.
     Returns ``(W' (9, 3nh), b (9,))`` float64.
     """
     fc = _f64(fc_weight).reshape(fc_weight.shape[0], fc_weight.shape[1])  # (kk, 3nh)

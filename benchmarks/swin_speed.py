@@ -5,8 +5,8 @@ compared by medians of wall time and of process CPU time (the latter is
 less sensitive to other processes on a shared machine):
 
 * ``train``: the official structure (norm affines, fc + dep_conv, rate1/rate2, gathered position bias);
-* ``deploy``: :func:`acmix_deploy.reparameterize_model` with ``conv_fold='auto'``
-  (merged 3x3 conv path where ``nh <= 4``, i.e. stage 1; factored fc + dep_conv elsewhere);
+* ``deploy``: :func:`acmix_deploy.reparameterize_model` with the default
+  ``conv_fold='factored'`` (folded fc + dep_conv);
 * ``deploy_merged``: every block's convolution path merged into one grouped 3x3 conv.
 
 In ONNX Runtime each form is exported with the package's exporter (training

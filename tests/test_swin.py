@@ -291,14 +291,6 @@ def test_fold_output_rate_including_zero():
         assert _rel(rate * F.linear(a.double(), w.double(), b.double()) + 1, F.linear(a.double(), wr, br) + 1) < TOL_F64
 
 
-def test_head_dim_major_order():
-    nh, d = 3, 4
-    perm = fold_swin.head_dim_major_order(nh, d)
-    assert sorted(perm.tolist()) == list(range(3 * nh * d))
-    # row i * 3nh + t reads natural row t * d + i
-    assert perm[1 * 3 * nh + 5] == 5 * d + 1
-
-
 def _official_conv_path(qkv, fc_w, fc_b, dep_w, nh):
     b, hh, ww, c3 = qkv.shape
     d = c3 // 3 // nh
@@ -331,18 +323,19 @@ def test_conv_path_folds_alone(form):
     expect = rate2 * _official_conv_path(qkv, fc_w, fc_b, dep, nh)
     carried = qkv.clone()
     carried[..., :c] *= scale  # the deploy qkv carries the scale on its query rows
-    regrouped = carried[..., fold_swin.head_dim_major_order(nh, d)].permute(0, 3, 1, 2)
+    regrouped = carried.reshape(2, *hw, 3 * nh, d).permute(0, 4, 3, 1, 2)  # (B, d, 3nh, H, W)
     in_scale = torch.ones(3 * c, dtype=torch.float64)
     in_scale[:c] = scale
     if form == "merged":
         w = fold.fold_conv_path(fc_w, dep, nh, in_scale, torch.full((c,), rate2, dtype=torch.float64))
-        got = F.conv2d(regrouped, w, None, padding=1, groups=d) + fold_swin.conv_path_bias_map(fc_b, dep, *hw, rate2)
+        got = F.conv2d(regrouped.reshape(2, 3 * c, *hw), w, None, padding=1, groups=d)
+        got = got + fold_swin.conv_path_bias_map(fc_b, dep, *hw, rate2)
     else:
         slot = torch.ones(3 * nh, dtype=torch.float64)
         slot[:nh] = scale
         w_fc, b_fc = fold_swin.factored_fc_weight(fc_w, fc_b, slot)
-        f = F.linear(carried[..., fold_swin.head_dim_major_order(nh, d)].reshape(2, *hw, d, 3 * nh), w_fc, b_fc)
-        f = f.reshape(2, *hw, d * 9).permute(0, 3, 1, 2)
+        slots = carried.reshape(2, -1, 3 * nh, d).permute(0, 2, 1, 3).reshape(2, 3 * nh, -1)
+        f = (w_fc @ slots + b_fc[:, None]).reshape(2, 9, -1, d).permute(0, 3, 1, 2).reshape(2, d * 9, *hw)
         got = F.conv2d(f, dep * rate2, None, padding=1, groups=d)
     assert _rel(expect, got) < TOL_F64
 
@@ -367,7 +360,7 @@ def test_attention_module_fuse(form, shifted):
 
 
 @pytest.mark.parametrize("kw", [
-    {"conv_fold": "merged"}, {"conv_fold": "factored"}, {"conv_fold": "auto", "img_size": 48, "window_size": 3},
+    {"conv_fold": "merged"}, {"conv_fold": "factored"}, {"conv_fold": "merged", "img_size": 48, "window_size": 3},
     {"img_size": 32, "window_size": 8}, {"num_classes": 5, "in_chans": 1},
 ])
 def test_whole_model_float64_and_float32(kw):
@@ -412,14 +405,18 @@ def test_deploy_structure_builds_directly_and_loads_alone(tmp_path):
     assert _rel(train(x), loaded.model(x)) <= TOL_F32
 
 
-def test_deploy_folds_norm_affines_and_counts():
-    deploy = ad.reparameterize_model(micro(7))
+@pytest.mark.parametrize("form", ["factored", "merged"])
+def test_deploy_folds_norm_affines_and_counts(form):
+    deploy = ad.reparameterize_model(micro(7, conv_fold=form))
     norms = {n: m for n, m in deploy.named_modules() if isinstance(m, nn.LayerNorm)}
     affine = sorted(n for n, m in norms.items() if m.weight is not None)
     assert affine == ["patch_embed.norm"]  # feeds the residual stream: nothing to fold it into
     blk = deploy.layers[0].blocks[1]
     assert blk.attn.attn_bias.shape == (4, 2, 16, 16) and deploy.layers[0].blocks[0].attn.attn_bias.shape[0] == 1
-    assert blk.attn.conv_bias.shape == (16, 8, 8)
+    if form == "merged":
+        assert blk.attn.conv_bias.shape == (16, 8, 8) and blk.attn.conv_path.groups == 8
+    else:
+        assert not hasattr(blk.attn, "conv_bias") and blk.attn.fc.weight.shape == (9, 6, 1, 1)
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -95,7 +95,7 @@ class SwinACmixBlock(nn.Module):
         window_size: int,
         shift_size: int,
         mlp_ratio: float = 4.0,
-        conv_fold: str = "auto",
+        conv_fold: str = "factored",
         deploy: bool = False,
     ):
         super().__init__()
@@ -268,7 +268,7 @@ class SwinTransformerACmix(nn.Module):
         mlp_ratio: float = 4.0,
         ape: bool = False,
         patch_norm: bool = True,
-        conv_fold: str = "auto",
+        conv_fold: str = "factored",
         deploy: bool = False,
     ):
         super().__init__()
@@ -345,7 +345,7 @@ def _swin(deploy: bool, **kwargs) -> SwinTransformerACmix:
 @register_model
 def acmix_swin_tiny(
     num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, window_size: int = 7,
-    conv_fold: str = "auto", deploy: bool = False,
+    conv_fold: str = "factored", deploy: bool = False,
 ) -> SwinTransformerACmix:
     """Swin-T + ACmix (81.9% ImageNet top-1 released): embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7."""
     return _swin(deploy, num_classes=num_classes, in_chans=in_chans, img_size=img_size, window_size=window_size,
@@ -355,7 +355,7 @@ def acmix_swin_tiny(
 @register_model
 def acmix_swin_small(
     num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, window_size: int = 7,
-    conv_fold: str = "auto", deploy: bool = False,
+    conv_fold: str = "factored", deploy: bool = False,
 ) -> SwinTransformerACmix:
     """Swin-S + ACmix (83.5% ImageNet top-1 released): embed 96, depths 2-2-18-2, heads 3-6-12-24, window 7."""
     return _swin(deploy, num_classes=num_classes, in_chans=in_chans, img_size=img_size, window_size=window_size,
@@ -365,7 +365,7 @@ def acmix_swin_small(
 @register_model
 def acmix_swin_micro(
     num_classes: int = 10, in_chans: int = 3, img_size: int = 32, window_size: int = 4,
-    conv_fold: str = "auto", deploy: bool = False,
+    conv_fold: str = "factored", deploy: bool = False,
 ) -> SwinTransformerACmix:
     """A small Swin-ACmix for tests: embed 16, depths 2-2, heads 2-4, patch 4, 32x32, window 4.
 

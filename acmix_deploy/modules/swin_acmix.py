@@ -40,7 +40,7 @@ __all__ = [
     "choose_conv_fold",
 ]
 
-CONV_FOLDS = ("auto", "merged", "factored")
+CONV_FOLDS = ("factored", "merged")
 MASK_VALUE = -100.0  # the official shift mask: 0 inside a region, -100 across regions
 
 
@@ -91,18 +91,18 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int) -> tor
     return torch.zeros(differ.shape).masked_fill(differ, MASK_VALUE)
 
 
-def choose_conv_fold(conv_fold: str, heads: int) -> str:
-    """Which deploy form the convolution path takes.
+def choose_conv_fold(conv_fold: str, heads: int | None = None) -> str:
+    """Validate the deploy form of the convolution path (``heads`` is accepted for callers' symmetry).
 
-    ``merged``: one grouped 3x3 convolution ``3nh -> nh`` per head-dimension
-    group, ``27 nh^2`` MACs per group and pixel.  ``factored``: ``fc`` as a
-    Linear ``3nh -> 9`` per head-dimension index, then ``dep_conv``: ``27 nh + 81 nh``.  The
-    merged form does fewer MACs while ``nh <= 4``; ``auto`` picks by that rule.
+    ``factored`` (default): the official ``fc`` (1x1, ``3nh -> 9``) then
+    ``dep_conv``, weights folded: ``27 nh + 81 nh`` MACs per head-dimension
+    group and pixel.  ``merged``: one grouped 3x3 convolution ``3nh -> nh`` per
+    group plus a constant border-bias map: ``27 nh^2`` MACs, fewer while
+    ``nh <= 4``, but it needs ``qkv`` transposed to channels-first; measured on
+    CPU (torch eager and ONNX Runtime) it was not faster, see docs/swin_acmix.md.
     """
     if conv_fold not in CONV_FOLDS:
         raise ConfigError(f"conv_fold must be one of {', '.join(CONV_FOLDS)}, got {conv_fold!r}")
-    if conv_fold == "auto":
-        return "merged" if heads <= 4 else "factored"
     return conv_fold
 
 
@@ -200,7 +200,7 @@ class WindowAttentionACmix(nn.Module):
         self,
         norm: nn.LayerNorm | None = None,
         mask: torch.Tensor | None = None,
-        conv_fold: str = "auto",
+        conv_fold: str = "factored",
     ) -> "WindowAttentionACmixDeploy":
         """The deploy form of ``attn(norm(x), mask)`` minus the normalisation itself.
 
@@ -229,13 +229,12 @@ def window_attention_deploy_params(
         None if norm is None else norm.weight, None if norm is None else norm.bias,
     )
     w_qkv, b_qkv = fold_swin.scale_query_rows(w_qkv, b_qkv, c, m.scale)
-    perm = fold_swin.head_dim_major_order(nh, d)
     rate1 = float(m.rate1.detach().double().item())
     rate2 = float(m.rate2.detach().double().item())
     w_proj, b_proj = fold_swin.fold_output_rate(m.proj.weight, m.proj.bias, rate1)
     params = {
-        "qkv.weight": w_qkv[perm],
-        "qkv.bias": b_qkv[perm],
+        "qkv.weight": w_qkv,
+        "qkv.bias": b_qkv,
         "proj.weight": w_proj,
         "proj.bias": b_proj,
         "attn_bias": fold_swin.attention_bias(m.relative_position_bias_table, m.relative_position_index, mask),
@@ -254,7 +253,7 @@ def window_attention_deploy_params(
         slot_scale = torch.ones(3 * nh, dtype=torch.float64)
         slot_scale[:nh] = m.scale
         w_fc, b_fc = fold_swin.factored_fc_weight(m.fc.weight, m.fc.bias, slot_scale)
-        params["fc.weight"] = w_fc
+        params["fc.weight"] = w_fc.reshape(9, 3 * nh, 1, 1)
         params["fc.bias"] = b_fc
         # Padding fc's output (its bias included) is then exactly the official one: no bias map.
         params["dep_conv.weight"] = m.dep_conv.weight.detach().double() * rate2
@@ -265,16 +264,20 @@ class WindowAttentionACmixDeploy(nn.Module):
     """Deploy form: one Linear, the window-attention core, the folded convolution path, an add.
 
     State: ``qkv`` (``C -> 3C``, norm1's affine and ``d ** -0.5`` folded,
-    rows in head-dimension-major order ``i * 3nh + t``), ``proj`` (``rate1``
+    rows in the official order), ``proj`` (``rate1``
     folded), ``attn_bias`` (``(nW, nh, N, N)`` in a shifted block, else
     ``(1, nh, N, N)``: position bias plus shift mask) and the convolution path:
 
     * ``conv_fold='merged'``: ``conv_path`` (3x3, ``3C -> C``, groups ``d``,
       ``rate2 * dep_conv o fc``) plus ``conv_bias`` (``(C, H, W)``: ``rate2``
       times what ``fc.bias`` contributes through the zero-padded ``dep_conv``);
-    * ``conv_fold='factored'``: ``fc`` (Linear ``3nh -> 9`` with bias, applied to
-      ``qkv`` viewed as ``(..., d, 3nh)``) then ``dep_conv`` (``rate2`` folded),
-      exactly the official padding; no bias map is needed.
+    * ``conv_fold='factored'``: the official ``fc`` (1x1, ``3nh -> 9``, with
+      bias; the query scale undone in its weight) and ``dep_conv`` (``rate2``
+      folded), applied exactly as in the official path; no bias map.
+
+    The merged path reads ``qkv`` through one transpose to channels-first
+    regrouped by head-dimension index (channel ``i * 3nh + t``); the attention
+    through the official window partition.
 
     ``y = proj(softmax(q k^T + attn_bias) v) + conv(qkv) + conv_bias``.
     """
@@ -309,7 +312,7 @@ class WindowAttentionACmixDeploy(nn.Module):
             self.conv_path = nn.Conv2d(3 * dim, dim, 3, padding=1, groups=d, bias=False)
             self.register_buffer("conv_bias", torch.zeros(dim, hh, ww))
         else:
-            self.fc = nn.Linear(3 * num_heads, 9)
+            self.fc = nn.Conv2d(3 * num_heads, 9, kernel_size=1, bias=True)
             self.dep_conv = nn.Conv2d(9 * d, dim, 3, padding=1, groups=d, bias=False)
 
     def extra_repr(self) -> str:
@@ -325,19 +328,23 @@ class WindowAttentionACmixDeploy(nn.Module):
         hh, ww = self.resolution
         nh, d, c, w = self.num_heads, self.head_dim, self.dim, self.window_size
         gh, gw, n = hh // w, ww // w, w * w
-        qkv = self.qkv(x)  # (B, H, W, 3C), channel i * 3nh + s * nh + head
+        qkv = self.qkv(x)  # (B, H, W, 3C), channel (s * nh + head) * d + i as in the official layout
 
         if self.conv_fold == "merged":
-            conv = self.conv_path(qkv.permute(0, 3, 1, 2)) + self.conv_bias
-        else:  # fc mixes the 3nh slots of each head-dimension index: (..., d, 3nh) -> (..., d, 9)
-            f = self.fc(qkv.reshape(-1, hh, ww, d, 3 * nh)).reshape(-1, hh, ww, d * 9)
-            conv = self.dep_conv(f.permute(0, 3, 1, 2))
+            # One transpose to channels-first that also regroups by head-dimension index:
+            # (B, H, W, 3nh, d) -> (B, d, 3nh, H, W), channel i * 3nh + t.
+            f = qkv.reshape(-1, hh, ww, 3 * nh, d).permute(0, 4, 3, 1, 2).reshape(-1, 3 * c, hh, ww)
+            conv = self.conv_path(f) + self.conv_bias
+        else:
+            # The official path with folded weights: fc (1x1 over the 3nh slots) on
+            # (B, 3nh, HW, d), then channels-first i * 9 + j for dep_conv.
+            f = self.fc(qkv.reshape(-1, hh * ww, 3 * nh, d).permute(0, 2, 1, 3))
+            conv = self.dep_conv(f.permute(0, 3, 1, 2).reshape(-1, 9 * d, hh, ww))
 
-        # One transpose from the map to (q|k|v, window, head, token, dim).
-        t = qkv.reshape(-1, gh, w, gw, w, d, 3, nh).permute(6, 0, 1, 3, 7, 2, 4, 5).reshape(3, -1, nh, n, d)
+        # Windows keep whole pixels (blocks of w * 3C values) together; then q|k|v, head, token, dim.
+        t = window_partition(qkv, w).reshape(-1, n, 3, nh, d).permute(2, 0, 3, 1, 4)
         logits = (t[0] @ t[1].transpose(-2, -1)).reshape(-1, self.attn_bias.shape[0], nh, n, n) + self.attn_bias
         att = logits.softmax(dim=-1).reshape(-1, nh, n, n)
-        out = att @ t[2]  # (B * nW, nh, N, d)
-        # One transpose back to the map, channel head * d + i as proj reads it.
-        out = out.reshape(-1, gh, gw, nh, w, w, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, hh, ww, c)
-        return self.proj(out) + conv.permute(0, 2, 3, 1)
+        out = (att @ t[2]).transpose(1, 2).reshape(-1, n, c)  # (B * nW, N, C), channel head * d + i
+        out = window_reverse(self.proj(out).reshape(-1, w, w, c), w, hh, ww)
+        return out + conv.permute(0, 2, 3, 1)
