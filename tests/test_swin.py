@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -463,6 +464,8 @@ def test_cli_reparam_on_released_format_file(tmp_path):
     assert loaded.deploy and loaded.arch == "acmix_swin_micro" and loaded.arch_args["num_classes"] == 7
     x = torch.randn(2, 3, 32, 32)
     assert _rel(src(x), loaded.model(x)) <= TOL_F32
+    info = runner.invoke(app, ["info", str(out)])
+    assert info.exit_code == 0 and re.search(r"ACmix blocks\s*│\s*4\s", info.output), info.output
     bad = runner.invoke(app, ["reparam", str(path), "--arch", "acmix_swin_micro", "-o", str(tmp_path / "x.pth"),
                               "--imgsz", "48"])
     assert bad.exit_code == 2 and "img_size=48" in bad.output and "Traceback" not in bad.output

@@ -15,16 +15,16 @@ the block's map after ``norm1`` and the cyclic shift, ``(B, H, W, C)``::
 :meth:`WindowAttentionACmix.fuse` returns :class:`WindowAttentionACmixDeploy`,
 the same function with the foldable parts folded (LayerNorm affine of
 ``norm1`` into ``qkv``, ``scale`` into the query rows, position bias and shift
-mask into one constant, ``rate1`` into ``proj``, ``fc``/``dep_conv``/``rate2``
-into the convolution path with the border effect of ``fc.bias`` as a
-constant map).  The softmax attention stays: it is data dependent.
+mask into one constant, ``rate1`` into ``proj``, ``rate2`` into ``dep_conv``;
+optionally ``fc``/``dep_conv``/``rate2`` merged into one grouped convolution
+with the border effect of ``fc.bias`` as a constant map).  The softmax
+attention stays: it is data dependent.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import fold, fold_swin
 from ..errors import ConfigError, InputShapeError
