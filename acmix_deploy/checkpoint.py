@@ -177,6 +177,42 @@ def _infer_arch_args(arch: str, sd: dict[str, torch.Tensor]) -> dict[str, Any]:
     stem = sd.get("conv1.weight")
     if "in_chans" in params and stem is not None and stem.dim() == 4:
         args["in_chans"] = int(stem.shape[1])
+    if "patch_embed.proj.weight" in sd:
+        args.update(_infer_swin_args(params, sd))
+    return args
+
+
+def _infer_swin_args(params, sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Swin layout: classes from ``head``, channels and patch from ``patch_embed.proj``, window
+    from the largest relative position table ((2w-1)^2 rows) or deploy attention bias (N = w*w),
+    image size from a stage-0 shift mask or deploy attention bias (nW windows of w*w tokens)
+    or a stage-0 deploy bias map (C, H, W)."""
+    import math
+
+    args: dict[str, Any] = {}
+    head, proj = sd.get("head.weight"), sd["patch_embed.proj.weight"]
+    if "num_classes" in params and head is not None and head.dim() == 2:
+        args["num_classes"] = int(head.shape[0])
+    if proj.dim() != 4:
+        return args
+    if "in_chans" in params:
+        args["in_chans"] = int(proj.shape[1])
+    windows = [(math.isqrt(v.shape[0]) + 1) // 2 for k, v in sd.items()
+               if k.endswith("attn.relative_position_bias_table") and v.dim() == 2]
+    windows += [math.isqrt(v.shape[-1]) for k, v in sd.items() if k.endswith("attn.attn_bias") and v.dim() == 4]
+    if "window_size" in params and windows:
+        args["window_size"] = max(windows)
+    if "img_size" in params:
+        # (nW, N, N) shift mask or (nW, nh, N, N) deploy attention bias of a shifted stage-0 block
+        shifted = [v for k, v in sd.items() if k.startswith("layers.0.") and
+                   ((k.endswith(".attn_mask") and v.dim() == 3) or (k.endswith(".attn_bias") and v.dim() == 4))
+                   and v.shape[0] > 1]
+        bias_map = sd.get("layers.0.blocks.0.attn.conv_bias")
+        if shifted:
+            res = math.isqrt(shifted[0].shape[0]) * math.isqrt(shifted[0].shape[-1])
+            args["img_size"] = res * int(proj.shape[-1])
+        elif bias_map is not None and bias_map.dim() == 3:
+            args["img_size"] = int(bias_map.shape[-1]) * int(proj.shape[-1])
     return args
 
 

@@ -75,7 +75,7 @@ def info(
     """Describe a checkpoint: architecture, form, parameters, keys."""
     from .analysis import count_parameters
     from .checkpoint import read_checkpoint
-    from .modules import ACmix, ACmixDeploy
+    from .modules import ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy
 
     try:
         loaded = read_checkpoint(ckpt, arch)
@@ -92,7 +92,8 @@ def info(
     table.add_row("form", "deploy (folded)" if loaded.deploy else "training")
     table.add_row("file format", loaded.source_format)
     table.add_row("parameters", f"{count_parameters(model):,}")
-    table.add_row("ACmix blocks", str(sum(isinstance(m, (ACmix, ACmixDeploy)) for m in model.modules())))
+    acmix_types = (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy)
+    table.add_row("ACmix blocks", str(sum(isinstance(m, acmix_types) for m in model.modules())))
     table.add_row("tensors", f"{len(sd)} ({', '.join(f'{p}: {n}' for p, n in prefixes.items())})")
     table.add_row("input size", "x".join(map(str, model.default_cfg["input_size"])))
     for key, value in loaded.meta.items():

@@ -22,7 +22,7 @@ import copy
 import torch.nn as nn
 
 from .fold import fuse_conv_bn
-from .modules import ACmix
+from .modules import ACmix, WindowAttentionACmix
 
 __all__ = ["reparameterize_model", "foldable_leftovers", "is_deploy"]
 
@@ -97,11 +97,11 @@ def foldable_leftovers(model: nn.Module) -> list[str]:
     """Names (and types) of modules that a deploy model should no longer contain."""
     left = []
     for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.batchnorm._BatchNorm, ACmix)):
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, ACmix, WindowAttentionACmix)):
             left.append(f"{name or '<root>'} ({type(m).__name__})")
     return left
 
 
 def is_deploy(model: nn.Module) -> bool:
-    """True when nothing foldable is left (no BatchNorm, no training-form ACmix)."""
+    """True when nothing foldable is left (no BatchNorm, no training-form ACmix of either form)."""
     return not foldable_leftovers(model)

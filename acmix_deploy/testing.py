@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .modules import ACmix
+from .modules import ACmix, WindowAttentionACmix
 
 __all__ = ["randomize_model"]
 
@@ -25,7 +25,9 @@ def randomize_model(model: nn.Module, seed: int = 0) -> nn.Module:
     Weights are normal with a fan-in scaled standard deviation (activations keep
     their magnitude through deep networks); BatchNorm gets gamma in [0.5, 1.5],
     beta and running mean normal(0, 0.2), running var in [0.5, 2]; ACmix rates
-    in [0.2, 1.0] with random sign for rate2.
+    in [0.2, 1.0] with random sign for rate2.  Swin-form ACmix: LayerNorm gamma in
+    [0.5, 1.5] and beta normal(0, 0.2), relative position tables normal(0, 0.5),
+    rates as above, absolute position embeddings normal(0, 0.2).
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -48,7 +50,14 @@ def randomize_model(model: nn.Module, seed: int = 0) -> nn.Module:
             if m.running_mean is not None:
                 normal(m.running_mean, 0.2)
                 uniform(m.running_var, 0.5, 2.0)
-        if isinstance(m, ACmix):
+        elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+            uniform(m.weight, 0.5, 1.5)
+            normal(m.bias, 0.2)
+        if isinstance(m, WindowAttentionACmix):
+            normal(m.relative_position_bias_table, 0.5)
+        if getattr(m, "absolute_pos_embed", None) is not None:
+            normal(m.absolute_pos_embed, 0.2)
+        if isinstance(m, (ACmix, WindowAttentionACmix)):
             uniform(m.rate1, 0.2, 1.0)
             uniform(m.rate2, 0.2, 1.0)
             if torch.rand((), generator=gen) < 0.5:

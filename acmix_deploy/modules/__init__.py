@@ -1,6 +1,7 @@
 """Training-form operators and their deploy forms."""
 
 from .acmix import ACmix, ACmixDeploy
+from .swin_acmix import WindowAttentionACmix, WindowAttentionACmixDeploy
 from .window_attention import HaloPlan, halo_attention, make_halo_plan
 from .xvolution import XVolution, XVolutionDeploy
 
@@ -8,6 +9,8 @@ __all__ = [
     "ACmix",
     "ACmixDeploy",
     "HaloPlan",
+    "WindowAttentionACmix",
+    "WindowAttentionACmixDeploy",
     "XVolution",
     "XVolutionDeploy",
     "halo_attention",
