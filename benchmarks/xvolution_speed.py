@@ -39,14 +39,16 @@ FORMS = ("xvol_train", "xvol_deploy", "resnet50")
 
 
 def interleaved_medians(fns: dict, x, rounds: int, warmup: int) -> dict[str, float]:
-    """Median ms per callable, the callables run in turn within each round."""
+    """Median ms per callable; within each round the callables run in turn, the starting one
+    rotating from round to round (no model always runs right after the same other one)."""
     for f in fns.values():
         for _ in range(warmup):
             time_once(f, x)
+    names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, f in fns.items():
-            times[name].append(time_once(f, x))
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(time_once(fns[name], x))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -65,7 +67,7 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=9, help="timed runs per model, backend and batch")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--no-onnx", action="store_true", help="torch eager only")
+    ap.add_argument("--backend", nargs="+", choices=("torch", "onnxruntime"), default=["torch", "onnxruntime"])
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -78,9 +80,11 @@ def main() -> None:
     diff = ad.check_equivalence(train, deploy, size, batch=1)
     print(f"deploy vs training form (float32, batch 1): relative error {diff.rel:.2g}")
 
-    runners = {"torch": {k: (lambda m: (lambda x: m(torch.from_numpy(x))))(m) for k, m in eager.items()}}
+    runners = {}
+    if "torch" in args.backend:
+        runners["torch"] = {k: (lambda m: (lambda x: m(torch.from_numpy(x))))(m) for k, m in eager.items()}
     onnx_check = {}
-    if not args.no_onnx:
+    if "onnxruntime" in args.backend:
         try:
             from acmix_deploy.exporters import export_onnx
             from acmix_deploy.runtime import OrtRunner
