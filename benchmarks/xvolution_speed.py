@@ -9,6 +9,11 @@ round, and compared by medians.  ONNX Runtime runs the ONNX export of each
 model; its graph optimizer folds BatchNorm into a preceding Conv by itself, so
 there the training form shows what remains of the fold's gain beyond
 BatchNorm (the stride-2 block's products at the output grid only).
+ONNX Runtime sessions are created with intra-op spinning off (``--ort-spin``
+turns it on): with three sessions taking turns on a shared 2-core machine,
+the idle sessions' spinning threads otherwise steal the cores of the one
+being timed (measured here: ResNet-50 b1 interleaved 259-275 ms with
+spinning, 113-161 ms without, same load).
 Weights are random (non-initial), which does not change the cost.
 
     python benchmarks/xvolution_speed.py --threads 2 --batch 1 8 --rounds 9 \
@@ -52,6 +57,18 @@ def interleaved_medians(fns: dict, x, rounds: int, warmup: int) -> dict[str, flo
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def ort_session_without_spinning(path: Path, threads: int):
+    """An ONNX Runtime CPU session like OrtRunner's, with intra-op spinning off."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def ratios(med: dict[str, float]) -> dict[str, float]:
     return {
         "train_over_deploy": round(med["xvol_train"] / med["xvol_deploy"], 2),
@@ -68,6 +85,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9, help="timed runs per model, backend and batch")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--backend", nargs="+", choices=("torch", "onnxruntime"), default=["torch", "onnxruntime"])
+    ap.add_argument("--ort-spin", action="store_true", help="let ONNX Runtime's intra-op threads spin (its default)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,6 +112,8 @@ def main() -> None:
             for name, m in eager.items():
                 res = export_onnx(m, tmp / f"{name}.onnx", size)
                 ort[name] = OrtRunner(tmp / f"{name}.onnx", threads=args.threads)
+                if not args.ort_spin:
+                    ort[name].session = ort_session_without_spinning(tmp / f"{name}.onnx", args.threads)
                 onnx_check[name] = {"nodes": res.nodes, "ops": res.op_histogram}
             x1 = np.random.default_rng(1).standard_normal((1, *size), dtype=np.float32)
             with torch.inference_mode():
@@ -135,6 +155,7 @@ def main() -> None:
             "benchmark": "xvolution_speed",
             "device": device,
             "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "warmup": args.warmup, "statistic": "median",
+                      "order": "interleaved, rotating start", "ort_intra_op_spinning": args.ort_spin,
                       "models": {"xvol_train": "xvolution_resnet50, training form",
                                  "xvol_deploy": "xvolution_resnet50, folded (XVolutionDeploy)",
                                  "resnet50": "resnet50, BatchNorm folded"}},
