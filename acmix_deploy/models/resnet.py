@@ -283,7 +283,7 @@ _XVOLUTION_STAGE3 = ("conv", "conv", "xvolution", "conv")
 
 @register_model
 def xvolution_resnet50(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -> ResNet:
-    """X-volution-ResNet-50: ResNet-50 with X-volution in place of the 3x3 conv+BN of all 6 stage-3 blocks, 224x224."""
+    """X-volution-ResNet-50: X-volution replaces the 3x3 conv+BN of all 6 stage-3 blocks, 224x224."""
     return _resnet((3, 4, 6, 3), mixers=_XVOLUTION_STAGE3, num_classes=num_classes, in_chans=in_chans, deploy=deploy)
 
 
