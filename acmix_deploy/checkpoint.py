@@ -295,6 +295,8 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedC
             )
         sd = _strip_prefix(sd, "module.")
         deploy = any(k.endswith(".qkv.weight") for k in sd) and not any(k.endswith(".rate1") for k in sd)
+        # X-volution: the deploy form has the folded PSSA weights (mix) and no branch BatchNorms.
+        deploy = deploy or (any(k.endswith(".mix.weight") for k in sd) and not any(".bn_pssa." in k for k in sd))
         arch_args = _infer_arch_args(arch, sd)
         if arch_args:
             notes.append("inferred from tensor shapes: " + ", ".join(f"{k}={v}" for k, v in arch_args.items()))

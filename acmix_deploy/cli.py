@@ -75,7 +75,8 @@ def info(
     """Describe a checkpoint: architecture, form, parameters, keys."""
     from .analysis import count_parameters
     from .checkpoint import read_checkpoint
-    from .modules import ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy
+    from .modules import (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, XVolution,
+                          XVolutionDeploy)
 
     try:
         loaded = read_checkpoint(ckpt, arch)
@@ -94,6 +95,9 @@ def info(
     table.add_row("parameters", f"{count_parameters(model):,}")
     acmix_types = (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy)
     table.add_row("ACmix blocks", str(sum(isinstance(m, acmix_types) for m in model.modules())))
+    n_xvolution = sum(isinstance(m, (XVolution, XVolutionDeploy)) for m in model.modules())
+    if n_xvolution:
+        table.add_row("X-volution blocks", str(n_xvolution))
     table.add_row("tensors", f"{len(sd)} ({', '.join(f'{p}: {n}' for p, n in prefixes.items())})")
     table.add_row("input size", "x".join(map(str, model.default_cfg["input_size"])))
     for key, value in loaded.meta.items():
@@ -524,15 +528,16 @@ def report(
 
 @app.command()
 def demo(
+    arch: str = typer.Option("acmix_resnet_tiny", "--arch", "-a", help="Model to train (see acmix_deploy.demo.DEMO_ARCHS)."),
     out_dir: Path = typer.Option(Path("acmix-demo"), "--out", "-o", help="Directory for the checkpoints."),
     epochs: int = typer.Option(12, "--epochs", min=1, help="Training epochs."),
     imgsz: int = typer.Option(16, "--imgsz", min=8, help="Digits are upsampled from 8x8 to this size."),
-    k_att: int = typer.Option(3, "--k-att", help="Attention window of the ACmix blocks."),
+    k_att: int = typer.Option(3, "--k-att", help="Attention window of the ACmix blocks (ignored by other archs)."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads [default: torch's]."),
     aoti: bool = typer.Option(True, "--aoti/--no-aoti", help="Also compile the deploy form with AOTInductor (~1 min)."),
 ) -> None:
-    """Train a small ACmix-ResNet on scikit-learn's digits, fold it, verify and time both forms."""
+    """Train a small ACmix- (or X-volution-) ResNet on scikit-learn's digits, fold it, verify and time both forms."""
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -540,7 +545,12 @@ def demo(
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = DemoConfig(epochs=epochs, imgsz=imgsz, k_att=k_att, seed=seed, out_dir=out_dir, export_aoti=aoti)
+    cfg = DemoConfig(arch=arch, epochs=epochs, imgsz=imgsz, k_att=k_att, seed=seed, out_dir=out_dir,
+                     export_aoti=aoti)
+    try:
+        cfg.validate()
+    except AcmixDeployError as exc:
+        _fail(exc)
     labels = {"train": "training (training form)", "fold": "folding + reloading", "export": "ONNX export",
               "aoti": "AOTInductor compile", "profile": "profiling both forms"}
     with Progress(

@@ -1,4 +1,4 @@
-"""The end-to-end demo: train a small ACmix network on real data, fold it, prove it, time it.
+"""The end-to-end demo: train a small ACmix (or X-volution) network on real data, fold it, prove it, time it.
 
 Data: scikit-learn's handwritten digits (1797 grey 8x8 images, 10 classes,
 shipped inside the package, no download), upsampled to ``imgsz`` and split
@@ -9,6 +9,7 @@ CLI uses (``create_model``, ``save_checkpoint``, ``read_checkpoint``,
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,14 @@ import torch.nn.functional as F
 from .analysis import compare_outputs, count_macs, count_parameters
 from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import ConfigError, ExportError, MissingDependencyError
-from .models import create_model
+from .models import create_model, model_entrypoint
 from .profiling import ProfileSettings, plot_reports, profile_model, save_json
 from .reparam import reparameterize_model
 
-__all__ = ["DemoConfig", "DemoResult", "load_digits", "run_demo"]
+__all__ = ["DEMO_ARCHS", "DemoConfig", "DemoResult", "load_digits", "run_demo"]
+
+# The small backbones (3x3 stem, no pooling) that train on 8x8-32x32 digits in about a minute.
+DEMO_ARCHS = ("acmix_resnet_tiny", "xvolution_resnet_tiny", "resnet_tiny")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -43,6 +47,10 @@ class DemoConfig:
     timing_runs: int = 20
     export_onnx: bool = True  # needs the [onnx] extra; skipped with a note when missing
     export_aoti: bool = True  # needs a C++ compiler; skipped with a note when compilation fails
+
+    def validate(self) -> None:
+        if self.arch not in DEMO_ARCHS:
+            raise ConfigError(f"the demo trains one of {', '.join(DEMO_ARCHS)}; got --arch {self.arch!r}")
 
 
 @dataclass
@@ -126,10 +134,12 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: DemoConfig, 
 def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
     """Train, save, reload, fold, verify on the held-out set, save the deploy form, export it to
     ONNX and check its held-out predictions, then profile both forms on every available backend."""
+    cfg.validate()
     torch.manual_seed(cfg.seed)
     x_train, y_train, x_test, y_test = load_digits(cfg.imgsz, cfg.seed)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    model = create_model(cfg.arch, num_classes=10, in_chans=1, k_att=cfg.k_att)
+    extra = {"k_att": cfg.k_att} if "k_att" in inspect.signature(model_entrypoint(cfg.arch)).parameters else {}
+    model = create_model(cfg.arch, num_classes=10, in_chans=1, **extra)
     model.default_cfg["input_size"] = (1, cfg.imgsz, cfg.imgsz)
 
     t0 = time.perf_counter()

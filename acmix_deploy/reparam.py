@@ -11,8 +11,8 @@ conventions found in the wild, on the root and on every descendant:
 
 Parents are visited before their children, so a block can fold a child
 together with its neighbour (an ACmix with the BatchNorm after it) before the
-child is visited alone.  Inside ``nn.Sequential`` containers, a Conv2d or
-ACmix directly followed by a BatchNorm2d is folded generically.
+child is visited alone.  Inside ``nn.Sequential`` containers, a Conv2d, ACmix
+or XVolution directly followed by a BatchNorm2d is folded generically.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import copy
 import torch.nn as nn
 
 from .fold import fuse_conv_bn
-from .modules import ACmix, WindowAttentionACmix
+from .modules import ACmix, WindowAttentionACmix, XVolution
 
 __all__ = ["reparameterize_model", "foldable_leftovers", "is_deploy"]
 
@@ -41,7 +41,7 @@ def _fuse_sequential(seq: nn.Sequential) -> None:
             continue
         if isinstance(op, nn.Conv2d):
             seq._modules[a] = fuse_conv_bn(op, bn)
-        elif isinstance(op, ACmix):
+        elif isinstance(op, (ACmix, XVolution)):
             seq._modules[a] = op.fuse(bn)
         else:
             continue
@@ -97,11 +97,11 @@ def foldable_leftovers(model: nn.Module) -> list[str]:
     """Names (and types) of modules that a deploy model should no longer contain."""
     left = []
     for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.batchnorm._BatchNorm, ACmix, WindowAttentionACmix)):
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, ACmix, WindowAttentionACmix, XVolution)):
             left.append(f"{name or '<root>'} ({type(m).__name__})")
     return left
 
 
 def is_deploy(model: nn.Module) -> bool:
-    """True when nothing foldable is left (no BatchNorm, no training-form ACmix of either form)."""
+    """True when nothing foldable is left (no BatchNorm, no training-form ACmix of either form or XVolution)."""
     return not foldable_leftovers(model)
