@@ -114,11 +114,21 @@ def test_choose_tile_on_the_resnet50_maps():
                       (56, 2, 32): 4, (28, 2, 64): 7, (14, 2, 128): 7}
 
 
-def test_batch_chunking_gives_the_same_result():
+def test_block_groups_give_the_same_result():
     gen = torch.Generator().manual_seed(0)
-    qkv = torch.randn(5, 24, 9, 9, generator=gen)
-    pos = torch.randn(4, 2, generator=gen)
-    plan = make_halo_plan(9, 9, 7, 1, heads=2, head_dim=4)
-    whole = halo_attention(qkv, pos, plan, chunk_bytes=1 << 40)
-    chunked = halo_attention(qkv, pos, plan, chunk_bytes=1)  # one image per chunk
-    assert torch.allclose(whole, chunked, rtol=0, atol=1e-6)
+    qkv = torch.randn(3, 24, 13, 9, generator=gen, dtype=torch.float64)
+    pos = torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    whole = make_halo_plan(13, 9, 7, 1, heads=2, head_dim=4, tile=3, dtype=torch.float64, chunk_bytes=1 << 40)
+    split = make_halo_plan(13, 9, 7, 1, heads=2, head_dim=4, tile=3, dtype=torch.float64, chunk_bytes=1)
+    assert len(whole.query_chunks) == 1 and len(split.query_chunks) == split.tiles == 15  # one block per group
+    assert torch.equal(torch.cat(split.key_chunks), whole.key_index)
+    out_whole, out_split = halo_attention(qkv, pos, whole), halo_attention(qkv, pos, split)
+    assert float((out_whole - out_split).abs().max() / out_whole.abs().max()) <= TOL_F64
+
+
+def test_groups_bound_the_logits_per_image():
+    plan = make_halo_plan(56, 56, 7, 1, heads=4, head_dim=16)  # ACmix-ResNet-50 stage 1: 196 blocks of 4x4
+    per_tile = 4 * plan.tile_pixels * plan.halo_pixels * 4
+    sizes = [len(c) for c in plan.query_chunks]
+    assert sum(sizes) == plan.tiles and max(sizes) * per_tile <= 2 * (256 << 10)
+    assert len(make_halo_plan(7, 7, 7, 1, heads=4, head_dim=128).query_chunks) == 1
