@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from .errors import CheckpointError
 from .models import create_model, list_models, model_entrypoint
+from .modules.acmix import check_deploy_layout
 from .reparam import is_deploy
 
 __all__ = [
@@ -306,6 +307,8 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedC
     except TypeError as exc:
         raise CheckpointError(f"{path}: cannot build {arch} with the stored arguments {arch_args}: {exc}") from None
     form = "deploy" if deploy else "training"
+    if deploy:
+        check_deploy_layout(sd, str(path))
     _check_state_dict(model, sd, path, arch, form)
     model.load_state_dict(sd, strict=True)
     model.eval()

@@ -30,6 +30,7 @@ __all__ = [
     "positional_rows",
     "fold_conv_path",
     "regroup_by_head_dim",
+    "head_dim_major_order",
 ]
 
 
@@ -195,3 +196,13 @@ def regroup_by_head_dim(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     """Reorder ``(b, 3C, H, W)`` from ``t * d + i`` to ``i * 3h + t`` (a channel transpose)."""
     b, c3, hh, ww = qkv.shape
     return qkv.reshape(b, 3 * heads, c3 // (3 * heads), hh, ww).transpose(1, 2).reshape(b, c3, hh, ww)
+
+
+def head_dim_major_order(c3: int, heads: int) -> torch.Tensor:
+    """Row permutation taking ``3C`` head-major q/k/v rows to head-dimension-major order.
+
+    Entry ``i * 3h + t`` is ``t * d + i``: ``W[order]`` produces directly what
+    :func:`regroup_by_head_dim` makes of ``W``'s output.
+    """
+    d = c3 // (3 * heads)
+    return torch.arange(c3).reshape(3 * heads, d).t().reshape(-1)

@@ -8,8 +8,16 @@ each (form, batch) runs once in a fresh subprocess and its peak RSS growth
 over the loaded model is recorded (activation memory plus allocator slack;
 Linux only: it resets the watermark through /proc/self/clear_refs).
 
+``--clock cpu`` times with the process's CPU time instead of wall time: on a
+machine shared with other jobs this counts only this process's work, which
+keeps ratios stable under load.  It is meaningful with ``--threads 1`` (ONNX
+Runtime's worker threads spin while waiting, which CPU time would count).
+The load average before and after the run is recorded.
+
     python benchmarks/attention_speed.py --batch 1 8 --rounds 7 --memory \
         --json benchmarks/results/attention_speed_cpu.json
+    python benchmarks/attention_speed.py --threads 1 --clock cpu \
+        --json benchmarks/results/attention_speed_cpu_1thread_cputime.json
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import numpy as np
 import torch
 
 import acmix_deploy as ad
+from acmix_deploy.modules.acmix import DEPLOY_LAYOUT
 from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
@@ -75,15 +84,23 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS growth per form (subprocesses)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or this process's CPU time (robust to other jobs; use with --threads 1)")
+    ap.add_argument("--no-train", action="store_true", help="skip timing the training form")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     size = (3, args.imgsz, args.imgsz)
+    clock = time.process_time_ns if args.clock == "cpu" else time.perf_counter_ns
+    load_before = os.getloadavg()
+    print(f"load average (1, 5, 15 min): {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
 
     train = randomize_model(ad.create_model("acmix_resnet50"), 0).eval()
     deploy = ad.reparameterize_model(train)
     plain = randomize_model(ad.create_model("resnet50"), 0).eval()
     eager = {"acmix_train": train, "acmix_deploy": deploy, "resnet50": plain}
+    if args.no_train:
+        del eager["acmix_train"]
 
     runners = {"torch": {k: (lambda m: (lambda x: m(torch.from_numpy(x))))(m) for k, m in eager.items()}}
     try:
@@ -100,6 +117,17 @@ def main() -> None:
     except ad.AcmixDeployError as exc:
         print(f"onnxruntime skipped: {exc}")
 
+    # Exactness on a random input: each deploy backend against the training form (float32).
+    x_check = np.random.default_rng(1).standard_normal((2, *size), dtype=np.float32)
+    with torch.inference_mode():
+        ref = train(torch.from_numpy(x_check)).numpy()
+    exactness = {}
+    for backend, fns in runners.items():
+        with torch.inference_mode():
+            out = np.asarray(fns["acmix_deploy"](x_check), dtype=np.float64)
+        exactness[backend] = float(np.abs(out - ref).max() / np.abs(ref).max())
+        print(f"{backend:12s} deploy vs training form: max relative difference {exactness[backend]:.1e}", flush=True)
+
     results = []
     for backend, fns in runners.items():
         for b in args.batch:
@@ -110,9 +138,9 @@ def main() -> None:
                     f(x)
                 for _ in range(args.rounds):
                     for name, f in fns.items():
-                        t0 = time.perf_counter_ns()
+                        t0 = clock()
                         f(x)
-                        times[name].append((time.perf_counter_ns() - t0) / 1e6)
+                        times[name].append((clock() - t0) / 1e6)
             med = {k: statistics.median(v) for k, v in times.items()}
             row = {"backend": backend, "batch": b, **{f"{k}_ms": round(v, 2) for k, v in med.items()},
                    "deploy_over_plain": round(med["acmix_deploy"] / med["resnet50"], 2)}
@@ -133,6 +161,19 @@ def main() -> None:
             print(f"peak RSS growth, batch {b}: train {row['acmix_train_mb']} MB, deploy {row['acmix_deploy_mb']} MB, "
                   f"resnet50 {row['resnet50_mb']} MB (deploy/train {row['deploy_over_train']:.2f})", flush=True)
 
+    goals = {"onnxruntime": 1.5, "torch": 2.0}
+    for row in results:
+        limit = goals.get(row["backend"])
+        if limit is not None:
+            row["goal_deploy_over_plain"] = limit
+            row["goal_met"] = row["deploy_over_plain"] <= limit
+    for row in memory:
+        row["goal_met"] = row["deploy_over_train"] <= 0.5
+    print("goals: " + ", ".join(
+        f"{r['backend']} b{r['batch']} {r['deploy_over_plain']:.2f}x<={r['goal_deploy_over_plain']}: "
+        f"{'met' if r['goal_met'] else 'NOT met'}" for r in results if "goal_met" in r))
+    load_after = os.getloadavg()
+    print(f"load average after (1, 5, 15 min): {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     if args.json:
         import onnxruntime
 
@@ -141,8 +182,11 @@ def main() -> None:
             "device": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": args.threads,
                        "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__,
                        "acmix_deploy": ad.__version__},
-            "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "statistic": "median",
-                      "attention_core": "blocked halo matmuls, 7x7 tiles"},
+            "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "statistic": "median", "clock": args.clock,
+                      "attention_core": "blocked halo matmuls, tile by traffic count (4x4 on 56/28 maps, 7x7 on 14/7)",
+                      "deploy_layout": DEPLOY_LAYOUT},
+            "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after]},
+            "exactness_rel_vs_training": exactness,
             "results": results,
             "memory": memory,
         }

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from acmix_deploy import ACmix, ACmixDeploy
-from acmix_deploy.errors import ConfigError, InputShapeError
+from acmix_deploy.errors import CheckpointError, ConfigError, InputShapeError
 from acmix_deploy.testing import randomize_model
 
 from .conftest import TOL_F32, TOL_F64
@@ -105,6 +105,8 @@ CASES = [
     (5, 8, 7, 4, 1, (4, 4), 3),     # smallest size reflection allows for ka = 7
     (12, 24, 5, 4, 1, (7, 13), 3),  # odd sizes, in != out
     (16, 16, 7, 4, 2, (14, 6), 1),
+    (8, 16, 7, 4, 1, (17, 23), 2),  # several tiles, partial last ones
+    (8, 16, 7, 2, 2, (18, 26), 2),
 ]
 
 
@@ -165,10 +167,55 @@ def test_deploy_structure_is_one_1x1_conv_and_one_grouped_conv():
     convs = [mod for mod in deploy.modules() if isinstance(mod, nn.Conv2d)]
     assert len(convs) == 2
     qkv, conv_path = deploy.qkv, deploy.conv_path
-    assert qkv.kernel_size == (1, 1) and qkv.out_channels == 3 * 16 + 2 * 4
+    assert qkv.kernel_size == (1, 1) and qkv.out_channels == 3 * 16
     assert conv_path.kernel_size == (3, 3) and conv_path.groups == 16 // 4 and conv_path.in_channels == 48
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in deploy.modules())
-    assert set(deploy.state_dict()) == {"qkv.weight", "qkv.bias", "conv_path.weight", "conv_path.bias", "att_scale"}
+    assert set(deploy.state_dict()) == {
+        "qkv.weight", "qkv.bias", "conv_path.weight", "conv_path.bias", "pos_weight", "att_scale"
+    }
+    assert torch.equal(deploy.pos_weight, m.conv_p.weight.reshape(4, 2))
+
+
+def test_deploy_qkv_rows_are_head_dim_major():
+    """Row i * 3h + t of the fused conv is dimension i of map t (q heads, k heads, v heads)."""
+    m = randomize_model(ACmix(8, 16, 7, 4, 3, 1), 2).eval()
+    deploy = m.fuse()
+    heads, d = 4, 4
+    w = deploy.qkv.weight.detach().reshape(d, 3 * heads, 8)
+    for t, conv, scale in ((1, m.conv1, d**-0.5), (5, m.conv2, 1.0)):  # q of head 1, k of head 1
+        head = t % heads
+        expected = conv.weight.detach().reshape(16, 8)[head * d : (head + 1) * d] * scale
+        assert torch.allclose(w[:, t], expected, rtol=1e-6, atol=0)
+
+
+def test_old_deploy_layout_is_refused_with_a_clear_message():
+    fresh = ACmixDeploy(8, 16, 7, 4, 3, 1)
+    old = {k: v for k, v in fresh.state_dict().items() if k != "pos_weight"}
+    old["qkv.weight"] = torch.zeros(3 * 16 + 2 * 4, 8, 1, 1)
+    old["qkv.bias"] = torch.zeros(3 * 16 + 2 * 4)
+    with pytest.raises(CheckpointError, match="deploy layout 1"):
+        fresh.load_state_dict(old)
+
+
+def test_old_deploy_layout_checkpoint_file_is_refused(tmp_path):
+    import acmix_deploy as ad
+
+    model = ad.reparameterize_model(randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=5), 0).eval())
+    path = ad.save_checkpoint(model, tmp_path / "d.pth")
+    raw = torch.load(path, weights_only=True)
+    sd = raw["state_dict"]
+    for name in [k for k in sd if k.endswith(".pos_weight")]:  # rebuild the layout-1 tensors' shapes
+        prefix = name[: -len("pos_weight")]
+        heads = ad.create_model("acmix_resnet_tiny").layer1[0].conv2.head
+        del sd[name]
+        sd[prefix + "qkv.weight"] = torch.cat([sd[prefix + "qkv.weight"], sd[prefix + "qkv.weight"][: 2 * heads]])
+        sd[prefix + "qkv.bias"] = torch.cat([sd[prefix + "qkv.bias"], sd[prefix + "qkv.bias"][: 2 * heads]])
+    torch.save(raw, tmp_path / "old.pth")
+    with pytest.raises(CheckpointError, match="deploy layout 1.*reparam"):
+        ad.load_checkpoint(tmp_path / "old.pth")
+    torch.save(sd, tmp_path / "old_bare.pth")
+    with pytest.raises(CheckpointError, match="deploy layout 1"):
+        ad.load_checkpoint(tmp_path / "old_bare.pth", arch="acmix_resnet_tiny")
 
 
 def test_deploy_state_dict_round_trip_restores_mode():

@@ -51,7 +51,8 @@ def test_deploy_graph_has_no_unfold_and_only_tensorrt_ops(tmp_path):
     res = export_onnx(deploy, tmp_path / "m.onnx", (3, 32, 32))
     assert set(res.op_histogram) <= TENSORRT_ONNX_OPS
     assert "BatchNormalization" not in res.op_histogram and "Pad" not in res.op_histogram
-    assert res.op_histogram["Softmax"] == 4 and res.op_histogram["MatMul"] == 8  # 4 ACmix blocks
+    # 4 ACmix blocks, each with one Softmax and two MatMuls per group of attention tiles (>= 1 group).
+    assert res.op_histogram["Softmax"] >= 4 and res.op_histogram["MatMul"] == 2 * res.op_histogram["Softmax"]
 
 
 class _UsesIsInf(nn.Module):
@@ -200,7 +201,7 @@ def test_fp16_keeps_attention_in_fp32_and_stays_close(tmp_path):
     proto = shape_inference.infer_shapes(onnx.load(f16.path))
     types = {vi.name: vi.type.tensor_type.elem_type for vi in proto.graph.value_info}
     softmaxes = [n for n in proto.graph.node if n.op_type == "Softmax"]
-    assert len(softmaxes) == 4
+    assert len(softmaxes) >= 4  # at least one per ACmix block
     for n in softmaxes:
         assert types[n.input[0]] == TensorProto.FLOAT and types[n.output[0]] == TensorProto.FLOAT
     conv_weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}

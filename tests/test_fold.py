@@ -118,3 +118,13 @@ def test_regroup_by_head_dim_order():
     out = fold.regroup_by_head_dim(x, heads).flatten().tolist()
     # channel i * 3h + t holds original channel t * d + i
     assert out == [t * d + i for i in range(d) for t in range(3 * heads)]
+
+
+def test_head_dim_major_order_is_the_regroup_as_a_row_permutation():
+    heads, d = 3, 4
+    w = torch.randn(3 * heads * d, 5, dtype=torch.float64)
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    y = torch.einsum("oc,bchw->bohw", w, x)
+    order = fold.head_dim_major_order(3 * heads * d, heads)
+    assert torch.equal(torch.einsum("oc,bchw->bohw", w[order], x), fold.regroup_by_head_dim(y, heads))
+    assert sorted(order.tolist()) == list(range(3 * heads * d))

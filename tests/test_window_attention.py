@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from acmix_deploy import fold
 from acmix_deploy.modules import halo_attention, make_halo_plan
 from acmix_deploy.modules.acmix import coordinate_grid
+from acmix_deploy.modules.window_attention import choose_tile
 
-from .conftest import TOL_F64
+from .conftest import TOL_F32, TOL_F64
 
 
 def unfold_reference(q, k, v, conv_p, heads, ka, stride):
@@ -32,35 +36,48 @@ def unfold_reference(q, k, v, conv_p, heads, ka, stride):
     return out.reshape(b, c, h_out, w_out)
 
 
+def head_dim_major(q, k, v, heads):
+    """The fused conv's output order that the core reads: channel i * 3h + t."""
+    return fold.regroup_by_head_dim(torch.cat([q, k, v], 1), heads)
+
+
 CASES = [
     # heads, d, ka, stride, (H, W), batch, tile
     (4, 4, 7, 1, (14, 14), 1, 7),   # whole tiles
     (4, 4, 7, 1, (9, 11), 2, 7),    # partial last tiles, odd sizes
     (2, 3, 7, 2, (10, 12), 3, 7),   # stride 2
+    (2, 3, 7, 2, (18, 14), 2, 4),   # stride 2, several 4x4 tiles
     (1, 5, 5, 2, (8, 6), 1, 3),
     (8, 2, 3, 1, (5, 7), 2, 4),
+    (2, 6, 3, 1, (13, 9), 1, None),  # chosen tile
+    (3, 4, 5, 1, (11, 15), 2, None),
     (4, 4, 7, 1, (4, 4), 1, 7),     # smallest size for ka = 7: most keys are reflected
     (2, 4, 7, 1, (17, 6), 1, 2),    # tile much smaller than the map
     (3, 2, 7, 2, (4, 8), 2, 7),     # tile larger than the output
 ]
 
 
-@pytest.mark.parametrize("heads,d,ka,stride,size,batch,tile", CASES)
-def test_halo_attention_equals_unfold_form(heads, d, ka, stride, size, batch, tile):
-    gen = torch.Generator().manual_seed(heads * 100 + ka + stride + tile)
+def _inputs(heads, d, size, batch, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
     c = heads * d
-    q, k, v = (torch.randn(batch, c, *size, generator=gen, dtype=torch.float64) for _ in range(3))
-    conv_p = nn.Conv2d(2, d, 1).double()
+    q, k, v = (torch.randn(batch, c, *size, generator=gen, dtype=dtype) for _ in range(3))
+    conv_p = nn.Conv2d(2, d, 1).to(dtype)
     with torch.no_grad():
         conv_p.weight.copy_(torch.randn(d, 2, 1, 1, generator=gen) * 2)
         conv_p.bias.copy_(torch.randn(d, generator=gen) * 5)  # cancels in pe(centre) - pe(nbr)
-        ref = unfold_reference(q, k, v, conv_p, heads, ka, stride)
-        # -r: minus W_p^T q per head (what the fused 1x1 conv produces).
-        r_neg = -torch.einsum("ic,bhiyx->bhcyx", conv_p.weight.view(d, 2), q.view(batch, heads, d, *size))
-        plan = make_halo_plan(*size, ka, stride, tile=tile, dtype=torch.float64)
-        out = halo_attention(q, r_neg.reshape(batch, 2 * heads, *size), k, v, plan, heads)
-    assert out.shape == ref.shape
-    assert float((out - ref).abs().max() / ref.abs().max()) <= TOL_F64
+    return q, k, v, conv_p
+
+
+@pytest.mark.parametrize("heads,d,ka,stride,size,batch,tile", CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, TOL_F64), (torch.float32, TOL_F32)])
+def test_halo_attention_equals_unfold_form(heads, d, ka, stride, size, batch, tile, dtype, tol):
+    q, k, v, conv_p = _inputs(heads, d, size, batch, dtype, heads * 100 + ka + stride + (tile or 0))
+    with torch.no_grad():
+        ref = unfold_reference(q.double(), k.double(), v.double(), copy.deepcopy(conv_p).double(), heads, ka, stride)
+        plan = make_halo_plan(*size, ka, stride, heads, d, tile=tile, dtype=dtype)
+        out = halo_attention(head_dim_major(q, k, v, heads), conv_p.weight.reshape(d, 2), plan)
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert float((out.double() - ref).abs().max() / ref.abs().max()) <= tol
 
 
 def test_plan_mask_keeps_exactly_the_window():
@@ -73,7 +90,7 @@ def test_plan_mask_keeps_exactly_the_window():
 def test_plan_reflection_counts_a_key_twice_at_the_border():
     """At the top-left pixel with ka = 3, reflection brings row/col 1 in twice: the window holds it twice."""
     plan = make_halo_plan(5, 5, 3, 1, tile=5)
-    keys = plan.key_index.view(plan.tiles, plan.halo_pixels)[0]
+    keys = plan.key_index[0]
     window = keys[torch.isfinite(plan.mask[0])]  # query (0, 0)
     # window rows -1, 0, 1 -> reflected 1, 0, 1; same for columns.
     expected = torch.tensor([r * 5 + c for r in (1, 0, 1) for c in (1, 0, 1)])
@@ -82,18 +99,36 @@ def test_plan_reflection_counts_a_key_twice_at_the_border():
 
 def test_every_output_pixel_maps_to_its_own_query():
     plan = make_halo_plan(9, 11, 7, 1, tile=4)
-    q_of_out = plan.query_index[plan.output_index]
+    q_of_out = plan.query_index.reshape(-1)[plan.output_index]
     assert torch.equal(q_of_out, torch.arange(9 * 11))
     plan2 = make_halo_plan(10, 6, 5, 2, tile=3)
     oy, ox = torch.meshgrid(torch.arange(5), torch.arange(3), indexing="ij")
-    assert torch.equal(plan2.query_index[plan2.output_index], (2 * oy * 6 + 2 * ox).reshape(-1))
+    assert torch.equal(plan2.query_index.reshape(-1)[plan2.output_index], (2 * oy * 6 + 2 * ox).reshape(-1))
 
 
-def test_batch_chunking_gives_the_same_result():
+def test_choose_tile_on_the_resnet50_maps():
+    # (H, stride, head_dim) of ACmix-ResNet-50's blocks -> tile picked by the traffic count.
+    picked = {(h, s, d): choose_tile(h, h, 7, s, d) for h, s, d in
+              [(56, 1, 16), (28, 1, 32), (14, 1, 64), (7, 1, 128), (56, 2, 32), (28, 2, 64), (14, 2, 128)]}
+    assert picked == {(56, 1, 16): 4, (28, 1, 32): 4, (14, 1, 64): 7, (7, 1, 128): 7,
+                      (56, 2, 32): 4, (28, 2, 64): 7, (14, 2, 128): 7}
+
+
+def test_block_groups_give_the_same_result():
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(5, 8, 9, 9, generator=gen) for _ in range(3))
-    r_neg = torch.randn(5, 4, 9, 9, generator=gen)
-    plan = make_halo_plan(9, 9, 7, 1)
-    whole = halo_attention(q, r_neg, k, v, plan, heads=2, chunk_bytes=1 << 40)
-    chunked = halo_attention(q, r_neg, k, v, plan, heads=2, chunk_bytes=1)  # one image per chunk
-    assert torch.allclose(whole, chunked, rtol=0, atol=1e-6)
+    qkv = torch.randn(3, 24, 13, 9, generator=gen, dtype=torch.float64)
+    pos = torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    whole = make_halo_plan(13, 9, 7, 1, heads=2, head_dim=4, tile=3, dtype=torch.float64, chunk_bytes=1 << 40)
+    split = make_halo_plan(13, 9, 7, 1, heads=2, head_dim=4, tile=3, dtype=torch.float64, chunk_bytes=1)
+    assert len(whole.query_chunks) == 1 and len(split.query_chunks) == split.tiles == 15  # one block per group
+    assert torch.equal(torch.cat(split.key_chunks), whole.key_index)
+    out_whole, out_split = halo_attention(qkv, pos, whole), halo_attention(qkv, pos, split)
+    assert float((out_whole - out_split).abs().max() / out_whole.abs().max()) <= TOL_F64
+
+
+def test_groups_bound_the_logits_per_image():
+    plan = make_halo_plan(56, 56, 7, 1, heads=4, head_dim=16)  # ACmix-ResNet-50 stage 1: 196 blocks of 4x4
+    per_tile = 4 * plan.tile_pixels * plan.halo_pixels * 4
+    sizes = [len(c) for c in plan.query_chunks]
+    assert sum(sizes) == plan.tiles and max(sizes) * per_tile <= 2 * (256 << 10)
+    assert len(make_halo_plan(7, 7, 7, 1, heads=4, head_dim=128).query_chunks) == 1

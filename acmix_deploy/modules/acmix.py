@@ -6,13 +6,13 @@ and forward semantics, so state dicts trained with the official code load with
 form (optionally absorbing a following BatchNorm), which computes the same
 function with
 
-1. one 1x1 convolution producing ``[q'; k; v'; -r]`` (q/k/v fused, the scaling
-   ``d ** -0.5`` in q', ``rate1`` and the BatchNorm scale in v', and two
-   positional channels ``r = W_p^T q'`` per head),
+1. one 1x1 convolution producing q', k and v' (q/k/v fused, the scaling
+   ``d ** -0.5`` in q', ``rate1`` and the BatchNorm scale in v'), its rows
+   in head-dimension-major order (the order the convolution path reads),
 2. the window-attention core (softmax over each pixel's ``ka x ka``
    reflection-padded neighbourhood, computed as blocked matrix products, see
-   :mod:`acmix_deploy.modules.window_attention`; the positional term is
-   ``-r`` dotted with the coordinates of each key),
+   :mod:`acmix_deploy.modules.window_attention`; the positional term is an
+   offset ``-W_p loc`` of the keys, ``W_p`` being ``conv_p``'s weight),
 3. one grouped ``kc x kc`` convolution for the whole convolution path
    (``fc``, ``dep_conv``, ``rate2`` and the BatchNorm folded), reading q/k/v,
 4. an add.
@@ -28,10 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import fold
-from ..errors import ConfigError, InputShapeError
+from ..errors import CheckpointError, ConfigError, InputShapeError
 from .window_attention import HaloPlan, halo_attention, make_halo_plan
 
-__all__ = ["ACmix", "ACmixDeploy", "coordinate_grid"]
+__all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout"]
 
 
 def coordinate_grid(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -216,6 +216,7 @@ class ACmix(nn.Module):
         deploy.qkv.bias.copy_(params["qkv.bias"])
         deploy.conv_path.weight.copy_(params["conv_path.weight"])
         deploy.conv_path.bias.copy_(params["conv_path.bias"])
+        deploy.pos_weight.copy_(params["pos_weight"])
         deploy.att_scale.copy_(params["att_scale"])
         deploy.refresh_mode()
         return deploy
@@ -245,8 +246,6 @@ def acmix_deploy_params(m: ACmix, bn: nn.modules.batchnorm._BatchNorm | None = N
         m.conv1.weight, m.conv1.bias, m.conv2.weight, m.conv2.bias, m.conv3.weight, m.conv3.bias,
         q_scale, att_coef if fold_v else None,
     )
-    w_r, b_r = fold.positional_rows(w_qkv[:c], b_qkv[:c], m.conv_p.weight, heads)
-    w_r, b_r = -w_r, -b_r  # the attention core takes -r (see window_attention.py)
     in_scale = torch.ones(3 * c, dtype=torch.float64)
     in_scale[:c] = q_scale
     if fold_v:
@@ -259,21 +258,49 @@ def acmix_deploy_params(m: ACmix, bn: nn.modules.batchnorm._BatchNorm | None = N
         att_scale = torch.ones(c, dtype=torch.float64)
     else:  # rate1 == 0 or a zero BatchNorm scale: keep v as is and scale the attention output
         att_scale = att_coef
+    order = fold.head_dim_major_order(3 * c, heads)  # the rows the conv path and the core read
     return {
-        "qkv.weight": torch.cat([w_qkv, w_r], 0),
-        "qkv.bias": torch.cat([b_qkv, b_r], 0),
+        "qkv.weight": w_qkv[order],
+        "qkv.bias": b_qkv[order],
+        "pos_weight": m.conv_p.weight.detach().double().reshape(d, 2),
         "conv_path.weight": w_conv,
         "conv_path.bias": b_conv,
         "att_scale": att_scale,
     }
 
 
+# Version of ACmixDeploy's parameter layout.  Layout 1 (acmix-deploy 0.1) had
+# ``qkv`` with 3C + 2h rows ``[q'; k; v'; -W_p^T q']`` in head-major order;
+# layout 2 has 3C rows in head-dimension-major order and the buffer ``pos_weight``.
+DEPLOY_LAYOUT = 2
+
+
+def check_deploy_layout(state_dict, source: str = "state dict") -> None:
+    """Refuse ACmix deploy tensors written with an older layout, with a clear message.
+
+    Layout 1 is recognised by an ACmix deploy block (``.qkv.weight`` next to
+    ``.att_scale``) that has no ``.pos_weight``; its positional rows cannot be
+    turned back into ``conv_p``'s weight exactly, so it is not converted.
+    """
+    for name in state_dict:
+        if name == "att_scale" or name.endswith(".att_scale"):
+            prefix = name[: -len("att_scale")]
+            if prefix + "qkv.weight" in state_dict and prefix + "pos_weight" not in state_dict:
+                raise CheckpointError(
+                    f"{source} holds an ACmix deploy block ({prefix or 'top level'}) in deploy layout 1 "
+                    f"(acmix-deploy 0.1); this version reads deploy layout {DEPLOY_LAYOUT}. Re-create the "
+                    "deploy form from the training checkpoint (acmix-deploy reparam)"
+                )
+
+
 class ACmixDeploy(nn.Module):
     """Deploy form of :class:`ACmix`: one 1x1 conv, the attention core, one grouped conv, an add.
 
-    State: ``qkv`` (1x1 conv ``C_in -> 3C + 2h``: ``[q'; k; v'; -r]``),
-    ``conv_path`` (``kc x kc`` conv ``3C -> C``, groups ``d``, reading q/k/v
-    regrouped by head-dimension index) and the buffer ``att_scale`` (``(C,)``).
+    State (deploy layout 2): ``qkv`` (1x1 conv ``C_in -> 3C``: q', k, v',
+    rows in head-dimension-major order ``i * 3h + t``), ``conv_path``
+    (``kc x kc`` conv ``3C -> C``, groups ``d``, reading those rows), and the
+    buffers ``pos_weight`` (``(d, 2)``, ``conv_p``'s weight: the keys are offset
+    by ``-pos_weight @ loc``) and ``att_scale`` (``(C,)``).
     ``att_scale`` is all ones when ``rate1`` and the BatchNorm scale were folded
     into v (the normal case): the output is then ``attention + conv_path``.
     When they could not be folded (``rate1 == 0`` or a zero BatchNorm scale)
@@ -299,15 +326,21 @@ class ACmixDeploy(nn.Module):
         self.kernel_att = kernel_att
         self.kernel_conv = kernel_conv
         self.stride = stride
-        self.qkv = nn.Conv2d(in_planes, 3 * out_planes + 2 * head, kernel_size=1)
+        self.qkv = nn.Conv2d(in_planes, 3 * out_planes, kernel_size=1)
         self.conv_path = nn.Conv2d(
             3 * out_planes, out_planes, kernel_size=kernel_conv, stride=stride,
             padding=kernel_conv // 2, groups=self.head_dim,
         )
+        self.register_buffer("pos_weight", torch.zeros(self.head_dim, 2))
         self.register_buffer("att_scale", torch.ones(out_planes))
         self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_mode())
         self._plans: dict[tuple, HaloPlan] = {}
         self.mode = "folded"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        check_deploy_layout({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)},
+                            "the state dict")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def refresh_mode(self) -> None:
         """Derive how the attention output is combined from ``att_scale``."""
@@ -330,7 +363,8 @@ class ACmixDeploy(nn.Module):
         key = (height, width, dtype, str(device))
         plan = self._plans.get(key)
         if plan is None:
-            plan = make_halo_plan(height, width, self.kernel_att, self.stride, dtype=dtype, device=device)
+            plan = make_halo_plan(height, width, self.kernel_att, self.stride, self.head, self.head_dim,
+                                  dtype=dtype, device=device)
             if not torch.jit.is_tracing():
                 self._plans[key] = plan
         return plan
@@ -345,23 +379,18 @@ class ACmixDeploy(nn.Module):
             return 0
         b, _, hh, ww = x_shape
         plan = self.halo_plan(hh, ww, torch.float32, "cpu")
-        per_head = plan.tiles * plan.tile_pixels * plan.halo_pixels * (2 * self.head_dim + 2)
+        per_head = plan.tiles * plan.tile_pixels * plan.halo_pixels * 2 * self.head_dim
         return b * self.head * per_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_planes, self.kernel_att, self.stride, "ACmixDeploy")
-        c = self.out_planes
-        y = self.qkv(x)
-        qkv = y[:, : 3 * c]
-        out = self.conv_path(fold.regroup_by_head_dim(qkv, self.head))
+        qkv = self.qkv(x)
+        out = self.conv_path(qkv)
         if self.mode == "conv_only":
             return out
         # Static spatial size: the plan's index tables are constants of the graph.
         hh, ww = int(x.shape[-2]), int(x.shape[-1])
-        plan = self.halo_plan(hh, ww, x.dtype, x.device)
-        att = halo_attention(
-            y[:, :c], y[:, 3 * c :], y[:, c : 2 * c], y[:, 2 * c : 3 * c], plan, self.head
-        )
+        att = halo_attention(qkv, self.pos_weight, self.halo_plan(hh, ww, x.dtype, x.device))
         if self.mode == "scaled":
             att = att * self.att_scale.view(1, -1, 1, 1)
         return att + out
