@@ -62,7 +62,7 @@ def torch_target(model, device: str, dtype: torch.dtype, compiled: bool = False)
 
 
 def ort_target(path: Path, threads: int):
-    runner = OrtRunner(path, threads=threads)
+    runner = OrtRunner(path, threads=threads, spinning=False)  # interleaved sessions: no idle spin-wait
 
     def make(x: np.ndarray) -> Run:
         feed = {runner.input_name: np.ascontiguousarray(x)}

@@ -57,18 +57,6 @@ def interleaved_medians(fns: dict, x, rounds: int, warmup: int) -> dict[str, flo
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def ort_session_without_spinning(path: Path, threads: int):
-    """An ONNX Runtime CPU session like OrtRunner's, with intra-op spinning off."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def ratios(med: dict[str, float]) -> dict[str, float]:
     return {
         "train_over_deploy": round(med["xvol_train"] / med["xvol_deploy"], 2),
@@ -111,9 +99,7 @@ def main() -> None:
             ort = {}
             for name, m in eager.items():
                 res = export_onnx(m, tmp / f"{name}.onnx", size)
-                ort[name] = OrtRunner(tmp / f"{name}.onnx", threads=args.threads)
-                if not args.ort_spin:
-                    ort[name].session = ort_session_without_spinning(tmp / f"{name}.onnx", args.threads)
+                ort[name] = OrtRunner(tmp / f"{name}.onnx", threads=args.threads, spinning=args.ort_spin)
                 onnx_check[name] = {"nodes": res.nodes, "ops": res.op_histogram}
             x1 = np.random.default_rng(1).standard_normal((1, *size), dtype=np.float32)
             with torch.inference_mode():

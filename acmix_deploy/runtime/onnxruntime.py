@@ -14,13 +14,14 @@ from ..exporters.util import require
 class OrtRunner:
     """An ``onnxruntime.InferenceSession`` over one ONNX file.
 
-    ``providers`` defaults to the CPU provider.  ONNX Runtime silently falls
+    ``providers`` defaults to the CPU provider.  ``spinning=False`` turns off
+    the intra-op threads' spin-wait (for benchmarks that interleave sessions).  ONNX Runtime silently falls
     back to the CPU when a requested GPU provider cannot start, so the
     providers actually in use are read back from the session (``providers``).
     """
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None,
-                 profile_prefix: str | None = None):
+                 profile_prefix: str | None = None, spinning: bool = True):
         ort = require("onnxruntime", "onnx")
         path = Path(path)
         if not path.is_file():
@@ -30,6 +31,10 @@ class OrtRunner:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spinning:
+            # Idle intra-op threads otherwise spin-wait for work; with several sessions in one process on a
+            # small CPU they take the cores of the session that is running.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if profile_prefix:
             opts.enable_profiling = True
             opts.profile_file_prefix = profile_prefix
