@@ -43,15 +43,10 @@ sys.path.insert(0, str(ROOT))
 from acmix_deploy.profiling import cpu_model  # noqa: E402
 from acmix_deploy.serving.client import ServingClient  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from reparam_speed import write_json  # noqa: E402
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-def write_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
-    print(f"wrote {path}")
 
 
 def export_tiny(folder: Path, arch: str) -> Path:

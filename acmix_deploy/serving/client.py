@@ -17,6 +17,7 @@ import urllib.request
 import numpy as np
 
 from ..errors import AcmixDeployError
+from .protocol import tensor_entry
 
 __all__ = ["ServingClient", "ServingError"]
 
@@ -81,11 +82,7 @@ class ServingClient:
             input_name = input_name or meta["inputs"][0]["name"]
             output_name = output_name or meta["outputs"][0]["name"]
         x = np.ascontiguousarray(x, dtype="<f4")
-        tensor: dict = {"name": input_name, "datatype": "FP32", "shape": list(x.shape)}
-        if binary:
-            tensor["parameters"] = {"binary_data_size": x.nbytes}
-        else:
-            tensor["data"] = x.reshape(-1).tolist()
+        tensor = tensor_entry(input_name, x, binary)
         req: dict = {"inputs": [tensor], "outputs": [{"name": output_name, "parameters": {"binary_data": binary}}]}
         if request_id is not None:
             req["id"] = request_id

@@ -193,15 +193,21 @@ def parse_infer_request(
     return InferRequest(id=req_id, tensor=tensor, output_binary=binary_out)
 
 
+def tensor_entry(name: str, array: np.ndarray, binary: bool) -> dict:
+    """The JSON description of an FP32 tensor: its data inline, or its size when the bytes follow the JSON."""
+    tensor: dict = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": array.nbytes}
+    else:
+        tensor["data"] = array.reshape(-1).tolist()
+    return tensor
+
+
 def encode_response(model_name: str, model_version: str, request_id: str | None, output_name: str,
                     output: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers (``Content-Type``, and the header length for binary outputs)."""
     output = np.ascontiguousarray(output, dtype="<f4")
-    tensor: dict = {"name": output_name, "datatype": "FP32", "shape": list(output.shape)}
-    if binary:
-        tensor["parameters"] = {"binary_data_size": output.nbytes}
-    else:
-        tensor["data"] = output.reshape(-1).tolist()
+    tensor = tensor_entry(output_name, output, binary)
     resp: dict = {"model_name": model_name, "model_version": model_version, "outputs": [tensor]}
     if request_id is not None:
         resp["id"] = request_id
