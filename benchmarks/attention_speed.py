@@ -42,6 +42,8 @@ from acmix_deploy.testing import randomize_model
 sys.path.insert(0, str(Path(__file__).parent))
 from reparam_speed import write_json  # noqa: E402
 
+PAUSE_S = 0.05  # between timed runs, outside the timing
+
 MEMORY_PROBE = r"""
 import sys, torch, acmix_deploy as ad
 from acmix_deploy.testing import randomize_model
@@ -111,9 +113,8 @@ def main() -> None:
         export_onnx(deploy, tmp / "deploy.onnx", size)
         export_onnx(plain, tmp / "plain.onnx", size)
         runners["onnxruntime"] = {
-            # Spinning off: the idle session's threads would otherwise take the cores of the timed one.
-            "acmix_deploy": OrtRunner(tmp / "deploy.onnx", threads=args.threads, spinning=False).infer,
-            "resnet50": OrtRunner(tmp / "plain.onnx", threads=args.threads, spinning=False).infer,
+            "acmix_deploy": OrtRunner(tmp / "deploy.onnx", threads=args.threads).infer,
+            "resnet50": OrtRunner(tmp / "plain.onnx", threads=args.threads).infer,
         }
     except ad.AcmixDeployError as exc:
         print(f"onnxruntime skipped: {exc}")
@@ -139,6 +140,9 @@ def main() -> None:
                     f(x)
                 for _ in range(args.rounds):
                     for name, f in fns.items():
+                        # ONNX Runtime's idle threads spin-wait after a run; the pause lets the previous
+                        # session's threads park so they do not take the cores of the one being timed.
+                        time.sleep(PAUSE_S)
                         t0 = clock()
                         f(x)
                         times[name].append((clock() - t0) / 1e6)
@@ -183,7 +187,7 @@ def main() -> None:
             "device": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": args.threads,
                        "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__,
                        "acmix_deploy": ad.__version__},
-            "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "statistic": "median", "clock": args.clock,
+            "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "statistic": "median", "clock": args.clock, "pause_between_runs_s": PAUSE_S, "ort_intra_op_spinning": True,
                       "attention_core": "blocked halo matmuls, tile by traffic count (4x4 on 56/28 maps, 7x7 on 14/7)",
                       "deploy_layout": DEPLOY_LAYOUT},
             "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after]},

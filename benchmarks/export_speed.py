@@ -62,7 +62,7 @@ def torch_target(model, device: str, dtype: torch.dtype, compiled: bool = False)
 
 
 def ort_target(path: Path, threads: int):
-    runner = OrtRunner(path, threads=threads, spinning=False)  # interleaved sessions: no idle spin-wait
+    runner = OrtRunner(path, threads=threads)
 
     def make(x: np.ndarray) -> Run:
         feed = {runner.input_name: np.ascontiguousarray(x)}
@@ -87,6 +87,9 @@ def aoti_target(path: Path, device: str, dtype: torch.dtype):
 
 
 def time_once(run: Run, cuda: bool) -> float:
+    # ONNX Runtime's idle threads spin-wait after a run; the pause (outside the timing) lets the previous
+    # target's threads park so they do not take the cores of the one being timed.
+    time.sleep(0.05)
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter_ns()
@@ -181,7 +184,7 @@ def main() -> None:
         "benchmark": "export_speed",
         "device": device_fingerprint(args.device, args.threads),
         "setup": {"arch": args.arch, "imgsz": args.imgsz, "rounds": args.rounds, "warmup": args.warmup,
-                  "statistic": "median", "interleaved": True,
+                  "statistic": "median", "interleaved": True, "pause_between_runs_s": 0.05,
                   "speedup": "median of torch eager (training or deploy form) / median of the target"},
         "build_seconds": build_s,
         "results": results,

@@ -77,7 +77,7 @@ def main() -> None:
         for name, m in forms.items():
             res = export_onnx(m, tmp / f"{name}.onnx", size)
             export_s[name] = {"seconds": round(res.seconds, 1), "nodes": res.nodes}
-            runners["onnxruntime"][name] = OrtRunner(res.path, threads=args.threads, spinning=False).infer
+            runners["onnxruntime"][name] = OrtRunner(res.path, threads=args.threads).infer
         print(f"exports: {export_s}", flush=True)
 
     results = []
