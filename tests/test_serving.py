@@ -346,6 +346,37 @@ def test_batch_outside_model_range_is_refused(loaded):
         assert ServingClient(srv.url).infer(NAME, np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 5)
 
 
+@pytest.mark.parametrize("lo,hi,sizes", [(1, 1, [1] * 6), (1, 3, [2, 1, 2, 3, 1, 2])])
+def test_merged_batches_stay_inside_model_range(loaded, lo, hi, sizes):
+    """A static-batch model takes no merging and a bounded one (a TensorRT profile) caps it: concurrent
+    requests that fit one by one must all succeed, never be merged into a batch the model rejects."""
+    import dataclasses
+
+    class StrictRunner:
+        name = "strict"
+
+        def infer(self, x):
+            if not lo <= x.shape[0] <= hi:
+                raise RuntimeError(f"batch {x.shape[0]} outside {lo}..{hi}")
+            return loaded.runner.infer(x)
+
+    strict = dataclasses.replace(loaded, runner=StrictRunner(), min_batch=lo, max_batch=hi)
+    xs = [np.random.default_rng(i).standard_normal((n, 3, 32, 32)).astype(np.float32) for i, n in enumerate(sizes)]
+    with ServerThread(strict, ServeSettings(name=NAME, port=0, max_batch=8, batch_timeout_ms=20)) as srv:
+        barrier = threading.Barrier(len(xs))
+
+        def one(i: int) -> np.ndarray:
+            client = ServingClient(srv.url)
+            client._meta_cache(NAME)
+            barrier.wait()
+            return client.infer(NAME, xs[i])
+
+        with concurrent.futures.ThreadPoolExecutor(len(xs)) as pool:
+            results = list(pool.map(one, range(len(xs))))
+    for x, y in zip(xs, results):
+        assert rel_err(y, loaded.runner.infer(x)) <= REL
+
+
 # -- metrics ----------------------------------------------------------------------------------------------------------
 
 def test_metrics_text_parses(server):

@@ -107,7 +107,12 @@ def create_app(model, settings: ServeSettings):
     def infer(x: np.ndarray) -> np.ndarray:
         return np.asarray(runner.infer(x), dtype=np.float32)
 
-    batcher = DynamicBatcher(infer, max_batch=settings.max_batch, timeout_s=settings.batch_timeout_ms / 1000,
+    # Merged batches must stay inside what the model accepts: a fixed batch (static ONNX, a one-size
+    # engine) takes no merging, a bounded range (a TensorRT profile) caps it.
+    merge_limit = settings.max_batch
+    if model.max_batch is not None:
+        merge_limit = 1 if model.min_batch == model.max_batch else min(merge_limit, model.max_batch)
+    batcher = DynamicBatcher(infer, max_batch=merge_limit, timeout_s=settings.batch_timeout_ms / 1000,
                              workers=settings.workers, metrics=metrics)
     state = {"ready": False}
 
