@@ -613,7 +613,7 @@ def demo(
 
 @app.command()
 def serve(
-    model: Path = typer.Argument(..., help="Model: .onnx, .pt2 (with --arch), .engine/.plan, or a checkpoint."),
+    model: Path = typer.Argument(..., help="Model: .onnx, .pt2, .engine/.plan, or a checkpoint."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the URLs [default: the file's stem]."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="TCP port (0: a free one)."),

@@ -127,6 +127,10 @@ def test_cli_export_default_output_name(train_ckpt):
     result = runner.invoke(app, ["export", str(path), "--static", "--batch", "2"])
     assert result.exit_code == 0, result.output
     assert path.with_suffix(".onnx").exists()
+    # A batch the static graph cannot take: ONNX Runtime's own error becomes one line, exit 2.
+    result = runner.invoke(app, ["compare", str(path), str(path.with_suffix(".onnx")), "--batch", "3"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "failed on a batch of shape (3, 3, 32, 32)" in out and "Traceback" not in out
 
 
 @pytest.mark.parametrize(
@@ -164,6 +168,18 @@ def test_cli_export_aoti_and_compare(train_ckpt, tmp_path):
     result = runner.invoke(app, ["compare", str(path), str(out), "--batch", "1", "--batch", "5"])
     assert result.exit_code == 0, result.output
     assert result.output.count("aoti:cpu") == 2
+    # The package records what a server needs: input size, batch range, device (no --arch).
+    from acmix_deploy.runtime.loader import open_runner
+
+    spec = open_runner(out)
+    assert (spec.input.shape, spec.min_batch, spec.max_batch, spec.output.shape) == ((3, 32, 32), 1, 8, (6,))
+    with pytest.raises(AcmixDeployError, match="was compiled for cpu; it cannot run on cuda"):
+        from acmix_deploy.runtime import AotiRunner
+
+        AotiRunner(out, "cuda")
+    # A batch the package cannot take is one clear error in compare, not a traceback.
+    result = runner.invoke(app, ["compare", str(path), str(out), "--batch", "9"])
+    assert result.exit_code == 2 and "batch 9 is outside the package's batch range 1..8" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize(

@@ -147,6 +147,10 @@ def test_bad_models(ckpts, tmp_path):
         profile_model(tmp_path / "none.pth", _settings())
     with pytest.raises(ConfigError, match="--compare-forms needs a training checkpoint"):
         profile_model(deploy, _settings(compare_forms=True))
+    _, train, _ = ckpts
+    for backend in ("aoti", "tensorrt"):
+        with pytest.raises(ConfigError, match=f"--backend {backend} runs compiled files: export the checkpoint first"):
+            profile_model(train, _settings(backends=(backend,)))
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")
     with pytest.raises(ConfigError, match="m.engine runs on --backend tensorrt only"):

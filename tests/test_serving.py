@@ -529,7 +529,7 @@ def test_open_runner_engine_spec_comes_from_sidecar(tmp_path, monkeypatch, loade
     spec = open_runner(_engine_with_sidecar(tmp_path))
     assert calls == [("m.engine", "cuda")]
     assert (spec.input.name, spec.output.name, spec.input.shape, spec.output.shape) == ("input", "output", (3, 32, 32), (5,))
-    assert (spec.min_batch, spec.max_batch, spec.platform) == (1, 32, "tensorrt_plan")
+    assert (spec.min_batch, spec.max_batch, spec.platform) == (1, 8, "tensorrt_plan")  # profile 0, the one TrtRunner executes
 
 
 def test_batcher_stop_fails_waiting_requests_instead_of_losing_them():

@@ -77,7 +77,9 @@ def export_aoti(
         raise ExportError(f"torch.export could not capture the model: {first}") from None
 
     stamp = {"acmix_deploy.input_size": ",".join(map(str, input_size)),
+             "acmix_deploy.min_batch": str(1 if dynamic else batch),
              "acmix_deploy.max_batch": str(max_batch if dynamic else batch),
+             "acmix_deploy.device": device,
              **{f"acmix_deploy.{k}": str(v) for k, v in (metadata or {}).items()}}
 
     def write(tmp: str) -> None:

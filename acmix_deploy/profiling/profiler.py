@@ -17,6 +17,7 @@ process (``benchmarks/attention_speed.py --memory`` does).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -260,8 +261,8 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
     if not path.exists():
         raise AcmixDeployError(f"model {path} does not exist")
     natural = _FILE_BACKENDS.get(path.suffix, "torch")
-    if not settings.backends:
-        settings.backends = (natural,)
+    if not settings.backends:  # a copy: the caller's settings stay as given
+        settings = dataclasses.replace(settings, backends=(natural,))
     if settings.threads:
         torch.set_num_threads(settings.threads)
     tmpdir = tempfile.TemporaryDirectory(prefix="acmix-profile-")
@@ -336,6 +337,11 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                     onnx_paths["deploy"] = onnx_path
                     targets.append(_ort_target(onnx_path, "deploy", settings.device, settings.threads))
                     continue
+                if backend in ("aoti", "tensorrt"):
+                    suffix = ".pt2" if backend == "aoti" else ".engine"
+                    fmt = "aoti" if backend == "aoti" else "engine"
+                    raise ConfigError(f"--backend {backend} runs compiled files: export the checkpoint first "
+                                      f"(acmix-deploy export {path.name} --format {fmt}) and profile the {suffix} file")
                 for form, model in forms.items():
                     targets.append(_torch_target(model, backend, form, settings.device))
         if not targets:

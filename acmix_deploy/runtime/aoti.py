@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import AcmixDeployError
+from ..errors import AcmixDeployError, InputShapeError
 
 
 class AotiRunner:
-    def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+    def __init__(self, path: str | os.PathLike, device: str | None = None):
+        """``device`` defaults to the one the package was compiled for (recorded in it), else cpu."""
         path = Path(path)
         if not path.is_file():
             raise AcmixDeployError(f"AOTInductor package {path} does not exist")
@@ -21,16 +22,26 @@ class AotiRunner:
         except Exception as exc:  # the loader raises RuntimeError and zipfile errors alike
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise AcmixDeployError(f"cannot load AOTInductor package {path}: {first}") from None
-        self.device = torch.device(device)
-        self.name = f"aoti:{device}"
         try:
             self.metadata = dict(self.model.get_metadata())
         except Exception:  # packages from other writers may carry none
             self.metadata = {}
+        compiled_for = self.metadata.get("acmix_deploy.device")
+        device = device or compiled_for or "cpu"
+        if compiled_for and device != compiled_for:
+            raise AcmixDeployError(f"{path.name} was compiled for {compiled_for}; it cannot run on {device}")
+        self.device = torch.device(device)
+        self.name = f"aoti:{device}"
         size = self.metadata.get("acmix_deploy.input_size")
         # (-1, C, H, W) when the package records its input size, else None
         self.input_shape = [-1, *map(int, size.split(","))] if size else None
+        self.min_batch = int(self.metadata.get("acmix_deploy.min_batch", 1))
+        self.max_batch = int(self.metadata["acmix_deploy.max_batch"]) if "acmix_deploy.max_batch" in self.metadata else None
 
     @torch.inference_mode()
     def infer(self, x: np.ndarray) -> np.ndarray:
+        # The package was specialised for its batch range; outside it, results are not guaranteed.
+        if self.max_batch is not None and not self.min_batch <= x.shape[0] <= self.max_batch:
+            raise InputShapeError(
+                f"batch {x.shape[0]} is outside the package's batch range {self.min_batch}..{self.max_batch}")
         return self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()

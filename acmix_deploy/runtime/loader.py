@@ -76,8 +76,10 @@ def read_engine_sidecar(engine: str | os.PathLike) -> dict:
         meta = json.loads(sidecar.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AcmixDeployError(f"cannot read {sidecar}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise AcmixDeployError(f"{sidecar} is not a JSON object (an acmix-deploy engine sidecar)")
     missing = [k for k in ("input_name", "output_name", "profiles") if k not in meta]
-    if not isinstance(meta, dict) or missing:
+    if missing:
         raise AcmixDeployError(f"{sidecar} lacks key(s) {', '.join(missing) or 'all'}")
     profiles = meta["profiles"]
     try:
@@ -162,9 +164,9 @@ def open_runner(
         if device != "cuda":
             device = "cuda"  # an engine only runs on the GPU it was built for
         runner = TrtRunner(path, device=device)
+        # The runner executes optimization profile 0: advertise its range, not the union of all profiles.
         profile = meta["profiles"][0]
-        min_batch = min(p["min"][0] for p in meta["profiles"])
-        max_batch = max(p["max"][0] for p in meta["profiles"])
+        min_batch, max_batch = profile["min"][0], profile["max"][0]
         chw = tuple(profile["opt"][1:])
         input_name, output_name = meta["input_name"], meta["output_name"]
     else:
@@ -174,13 +176,17 @@ def open_runner(
         if backend == "aoti":
             from .aoti import AotiRunner
 
-            if arch is None:  # the package records no input size; it comes from the architecture (and imgsz)
-                raise ConfigError(f"{path.name}: an AOTInductor package records no input size; give --arch (and --imgsz)")
-            from ..models import create_model
-            from ..pipeline import default_input_size
-
-            chw = default_input_size(create_model(arch, deploy=True), imgsz)
             runner = AotiRunner(path, device)
+            if runner.input_shape is not None:  # packages written by acmix-deploy record their input
+                chw = tuple(runner.input_shape[1:])
+                min_batch, max_batch = runner.min_batch, runner.max_batch
+            elif arch is None:
+                raise ConfigError(f"{path.name} records no input size; give --arch (and --imgsz)")
+            else:
+                from ..models import create_model
+                from ..pipeline import default_input_size
+
+                chw = default_input_size(create_model(arch, deploy=True), imgsz)
         else:
             from ..pipeline import prepare_deploy
             from .torch import TorchRunner
