@@ -67,6 +67,11 @@ def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> Path:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600; give the file the permissions an ordinary create would (umask applied),
+        # so that e.g. a container running as another user can read an exported model.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -566,6 +566,8 @@ def demo(
 
         try:
             res = run_demo(cfg, progress)
+        except EquivalenceError as exc:  # an exported form disagrees with torch: a failed check
+            _fail(exc, code=1)
         except AcmixDeployError as exc:
             _fail(exc)
 

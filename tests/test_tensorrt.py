@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import importlib.util
 import json
+import os
 import types
 
 import numpy as np
@@ -60,6 +61,7 @@ def test_profiles_defaults_and_static():
         (dict(batch=0, dynamic=True), "--batch must be a positive integer"),
         (dict(batch=1, dynamic=True, max_batch=-3), "--max-batch must be a positive integer"),
         (dict(batch=2, dynamic=False, min_batch=1), "--static builds for exactly --batch 2; drop --min-batch"),
+        (dict(batch=1, dynamic=True, min_batch=4, opt_batch=8, max_batch=16), r"--batch 1 .* must lie in .* 4..16"),
     ],
 )
 def test_impossible_profiles(kwargs, message):
@@ -90,6 +92,9 @@ def test_sidecar_round_trip(tmp_path):
     assert back == _sidecar()
     assert (back.min_batch, back.max_batch) == (1, 32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine", "model.engine.json"]  # no temp files
+    umask = os.umask(0)
+    os.umask(umask)
+    assert written.stat().st_mode & 0o777 == 0o666 & ~umask  # as an ordinary create, not mkstemp's 0600
 
 
 def test_sidecar_errors(tmp_path):
@@ -148,7 +153,7 @@ def fake_tensorrt(version: str, parse_ok: bool = True, build_ok: bool = True) ->
     trt.BuilderFlag = enum.Enum("BuilderFlag", flags)
     trt.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE"])
-    trt.LayerType = enum.Enum("LayerType", ["CONVOLUTION", "SOFTMAX", "REDUCE", "MATRIX_MULTIPLY"])
+    trt.LayerType = enum.Enum("LayerType", ["CONVOLUTION", "SOFTMAX", "REDUCE", "MATRIX_MULTIPLY", "NORMALIZATION"])
     trt.float32 = "float32"
 
     class Logger:
@@ -168,7 +173,8 @@ def fake_tensorrt(version: str, parse_ok: bool = True, build_ok: bool = True) ->
         def __init__(self, flags):
             self.flags = flags
             self.layers = [Layer(trt.LayerType.CONVOLUTION), Layer(trt.LayerType.MATRIX_MULTIPLY),
-                           Layer(trt.LayerType.SOFTMAX), Layer(trt.LayerType.REDUCE)]
+                           Layer(trt.LayerType.SOFTMAX), Layer(trt.LayerType.REDUCE),
+                           Layer(trt.LayerType.NORMALIZATION)]
             self.num_layers = len(self.layers)
 
         def get_layer(self, i):
@@ -271,7 +277,7 @@ def test_builder_weak_typing_pins_attention_to_fp32():
     assert network.flags == 0
     assert {trt.BuilderFlag.FP16, trt.BuilderFlag.INT8, trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS} <= config.flags
     pinned = {layer.type for layer in network.layers if layer.precision == "float32"}
-    assert pinned == {trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+    assert pinned == {trt.LayerType.SOFTMAX, trt.LayerType.REDUCE, trt.LayerType.NORMALIZATION}
 
 
 def test_parser_errors_are_reported():
@@ -307,6 +313,31 @@ def test_build_engine_writes_plan_sidecar_and_cache(tmp_path, fake_gpu):
     assert side.workspace_bytes == 1 << 29 and len(side.engine_sha256) == 64 and len(side.onnx_sha256) == 64
     assert cache.read_bytes() == b"old+tuned"  # read before, written back after the build
     assert res.timing_cache == cache
+
+
+def test_build_engine_replaces_the_sidecar_and_survives_an_unwritable_cache(tmp_path, fake_gpu):
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"graph")
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"old plan")
+    write_sidecar(engine, _sidecar(gpu_name="an old GPU"))
+
+    def fail_midway(tmp, sidecar):
+        raise AcmixDeployError("outputs differ")
+
+    with pytest.raises(AcmixDeployError):
+        build_engine(onnx_path, engine, (3, 32, 32), BatchProfile(1, 1, 4), timing_cache=tmp_path / "c",
+                     validate=fail_midway, trt=fake_tensorrt("10.13.0.35"))
+    assert not sidecar_path(engine).exists()  # no sidecar left that could vouch for another plan
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.warns(UserWarning, match="could not save the TensorRT timing cache"):
+        res = build_engine(onnx_path, engine, (3, 32, 32), BatchProfile(1, 1, 4), timing_cache=blocker / "cache",
+                           trt=fake_tensorrt("10.13.0.35"))
+    assert res.timing_cache is None and read_sidecar(engine).gpu_name == "NVIDIA H200"
+    with pytest.raises(ConfigError, match="is a directory"):
+        build_engine(onnx_path, engine, (3, 32, 32), BatchProfile(1, 1, 4), timing_cache=tmp_path,
+                     trt=fake_tensorrt("10.13.0.35"))
 
 
 def test_build_engine_failure_leaves_nothing(tmp_path, fake_gpu):
@@ -369,6 +400,8 @@ def test_cli_trt_without_tensorrt_or_gpu(train_ckpt, tmp_path):
         (["--trt", "--workspace", "0"], "--workspace must be positive"),
         (["--trt-weak-typing"], "weak typing is an option of TensorRT engines"),
         (["--trt", "-o", "/nonexistent-dir/m.engine"], "does not exist"),
+        (["--trt", "-o", "m.onnx"], "written to a .engine or .plan file"),
+        (["--trt", "--device", "tpu"], "--device must be cpu or cuda"),
     ],
 )
 def test_cli_trt_argument_errors(train_ckpt, args, message):

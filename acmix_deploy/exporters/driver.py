@@ -4,7 +4,10 @@
 it the same way.  Every argument is checked before any work starts (a wrong
 option costs nothing); each step reports its time and output size through
 ``log``; every file is written atomically after it passed its comparison
-against the torch deploy form, so a failed export leaves nothing behind.
+against the torch deploy form, so a failed export leaves no broken file behind.
+A TensorRT export writes two artifacts: the validated ONNX graph
+(``X.onnx``, kept, also when the engine build then fails) and the engine
+``X.engine`` with its sidecar.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class ExportOptions:
     opset: int = 17
     min_batch: int | None = None
     opt_batch: int | None = None
-    max_batch: int | None = None  # [aoti 256, engine max(32, batch)]
+    max_batch: int | None = None  # [aoti 256, engine max(32, opt_batch)]
     device: str = "cpu"
     simplify: bool = True
     fp16: bool = False
@@ -114,7 +117,12 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     if opts.fmt == "engine":
         profile = engine_profiles(opts.batch, opts.dynamic, opts.min_batch, opts.opt_batch, opts.max_batch)
         max_batch = profile.max
-        device = "cuda"
+        if opts.device != "cpu" and opts.device != "cuda":
+            raise ConfigError(f"--device must be cpu or cuda, got {opts.device!r}")
+        device = "cuda"  # an engine is built and run on the GPU
+        if opts.output is not None and opts.output.suffix not in (".engine", ".plan"):
+            raise ConfigError(f"a TensorRT engine is written to a .engine or .plan file, not {opts.output.name} "
+                              "(the ONNX graph it is built from is kept beside it with the .onnx suffix)")
         if opts.workspace_gb is not None and opts.workspace_gb <= 0:
             raise ConfigError(f"--workspace must be positive (GiB), got {opts.workspace_gb}")
         if not 0 <= opts.opt_level <= 5:
@@ -207,9 +215,12 @@ def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) 
         from ..runtime import OrtRunner
         from .onnx import export_onnx
 
+        # TensorRT 10's weak typing takes a float32 graph and chooses float16 kernels itself (--fp16 is then a
+        # builder flag); int8 always needs the Q/DQ graph (explicit quantization).
+        fp16_graph = opts.fp16 and not (opts.fmt == "engine" and opts.trt_typing == "weak")
         res = export_onnx(prep.deploy, path, prep.input_size, batch=opts.batch, dynamic=opts.dynamic,
                           opset=opts.opset, simplify=opts.simplify, metadata=meta,
-                          validate=validator(OrtRunner, "onnx vs torch (deploy form)", rows), fp16=opts.fp16,
+                          validate=validator(OrtRunner, "onnx vs torch (deploy form)", rows), fp16=fp16_graph,
                           int8_calibration=calibration,
                           calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None)
         say(f"ONNX: {res.nodes} nodes, {opts.precision}, validated with ONNX Runtime; wrote {res.path} "

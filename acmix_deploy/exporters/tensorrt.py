@@ -84,6 +84,8 @@ def engine_profiles(
         raise ConfigError(
             f"impossible batch range: need --min-batch ({lo}) <= --opt-batch ({opt}) <= --max-batch ({hi})"
         )
+    if not lo <= batch <= hi:
+        raise ConfigError(f"--batch {batch} (the validation batch) must lie in the profile's range {lo}..{hi}")
     return BatchProfile(lo, opt, hi)
 
 
@@ -251,6 +253,16 @@ class EngineBuild:
     timing_cache: Path | None
 
 
+_LOGGERS: dict[int, Any] = {}
+
+
+def trt_logger(trt):
+    """One logger per TensorRT module: TensorRT keeps a single global logger and warns about a second."""
+    if id(trt) not in _LOGGERS:
+        _LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[id(trt)]
+
+
 def _fp32_constraints(trt, network) -> int:
     """Pin softmax, reductions and normalisations to float32 in a weakly typed network; count them."""
     pinned = 0
@@ -277,7 +289,7 @@ def configure_builder(
     if major < 10 and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, trt.Logger(trt.Logger.WARNING))
+    parser = trt.OnnxParser(network, trt_logger(trt))
     if not parser.parse(onnx_bytes):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ExportError("TensorRT's ONNX parser rejected the graph: " + "; ".join(errors[:3]))
@@ -300,7 +312,12 @@ def configure_builder(
     opt_profile.set_shape(input_name, *profile.shapes(input_size))
     config.add_optimization_profile(opt_profile)
     cache = config.create_timing_cache(timing_cache_bytes)
-    config.set_timing_cache(cache, False)
+    if config.set_timing_cache(cache, False) is False and timing_cache_bytes:
+        # A cache from another TensorRT version or GPU: build without it (it is rewritten afterwards).
+        import warnings
+
+        warnings.warn("the TensorRT timing cache does not match this TensorRT/GPU; building without it")
+        config.set_timing_cache(config.create_timing_cache(b""), False)
     return network, config, parser
 
 
@@ -355,12 +372,16 @@ def build_engine(
         raise MissingDependencyError("TensorRT needs a CUDA GPU, and torch sees none on this machine")
     onnx_path, path = Path(onnx_path), Path(path)
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(str(trt.__version__), gpu)
-    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    if cache_path.is_dir():
+        raise ConfigError(f"--timing-cache {cache_path} is a directory; give a file name")
+    try:
+        cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    except OSError as exc:
+        raise ConfigError(f"cannot read the timing cache {cache_path}: {exc}") from None
     workspace = int(workspace_gb * (1 << 30)) if workspace_gb else None
 
     t0 = time.perf_counter()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    builder = trt.Builder(trt_logger(trt))
     network, config, _parser = configure_builder(
         trt, builder, onnx_path.read_bytes(), input_name, input_size, profile, precision, typing, workspace,
         opt_level, cache_bytes,
@@ -387,11 +408,18 @@ def build_engine(
         if validate is not None:
             validate(Path(tmp), sidecar)
 
+    sidecar_path(path).unlink(missing_ok=True)  # never leave an old sidecar describing a new plan
     atomic_write(path, write, suffix=path.suffix or ".engine")
     write_sidecar(path, sidecar)
     serialized_cache = config.get_timing_cache()
     if serialized_cache is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
         data = bytes(serialized_cache.serialize())
-        atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(data))
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(data))
+        except (OSError, AcmixDeployError) as exc:  # the engine is built: a cache we cannot keep is not fatal
+            import warnings
+
+            warnings.warn(f"could not save the TensorRT timing cache to {cache_path}: {exc}")
+            cache_path = None
     return EngineBuild(path, sidecar, time.perf_counter() - t0, path.stat().st_size, cache_path)

@@ -8,13 +8,16 @@ failing inside TensorRT.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import AcmixDeployError, InputShapeError
-from ..exporters.tensorrt import EngineSidecar, check_sidecar, current_gpu, read_sidecar, require_tensorrt
+from ..exporters.tensorrt import (EngineSidecar, check_sidecar, current_gpu, read_sidecar, require_tensorrt,
+                                  trt_logger)
 
 __all__ = ["TrtRunner"]
 
@@ -33,16 +36,22 @@ class TrtRunner:
         path = Path(path)
         if not path.is_file():
             raise AcmixDeployError(f"TensorRT engine {path} does not exist")
-        if device not in ("cuda", "cuda:0") and not str(device).startswith("cuda"):
-            raise AcmixDeployError(f"TensorRT engines run on a CUDA device, not {device!r}")
+        if device not in ("cuda", "cuda:0"):
+            raise AcmixDeployError(
+                f"TensorRT engines run on the current CUDA device ('cuda'), not {device!r}; "
+                "select another GPU with CUDA_VISIBLE_DEVICES")
         trt = require_tensorrt()
         gpu = current_gpu()
         self.sidecar = sidecar if sidecar is not None else (read_sidecar(path) if check else None)
+        plan = path.read_bytes()
         if check and self.sidecar is not None:
             check_sidecar(self.sidecar, str(trt.__version__), gpu, path)
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            if self.sidecar.engine_sha256 and hashlib.sha256(plan).hexdigest() != self.sidecar.engine_sha256:
+                raise AcmixDeployError(
+                    f"{path} is not the engine its sidecar {path.name}.json describes (sha256 differs); "
+                    "rebuild it with 'acmix-deploy export --trt'")
+        self._runtime = trt.Runtime(trt_logger(trt))
+        self.engine = self._runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise AcmixDeployError(f"TensorRT could not deserialize {path} (see TensorRT's log above)")
         self.context = self.engine.create_execution_context()
@@ -60,7 +69,10 @@ class TrtRunner:
         }
         self.device = torch.device(device)
         self._torch = torch
-        self.name = f"tensorrt:{gpu.name}" if gpu else "tensorrt"
+        self.name = f"tensorrt:{gpu.name}"
+        # One execution context holds the bound shapes and addresses: calls from several threads
+        # (a server with --workers > 1) take turns.
+        self._lock = threading.Lock()
 
     def prepare(self, x: np.ndarray):
         """Copy ``x`` to the GPU, bind input and output buffers, and return ``run``.
@@ -96,6 +108,7 @@ class TrtRunner:
         return run
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        out = self.prepare(x)()
-        self._torch.cuda.current_stream(self.device).synchronize()
-        return out.float().cpu().numpy()
+        with self._lock:
+            out = self.prepare(x)()
+            self._torch.cuda.current_stream(self.device).synchronize()
+            return out.float().cpu().numpy()
