@@ -241,6 +241,18 @@ def export(
     """Export a model (folded first if needed), validate it against torch, write it atomically."""
     from .exporters import ExportOptions, export_model
 
+    # Options of one kind of export given to another are refused, not silently ignored.
+    triton_only = {"--engine": engine != "onnx", "--instances": instances != 1, "--name": model_name is not None,
+                   "--max-queue-delay-us": queue_delay_us != 1000, "--force": force}
+    file_only = {"--trt": trt, "--static": not dynamic, "--fp16": fp16, "--int8": int8, "--calib": calib is not None,
+                 "--min-batch": min_batch is not None, "--opt-batch": opt_batch is not None,
+                 "--workspace": workspace is not None, "--timing-cache": timing_cache is not None,
+                 "--trt-weak-typing": weak_typing, "--tol": tol is not None, "--min-top1": min_top1 is not None}
+    wrong = [k for k, given in (file_only if fmt == "triton" else triton_only).items() if given]
+    if wrong:
+        where = "--format triton" if fmt == "triton" else "Triton repositories (--format triton)"
+        verb = "do not apply to" if fmt == "triton" else "apply to"
+        _fail(AcmixDeployError(f"{', '.join(wrong)} {verb} {where}"))
     if fmt == "triton":
         _export_triton(ckpt, output, engine, model_name, arch, imgsz, max_batch, device, instances, queue_delay_us,
                        opset, simplify, force)

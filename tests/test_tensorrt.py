@@ -402,6 +402,9 @@ def test_cli_trt_without_tensorrt_or_gpu(train_ckpt, tmp_path):
         (["--trt", "-o", "/nonexistent-dir/m.engine"], "does not exist"),
         (["--trt", "-o", "m.onnx"], "written to a .engine or .plan file"),
         (["--trt", "--device", "tpu"], "--device must be cpu or cuda"),
+        (["--instances", "2"], "--instances apply to Triton repositories"),
+        (["--format", "triton", "--fp16"], "--fp16 do not apply to --format triton"),
+        (["--calib", "digits"], "add --int8"),
     ],
 )
 def test_cli_trt_argument_errors(train_ckpt, args, message):

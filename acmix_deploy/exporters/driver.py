@@ -101,6 +101,8 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         raise ConfigError("--fp16/--int8 apply to --format onnx and engine (precision is written into the ONNX graph)")
     if opts.fp16 and opts.int8:
         raise ConfigError("choose one of --fp16 and --int8")
+    if opts.calib and not opts.int8:
+        raise ConfigError("--calib gives INT8 calibration data; add --int8")
     if opts.int8 and not opts.calib:
         raise ConfigError("--int8 needs calibration data: --calib digits, --calib data.npy or --calib images/")
     if opts.batch < 1:
