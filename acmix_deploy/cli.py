@@ -121,15 +121,12 @@ def reparam(
     """Fold a training checkpoint into its deploy form, check it, and write it atomically."""
     from .analysis import check_equivalence, count_macs, count_parameters
     from .checkpoint import read_checkpoint, save_checkpoint
-    from .pipeline import sha256_file
+    from .pipeline import check_output_path, sha256_file
     from .reparam import foldable_leftovers, reparameterize_model
 
     out = output or ckpt.with_name(ckpt.stem + ".deploy.pth")
     try:
-        if out.resolve() == ckpt.resolve():
-            raise AcmixDeployError(f"output {out} is the input checkpoint; choose another path with -o")
-        if not out.parent.exists():
-            raise AcmixDeployError(f"output directory {out.parent} does not exist")
+        check_output_path(out, ckpt)
         if imgsz is not None and imgsz < 1:
             raise AcmixDeployError(f"--imgsz must be positive, got {imgsz}")
         with console.status(f"reading {ckpt}"):
@@ -184,12 +181,6 @@ def reparam(
     except AcmixDeployError as exc:
         _fail(exc)
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
-
-
-def _check_output_path(out: Path, src: Path) -> None:
-    from .exporters.driver import _check_output_path as check
-
-    check(out, src)
 
 
 def _comparison_table(title: str, rows) -> Table:
@@ -469,6 +460,7 @@ def profile(
     """Measure latency, throughput and peak memory per backend and batch size on this device."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .pipeline import check_output_path
     from .profiling import ProfileSettings, profile_model, save_json
 
     settings = ProfileSettings(
@@ -479,7 +471,7 @@ def profile(
         settings.validate()
         for out in (json_out, csv_out, plot_out):
             if out is not None:
-                _check_output_path(out, model)
+                check_output_path(out, model)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task("preparing", total=None)

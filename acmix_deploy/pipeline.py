@@ -15,7 +15,7 @@ from .checkpoint import LoadedCheckpoint, read_checkpoint
 from .errors import ConfigError, EquivalenceError
 from .reparam import reparameterize_model
 
-__all__ = ["Prepared", "prepare_deploy", "sha256_file", "default_input_size", "check_device"]
+__all__ = ["Prepared", "prepare_deploy", "sha256_file", "default_input_size", "check_device", "check_output_path"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -34,6 +34,16 @@ def check_device(device: str) -> None:
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+
+
+def check_output_path(out: Path, src: Path) -> None:
+    """Refuse an output that is the input, lies in a missing directory, or is a directory."""
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"output {out} is the input file; choose another path with -o")
+    if not out.parent.exists():
+        raise ConfigError(f"output directory {out.parent} does not exist")
+    if out.is_dir():
+        raise ConfigError(f"output {out} is a directory; give a file name")
 
 
 def default_input_size(model: nn.Module, imgsz: int | None = None) -> tuple[int, int, int]:

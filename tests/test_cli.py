@@ -84,7 +84,7 @@ def test_reparam_check_failure_exits_1_and_writes_nothing(train_ckpt, tmp_path):
     [
         (["reparam", "{tmp}/missing.pth"], "does not exist"),
         (["reparam", "{ckpt}", "-o", "{tmp}/no/such/dir/x.pth"], "does not exist"),
-        (["reparam", "{ckpt}", "-o", "{ckpt}"], "is the input checkpoint"),
+        (["reparam", "{ckpt}", "-o", "{ckpt}"], "is the input file"),
         (["reparam", "{ckpt}", "--imgsz", "30"], "not divisible by stride 2"),
         (["reparam", "{corrupt}"], "corrupt or truncated"),
         (["info", "{corrupt}"], "corrupt or truncated"),

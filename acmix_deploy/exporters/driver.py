@@ -76,19 +76,10 @@ def output_path(ckpt: Path, opts: ExportOptions) -> Path:
     return opts.output or ckpt.with_suffix(tag + FORMATS[opts.fmt].suffix)
 
 
-def _check_output_path(out: Path, src: Path) -> None:
-    if out.resolve() == src.resolve():
-        raise AcmixDeployError(f"output {out} is the input file; choose another path with -o")
-    if not out.parent.exists():
-        raise AcmixDeployError(f"output directory {out.parent} does not exist")
-    if out.is_dir():
-        raise AcmixDeployError(f"output {out} is a directory; give a file name")
-
-
 def resolve_options(ckpt: Path, opts: ExportOptions):
     """Check every option against the others and fill the format's defaults; returns (opts, profile)."""
     from . import FORMATS
-    from ..pipeline import check_device
+    from ..pipeline import check_device, check_output_path
     from .onnx import MAX_OPSET, MIN_OPSET
     from .tensorrt import engine_profiles
 
@@ -143,7 +134,7 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         raise AcmixDeployError(f"checkpoint {ckpt} does not exist")
     resolved = replace(opts, tol=tol, min_top1=min_top1, max_batch=max_batch, device=device)
     out = output_path(ckpt, resolved)
-    _check_output_path(out, ckpt)
+    check_output_path(out, ckpt)
     return replace(resolved, output=out), profile
 
 
