@@ -100,8 +100,9 @@ CHUNK_BYTES = 256 << 10
 # its first operand fused, FusedMatMul transA) on all intra-op threads, and
 # the product costs d multiply-adds per element.  It is exact: every output is
 # one input times 1 plus products with 0.  ACmix-ResNet-50, ONNX Runtime, 2
-# threads, batch 8, transposition + split of one block's qkv: d=16 (56x56)
-# 15.9 -> 3.9 ms, d=32 (28x28) 3.8 -> 3.0 ms, d=64 (14x14) 1.7 -> 3.1 ms.
+# threads, batch 8, profile: a 56x56 block (d=16) Split + 3 Transposes 8.9 ms
+# -> product + 3 Gathers 2.7 ms; a 28x28 block (d=32) 3 Transposes 0.9 ms
+# against a 2.4 ms product; d=64 loses in isolation too (1.7 vs 3.1 ms).
 TRANSPOSE_BY_PRODUCT_MAX_DIM = 16
 
 
