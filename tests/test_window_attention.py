@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from acmix_deploy import fold
 from acmix_deploy.modules import halo_attention, make_halo_plan
 from acmix_deploy.modules.acmix import coordinate_grid
-from acmix_deploy.modules.window_attention import choose_tile
+from acmix_deploy.modules.window_attention import TRANSPOSE_BY_PRODUCT_MAX_DIM, choose_tile
 
 from .conftest import TOL_F32, TOL_F64
 
@@ -54,6 +55,7 @@ CASES = [
     (4, 4, 7, 1, (4, 4), 1, 7),     # smallest size for ka = 7: most keys are reflected
     (2, 4, 7, 1, (17, 6), 1, 2),    # tile much smaller than the map
     (3, 2, 7, 2, (4, 8), 2, 7),     # tile larger than the output
+    (2, 20, 5, 1, (9, 10), 2, None),  # head_dim above TRANSPOSE_BY_PRODUCT_MAX_DIM: transposed, not multiplied
 ]
 
 
@@ -132,3 +134,17 @@ def test_groups_bound_the_logits_per_image():
     sizes = [len(c) for c in plan.query_chunks]
     assert sum(sizes) == plan.tiles and max(sizes) * per_tile <= 2 * (256 << 10)
     assert len(make_halo_plan(7, 7, 7, 1, heads=4, head_dim=128).query_chunks) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transposition_by_identity_product_is_bit_exact(dtype):
+    # Every output of the identity product is one input times 1 plus products with 0.
+    heads, d = 4, 16
+    q, k, v, conv_p = _inputs(heads, d, (11, 13), 2, dtype, 7)
+    plan = make_halo_plan(11, 13, 7, 1, heads, d, tile=4, dtype=dtype)
+    assert plan.row_identity is not None and d <= TRANSPOSE_BY_PRODUCT_MAX_DIM
+    qkv = head_dim_major(q * 50, k, v, heads)  # large logits: any rounding would show
+    with torch.no_grad():
+        by_product = halo_attention(qkv, conv_p.weight.reshape(d, 2), plan)
+        by_transpose = halo_attention(qkv, conv_p.weight.reshape(d, 2), dataclasses.replace(plan, row_identity=None))
+    assert torch.equal(by_product, by_transpose)

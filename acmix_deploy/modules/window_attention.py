@@ -12,11 +12,15 @@ Layout.  The core reads the fused 1x1 convolution's output ``(b, 3C, H, W)``
 with channels in *head-dimension-major* order, channel ``i * 3h + t`` holding
 dimension ``i`` of map ``t`` (``t < h``: the queries of head ``t``; then the
 keys, then the values of each head).  That is the order the grouped
-convolution path reads, and one transpose turns it into ``(b, 3h, H*W, d)``,
-rows of ``d`` channels, split into queries, keys and values of shape
-``(b, h, H*W, d)``.  Each is gathered by row (one index table of shape
-``(tiles, pixels)`` for all heads and the batch) straight into the shape of
-the matrix products, ``(b, h, tiles, pixels, d)``.
+convolution path reads, and one transposition turns it into
+``(b, 3h, H*W, d)``, rows of ``d`` channels (for small heads a product with
+the ``d x d`` identity, which ONNX Runtime runs on all threads, where its
+Transpose runs on one), split into queries, keys and values of shape
+``(b, h, H*W, d)`` by three Gathers on the map axis (multi-threaded, unlike
+Split).  Each is gathered by row (one index table of shape ``(tiles,
+pixels)`` for all heads and the batch) straight into the shape of the matrix
+products, ``(b, h, tiles, pixels, d)``; the queries of all blocks in one
+Gather, cut into the groups by one Split.
 
 Exactness, by construction:
 
@@ -90,6 +94,17 @@ def choose_tile(height: int, width: int, kernel: int, stride: int, head_dim: int
 # 68.7 ms whole -> 59.4 ms in 14 groups; 28x28 C=128 33.7 -> 28.5 ms.
 CHUNK_BYTES = 256 << 10
 
+# Head dimensions up to this size turn the channel-first qkv map into rows of d
+# channels with a product by the d x d identity instead of a Transpose: ONNX
+# Runtime runs Transpose on one thread, a MatMul (with the transposition of
+# its first operand fused, FusedMatMul transA) on all intra-op threads, and
+# the product costs d multiply-adds per element.  It is exact: every output is
+# one input times 1 plus products with 0.  ACmix-ResNet-50, ONNX Runtime, 2
+# threads, batch 8, profile: a 56x56 block (d=16) Split + 3 Transposes 8.9 ms
+# -> product + 3 Gathers 2.7 ms; a 28x28 block (d=32) 3 Transposes 0.9 ms
+# against a 2.4 ms product; d=64 loses in isolation too (1.7 vs 3.1 ms).
+TRANSPOSE_BY_PRODUCT_MAX_DIM = 16
+
 
 @dataclass(frozen=True)
 class HaloPlan:
@@ -109,6 +124,8 @@ class HaloPlan:
     output_index: torch.Tensor  # (H_out * W_out,) query slot of each output pixel
     mask: torch.Tensor  # (tile_pixels, halo_pixels): 0 inside the window, -inf outside
     coords: torch.Tensor  # (H*W, 2): loc of every input position (width, height coordinate)
+    row_identity: torch.Tensor | None  # (d, d) identity when head_dim <= TRANSPOSE_BY_PRODUCT_MAX_DIM
+    map_index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (h,) maps of the queries, keys, values
     query_chunks: tuple[torch.Tensor, ...]  # query_index split into groups of blocks
     key_chunks: tuple[torch.Tensor, ...]  # key_index split the same way
 
@@ -183,6 +200,8 @@ def make_halo_plan(
         out_size=(h_out, w_out), heads=heads, tiles=tiles, tile_pixels=ty * tx, halo_pixels=ky * kx,
         query_index=index(query_pos), key_index=index(key_pos), output_index=index(output_index),
         mask=values(mask), coords=values(loc),
+        row_identity=values(np.eye(head_dim)) if head_dim <= TRANSPOSE_BY_PRODUCT_MAX_DIM else None,
+        map_index=tuple(index(ar(part * heads, (part + 1) * heads)) for part in range(3)),
         query_chunks=tuple(index(query_pos[a:z]) for a, z in zip(bounds[:-1], bounds[1:])),
         key_chunks=tuple(index(key_pos[a:z]) for a, z in zip(bounds[:-1], bounds[1:])),
     )
@@ -205,15 +224,26 @@ def halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, plan: HaloPlan) 
     _, c3, hh, ww = qkv.shape
     heads = plan.heads
     d = c3 // (3 * heads)
-    # One transpose to rows of d channels, (b, 3h, H*W, d), split into q, k, v.
-    rows = qkv.reshape(-1, d, 3 * heads, hh * ww).permute(0, 2, 3, 1).contiguous()
-    q, k, v = rows.split(heads, dim=1)
+    # One transposition to rows of d channels, (b, 3h, H*W, d), split into q, k, v.
+    if plan.row_identity is not None:
+        if plan.row_identity.shape[0] != d:
+            raise ValueError(f"halo plan built for head_dim {plan.row_identity.shape[0]}, got {d}")
+        rows = torch.matmul(qkv.reshape(-1, d, 3 * heads * hh * ww).transpose(1, 2), plan.row_identity)
+        rows = rows.reshape(-1, 3 * heads, hh * ww, d)
+    else:
+        rows = qkv.reshape(-1, d, 3 * heads, hh * ww).permute(0, 2, 3, 1).contiguous()
+    # Split by three Gathers: ONNX Runtime runs Split on one thread, Gather on all intra-op threads.
+    q, k, v = (rows[:, maps] for maps in plan.map_index)
     k = k - torch.matmul(plan.coords, pos_weight.t())  # k - W_p loc
+    # The queries of all blocks in one gather (no halo: each query is read once), cut into the groups
+    # by one Split: one operator per block instead of one per group.
+    q_blocks = q[:, :, plan.query_index]  # (b, h, tiles, T*T, d)
+    q_groups = q_blocks.split([len(c) for c in plan.query_chunks], dim=2) if len(plan.query_chunks) > 1 else (q_blocks,)
     outs = []
-    for q_index, k_index in zip(plan.query_chunks, plan.key_chunks):
+    for q_group, k_index in zip(q_groups, plan.key_chunks):
         # (b, h, blocks, T*T, d) x (b, h, blocks, K*K, d); the mask is added in place, which in
         # eager mode saves allocating (and paging in) one more logits buffer.
-        logits = torch.matmul(q[:, :, q_index], k[:, :, k_index].transpose(-1, -2)).add_(plan.mask)
+        logits = torch.matmul(q_group, k[:, :, k_index].transpose(-1, -2)).add_(plan.mask)
         outs.append(torch.matmul(torch.softmax(logits, dim=-1), v[:, :, k_index]))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, 2)  # (b, h, tiles, T*T, d)
     out = out.reshape(-1, heads, plan.tiles * plan.tile_pixels, d)[:, :, plan.output_index]  # (b, h, Ho*Wo, d)
