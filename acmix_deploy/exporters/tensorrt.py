@@ -198,8 +198,8 @@ def write_sidecar(engine: str | os.PathLike, sidecar: EngineSidecar) -> Path:
     return atomic_write(sidecar_path(engine), lambda tmp: Path(tmp).write_text(text))
 
 
-def read_sidecar(engine: str | os.PathLike) -> EngineSidecar:
-    """Read and check the sidecar of ``engine``; a missing or foreign one is a clear error."""
+def load_sidecar_json(engine: str | os.PathLike) -> dict:
+    """The sidecar of ``engine`` as a JSON object; a missing, unreadable or non-object file is a clear error."""
     path = sidecar_path(engine)
     if not path.is_file():
         raise AcmixDeployError(
@@ -210,7 +210,16 @@ def read_sidecar(engine: str | os.PathLike) -> EngineSidecar:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AcmixDeployError(f"cannot read engine sidecar {path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+    if not isinstance(data, dict):
+        raise AcmixDeployError(f"{path} is not a JSON object (an acmix-deploy engine sidecar)")
+    return data
+
+
+def read_sidecar(engine: str | os.PathLike) -> EngineSidecar:
+    """Read and check the sidecar of ``engine``; a missing or foreign one is a clear error."""
+    path = sidecar_path(engine)
+    data = load_sidecar_json(engine)
+    if data.get("format") != SIDECAR_FORMAT:
         raise AcmixDeployError(f"{path} is not an acmix-deploy engine sidecar")
     if data.get("format_version", 0) > SIDECAR_VERSION:
         raise AcmixDeployError(

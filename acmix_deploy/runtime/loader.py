@@ -18,7 +18,6 @@ model that cannot run fails here, at load time, instead of on the first request.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,16 +67,10 @@ class LoadedModel:
 
 def read_engine_sidecar(engine: str | os.PathLike) -> dict:
     """The JSON sidecar ``X.engine.json`` of a TensorRT engine ``X.engine``, checked for the keys we use."""
-    engine = Path(engine)
-    sidecar = engine.with_name(engine.name + ".json")
-    if not sidecar.is_file():
-        raise AcmixDeployError(f"TensorRT engine {engine} has no sidecar {sidecar.name} (written by the TensorRT export)")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AcmixDeployError(f"cannot read {sidecar}: {exc}") from None
-    if not isinstance(meta, dict):
-        raise AcmixDeployError(f"{sidecar} is not a JSON object (an acmix-deploy engine sidecar)")
+    from ..exporters.tensorrt import load_sidecar_json, sidecar_path
+
+    meta = load_sidecar_json(engine)  # the lenient part: only the keys a runner or Triton config needs
+    sidecar = sidecar_path(engine)
     missing = [k for k in ("input_name", "output_name", "profiles") if k not in meta]
     if missing:
         raise AcmixDeployError(f"{sidecar} lacks key(s) {', '.join(missing) or 'all'}")
