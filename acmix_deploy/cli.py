@@ -295,49 +295,14 @@ def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[
                    imgsz: Optional[int], max_batch: Optional[int], device: str, instances: int, queue_delay_us: int,
                    opset: int, simplify: bool, force: bool) -> None:
     """``export --format triton``: a Triton model repository (see acmix_deploy.exporters.triton)."""
-    from .exporters.triton import (
-        check_model_name,
-        write_engine_repository,
-        write_onnx_file_repository,
-        write_onnx_repository,
-    )
-    from .pipeline import prepare_deploy, sha256_file
+    from .exporters.triton import export_triton_repository
 
     try:
-        if max_batch is not None and max_batch < 1:
-            raise AcmixDeployError(f"--max-batch must be positive, got {max_batch}")
-        if engine not in ("onnx", "trt"):
-            raise AcmixDeployError(f"--engine must be onnx or trt, got {engine!r}")
-        if instances < 1:
-            raise AcmixDeployError(f"--instances must be positive, got {instances}")
-        if queue_delay_us < 0:
-            raise AcmixDeployError(f"--max-queue-delay-us must not be negative, got {queue_delay_us}")
-        if not src.exists():
-            raise AcmixDeployError(f"{src} does not exist")
-        repo = repo or src.resolve().parent / "model_repository"
-        name = name or (src.name if src.is_dir() else src.name.split(".")[0])
-        check_model_name(name)
-        if engine == "onnx" and src.suffix == ".onnx":  # an ONNX file exported before: used as it is
-            res = write_onnx_file_repository(src, repo, name, max_batch=8 if max_batch is None else max_batch,
-                                             device=device, instances=instances, max_queue_delay_us=queue_delay_us,
-                                             force=force)
-        elif engine == "trt":
-            res = write_engine_repository(src, repo, name, max_batch=max_batch, instances=instances,
-                                          max_queue_delay_us=queue_delay_us, force=force)
-        else:
-            if device not in ("cpu", "cuda"):  # the GPU is the Triton machine's, not necessarily this one's
-                raise AcmixDeployError(f"--device must be cpu or cuda, got {device!r}")
-            if (repo / name).exists() and not force:
-                raise AcmixDeployError(f"model directory {repo / name} already exists; pass --force to replace it")
-            with console.status(f"reading and folding {src}"):
-                prep = prepare_deploy(src, arch, imgsz)
-            meta = {"arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": src.name,
-                    "source_sha256": sha256_file(src), "package_version": __version__}
-            with console.status("exporting ONNX, validating it against torch, writing the repository"):
-                res = write_onnx_repository(prep.deploy, repo, name, prep.input_size,
-                                            max_batch=8 if max_batch is None else max_batch, device=device,
-                                            instances=instances, max_queue_delay_us=queue_delay_us, opset=opset,
-                                            simplify=simplify, metadata=meta, force=force)
+        with console.status(f"writing a Triton model repository from {src}"):
+            res = export_triton_repository(src, repo, engine=engine, name=name, arch=arch, imgsz=imgsz,
+                                           max_batch=max_batch, device=device, instances=instances,
+                                           max_queue_delay_us=queue_delay_us, opset=opset, simplify=simplify,
+                                           force=force)
     except EquivalenceError as exc:
         _fail(exc, code=1)
     except AcmixDeployError as exc:

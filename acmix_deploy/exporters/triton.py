@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, ExportError
+from ..errors import AcmixDeployError, ConfigError, ExportError
 
-__all__ = ["TritonModelConfig", "TritonRepoExport", "check_model_name", "engine_model_config", "find_engines",
-           "model_config_text", "write_model_dir", "write_onnx_file_repository",
+__all__ = ["TritonModelConfig", "TritonRepoExport", "check_model_name", "engine_model_config",
+           "export_triton_repository", "find_engines", "model_config_text", "write_model_dir", "write_onnx_file_repository",
            "write_engine_repository", "write_onnx_repository"]
 
 PLAN_SUFFIXES = (".engine", ".plan")
@@ -266,6 +266,53 @@ def _torch_check(model, input_size, record: dict, tol: float = 1e-4) -> Callable
             raise EquivalenceError(f"the exported ONNX model differs from torch by {worst:.3g} (relative), above {tol:g}")
 
     return check
+
+
+def export_triton_repository(
+    src: str | os.PathLike, repo: str | os.PathLike | None = None, engine: str = "onnx", name: str | None = None,
+    arch: str | None = None, imgsz: int | None = None, max_batch: int | None = None, device: str = "cpu",
+    instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17, simplify: bool = True,
+    force: bool = False,
+) -> TritonRepoExport:
+    """``acmix-deploy export --format triton``: one model directory in ``repo`` from ``src``.
+
+    ``engine="onnx"``: ``src`` is an ONNX file (used as it is) or a checkpoint (folded, exported and
+    validated against torch); ``max_batch`` defaults to 8.  ``engine="trt"``: ``src`` is an engine
+    or a folder of engines with their sidecars; ``max_batch`` defaults to the profiles'.
+    ``repo`` defaults to ``model_repository`` beside ``src``, ``name`` to the file's stem.
+    """
+    from .. import __version__
+    from ..pipeline import prepare_deploy, sha256_file
+
+    src = Path(src)
+    if max_batch is not None and max_batch < 1:
+        raise ConfigError(f"--max-batch must be positive, got {max_batch}")
+    if engine not in ("onnx", "trt"):
+        raise ConfigError(f"--engine must be onnx or trt, got {engine!r}")
+    if instances < 1:
+        raise ConfigError(f"--instances must be positive, got {instances}")
+    if max_queue_delay_us < 0:
+        raise ConfigError(f"--max-queue-delay-us must not be negative, got {max_queue_delay_us}")
+    if not src.exists():
+        raise AcmixDeployError(f"{src} does not exist")
+    repo = Path(repo) if repo is not None else src.resolve().parent / "model_repository"
+    name = name or (src.name if src.is_dir() else src.name.split(".")[0])
+    check_model_name(name)
+    common = dict(instances=instances, max_queue_delay_us=max_queue_delay_us, force=force)
+    if engine == "trt":
+        return write_engine_repository(src, repo, name, max_batch=max_batch, **common)
+    onnx_max_batch = 8 if max_batch is None else max_batch
+    if src.suffix == ".onnx":  # an ONNX file exported before: used as it is
+        return write_onnx_file_repository(src, repo, name, max_batch=onnx_max_batch, device=device, **common)
+    if device not in ("cpu", "cuda"):  # the GPU is the Triton machine's, not necessarily this one's
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    if (repo / name).exists() and not force:  # before the fold and export, which take a while
+        raise AcmixDeployError(f"model directory {repo / name} already exists; pass --force to replace it")
+    prep = prepare_deploy(src, arch, imgsz)
+    meta = {"arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": src.name,
+            "source_sha256": sha256_file(src), "package_version": __version__}
+    return write_onnx_repository(prep.deploy, repo, name, prep.input_size, max_batch=onnx_max_batch, device=device,
+                                 opset=opset, simplify=simplify, metadata=meta, **common)
 
 
 def find_engines(path: str | os.PathLike) -> list[Path]:
