@@ -13,7 +13,7 @@ A TensorRT export writes two artifacts: the validated ONNX graph
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,7 +66,6 @@ class ExportResult:
     arch: str
     input_size: tuple[int, int, int]
     onnx: Any = None  # the OnnxExport an engine was built from
-    steps: list[str] = field(default_factory=list)
 
 
 def output_path(ckpt: Path, opts: ExportOptions) -> Path:
