@@ -8,11 +8,14 @@ each (form, batch) runs once in a fresh subprocess and its peak RSS growth
 over the loaded model is recorded (activation memory plus allocator slack;
 Linux only: it resets the watermark through /proc/self/clear_refs).
 
-``--clock cpu`` times with the process's CPU time instead of wall time: on a
-machine shared with other jobs this counts only this process's work, which
-keeps ratios stable under load.  It is meaningful with ``--threads 1`` (ONNX
-Runtime's worker threads spin while waiting, which CPU time would count).
-The load average before and after the run is recorded.
+Timing protocol (``benchmarks/common.py``): interleaved rounds with a
+rotating start and a pause before each run; ratios are reported as the
+median of the per-round paired ratios (with their range) and as the ratio of
+medians, and the goals are judged on the paired median.  ``--clock cpu``
+judges by this process's CPU time instead of wall time: on a machine shared
+with other jobs this counts only this process's work.  It is meaningful with
+``--threads 1`` (ONNX Runtime's worker threads spin while waiting, which CPU
+time would count).  The load average before and after the run is recorded.
 
     python benchmarks/attention_speed.py --batch 1 8 --rounds 7 --memory \
         --json benchmarks/results/attention_speed_cpu.json
@@ -24,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,7 @@ from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reparam_speed import write_json  # noqa: E402
-
-PAUSE_S = 0.05  # between timed runs, outside the timing
+from common import PAUSE_S, interleaved, load_average, write_json  # noqa: E402
 
 MEMORY_PROBE = r"""
 import sys, torch, acmix_deploy as ad
@@ -93,9 +92,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     size = (3, args.imgsz, args.imgsz)
-    clock = time.process_time_ns if args.clock == "cpu" else time.perf_counter_ns
-    load_before = os.getloadavg()
-    print(f"load average (1, 5, 15 min): {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
+    load_before = load_average()
+    print(f"load average (1, 5, 15 min): {load_before}", flush=True)
 
     train = randomize_model(ad.create_model("acmix_resnet50"), 0).eval()
     deploy = ad.reparameterize_model(train)
@@ -134,27 +132,20 @@ def main() -> None:
     for backend, fns in runners.items():
         for b in args.batch:
             x = np.random.default_rng(0).standard_normal((b, *size), dtype=np.float32)
-            times: dict[str, list[float]] = {k: [] for k in fns}
             with torch.inference_mode():
-                for f in fns.values():
-                    f(x)
-                for _ in range(args.rounds):
-                    for name, f in fns.items():
-                        # ONNX Runtime's idle threads spin-wait after a run; the pause lets the previous
-                        # session's threads park so they do not take the cores of the one being timed.
-                        time.sleep(PAUSE_S)
-                        t0 = clock()
-                        f(x)
-                        times[name].append((clock() - t0) / 1e6)
-            med = {k: statistics.median(v) for k, v in times.items()}
+                t = interleaved({k: (lambda f: lambda: f(x))(f) for k, f in fns.items()}, args.rounds)
+            med = t.medians(args.clock)
+            ratio = t.ratio("acmix_deploy", "resnet50", args.clock)
             row = {"backend": backend, "batch": b, **{f"{k}_ms": round(v, 2) for k, v in med.items()},
-                   "deploy_over_plain": round(med["acmix_deploy"] / med["resnet50"], 2)}
+                   "deploy_over_plain": ratio["paired_median"], "deploy_over_plain_range": [ratio["paired_min"], ratio["paired_max"]],
+                   "deploy_over_plain_of_medians": ratio["of_medians"]}
             if "acmix_train" in med:
-                row["train_over_deploy"] = round(med["acmix_train"] / med["acmix_deploy"], 2)
+                row["train_over_deploy"] = t.ratio("acmix_train", "acmix_deploy", args.clock)["paired_median"]
             results.append(row)
             extra = f"  train/deploy {row['train_over_deploy']:.2f}x" if "train_over_deploy" in row else ""
             print(f"{backend:12s} batch {b:3d}: deploy {med['acmix_deploy']:8.1f} ms  plain {med['resnet50']:8.1f} ms"
-                  f"  deploy/plain {row['deploy_over_plain']:.2f}x{extra}", flush=True)
+                  f"  deploy/plain {ratio['paired_median']:.3f}x (rounds {ratio['paired_min']:.2f}-{ratio['paired_max']:.2f}, "
+                  f"of medians {ratio['of_medians']:.3f}x){extra}", flush=True)
 
     memory = []
     if args.memory:
@@ -177,8 +168,8 @@ def main() -> None:
     print("goals: " + ", ".join(
         f"{r['backend']} b{r['batch']} {r['deploy_over_plain']:.2f}x<={r['goal_deploy_over_plain']}: "
         f"{'met' if r['goal_met'] else 'NOT met'}" for r in results if "goal_met" in r))
-    load_after = os.getloadavg()
-    print(f"load average after (1, 5, 15 min): {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    load_after = load_average()
+    print(f"load average after (1, 5, 15 min): {load_after}")
     if args.json:
         import onnxruntime
 
@@ -187,10 +178,13 @@ def main() -> None:
             "device": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": args.threads,
                        "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__,
                        "acmix_deploy": ad.__version__},
-            "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "statistic": "median", "clock": args.clock, "pause_between_runs_s": PAUSE_S, "ort_intra_op_spinning": True,
+            "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "clock": args.clock, "pause_between_runs_s": PAUSE_S,
+                      "ort_intra_op_spinning": True,
+                      "statistic": "deploy_over_plain: median of per-round paired ratios (range: min-max); "
+                                   "times: medians; interleaved rounds with rotating start",
                       "attention_core": "blocked halo matmuls, tile by traffic count (4x4 on 56/28 maps, 7x7 on 14/7)",
                       "deploy_layout": DEPLOY_LAYOUT},
-            "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after]},
+            "load_average": {"before": load_before, "after": load_after},
             "exactness_rel_vs_training": exactness,
             "results": results,
             "memory": memory,

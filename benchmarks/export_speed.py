@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from acmix_deploy.runtime import AotiRunner, OrtRunner
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reparam_speed import write_json  # noqa: E402
+from common import PAUSE_S, interleaved, write_json  # noqa: E402
 
 Run = Callable[[], object]
 
@@ -84,19 +83,6 @@ def aoti_target(path: Path, device: str, dtype: torch.dtype):
         return run
 
     return make
-
-
-def time_once(run: Run, cuda: bool) -> float:
-    # ONNX Runtime's idle threads spin-wait after a run; the pause (outside the timing) lets the previous
-    # target's threads park so they do not take the cores of the one being timed.
-    time.sleep(0.05)
-    if cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter_ns()
-    run()
-    if cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter_ns() - t0) / 1e6
 
 
 def main() -> None:
@@ -160,14 +146,8 @@ def main() -> None:
     for b in args.batch:
         x = np.random.default_rng(0).standard_normal((b, *size), dtype=np.float32)
         runs = {key: make(x) for key, make in targets.items()}
-        for run in runs.values():
-            for _ in range(args.warmup):
-                time_once(run, cuda)
-        times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
-        for _ in range(args.rounds):
-            for key, run in runs.items():
-                times[key].append(time_once(run, cuda))
-        med = {key: statistics.median(t) for key, t in times.items()}
+        t = interleaved(runs, args.rounds, args.warmup, sync=torch.cuda.synchronize if cuda else None)
+        med = t.medians()
         base_train = med[("torch eager", "training")]
         base_deploy = med[("torch eager", "deploy")]
         print(f"\nbatch {b}: median of {args.rounds} interleaved rounds")
@@ -184,7 +164,8 @@ def main() -> None:
         "benchmark": "export_speed",
         "device": device_fingerprint(args.device, args.threads),
         "setup": {"arch": args.arch, "imgsz": args.imgsz, "rounds": args.rounds, "warmup": args.warmup,
-                  "statistic": "median", "interleaved": True, "pause_between_runs_s": 0.05,
+                  "statistic": "median", "interleaved": "rotating start (benchmarks/common.py)",
+                  "pause_between_runs_s": PAUSE_S,
                   "speedup": "median of torch eager (training or deploy form) / median of the target"},
         "build_seconds": build_s,
         "results": results,

@@ -44,7 +44,7 @@ from acmix_deploy.profiling import cpu_model  # noqa: E402
 from acmix_deploy.serving.client import ServingClient  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reparam_speed import write_json  # noqa: E402
+from common import write_json  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

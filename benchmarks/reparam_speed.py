@@ -1,7 +1,8 @@
 """ACmix-ResNet-50: training form vs deploy form vs plain ResNet-50, torch eager on CPU.
 
 All three models are timed in one process, interleaved round by round (so
-that drift of a shared machine hits them alike), and compared by medians.
+that drift of a shared machine hits them alike); ratios are medians of the
+per-round paired ratios (``benchmarks/common.py``).
 Weights are random (non-initial), which does not change the cost.
 
     python benchmarks/reparam_speed.py --threads 2 --batch 1 8 --rounds 7 \
@@ -11,11 +12,9 @@ Weights are random (non-initial), which does not change the cost.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
@@ -24,21 +23,8 @@ import acmix_deploy as ad
 from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
-
-def write_json(report: dict, path: Path) -> None:
-    """Write a result file atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
-    print(f"wrote {path}")
-
-
-@torch.inference_mode()
-def time_once(model, x) -> float:
-    t0 = time.perf_counter_ns()
-    model(x)
-    return (time.perf_counter_ns() - t0) / 1e6
+sys.path.insert(0, str(Path(__file__).parent))
+from common import interleaved, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -62,20 +48,15 @@ def main() -> None:
     results = []
     for b in args.batch:
         x = torch.randn(b, *size)
-        for m in models.values():
-            for _ in range(args.warmup):
-                time_once(m, x)
-        times = {name: [] for name in models}
-        for _ in range(args.rounds):
-            for name, m in models.items():
-                times[name].append(time_once(m, x))
-        med = {name: statistics.median(t) for name, t in times.items()}
+        with torch.inference_mode():
+            t = interleaved({k: (lambda m: lambda: m(x))(m) for k, m in models.items()}, args.rounds, args.warmup)
+        med = t.medians()
         row = {
             "batch": b,
             **{f"{name}_ms": round(v, 2) for name, v in med.items()},
-            "train_over_plain": round(med["acmix_train"] / med["resnet50"], 2),
-            "deploy_over_plain": round(med["acmix_deploy"] / med["resnet50"], 2),
-            "train_over_deploy": round(med["acmix_train"] / med["acmix_deploy"], 2),
+            "train_over_plain": t.ratio("acmix_train", "resnet50")["paired_median"],
+            "deploy_over_plain": t.ratio("acmix_deploy", "resnet50")["paired_median"],
+            "train_over_deploy": t.ratio("acmix_train", "acmix_deploy")["paired_median"],
         }
         results.append(row)
         print(
@@ -95,7 +76,7 @@ def main() -> None:
             "python": platform.python_version(),
             "acmix_deploy": ad.__version__,
         },
-        "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "warmup": args.warmup, "statistic": "median"},
+        "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "warmup": args.warmup, "statistic": "times: medians; ratios: median of per-round paired ratios (benchmarks/common.py)"},
         "params": {name: ad.count_parameters(m) for name, m in models.items()},
         "equivalence_rel_error": diff.rel,
         "results": results,

@@ -1,8 +1,9 @@
 """Swin-T + ACmix: training form vs deploy form, torch eager and ONNX Runtime on CPU.
 
 Three forms are timed interleaved, round by round, in one process and
-compared by medians of wall time and of process CPU time (the latter is
-less sensitive to other processes on a shared machine):
+compared by the median of per-round paired ratios of wall time and of
+process CPU time (the latter is less sensitive to other processes on a
+shared machine; protocol in ``benchmarks/common.py``):
 
 * ``train``: the official structure (norm affines, fc + dep_conv, rate1/rate2, gathered position bias);
 * ``deploy``: :func:`acmix_deploy.reparameterize_model` with the default
@@ -22,10 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reparam_speed import write_json  # noqa: E402
+from common import interleaved, load_average, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -50,7 +49,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    load_at_start = os.getloadavg()
+    load_at_start = load_average()
 
     train = randomize_model(ad.create_model(args.arch), 0).eval()
     merged_train = randomize_model(ad.create_model(args.arch, conv_fold="merged"), 0).eval()
@@ -84,27 +83,16 @@ def main() -> None:
     for backend, fns in runners.items():
         for b in args.batch:
             x = np.random.default_rng(0).standard_normal((b, *size), dtype=np.float32)
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            cpu: dict[str, list[float]] = {k: [] for k in fns}
             with torch.inference_mode():
-                for f in fns.values():
-                    for _ in range(args.warmup):
-                        f(x)
-                for _ in range(args.rounds):
-                    for name, f in fns.items():
-                        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
-                        f(x)
-                        times[name].append((time.perf_counter_ns() - t0) / 1e6)
-                        cpu[name].append((time.process_time_ns() - c0) / 1e6)
-            med = {k: statistics.median(v) for k, v in times.items()}
-            med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+                t = interleaved({k: (lambda f: lambda: f(x))(f) for k, f in fns.items()}, args.rounds, args.warmup)
+            med, med_cpu = t.medians("wall"), t.medians("cpu")
             row = {
                 "backend": backend, "batch": b, **{f"{k}_ms": round(v, 2) for k, v in med.items()},
                 **{f"{k}_cpu_ms": round(v, 2) for k, v in med_cpu.items()},
-                "train_over_deploy": round(med["train"] / med["deploy"], 3),
-                "merged_over_deploy": round(med["deploy_merged"] / med["deploy"], 3),
-                "train_over_deploy_cpu": round(med_cpu["train"] / med_cpu["deploy"], 3),
-                "merged_over_deploy_cpu": round(med_cpu["deploy_merged"] / med_cpu["deploy"], 3),
+                "train_over_deploy": t.ratio("train", "deploy")["paired_median"],
+                "merged_over_deploy": t.ratio("deploy_merged", "deploy")["paired_median"],
+                "train_over_deploy_cpu": t.ratio("train", "deploy", "cpu")["paired_median"],
+                "merged_over_deploy_cpu": t.ratio("deploy_merged", "deploy", "cpu")["paired_median"],
             }
             results.append(row)
             print(f"{backend:12s} batch {b:2d}: train {med['train']:8.1f} ms  deploy {med['deploy']:8.1f} ms  "
@@ -119,12 +107,12 @@ def main() -> None:
             "cpu": cpu_model(),
             "logical_cpus": os.cpu_count(),
             "threads": args.threads,
-            "load_average_at_start": [round(v, 2) for v in load_at_start],
+            "load_average_at_start": load_at_start,
             "torch": str(torch.__version__),
             "python": platform.python_version(),
             "acmix_deploy": ad.__version__,
         },
-        "setup": {"input_size": list(size), "rounds": args.rounds, "warmup": args.warmup, "statistic": "median"},
+        "setup": {"input_size": list(size), "rounds": args.rounds, "warmup": args.warmup, "statistic": "times: medians; ratios: median of per-round paired ratios (benchmarks/common.py)"},
         "params": {name: ad.count_parameters(m) for name, m in forms.items()},
         "macs_batch1": {name: ad.count_macs(m, size) for name, m in forms.items()},
         "equivalence_rel_error": errors,

@@ -5,7 +5,8 @@ place of the 3x3 conv+BN of the 6 stage-3 blocks.  Its training form (two
 branches with BatchNorm each) and its folded deploy form (the merged dynamic
 convolution, run as conv + products + 1x1 mix) are timed against a plain
 ResNet-50 with its BatchNorms folded, in one process, interleaved round by
-round, and compared by medians.  ONNX Runtime runs the ONNX export of each
+round, and compared by the median of per-round paired ratios
+(``benchmarks/common.py``).  ONNX Runtime runs the ONNX export of each
 model; its graph optimizer folds BatchNorm into a preceding Conv by itself, so
 there the training form shows what remains of the fold's gain beyond
 BatchNorm (the stride-2 block's products at the output grid only).
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -38,30 +38,16 @@ from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reparam_speed import time_once, write_json  # noqa: E402
+from common import interleaved, write_json  # noqa: E402
 
 FORMS = ("xvol_train", "xvol_deploy", "resnet50")
 
 
-def interleaved_medians(fns: dict, x, rounds: int, warmup: int) -> dict[str, float]:
-    """Median ms per callable; within each round the callables run in turn, the starting one
-    rotating from round to round (no model always runs right after the same other one)."""
-    for f in fns.values():
-        for _ in range(warmup):
-            time_once(f, x)
-    names = list(fns)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            times[name].append(time_once(fns[name], x))
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def ratios(med: dict[str, float]) -> dict[str, float]:
+def ratios(t) -> dict[str, float]:
     return {
-        "train_over_deploy": round(med["xvol_train"] / med["xvol_deploy"], 2),
-        "deploy_over_plain": round(med["xvol_deploy"] / med["resnet50"], 2),
-        "train_over_plain": round(med["xvol_train"] / med["resnet50"], 2),
+        "train_over_deploy": t.ratio("xvol_train", "xvol_deploy")["paired_median"],
+        "deploy_over_plain": t.ratio("xvol_deploy", "resnet50")["paired_median"],
+        "train_over_plain": t.ratio("xvol_train", "resnet50")["paired_median"],
     }
 
 
@@ -116,9 +102,10 @@ def main() -> None:
         for backend, fns in runners.items():
             for b in args.batch:
                 x = np.random.default_rng(0).standard_normal((b, *size), dtype=np.float32)
-                med = interleaved_medians(fns, x, args.rounds, args.warmup)
+                t = interleaved({k: (lambda f: lambda: f(x))(f) for k, f in fns.items()}, args.rounds, args.warmup)
+                med = t.medians()
                 row = {"backend": backend, "batch": b, **{f"{k}_ms": round(v, 2) for k, v in med.items()},
-                       **ratios(med)}
+                       **ratios(t)}
                 results.append(row)
                 print(f"{backend:12s} batch {b:3d}: train {med['xvol_train']:8.1f} ms | deploy "
                       f"{med['xvol_deploy']:8.1f} ms | resnet50 {med['resnet50']:8.1f} ms || train/deploy "
@@ -140,8 +127,9 @@ def main() -> None:
         report = {
             "benchmark": "xvolution_speed",
             "device": device,
-            "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "warmup": args.warmup, "statistic": "median",
-                      "order": "interleaved, rotating start", "ort_intra_op_spinning": args.ort_spin,
+            "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "warmup": args.warmup,
+                      "statistic": "times: medians; ratios: median of per-round paired ratios",
+                      "order": "interleaved, rotating start, 50 ms pause before each run", "ort_intra_op_spinning": args.ort_spin,
                       "models": {"xvol_train": "xvolution_resnet50, training form",
                                  "xvol_deploy": "xvolution_resnet50, folded (XVolutionDeploy)",
                                  "resnet50": "resnet50, BatchNorm folded"}},
