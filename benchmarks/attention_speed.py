@@ -1,12 +1,17 @@
-"""Deployed ACmix-ResNet-50 against a plain ResNet-50: every CPU backend, and peak memory.
+"""Deployed ACmix-ResNet-50 against a plain ResNet-50: every backend of a device, and peak memory.
 
-For each backend (torch eager, ONNX Runtime CPU) and batch size, times the
-deploy form of ACmix-ResNet-50 and a plain ResNet-50 of the same widths
-interleaved in one process, and prints deploy / plain as the ratio of medians.
-The training form is timed in torch eager for reference.  With ``--memory``,
-each (form, batch) runs once in a fresh subprocess and its peak RSS growth
-over the loaded model is recorded (activation memory plus allocator slack;
-Linux only: it resets the watermark through /proc/self/clear_refs).
+For each backend and batch size, times the deploy form of ACmix-ResNet-50 and
+a plain ResNet-50 of the same widths interleaved in one process, and prints
+deploy / plain.  On the CPU (default) the backends are torch eager and ONNX
+Runtime; with ``--device cuda`` they are torch eager in float32 and float16,
+each with the blocked attention core and with the fused Triton kernel
+(``torch triton`` rows, when Triton is installed), plus torch.compile with
+``--compile``.  The training form is timed in torch eager for reference.
+With ``--memory``, on the CPU each (form, batch) runs once in a fresh
+subprocess and its peak RSS growth over the loaded model is recorded
+(activation memory plus allocator slack; Linux only: it resets the
+watermark through /proc/self/clear_refs); on CUDA the peak memory allocated
+by one forward pass is read from torch's allocator.
 
 Timing protocol (``benchmarks/common.py``): interleaved rounds with a
 rotating start and a pause before each run; ratios are reported as the
@@ -21,11 +26,14 @@ time would count).  The load average before and after the run is recorded.
         --json benchmarks/results/attention_speed_cpu.json
     python benchmarks/attention_speed.py --threads 1 --clock cpu \
         --json benchmarks/results/attention_speed_cpu_1thread_cputime.json
+    python benchmarks/attention_speed.py --device cuda --batch 1 8 32 --rounds 21 --memory --compile \
+        --json benchmarks/results/attention_speed_cuda.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import subprocess
 import sys
@@ -37,6 +45,7 @@ import torch
 
 import acmix_deploy as ad
 from acmix_deploy.modules.acmix import DEPLOY_LAYOUT
+from acmix_deploy.modules.triton_attention import set_attention_backend, triton_available
 from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
@@ -70,6 +79,35 @@ print(status("VmHWM") - before)
 """
 
 
+def torch_call(model, device: str, dtype: torch.dtype):
+    """``f(x_numpy)`` running ``model`` on ``device`` in ``dtype``, returning a NumPy float array."""
+    def run(x: np.ndarray):
+        out = model(torch.from_numpy(x).to(device=device, dtype=dtype))
+        return out if device == "cpu" and dtype == torch.float32 else out.float().cpu()
+    return run
+
+
+def with_attention_backend(name: str, fn):
+    def run(x):
+        set_attention_backend(name)
+        try:
+            return fn(x)
+        finally:
+            set_attention_backend(None)
+    return run
+
+
+def cuda_peak_mb(fn, x: np.ndarray) -> float:
+    """Peak CUDA memory allocated by one call beyond what was allocated before it."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        fn(x)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
 def peak_memory_mb(form: str, batch: int, threads: int, size: int) -> float:
     out = subprocess.run(
         [sys.executable, "-c", MEMORY_PROBE, form, str(batch), str(threads), str(size)],
@@ -88,10 +126,19 @@ def main() -> None:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or this process's CPU time (robust to other jobs; use with --threads 1)")
     ap.add_argument("--no-train", action="store_true", help="skip timing the training form")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: torch eager with the blocked core and with the Triton kernel, float32 and float16 "
+                         "(ONNX Runtime stays on the CPU and is skipped)")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile'd models (minutes of compilation)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     size = (3, args.imgsz, args.imgsz)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA GPU")
+    if cuda and args.memory:
+        print("--memory on cuda: peak CUDA memory allocated by one forward pass, measured in this process")
     load_before = load_average()
     print(f"load average (1, 5, 15 min): {load_before}", flush=True)
 
@@ -102,20 +149,32 @@ def main() -> None:
     if args.no_train:
         del eager["acmix_train"]
 
-    runners = {"torch": {k: (lambda m: (lambda x: m(torch.from_numpy(x))))(m) for k, m in eager.items()}}
-    try:
-        from acmix_deploy.exporters import export_onnx
-        from acmix_deploy.runtime import OrtRunner
+    runners = {}
+    dtypes = [("", torch.float32)] + ([(" fp16", torch.float16)] if cuda else [])
+    for tag, dtype in dtypes:
+        models = {k: copy.deepcopy(m).to(device=args.device, dtype=dtype) for k, m in eager.items()}
+        runners[f"torch{tag}"] = {k: torch_call(m, args.device, dtype) for k, m in models.items()}
+        if cuda and triton_available()[0]:  # the same models, deploy form through the fused kernel
+            fns = {k: f for k, f in runners[f"torch{tag}"].items() if k != "acmix_train"}
+            fns["acmix_deploy"] = with_attention_backend("triton", fns["acmix_deploy"])
+            runners[f"torch triton{tag}"] = fns
+        if args.compile:
+            runners[f"torch-compile{tag}"] = {k: torch_call(torch.compile(m), args.device, dtype)
+                                              for k, m in models.items() if k != "acmix_train"}
+    if not cuda:
+        try:
+            from acmix_deploy.exporters import export_onnx
+            from acmix_deploy.runtime import OrtRunner
 
-        tmp = Path(tempfile.mkdtemp(prefix="acmix-bench-"))
-        export_onnx(deploy, tmp / "deploy.onnx", size)
-        export_onnx(plain, tmp / "plain.onnx", size)
-        runners["onnxruntime"] = {
-            "acmix_deploy": OrtRunner(tmp / "deploy.onnx", threads=args.threads).infer,
-            "resnet50": OrtRunner(tmp / "plain.onnx", threads=args.threads).infer,
-        }
-    except ad.AcmixDeployError as exc:
-        print(f"onnxruntime skipped: {exc}")
+            tmp = Path(tempfile.mkdtemp(prefix="acmix-bench-"))
+            export_onnx(deploy, tmp / "deploy.onnx", size)
+            export_onnx(plain, tmp / "plain.onnx", size)
+            runners["onnxruntime"] = {
+                "acmix_deploy": OrtRunner(tmp / "deploy.onnx", threads=args.threads).infer,
+                "resnet50": OrtRunner(tmp / "plain.onnx", threads=args.threads).infer,
+            }
+        except ad.AcmixDeployError as exc:
+            print(f"onnxruntime skipped: {exc}")
 
     # Exactness on a random input: each deploy backend against the training form (float32).
     x_check = np.random.default_rng(1).standard_normal((2, *size), dtype=np.float32)
@@ -126,14 +185,15 @@ def main() -> None:
         with torch.inference_mode():
             out = np.asarray(fns["acmix_deploy"](x_check), dtype=np.float64)
         exactness[backend] = float(np.abs(out - ref).max() / np.abs(ref).max())
-        print(f"{backend:12s} deploy vs training form: max relative difference {exactness[backend]:.1e}", flush=True)
+        print(f"{backend:16s} deploy vs training form: max relative difference {exactness[backend]:.1e}", flush=True)
 
     results = []
     for backend, fns in runners.items():
         for b in args.batch:
             x = np.random.default_rng(0).standard_normal((b, *size), dtype=np.float32)
             with torch.inference_mode():
-                t = interleaved({k: (lambda f: lambda: f(x))(f) for k, f in fns.items()}, args.rounds)
+                t = interleaved({k: (lambda f: lambda: f(x))(f) for k, f in fns.items()}, args.rounds,
+                                sync=torch.cuda.synchronize if cuda else None)
             med = t.medians(args.clock)
             ratio = t.ratio("acmix_deploy", "resnet50", args.clock)
             row = {"backend": backend, "batch": b, **{f"{k}_ms": round(v, 2) for k, v in med.items()},
@@ -143,23 +203,31 @@ def main() -> None:
                 row["train_over_deploy"] = t.ratio("acmix_train", "acmix_deploy", args.clock)["paired_median"]
             results.append(row)
             extra = f"  train/deploy {row['train_over_deploy']:.2f}x" if "train_over_deploy" in row else ""
-            print(f"{backend:12s} batch {b:3d}: deploy {med['acmix_deploy']:8.1f} ms  plain {med['resnet50']:8.1f} ms"
+            print(f"{backend:16s} batch {b:3d}: deploy {med['acmix_deploy']:8.1f} ms  plain {med['resnet50']:8.1f} ms"
                   f"  deploy/plain {ratio['paired_median']:.3f}x (rounds {ratio['paired_min']:.2f}-{ratio['paired_max']:.2f}, "
                   f"of medians {ratio['of_medians']:.3f}x){extra}", flush=True)
 
     memory = []
     if args.memory:
         for b in args.batch:
-            row = {"batch": b, **{f"{f}_mb": round(peak_memory_mb(f, b, args.threads, args.imgsz), 1)
-                                  for f in ("acmix_train", "acmix_deploy", "resnet50")}}
+            if cuda:
+                x = np.random.default_rng(0).standard_normal((b, *size), dtype=np.float32)
+                row = {"batch": b, **{f"{f}_mb": round(cuda_peak_mb(runners["torch"][f], x), 1)
+                                      for f in ("acmix_train", "acmix_deploy", "resnet50") if f in runners["torch"]}}
+                if "acmix_train_mb" not in row:
+                    continue
+            else:
+                row = {"batch": b, **{f"{f}_mb": round(peak_memory_mb(f, b, args.threads, args.imgsz), 1)
+                                      for f in ("acmix_train", "acmix_deploy", "resnet50")}}
             row["deploy_over_train"] = round(row["acmix_deploy_mb"] / row["acmix_train_mb"], 3)
             memory.append(row)
-            print(f"peak RSS growth, batch {b}: train {row['acmix_train_mb']} MB, deploy {row['acmix_deploy_mb']} MB, "
+            print(f"peak {'CUDA memory' if cuda else 'RSS growth'}, batch {b}: train {row['acmix_train_mb']} MB, deploy {row['acmix_deploy_mb']} MB, "
                   f"resnet50 {row['resnet50_mb']} MB (deploy/train {row['deploy_over_train']:.2f})", flush=True)
 
+    # The issue's goals: ONNX Runtime on CPU <= 1.5x, torch eager on CPU <= 2x, every torch backend on a GPU <= 1.5x.
     goals = {"onnxruntime": 1.5, "torch": 2.0}
     for row in results:
-        limit = goals.get(row["backend"])
+        limit = 1.5 if cuda else goals.get(row["backend"])
         if limit is not None:
             row["goal_deploy_over_plain"] = limit
             row["goal_met"] = row["deploy_over_plain"] <= limit
@@ -171,18 +239,23 @@ def main() -> None:
     load_after = load_average()
     print(f"load average after (1, 5, 15 min): {load_after}")
     if args.json:
-        import onnxruntime
+        device = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": args.threads,
+                  "torch": str(torch.__version__), "acmix_deploy": ad.__version__}
+        if cuda:
+            device["gpu"] = torch.cuda.get_device_name()
+        if "onnxruntime" in runners:
+            import onnxruntime
 
+            device["onnxruntime"] = onnxruntime.__version__
         report = {
             "benchmark": "attention_speed",
-            "device": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": args.threads,
-                       "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__,
-                       "acmix_deploy": ad.__version__},
+            "device": device,
             "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "clock": args.clock, "pause_between_runs_s": PAUSE_S,
                       "ort_intra_op_spinning": True,
                       "statistic": "deploy_over_plain: median of per-round paired ratios (range: min-max); "
                                    "times: medians; interleaved rounds with rotating start",
-                      "attention_core": "blocked halo matmuls, tile by traffic count (4x4 on 56/28 maps, 7x7 on 14/7)",
+                      "attention_core": "blocked halo matmuls, tile by traffic count (4x4 on 56/28 maps, 7x7 on 14/7); "
+                                        "'torch triton' rows: the fused Triton kernel (modules/triton_attention.py)",
                       "deploy_layout": DEPLOY_LAYOUT},
             "load_average": {"before": load_before, "after": load_after},
             "exactness_rel_vs_training": exactness,

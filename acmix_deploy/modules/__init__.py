@@ -2,6 +2,7 @@
 
 from .acmix import ACmix, ACmixDeploy
 from .swin_acmix import WindowAttentionACmix, WindowAttentionACmixDeploy
+from .triton_attention import attention_backend, set_attention_backend, triton_window_attention
 from .window_attention import HaloPlan, halo_attention, make_halo_plan
 from .xvolution import XVolution, XVolutionDeploy
 
@@ -13,6 +14,9 @@ __all__ = [
     "WindowAttentionACmixDeploy",
     "XVolution",
     "XVolutionDeploy",
+    "attention_backend",
     "halo_attention",
     "make_halo_plan",
+    "set_attention_backend",
+    "triton_window_attention",
 ]

@@ -1,0 +1,153 @@
+"""ACmix's window attention as one fused Triton kernel, for CUDA tensors in the torch runner.
+
+The kernel computes exactly what :func:`~acmix_deploy.modules.window_attention.halo_attention`
+computes, from the same inputs (the fused 1x1 convolution's output in
+head-dimension-major order, queries pre-scaled, and ``conv_p``'s weight),
+without any intermediate tensor: each program takes ``BLOCK_P`` output
+pixels of one image and head, loads their queries once, and walks the
+``ka x ka`` window with an online ("running") softmax, keeping the running
+maximum, the running sum and the weighted sum of values in registers::
+
+    for each offset (dy, dx) of the window:
+        n      = reflect(s * p - pad + (dy, dx))          # ReflectionPad2d, built into the index
+        logit  = q(p) . (k(n) - pe(n))                   # pe = conv_p(loc) without bias (see below)
+        m'     = max(m, logit);  a = exp(m - m');  e = exp(logit - m')
+        sum    = sum * a + e;    acc = acc * a + e * v(n);  m = m'
+    out(p) = acc / sum
+
+The positional term is the same key offset as in the blocked core
+(``q(p) . pe(p)`` is constant over the window and softmax ignores it), and
+every slot of the window is visited, so a key that the reflection brings in
+twice counts twice, as in the unfold form.  All arithmetic is float32 (the
+inputs may be float16 or bfloat16; they are widened on load), so the kernel
+is exact up to the order of summation.
+
+Status: the kernel is checked against the blocked core and the unfold form
+in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``, tests in
+``tests/test_triton_attention.py``).  Its speed on a GPU has not been
+measured yet (no GPU was lent to the sessions that wrote it), so it is not
+the default: :func:`set_attention_backend` or the environment variable
+``ACMIX_DEPLOY_ATTENTION=triton`` selects it; ``benchmarks/attention_speed.py
+--device cuda`` compares the two.  It runs in eager mode only: ONNX export and
+tracing record the blocked core (standard operators only), and torch.compile /
+AOTInductor compile the blocked core with Inductor, which makes its own kernels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+__all__ = ["ATTENTION_BACKENDS", "attention_backend", "set_attention_backend", "triton_available",
+           "triton_window_attention", "use_triton"]
+
+ATTENTION_BACKENDS = ("halo", "triton")
+ENV_VAR = "ACMIX_DEPLOY_ATTENTION"
+_backend: str | None = None  # None: read ENV_VAR (default "halo")
+
+
+def triton_available() -> tuple[bool, str]:
+    """Whether the kernel can run here, and if not, why (one line)."""
+    if not _have_triton():
+        return False, "Triton is not installed (it comes with CUDA builds of PyTorch; `pip install triton`)"
+    if not _interpreting() and not torch.cuda.is_available():
+        return False, "the Triton kernel needs a CUDA GPU (torch sees none) or TRITON_INTERPRET=1"
+    return True, ""
+
+
+def attention_backend() -> str:
+    """The attention implementation ACmix deploy blocks use for CUDA tensors: ``halo`` or ``triton``."""
+    name = _backend if _backend is not None else os.environ.get(ENV_VAR, "halo").strip().lower() or "halo"
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"{ENV_VAR}={name!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
+    return name
+
+
+def set_attention_backend(name: str | None) -> None:
+    """Choose the attention implementation (``None``: back to the environment variable / default)."""
+    global _backend
+    if name is not None:
+        if name not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {name!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
+        if name == "triton":
+            ok, why = triton_available()
+            if not ok:
+                raise RuntimeError(f"attention backend 'triton' is not available: {why}")
+    _backend = name
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """True when the Triton kernel should compute the attention of ``x``.
+
+    Eager mode only: ONNX export and tracing record the blocked core
+    (standard operators), and torch.compile / torch.export / AOTInductor
+    compile the blocked core with Inductor, which generates its own kernels.
+    """
+    if attention_backend() != "triton" or not _have_triton():
+        return False
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    return x.is_cuda or (_interpreting() and x.device.type == "cpu")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _have_triton() -> bool:
+    # Triton ships with CUDA builds of torch; a CPU-only install has it only if installed by hand.
+    # Looked up without importing it: the import costs ~0.15 s and is only needed to run the kernel.
+    return importlib.util.find_spec("triton") is not None
+
+
+_compiled: dict[bool, object] = {}
+
+
+def _kernel():
+    """The jitted kernel (built on first use, so that TRITON_INTERPRET set by then is honoured)."""
+    key = _interpreting()
+    if key not in _compiled:
+        import triton
+
+        from ._triton_kernels import window_attention_kernel
+
+        _compiled[key] = triton.jit(window_attention_kernel)
+    return _compiled[key]
+
+
+def triton_window_attention(
+    qkv: torch.Tensor, pos_weight: torch.Tensor, coords: torch.Tensor, heads: int, kernel: int, stride: int,
+) -> torch.Tensor:
+    """Window attention of ACmix in one kernel; same contract as ``halo_attention``.
+
+    ``qkv``: ``(b, 3C, H, W)`` in head-dimension-major order, queries scaled;
+    ``pos_weight``: ``(d, 2)``; ``coords``: ``(H*W, 2)``, ``loc`` of every
+    input position (``HaloPlan.coords``).  Returns ``(b, C, H_out, W_out)``,
+    head-major channels, in the dtype of ``qkv``.
+    """
+    ok, why = triton_available()
+    if not ok:
+        raise RuntimeError(f"triton_window_attention: {why}")
+    b, c3, hh, ww = qkv.shape
+    if c3 % (3 * heads):
+        raise ValueError(f"qkv has {c3} channels, not a multiple of 3 * heads ({3 * heads})")
+    d = c3 // (3 * heads)
+    if pos_weight.shape != (d, 2) or coords.shape != (hh * ww, 2):
+        raise ValueError(f"pos_weight {tuple(pos_weight.shape)} / coords {tuple(coords.shape)} do not match "
+                         f"head_dim {d} and a {hh}x{ww} map")
+    pad = (kernel - 1) // 2
+    if pad >= hh or pad >= ww:
+        raise ValueError(f"reflection padding {pad} needs a map larger than {pad}x{pad}, got {hh}x{ww}")
+    out_h, out_w = (hh - 1) // stride + 1, (ww - 1) // stride + 1
+    # The key offset -W_p loc, as in the blocked core (float32: the kernel computes in float32).
+    pe = torch.matmul(coords.float(), pos_weight.float().t()).contiguous()
+    qkv = qkv.contiguous()
+    out = torch.empty(b, heads * d, out_h, out_w, dtype=qkv.dtype, device=qkv.device)
+    block_d = 1 << max(0, d - 1).bit_length()  # next power of two
+    block_p = max(16, min(128, 4096 // block_d))  # ~4k float32 accumulators per program
+    grid = (-(-(out_h * out_w) // block_p), b * heads)
+    _kernel()[grid](qkv, pe, out, hh, ww, out_h, out_w, heads, d,
+                    KA=kernel, STRIDE=stride, BLOCK_P=block_p, BLOCK_D=block_d)
+    return out

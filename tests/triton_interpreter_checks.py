@@ -1,0 +1,120 @@
+"""Checks of the fused Triton kernel, run in Triton's interpreter in a process of their own.
+
+Triton decides at import time whether its language functions run compiled
+or interpreted (``TRITON_INTERPRET=1``); once another test (torch.compile,
+AOTInductor) has imported it for compiling, the interpreter cannot be
+switched on in that process.  ``tests/test_triton_attention.py`` therefore
+runs this module as ``python -m tests.triton_interpreter_checks`` with
+``TRITON_INTERPRET=1`` set from the start, and asserts on the JSON it prints:
+for each check, the relative errors (or the error messages) it measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+import acmix_deploy as ad
+from acmix_deploy.modules import ACmix, halo_attention, make_halo_plan
+from acmix_deploy.modules.triton_attention import set_attention_backend, triton_window_attention, use_triton
+from acmix_deploy.testing import randomize_model
+
+from .test_window_attention import CASES, _inputs, head_dim_major, unfold_reference
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def unfold_cases() -> list[dict]:
+    """The kernel against the unfold form and the blocked core, on every case of the core's own tests."""
+    out = []
+    for heads, d, ka, stride, size, batch, _tile in CASES:
+        q, k, v, conv_p = _inputs(heads, d, size, batch, torch.float32, heads * 100 + ka + stride)
+        with torch.no_grad():
+            ref = unfold_reference(q.double(), k.double(), v.double(), copy.deepcopy(conv_p).double(), heads, ka, stride)
+            plan = make_halo_plan(*size, ka, stride, heads, d)
+            qkv = head_dim_major(q, k, v, heads)
+            got = triton_window_attention(qkv, conv_p.weight.reshape(d, 2), plan.coords, heads, ka, stride)
+            blocked = halo_attention(qkv, conv_p.weight.reshape(d, 2), plan)
+        out.append({"case": [heads, d, ka, stride, list(size), batch], "shape_ok": got.shape == ref.shape,
+                    "dtype": str(got.dtype), "vs_unfold": rel(got, ref), "vs_blocked": rel(got, blocked)})
+    return out
+
+
+def half_inputs() -> dict:
+    """float16 / bfloat16 inputs: widened on load, the output rounded once."""
+    heads, d, ka = 2, 8, 7
+    q, k, v, conv_p = _inputs(heads, d, (9, 10), 2, torch.float32, 7)
+    plan = make_halo_plan(9, 10, ka, 1, heads, d)
+    res = {}
+    for name, dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+        qkv = head_dim_major(q, k, v, heads).to(dtype)
+        with torch.no_grad():
+            ref = halo_attention(qkv.float(), conv_p.weight.reshape(d, 2), plan)
+            got = triton_window_attention(qkv, conv_p.weight.reshape(d, 2), plan.coords, heads, ka, 1)
+        res[name] = {"dtype": str(got.dtype), "err": rel(got.float(), ref)}
+    return res
+
+
+def deploy_blocks() -> list[dict]:
+    """A deploy block on the Triton backend against its training form (random weights and BN statistics)."""
+    res = []
+    for stride, batch, shape in ((1, 1, (11, 9)), (2, 3, (10, 14))):
+        m = randomize_model(ACmix(16, 16, kernel_att=7, head=4, kernel_conv=3, stride=stride), 3).eval()
+        dep = m.fuse().eval()
+        x = torch.randn(batch, 16, *shape)
+        set_attention_backend("triton")
+        try:
+            taken = use_triton(x)
+            with torch.no_grad():
+                err = rel(dep(x), m(x))
+        finally:
+            set_attention_backend(None)
+        res.append({"stride": stride, "batch": batch, "triton_taken": taken, "err": err})
+    return res
+
+
+def export_unchanged() -> dict:
+    """With the Triton backend chosen, the ONNX export still records the blocked core, byte for byte."""
+    from acmix_deploy.exporters import export_onnx
+
+    m = ad.reparameterize_model(randomize_model(ad.create_model("acmix_resnet_tiny"), 0).eval())
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(m, Path(tmp) / "halo.onnx", (3, 32, 32))
+        set_attention_backend("triton")
+        try:
+            eager_takes_kernel = use_triton(torch.zeros(1))
+            export_onnx(m, Path(tmp) / "chosen.onnx", (3, 32, 32))
+        finally:
+            set_attention_backend(None)
+        same = (Path(tmp) / "halo.onnx").read_bytes() == (Path(tmp) / "chosen.onnx").read_bytes()
+    return {"eager_takes_kernel": eager_takes_kernel, "identical": same}
+
+
+def bad_shapes() -> list[str]:
+    msgs = []
+    for args in ((torch.zeros(1, 7, 4, 4), torch.zeros(2, 2), torch.zeros(16, 2), 1, 3, 1),
+                 (torch.zeros(1, 6, 4, 4), torch.zeros(3, 2), torch.zeros(16, 2), 1, 3, 1),
+                 (torch.zeros(1, 6, 3, 3), torch.zeros(2, 2), torch.zeros(9, 2), 1, 7, 1)):
+        try:
+            triton_window_attention(*args)
+            msgs.append("no error")
+        except ValueError as exc:
+            msgs.append(str(exc))
+    return msgs
+
+
+CHECKS = {f.__name__: f for f in (unfold_cases, half_inputs, deploy_blocks, export_unchanged, bad_shapes)}
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("run with TRITON_INTERPRET=1")
+    torch.set_num_threads(2)
+    print(json.dumps({name: f() for name, f in CHECKS.items()}))
