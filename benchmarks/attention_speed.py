@@ -198,7 +198,8 @@ def main() -> None:
             ratio = t.ratio("acmix_deploy", "resnet50", args.clock)
             row = {"backend": backend, "batch": b, **{f"{k}_ms": round(v, 2) for k, v in med.items()},
                    "deploy_over_plain": ratio["paired_median"], "deploy_over_plain_range": [ratio["paired_min"], ratio["paired_max"]],
-                   "deploy_over_plain_of_medians": ratio["of_medians"]}
+                   "deploy_over_plain_of_medians": ratio["of_medians"],
+                   "rounds_ms": {k: [round(v, 1) for v in vs] for k, vs in (t.cpu if args.clock == "cpu" else t.wall).items()}}
             if "acmix_train" in med:
                 row["train_over_deploy"] = t.ratio("acmix_train", "acmix_deploy", args.clock)["paired_median"]
             results.append(row)
