@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from acmix_deploy.errors import ConfigError, MissingDependencyError
 from acmix_deploy.modules import triton_attention
 from acmix_deploy.modules.triton_attention import set_attention_backend, triton_window_attention, use_triton
 
@@ -94,23 +95,23 @@ def test_backend_selection(monkeypatch):
     assert triton_attention.attention_backend() == "halo"
     assert not use_triton(torch.zeros(1))  # the default never takes the kernel
     monkeypatch.setenv(triton_attention.ENV_VAR, "fused")
-    with pytest.raises(ValueError, match="ACMIX_DEPLOY_ATTENTION='fused'"):
+    with pytest.raises(ConfigError, match="ACMIX_DEPLOY_ATTENTION='fused'"):
         triton_attention.attention_backend()
     monkeypatch.setenv(triton_attention.ENV_VAR, "halo")
-    with pytest.raises(ValueError, match="unknown attention backend"):
+    with pytest.raises(ConfigError, match="unknown attention backend"):
         set_attention_backend("cudnn")
 
 
 def test_triton_backend_without_triton_or_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.delenv(triton_attention.ENV_VAR, raising=False)
     monkeypatch.setattr(triton_attention, "_have_triton", lambda: False)
-    with pytest.raises(RuntimeError, match="Triton is not installed"):
+    with pytest.raises(MissingDependencyError, match="Triton is not installed"):
         set_attention_backend("triton")
-    with pytest.raises(RuntimeError, match="Triton is not installed"):
+    with pytest.raises(MissingDependencyError, match="Triton is not installed"):
         triton_window_attention(torch.zeros(1, 6, 4, 4), torch.zeros(2, 2), torch.zeros(16, 2), 1, 3, 1)
     monkeypatch.setattr(triton_attention, "_have_triton", lambda: True)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+    with pytest.raises(MissingDependencyError, match="needs a CUDA GPU"):
         set_attention_backend("triton")
     assert triton_attention.attention_backend() == "halo"  # a refused choice changes nothing

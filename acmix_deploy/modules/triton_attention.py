@@ -40,6 +40,8 @@ import os
 
 import torch
 
+from ..errors import ConfigError, InputShapeError, MissingDependencyError
+
 __all__ = ["ATTENTION_BACKENDS", "attention_backend", "set_attention_backend", "triton_available",
            "triton_window_attention", "use_triton"]
 
@@ -61,7 +63,7 @@ def attention_backend() -> str:
     """The attention implementation ACmix deploy blocks use for CUDA tensors: ``halo`` or ``triton``."""
     name = _backend if _backend is not None else os.environ.get(ENV_VAR, "halo").strip().lower() or "halo"
     if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"{ENV_VAR}={name!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
+        raise ConfigError(f"{ENV_VAR}={name!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
     return name
 
 
@@ -70,11 +72,11 @@ def set_attention_backend(name: str | None) -> None:
     global _backend
     if name is not None:
         if name not in ATTENTION_BACKENDS:
-            raise ValueError(f"unknown attention backend {name!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
+            raise ConfigError(f"unknown attention backend {name!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
         if name == "triton":
             ok, why = triton_available()
             if not ok:
-                raise RuntimeError(f"attention backend 'triton' is not available: {why}")
+                raise MissingDependencyError(f"attention backend 'triton' is not available: {why}")
     _backend = name
 
 
@@ -129,17 +131,17 @@ def triton_window_attention(
     """
     ok, why = triton_available()
     if not ok:
-        raise RuntimeError(f"triton_window_attention: {why}")
+        raise MissingDependencyError(f"triton_window_attention: {why}")
     b, c3, hh, ww = qkv.shape
     if c3 % (3 * heads):
-        raise ValueError(f"qkv has {c3} channels, not a multiple of 3 * heads ({3 * heads})")
+        raise InputShapeError(f"qkv has {c3} channels, not a multiple of 3 * heads ({3 * heads})")
     d = c3 // (3 * heads)
     if pos_weight.shape != (d, 2) or coords.shape != (hh * ww, 2):
-        raise ValueError(f"pos_weight {tuple(pos_weight.shape)} / coords {tuple(coords.shape)} do not match "
+        raise InputShapeError(f"pos_weight {tuple(pos_weight.shape)} / coords {tuple(coords.shape)} do not match "
                          f"head_dim {d} and a {hh}x{ww} map")
     pad = (kernel - 1) // 2
     if pad >= hh or pad >= ww:
-        raise ValueError(f"reflection padding {pad} needs a map larger than {pad}x{pad}, got {hh}x{ww}")
+        raise InputShapeError(f"reflection padding {pad} needs a map larger than {pad}x{pad}, got {hh}x{ww}")
     out_h, out_w = (hh - 1) // stride + 1, (ww - 1) // stride + 1
     # The key offset -W_p loc, as in the blocked core (float32: the kernel computes in float32).
     pe = torch.matmul(coords.float(), pos_weight.float().t()).contiguous()
@@ -148,6 +150,9 @@ def triton_window_attention(
     block_d = 1 << max(0, d - 1).bit_length()  # next power of two
     block_p = max(16, min(128, 4096 // block_d))  # ~4k float32 accumulators per program
     grid = (-(-(out_h * out_w) // block_p), b * heads)
+    # q, the accumulator and the loaded k, pe, v tiles are each block_p * block_d floats per program:
+    # 8 warps for the 4096-element tiles keep them in registers (~32 floats per thread each).
     _kernel()[grid](qkv, pe, out, hh, ww, out_h, out_w, heads, d,
-                    KA=kernel, STRIDE=stride, BLOCK_P=block_p, BLOCK_D=block_d)
+                    KA=kernel, STRIDE=stride, BLOCK_P=block_p, BLOCK_D=block_d,
+                    num_warps=8 if block_p * block_d >= 4096 else 4)
     return out

@@ -42,6 +42,7 @@ def _cpu_affinity() -> int | None:
 def device_fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
     """CPU, GPU (when ``device`` is cuda), library versions, hashed hostname, time."""
     from .. import __version__
+    from ..modules.triton_attention import attention_backend
 
     fp = {
         "device": device,
@@ -67,6 +68,9 @@ def device_fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
             "gpu_memory_gb": round(props.total_memory / 2**30, 1),
             "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version(),
+            # Which window-attention implementation ACmix deploy blocks run on CUDA tensors in eager torch.
+            "acmix_attention": attention_backend(),
+            "tf32_convolutions": torch.backends.cudnn.allow_tf32,
         })
         try:
             import subprocess

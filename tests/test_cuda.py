@@ -1,0 +1,78 @@
+"""Exactness on a CUDA GPU: the deploy form (blocked core and the compiled Triton kernel) against training.
+
+Skipped where torch sees no CUDA GPU (every machine this project is developed on so far; the kernel's
+CPU-interpreter checks are in test_triton_attention.py).  TF32 is switched off for these tests:
+with it, cuDNN convolutions and cuBLAS products round their inputs to 10 mantissa bits, which moves
+any float32 network by ~1e-3 whether or not it was folded; the 1e-5 tolerance (conftest) is for
+float32 arithmetic.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import acmix_deploy as ad
+from acmix_deploy.modules import ACmix, halo_attention, make_halo_plan, set_attention_backend, triton_window_attention
+from acmix_deploy.modules.triton_attention import use_triton
+from acmix_deploy.testing import randomize_model
+
+from .conftest import TOL_F32
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    set_attention_backend(None)
+
+
+def _rel(a, b) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+@pytest.mark.parametrize("arch,size", [("acmix_resnet_tiny", 32), ("acmix_resnet50", 224)])
+@pytest.mark.parametrize("backend", ["halo", pytest.param("triton", marks=needs_triton)])
+def test_deploy_form_on_cuda_equals_training_form(arch, size, backend):
+    train = randomize_model(ad.create_model(arch), 0).eval().cuda()
+    deploy = ad.reparameterize_model(train)
+    x = torch.randn(3, 3, size, size, device="cuda")
+    set_attention_backend(backend)
+    with torch.inference_mode():
+        err = _rel(deploy(x), train(x))
+    assert err <= TOL_F32
+
+
+@needs_triton
+@pytest.mark.parametrize("heads,d,ka,stride,hw,batch", [
+    (4, 16, 7, 1, (56, 56), 2), (4, 32, 7, 2, (28, 28), 1), (4, 128, 7, 1, (7, 7), 3), (3, 5, 5, 1, (9, 11), 2),
+])
+def test_compiled_kernel_equals_blocked_core(heads, d, ka, stride, hw, batch):
+    qkv = torch.randn(batch, 3 * heads * d, *hw, device="cuda")
+    pw = torch.randn(d, 2, device="cuda")
+    plan = make_halo_plan(*hw, ka, stride, heads, d, device="cuda")
+    with torch.inference_mode():
+        ref = halo_attention(qkv, pw, plan)
+        out = triton_window_attention(qkv, pw, plan.coords, heads, ka, stride)
+        ref_half = halo_attention(qkv.half().float(), pw, plan)  # the same rounded inputs, float32 arithmetic
+        half = triton_window_attention(qkv.half(), pw, plan.coords, heads, ka, stride)
+    assert _rel(out, ref) <= TOL_F32
+    assert half.dtype == torch.float16 and _rel(half.float(), ref_half) <= 2e-3  # one rounding of the output
+
+
+@needs_triton
+def test_triton_block_backend_takes_the_kernel_on_cuda():
+    m = randomize_model(ACmix(64, 64, 7, 4, 3, 1), 1).eval().cuda()
+    dep = m.fuse().eval()
+    x = torch.randn(2, 64, 14, 14, device="cuda")
+    set_attention_backend("triton")
+    assert use_triton(x)
+    with torch.inference_mode():
+        assert _rel(dep(x), m(x)) <= TOL_F32
