@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
+import importlib.metadata
 import subprocess
 import sys
 import tempfile
@@ -46,7 +46,7 @@ import torch
 import acmix_deploy as ad
 from acmix_deploy.modules.acmix import DEPLOY_LAYOUT
 from acmix_deploy.modules.triton_attention import set_attention_backend, triton_available
-from acmix_deploy.profiling import cpu_model
+from acmix_deploy.profiling import device_fingerprint
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -79,21 +79,46 @@ print(status("VmHWM") - before)
 """
 
 
-def torch_call(model, device: str, dtype: torch.dtype):
-    """``f(x_numpy)`` running ``model`` on ``device`` in ``dtype``, returning a NumPy float array."""
-    def run(x: np.ndarray):
-        out = model(torch.from_numpy(x).to(device=device, dtype=dtype))
-        return out if device == "cpu" and dtype == torch.float32 else out.float().cpu()
-    return run
+class TorchTarget:
+    """A torch model on a device and dtype; the timed call gets its input already there."""
+
+    def __init__(self, model, device: str, dtype: torch.dtype):
+        self.model, self.device, self.dtype = model, device, dtype
+
+    def prepare(self, x: np.ndarray):
+        xt = torch.from_numpy(x).to(device=self.device, dtype=self.dtype)
+        return lambda: self.model(xt)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.model(torch.from_numpy(x).to(device=self.device, dtype=self.dtype)).float().cpu().numpy()
 
 
-def cuda_peak_mb(fn, x: np.ndarray) -> float:
-    """Peak CUDA memory allocated by one call beyond what was allocated before it."""
+class OrtTarget:
+    def __init__(self, runner):
+        self.runner = runner
+
+    def prepare(self, x: np.ndarray):
+        feed = {self.runner.input_name: np.ascontiguousarray(x)}
+        return lambda: self.runner.session.run(None, feed)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.runner.infer(x)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cuda_peak_mb(target: TorchTarget, x: np.ndarray) -> float:
+    """Peak CUDA memory allocated by one forward pass beyond what was allocated before it (input included)."""
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
-        fn(x)
+        target.prepare(x)()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
@@ -112,7 +137,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--imgsz", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--memory", action="store_true", help="also measure peak RSS growth per form (subprocesses)")
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory per form: RSS growth in a subprocess (cpu), "
+                         "allocator peak per attention implementation (cuda)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or this process's CPU time (robust to other jobs; use with --threads 1)")
     ap.add_argument("--no-train", action="store_true", help="skip timing the training form")
@@ -120,6 +146,8 @@ def main() -> None:
                     help="cuda: torch eager with the blocked core and with the Triton kernel, float32 and float16 "
                          "(ONNX Runtime stays on the CPU and is skipped)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile'd models (minutes of compilation)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="cuda: let float32 convolutions and products use TF32 (off by default: float32 means float32)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,8 +155,8 @@ def main() -> None:
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA GPU")
-    if cuda and args.memory:
-        print("--memory on cuda: peak CUDA memory allocated by one forward pass, measured in this process")
+    if cuda:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     load_before = load_average()
     print(f"load average (1, 5, 15 min): {load_before}", flush=True)
 
@@ -139,17 +167,17 @@ def main() -> None:
     if args.no_train:
         del eager["acmix_train"]
 
-    runners = {}
-    attention: dict[str, str] = {}  # backend -> attention implementation set while it runs (default: blocked core)
+    runners: dict[str, dict] = {}
+    attention: dict[str, str] = {}  # backend -> attention implementation of the deploy form while it runs
     dtypes = [("", torch.float32)] + ([(" fp16", torch.float16)] if cuda else [])
     for tag, dtype in dtypes:
         models = {k: copy.deepcopy(m).to(device=args.device, dtype=dtype) for k, m in eager.items()}
-        runners[f"torch{tag}"] = {k: torch_call(m, args.device, dtype) for k, m in models.items()}
+        runners[f"torch{tag}"] = {k: TorchTarget(m, args.device, dtype) for k, m in models.items()}
         if cuda and triton_available()[0]:  # the same models; the deploy form's attention by the fused kernel
-            runners[f"torch triton{tag}"] = {k: f for k, f in runners[f"torch{tag}"].items() if k != "acmix_train"}
+            runners[f"torch triton{tag}"] = {k: t for k, t in runners[f"torch{tag}"].items() if k != "acmix_train"}
             attention[f"torch triton{tag}"] = "triton"
-        if args.compile:
-            runners[f"torch-compile{tag}"] = {k: torch_call(torch.compile(m), args.device, dtype)
+        if args.compile:  # one static graph per batch size, as a deployment would compile
+            runners[f"torch-compile{tag}"] = {k: TorchTarget(torch.compile(m, dynamic=False), args.device, dtype)
                                               for k, m in models.items() if k != "acmix_train"}
     if not cuda:
         try:
@@ -160,8 +188,8 @@ def main() -> None:
             export_onnx(deploy, tmp / "deploy.onnx", size)
             export_onnx(plain, tmp / "plain.onnx", size)
             runners["onnxruntime"] = {
-                "acmix_deploy": OrtRunner(tmp / "deploy.onnx", threads=args.threads).infer,
-                "resnet50": OrtRunner(tmp / "plain.onnx", threads=args.threads).infer,
+                "acmix_deploy": OrtTarget(OrtRunner(tmp / "deploy.onnx", threads=args.threads)),
+                "resnet50": OrtTarget(OrtRunner(tmp / "plain.onnx", threads=args.threads)),
             }
         except ad.AcmixDeployError as exc:
             print(f"onnxruntime skipped: {exc}")
@@ -172,23 +200,24 @@ def main() -> None:
         ref = train(torch.from_numpy(x_check)).numpy()
     exactness = {}
     for backend, fns in runners.items():
-        set_attention_backend(attention.get(backend))
+        set_attention_backend(attention.get(backend, "halo"))  # explicit: ACMIX_DEPLOY_ATTENTION is not consulted
         with torch.inference_mode():
-            out = np.asarray(fns["acmix_deploy"](x_check), dtype=np.float64)
+            out = np.asarray(fns["acmix_deploy"].infer(x_check), dtype=np.float64)
         exactness[backend] = float(np.abs(out - ref).max() / np.abs(ref).max())
         print(f"{backend:16s} deploy vs training form: max relative difference {exactness[backend]:.1e}", flush=True)
 
     results = []
     for backend, fns in runners.items():
-        set_attention_backend(attention.get(backend))  # outside the timed calls
+        set_attention_backend(attention.get(backend, "halo"))  # outside the timed calls
         for b in args.batch:
             x = np.random.default_rng(0).standard_normal((b, *size), dtype=np.float32)
             with torch.inference_mode():
-                t = interleaved({k: (lambda f: lambda: f(x))(f) for k, f in fns.items()}, args.rounds,
+                t = interleaved({k: target.prepare(x) for k, target in fns.items()}, args.rounds,
                                 sync=torch.cuda.synchronize if cuda else None)
             med = t.medians(args.clock)
             ratio = t.ratio("acmix_deploy", "resnet50", args.clock)
-            row = {"backend": backend, "batch": b, **{f"{k}_ms": round(v, 2) for k, v in med.items()},
+            row = {"backend": backend, "attention": attention.get(backend, "halo"), "batch": b,
+                   **{f"{k}_ms": round(v, 2) for k, v in med.items()},
                    "deploy_over_plain": ratio["paired_median"], "deploy_over_plain_range": [ratio["paired_min"], ratio["paired_max"]],
                    "deploy_over_plain_of_medians": ratio["of_medians"],
                    "rounds_ms": {k: [round(v, 1) for v in vs] for k, vs in (t.cpu if args.clock == "cpu" else t.wall).items()}}
@@ -200,23 +229,31 @@ def main() -> None:
                   f"  deploy/plain {ratio['paired_median']:.3f}x (rounds {ratio['paired_min']:.2f}-{ratio['paired_max']:.2f}, "
                   f"of medians {ratio['of_medians']:.3f}x){extra}", flush=True)
 
-    set_attention_backend(None)
     memory = []
     if args.memory:
         for b in args.batch:
-            if cuda:
+            if cuda:  # in this process, per attention implementation of the deploy form
                 x = np.random.default_rng(0).standard_normal((b, *size), dtype=np.float32)
-                row = {"batch": b, **{f"{f}_mb": round(cuda_peak_mb(runners["torch"][f], x), 1)
-                                      for f in ("acmix_train", "acmix_deploy", "resnet50") if f in runners["torch"]}}
-                if "acmix_train_mb" not in row:
-                    continue
+                for backend in ("torch", "torch triton"):
+                    if backend not in runners:
+                        continue
+                    set_attention_backend(attention.get(backend, "halo"))
+                    row = {"batch": b, "backend": backend,
+                           **{f"{f}_mb": round(cuda_peak_mb(target, x), 1) for f, target in runners[backend].items()}}
+                    memory.append(row)
             else:
-                row = {"batch": b, **{f"{f}_mb": round(peak_memory_mb(f, b, args.threads, args.imgsz), 1)
-                                      for f in ("acmix_train", "acmix_deploy", "resnet50")}}
-            row["deploy_over_train"] = round(row["acmix_deploy_mb"] / row["acmix_train_mb"], 3)
-            memory.append(row)
-            print(f"peak {'CUDA memory' if cuda else 'RSS growth'}, batch {b}: train {row['acmix_train_mb']} MB, deploy {row['acmix_deploy_mb']} MB, "
-                  f"resnet50 {row['resnet50_mb']} MB (deploy/train {row['deploy_over_train']:.2f})", flush=True)
+                memory.append({"batch": b, "backend": "torch", **{
+                    f"{f}_mb": round(peak_memory_mb(f, b, args.threads, args.imgsz), 1)
+                    for f in ("acmix_train", "acmix_deploy", "resnet50")}})
+        set_attention_backend(None)
+        train_mb = {r["batch"]: r["acmix_train_mb"] for r in memory if "acmix_train_mb" in r}
+        for row in memory:
+            if row["batch"] in train_mb:
+                row["deploy_over_train"] = round(row["acmix_deploy_mb"] / train_mb[row["batch"]], 3)
+            print(f"peak {'CUDA memory allocated' if cuda else 'RSS growth'}, batch {row['batch']}, {row['backend']}: "
+                  + ", ".join(f"{k[:-3]} {v} MB" for k, v in row.items() if k.endswith("_mb"))
+                  + (f" (deploy/train {row['deploy_over_train']:.2f})" if "deploy_over_train" in row else ""), flush=True)
+    set_attention_backend(None)
 
     # The issue's goals: ONNX Runtime on CPU <= 1.5x, torch eager on CPU <= 2x, every torch backend on a GPU <= 1.5x.
     goals = {"onnxruntime": 1.5, "torch": 2.0}
@@ -226,17 +263,18 @@ def main() -> None:
             row["goal_deploy_over_plain"] = limit
             row["goal_met"] = row["deploy_over_plain"] <= limit
     for row in memory:
-        row["goal_met"] = row["deploy_over_train"] <= 0.5
+        if "deploy_over_train" in row:
+            row["goal_met"] = row["deploy_over_train"] <= 0.5
     print("goals: " + ", ".join(
         f"{r['backend']} b{r['batch']} {r['deploy_over_plain']:.2f}x<={r['goal_deploy_over_plain']}: "
         f"{'met' if r['goal_met'] else 'NOT met'}" for r in results if "goal_met" in r))
     load_after = load_average()
     print(f"load average after (1, 5, 15 min): {load_after}")
     if args.json:
-        device = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": args.threads,
-                  "torch": str(torch.__version__), "acmix_deploy": ad.__version__}
+        device = device_fingerprint(args.device, args.threads)
         if cuda:
-            device["gpu"] = torch.cuda.get_device_name()
+            device["tf32"] = args.tf32
+            device["triton"] = _version("triton")
         if "onnxruntime" in runners:
             import onnxruntime
 
@@ -245,7 +283,10 @@ def main() -> None:
             "benchmark": "attention_speed",
             "device": device,
             "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "clock": args.clock, "pause_between_runs_s": PAUSE_S,
-                      "ort_intra_op_spinning": True,
+                      **({} if cuda else {"ort_intra_op_spinning": True}),
+                      "memory_method": ("peak CUDA memory allocated by one forward pass (torch allocator), input included"
+                                        if cuda else "peak RSS growth of one forward pass in a fresh process"),
+                      "timed_call": "the forward pass only; inputs prepared on the device before timing",
                       "statistic": "deploy_over_plain: median of per-round paired ratios (range: min-max); "
                                    "times: medians; interleaved rounds with rotating start",
                       "attention_core": "blocked halo matmuls, tile by traffic count (4x4 on 56/28 maps, 7x7 on 14/7); "

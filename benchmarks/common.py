@@ -92,6 +92,11 @@ def interleaved(
     return out
 
 
+def bind(fns: Mapping[str, Callable[[Any], Any]], x: Any) -> dict[str, Callable[[], Any]]:
+    """``{name: f}`` -> ``{name: lambda: f(x)}``, the argument-free callables ``interleaved`` times."""
+    return {name: (lambda f: lambda: f(x))(f) for name, f in fns.items()}
+
+
 def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 

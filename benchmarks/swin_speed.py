@@ -35,7 +35,7 @@ from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, load_average, write_json  # noqa: E402
+from common import bind, interleaved, load_average, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -84,7 +84,7 @@ def main() -> None:
         for b in args.batch:
             x = np.random.default_rng(0).standard_normal((b, *size), dtype=np.float32)
             with torch.inference_mode():
-                t = interleaved({k: (lambda f: lambda: f(x))(f) for k, f in fns.items()}, args.rounds, args.warmup)
+                t = interleaved(bind(fns, x), args.rounds, args.warmup)
             med, med_cpu = t.medians("wall"), t.medians("cpu")
             row = {
                 "backend": backend, "batch": b, **{f"{k}_ms": round(v, 2) for k, v in med.items()},

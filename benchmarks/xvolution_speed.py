@@ -38,7 +38,7 @@ from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, write_json  # noqa: E402
+from common import bind, interleaved, write_json  # noqa: E402
 
 FORMS = ("xvol_train", "xvol_deploy", "resnet50")
 
@@ -102,7 +102,7 @@ def main() -> None:
         for backend, fns in runners.items():
             for b in args.batch:
                 x = np.random.default_rng(0).standard_normal((b, *size), dtype=np.float32)
-                t = interleaved({k: (lambda f: lambda: f(x))(f) for k, f in fns.items()}, args.rounds, args.warmup)
+                t = interleaved(bind(fns, x), args.rounds, args.warmup)
                 med = t.medians()
                 row = {"backend": backend, "batch": b, **{f"{k}_ms": round(v, 2) for k, v in med.items()},
                        **ratios(t)}

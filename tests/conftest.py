@@ -16,11 +16,16 @@ Tolerances (relative error ``max|a - b| / max|a|``, see acmix_deploy.analysis):
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
 TOL_F32 = 1e-5
 TOL_F64 = 1e-12
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="Triton is not installed (pip install triton; CUDA builds of torch ship it)")
 
 
 @pytest.fixture(autouse=True)

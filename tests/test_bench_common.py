@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import Timings, interleaved, write_json  # noqa: E402
+from common import Timings, bind, interleaved, write_json  # noqa: E402
 
 
 def test_interleaved_rotates_start_and_times_every_round():
@@ -51,3 +51,11 @@ def test_write_json_is_atomic(tmp_path):
     write_json({"x": 1}, out)
     assert json.loads(out.read_text()) == {"x": 1}
     assert [p.name for p in out.parent.iterdir()] == ["r.json"]
+
+
+def test_bind_fixes_the_argument():
+    seen = []
+    fns = bind({"a": lambda x: seen.append(("a", x)), "b": lambda x: seen.append(("b", x))}, 7)
+    fns["b"]()
+    fns["a"]()
+    assert seen == [("b", 7), ("a", 7)]

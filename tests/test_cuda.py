@@ -9,20 +9,19 @@ float32 arithmetic.
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
 
 import acmix_deploy as ad
-from acmix_deploy.modules import ACmix, halo_attention, make_halo_plan, set_attention_backend, triton_window_attention
-from acmix_deploy.modules.triton_attention import use_triton
+import acmix_deploy.modules.acmix as acmix_module
+from acmix_deploy.modules import (ACmix, ACmixDeploy, halo_attention, make_halo_plan, set_attention_backend,
+                                  triton_window_attention)
 from acmix_deploy.testing import randomize_model
 
-from .conftest import TOL_F32
+from .conftest import TOL_F32, needs_triton
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 
 
 @pytest.fixture(autouse=True)
@@ -38,9 +37,23 @@ def _rel(a, b) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
-@pytest.mark.parametrize("arch,size", [("acmix_resnet_tiny", 32), ("acmix_resnet50", 224)])
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls ACmixDeploy.forward makes to the Triton kernel."""
+    calls = []
+    original = acmix_module.triton_window_attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(acmix_module, "triton_window_attention", counted)
+    return calls
+
+
+@pytest.mark.parametrize("arch,size", [("acmix_resnet_tiny", 32), pytest.param("acmix_resnet50", 224, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("backend", ["halo", pytest.param("triton", marks=needs_triton)])
-def test_deploy_form_on_cuda_equals_training_form(arch, size, backend):
+def test_deploy_form_on_cuda_equals_training_form(arch, size, backend, kernel_calls):
     train = randomize_model(ad.create_model(arch), 0).eval().cuda()
     deploy = ad.reparameterize_model(train)
     x = torch.randn(3, 3, size, size, device="cuda")
@@ -48,6 +61,8 @@ def test_deploy_form_on_cuda_equals_training_form(arch, size, backend):
     with torch.inference_mode():
         err = _rel(deploy(x), train(x))
     assert err <= TOL_F32
+    n_blocks = sum(isinstance(m, ACmixDeploy) for m in deploy.modules())
+    assert len(kernel_calls) == (n_blocks if backend == "triton" else 0)
 
 
 @needs_triton
@@ -68,11 +83,11 @@ def test_compiled_kernel_equals_blocked_core(heads, d, ka, stride, hw, batch):
 
 
 @needs_triton
-def test_triton_block_backend_takes_the_kernel_on_cuda():
+def test_triton_block_backend_takes_the_kernel_on_cuda(kernel_calls):
     m = randomize_model(ACmix(64, 64, 7, 4, 3, 1), 1).eval().cuda()
     dep = m.fuse().eval()
     x = torch.randn(2, 64, 14, 14, device="cuda")
     set_attention_backend("triton")
-    assert use_triton(x)
     with torch.inference_mode():
         assert _rel(dep(x), m(x)) <= TOL_F32
+    assert len(kernel_calls) == 1

@@ -402,7 +402,6 @@ def test_same_requests_against_real_triton_and_our_server(tmp_path):
     tritonhttp = pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed")
     httpx = pytest.importorskip("httpx", reason="httpx not installed")
     pytest.importorskip("fastapi", reason="our server needs fastapi")
-    import dataclasses
     import threading
     import time
 

@@ -22,7 +22,7 @@ import torch
 
 import acmix_deploy as ad
 from acmix_deploy.modules import ACmix, halo_attention, make_halo_plan
-from acmix_deploy.modules.triton_attention import set_attention_backend, triton_window_attention, use_triton
+from acmix_deploy.modules.triton_attention import set_attention_backend, triton_window_attention
 from acmix_deploy.testing import randomize_model
 
 from .test_window_attention import CASES, _inputs, head_dim_major, unfold_reference
@@ -63,6 +63,26 @@ def half_inputs() -> dict:
     return res
 
 
+class CountCalls:
+    """Wraps ``acmix.triton_window_attention`` to count the calls ACmixDeploy.forward makes to the kernel."""
+
+    def __init__(self):
+        import acmix_deploy.modules.acmix as acmix_module
+
+        self.module, self.original, self.calls = acmix_module, acmix_module.triton_window_attention, 0
+
+    def __enter__(self):
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return self.original(*args, **kwargs)
+
+        self.module.triton_window_attention = counted
+        return self
+
+    def __exit__(self, *exc):
+        self.module.triton_window_attention = self.original
+
+
 def deploy_blocks() -> list[dict]:
     """A deploy block on the Triton backend against its training form (random weights and BN statistics)."""
     res = []
@@ -72,12 +92,19 @@ def deploy_blocks() -> list[dict]:
         x = torch.randn(batch, 16, *shape)
         set_attention_backend("triton")
         try:
-            taken = use_triton(x)
-            with torch.no_grad():
+            with CountCalls() as count, torch.no_grad():
                 err = rel(dep(x), m(x))
+            # Autograd-recorded and float64 forwards stay on the blocked core (no backward; float32 kernel).
+            with CountCalls() as count_fallback:
+                xg = x.clone().requires_grad_(True)
+                grad_err = rel(torch.autograd.grad(dep(xg).sum(), xg)[0], torch.autograd.grad(m(xg).sum(), xg)[0])
+                m64 = copy.deepcopy(m).double()
+                with torch.no_grad():
+                    err64 = rel(m64.fuse().eval()(x.double()), m64(x.double()))
         finally:
             set_attention_backend(None)
-        res.append({"stride": stride, "batch": batch, "triton_taken": taken, "err": err})
+        res.append({"stride": stride, "batch": batch, "kernel_calls": count.calls, "err": err,
+                    "fallback_kernel_calls": count_fallback.calls, "grad_err": grad_err, "err64": err64})
     return res
 
 
@@ -90,17 +117,20 @@ def export_unchanged() -> dict:
         export_onnx(m, Path(tmp) / "halo.onnx", (3, 32, 32))
         set_attention_backend("triton")
         try:
-            eager_takes_kernel = use_triton(torch.zeros(1))
-            export_onnx(m, Path(tmp) / "chosen.onnx", (3, 32, 32))
+            with CountCalls() as eager, torch.no_grad():
+                m(torch.randn(1, 3, 32, 32))
+            with CountCalls() as exporting:
+                export_onnx(m, Path(tmp) / "chosen.onnx", (3, 32, 32))
         finally:
             set_attention_backend(None)
         same = (Path(tmp) / "halo.onnx").read_bytes() == (Path(tmp) / "chosen.onnx").read_bytes()
-    return {"eager_takes_kernel": eager_takes_kernel, "identical": same}
+    return {"eager_kernel_calls": eager.calls, "export_kernel_calls": exporting.calls, "identical": same}
 
 
 def bad_shapes() -> list[str]:
     msgs = []
-    for args in ((torch.zeros(1, 7, 4, 4), torch.zeros(2, 2), torch.zeros(16, 2), 1, 3, 1),
+    for args in ((torch.zeros(1, 6, 4, 4, dtype=torch.float64), torch.zeros(2, 2), torch.zeros(16, 2), 1, 3, 1),
+                 (torch.zeros(1, 7, 4, 4), torch.zeros(2, 2), torch.zeros(16, 2), 1, 3, 1),
                  (torch.zeros(1, 6, 4, 4), torch.zeros(3, 2), torch.zeros(16, 2), 1, 3, 1),
                  (torch.zeros(1, 6, 3, 3), torch.zeros(2, 2), torch.zeros(9, 2), 1, 7, 1)):
         try:

@@ -2,25 +2,33 @@
 
 No ``from __future__ import annotations`` here: Triton reads the
 ``tl.constexpr`` annotations of the kernel's parameters.
+
+Tiles are ``(BLOCK_D, BLOCK_P)``: head dimensions by output pixels, pixels
+on the fast (last) axis, so that the lanes of a warp read consecutive pixels
+of one channel plane, which lie next to each other in the NCHW map (every
+second one at stride 2); the channel planes themselves are ``H*W`` floats
+apart.  The window's rows are a runtime loop and its columns are unrolled,
+which keeps the compiled kernel small (a fully unrolled 7x7 window is 147
+load sites).
 """
 
 import triton.language as tl
 
 
 def window_attention_kernel(
-    qkv_ptr, pe_ptr, out_ptr, height, width, out_h, out_w, heads, head_dim,
+    qkv_ptr, pe_ptr, out_ptr, height, width, out_h, out_w, heads, head_dim, pixel_blocks,
     KA: tl.constexpr, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid = tl.program_id(0)  # one-dimensional grid: (image, head, block of output pixels)
+    pid_bh = pid // pixel_blocks
     b = pid_bh // heads
     t = pid_bh % heads
     hw = height * width
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_p = (pid % pixel_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, BLOCK_D)
     in_p = offs_p < out_h * out_w
     in_d = offs_d < head_dim
-    both = in_p[:, None] & in_d[None, :]
+    both = in_d[:, None] & in_p[None, :]
     cy = (offs_p // out_w) * STRIDE
     cx = (offs_p % out_w) * STRIDE
     base = qkv_ptr + b.to(tl.int64) * (3 * heads * head_dim) * hw
@@ -28,13 +36,13 @@ def window_attention_kernel(
     ch_q = (offs_d * (3 * heads) + t) * hw
     ch_k = ch_q + heads * hw
     ch_v = ch_q + 2 * heads * hw
-    q = tl.load(base + ch_q[None, :] + (cy * width + cx)[:, None], mask=both, other=0.0).to(tl.float32)
+    q = tl.load(base + ch_q[:, None] + (cy * width + cx)[None, :], mask=both, other=0.0).to(tl.float32)
 
     m_i = tl.full([BLOCK_P], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_P], tl.float32)
-    acc = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_D, BLOCK_P], tl.float32)
     pad = (KA - 1) // 2
-    for dy in tl.static_range(KA):
+    for dy in range(KA):
         ny = cy - pad + dy
         ny = tl.where(ny < 0, -ny, ny)
         ny = tl.where(ny > height - 1, 2 * (height - 1) - ny, ny)
@@ -44,18 +52,18 @@ def window_attention_kernel(
             nx = tl.where(nx < 0, -nx, nx)
             nx = tl.where(nx > width - 1, 2 * (width - 1) - nx, nx)
             nx = tl.minimum(tl.maximum(nx, 0), width - 1)
-            pos = (ny * width + nx)[:, None]
-            k = tl.load(base + ch_k[None, :] + pos, mask=both, other=0.0).to(tl.float32)
-            pe = tl.load(pe_ptr + pos * head_dim + offs_d[None, :], mask=both, other=0.0)
-            logit = tl.sum(q * (k - pe), axis=1)
+            pos = (ny * width + nx)[None, :]
+            k = tl.load(base + ch_k[:, None] + pos, mask=both, other=0.0).to(tl.float32)
+            pe = tl.load(pe_ptr + (offs_d * hw)[:, None] + pos, mask=both, other=0.0)  # pe: (d, H*W)
+            logit = tl.sum(q * (k - pe), axis=0)
             m_new = tl.maximum(m_i, logit)
             alpha = tl.exp(m_i - m_new)
             e = tl.exp(logit - m_new)
-            v = tl.load(base + ch_v[None, :] + pos, mask=both, other=0.0).to(tl.float32)
-            acc = acc * alpha[:, None] + e[:, None] * v
+            v = tl.load(base + ch_v[:, None] + pos, mask=both, other=0.0).to(tl.float32)
+            acc = acc * alpha[None, :] + e[None, :] * v
             l_i = l_i * alpha + e
             m_i = m_new
-    out = acc / l_i[:, None]
+    out = acc / l_i[None, :]
     out_base = out_ptr + b.to(tl.int64) * (heads * head_dim) * (out_h * out_w)
-    dst = out_base + ((t * head_dim + offs_d) * (out_h * out_w))[None, :] + offs_p[:, None]
+    dst = out_base + ((t * head_dim + offs_d) * (out_h * out_w))[:, None] + offs_p[None, :]
     tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=both)

@@ -222,7 +222,7 @@ def window_attention_deploy_params(
     m: WindowAttentionACmix, norm: nn.LayerNorm | None, mask: torch.Tensor | None, form: str
 ) -> dict[str, torch.Tensor]:
     """All deploy tensors of one attention module (float64), see :class:`WindowAttentionACmixDeploy`."""
-    c, nh, d = m.dim, m.num_heads, m.head_dim
+    c, nh = m.dim, m.num_heads
     qkv_b = m.qkv.bias if m.qkv.bias is not None else torch.zeros(3 * c)
     w_qkv, b_qkv = fold_swin.fold_layernorm_into_linear(
         m.qkv.weight, qkv_b,
@@ -327,7 +327,7 @@ class WindowAttentionACmixDeploy(nn.Module):
         _check_map(x, self.dim, self.resolution, "WindowAttentionACmixDeploy")
         hh, ww = self.resolution
         nh, d, c, w = self.num_heads, self.head_dim, self.dim, self.window_size
-        gh, gw, n = hh // w, ww // w, w * w
+        n = w * w
         qkv = self.qkv(x)  # (B, H, W, 3C), channel (s * nh + head) * d + i as in the official layout
 
         if self.conv_fold == "merged":

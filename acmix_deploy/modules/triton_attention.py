@@ -20,7 +20,8 @@ The positional term is the same key offset as in the blocked core
 every slot of the window is visited, so a key that the reflection brings in
 twice counts twice, as in the unfold form.  All arithmetic is float32 (the
 inputs may be float16 or bfloat16; they are widened on load), so the kernel
-is exact up to the order of summation.
+differs from the unfold form only by the order of summation and, on a GPU,
+by the hardware ``exp`` approximation (a few ulps).
 
 Status: the kernel is checked against the blocked core and the unfold form
 in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``, tests in
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 
 import torch
 
@@ -46,6 +48,7 @@ __all__ = ["ATTENTION_BACKENDS", "attention_backend", "set_attention_backend", "
            "triton_window_attention", "use_triton"]
 
 ATTENTION_BACKENDS = ("halo", "triton")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ENV_VAR = "ACMIX_DEPLOY_ATTENTION"
 _backend: str | None = None  # None: read ENV_VAR (default "halo")
 
@@ -83,15 +86,33 @@ def set_attention_backend(name: str | None) -> None:
 def use_triton(x: torch.Tensor) -> bool:
     """True when the Triton kernel should compute the attention of ``x``.
 
-    Eager mode only: ONNX export and tracing record the blocked core
-    (standard operators), and torch.compile / torch.export / AOTInductor
-    compile the blocked core with Inductor, which generates its own kernels.
+    Eager inference only: ONNX export and tracing record the blocked core
+    (standard operators), torch.compile / torch.export / AOTInductor compile
+    the blocked core with Inductor, which generates its own kernels, and a
+    forward pass that autograd records (``x.requires_grad``) takes the
+    blocked core too (the kernel has no backward).  float64 stays on the
+    blocked core (the kernel computes in float32).
     """
-    if attention_backend() != "triton" or not _have_triton():
+    if attention_backend() != "triton":
+        return False
+    if not _have_triton():
+        _warn_once("the 'triton' attention backend is chosen but Triton is not installed: "
+                   "ACmix deploy blocks use the blocked core")
         return False
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
         return False
+    if x.dtype not in KERNEL_DTYPES or (x.requires_grad and torch.is_grad_enabled()):
+        return False
     return x.is_cuda or (_interpreting() and x.device.type == "cpu")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _interpreting() -> bool:
@@ -138,21 +159,39 @@ def triton_window_attention(
     d = c3 // (3 * heads)
     if pos_weight.shape != (d, 2) or coords.shape != (hh * ww, 2):
         raise InputShapeError(f"pos_weight {tuple(pos_weight.shape)} / coords {tuple(coords.shape)} do not match "
-                         f"head_dim {d} and a {hh}x{ww} map")
+                              f"head_dim {d} and a {hh}x{ww} map")
+    if not (qkv.device == pos_weight.device == coords.device):
+        raise InputShapeError(f"qkv ({qkv.device}), pos_weight ({pos_weight.device}) and coords ({coords.device}) "
+                              "must be on one device")
+    if qkv.device.type != "cuda" and not _interpreting():
+        raise InputShapeError(f"the Triton kernel runs on CUDA tensors, got a tensor on {qkv.device}")
+    if qkv.dtype not in KERNEL_DTYPES:
+        raise InputShapeError(f"the Triton kernel computes in float32 from {', '.join(map(str, KERNEL_DTYPES))} "
+                              f"inputs, got {qkv.dtype}")
     pad = (kernel - 1) // 2
     if pad >= hh or pad >= ww:
         raise InputShapeError(f"reflection padding {pad} needs a map larger than {pad}x{pad}, got {hh}x{ww}")
+    if c3 * hh * ww >= 2**31:  # channel-plane offsets within one image are 32-bit in the kernel
+        raise InputShapeError(f"one image's qkv map has {c3 * hh * ww} elements; the kernel indexes up to 2**31")
     out_h, out_w = (hh - 1) // stride + 1, (ww - 1) // stride + 1
-    # The key offset -W_p loc, as in the blocked core (float32: the kernel computes in float32).
-    pe = torch.matmul(coords.float(), pos_weight.float().t()).contiguous()
+    # The key offset W_p loc, as in the blocked core, laid out (d, H*W) so that consecutive pixels are
+    # adjacent (float32: the kernel computes in float32).
+    pe = torch.matmul(pos_weight.float(), coords.float().t()).contiguous()
     qkv = qkv.contiguous()
     out = torch.empty(b, heads * d, out_h, out_w, dtype=qkv.dtype, device=qkv.device)
     block_d = 1 << max(0, d - 1).bit_length()  # next power of two
     block_p = max(16, min(128, 4096 // block_d))  # ~4k float32 accumulators per program
-    grid = (-(-(out_h * out_w) // block_p), b * heads)
+    pixel_blocks = -(-(out_h * out_w) // block_p)
+    grid = (b * heads * pixel_blocks,)
     # q, the accumulator and the loaded k, pe, v tiles are each block_p * block_d floats per program:
     # 8 warps for the 4096-element tiles keep them in registers (~32 floats per thread each).
-    _kernel()[grid](qkv, pe, out, hh, ww, out_h, out_w, heads, d,
-                    KA=kernel, STRIDE=stride, BLOCK_P=block_p, BLOCK_D=block_d,
-                    num_warps=8 if block_p * block_d >= 4096 else 4)
+    launch = _kernel()[grid]
+    args = (qkv, pe, out, hh, ww, out_h, out_w, heads, d, pixel_blocks)
+    meta = dict(KA=kernel, STRIDE=stride, BLOCK_P=block_p, BLOCK_D=block_d,
+                num_warps=8 if block_p * block_d >= 4096 else 4)
+    if qkv.is_cuda:
+        with torch.cuda.device(qkv.device):  # Triton launches on the current device
+            launch(*args, **meta)
+    else:  # the interpreter (tests)
+        launch(*args, **meta)
     return out

@@ -42,7 +42,7 @@ def _cpu_affinity() -> int | None:
 def device_fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
     """CPU, GPU (when ``device`` is cuda), library versions, hashed hostname, time."""
     from .. import __version__
-    from ..modules.triton_attention import attention_backend
+    from ..modules.triton_attention import attention_backend, triton_available
 
     fp = {
         "device": device,
@@ -68,9 +68,11 @@ def device_fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
             "gpu_memory_gb": round(props.total_memory / 2**30, 1),
             "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version(),
-            # Which window-attention implementation ACmix deploy blocks run on CUDA tensors in eager torch.
-            "acmix_attention": attention_backend(),
+            # The window-attention implementation ACmix deploy blocks run on CUDA tensors in eager inference:
+            # the Triton kernel only when it is chosen and importable (otherwise the blocked core runs).
+            "acmix_attention": "triton" if attention_backend() == "triton" and triton_available()[0] else "halo",
             "tf32_convolutions": torch.backends.cudnn.allow_tf32,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         })
         try:
             import subprocess
