@@ -207,7 +207,13 @@ def make_halo_plan(
     )
 
 
-def halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, plan: HaloPlan) -> torch.Tensor:
+def _recording() -> bool:
+    """True while a graph is being recorded (ONNX export, tracing, torch.compile / torch.export)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, plan: HaloPlan, *,
+                   graph: bool | None = None) -> torch.Tensor:
     """Window attention of ACmix.
 
     ``qkv``: ``(b, 3C, H, W)`` in head-dimension-major order (channel
@@ -220,32 +226,53 @@ def halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, plan: HaloPlan) 
     over the ``ka x ka`` reflection-padded window of input position ``s * p``.
     The blocks are computed in the plan's groups (``query_chunks``), one
     group's logits at a time.
+
+    Two spellings of the same computation, chosen by ``graph`` (default: a
+    graph is being recorded, i.e. ONNX export, tracing or torch.compile):
+    the graph spelling is the one tuned for ONNX Runtime (layout copies as
+    multi-threaded products and Gathers, see the module docstring); eager
+    torch runs the other one, where a transposition is one multi-threaded
+    copy, q, k and v are views of it and ``index_select`` gathers (measured
+    on ACmix-ResNet-50, torch eager, 3-7% faster than the graph spelling at
+    1 and 2 threads).  Both give bit-identical results.
     """
     _, c3, hh, ww = qkv.shape
     heads = plan.heads
     d = c3 // (3 * heads)
-    # One transposition to rows of d channels, (b, 3h, H*W, d), split into q, k, v.
-    if plan.row_identity is not None:
-        if plan.row_identity.shape[0] != d:
-            raise ValueError(f"halo plan built for head_dim {plan.row_identity.shape[0]}, got {d}")
-        rows = torch.matmul(qkv.reshape(-1, d, 3 * heads * hh * ww).transpose(1, 2), plan.row_identity)
-        rows = rows.reshape(-1, 3 * heads, hh * ww, d)
+    if graph is None:
+        graph = _recording()
+    if plan.row_identity is not None and plan.row_identity.shape[0] != d:
+        raise ValueError(f"halo plan built for head_dim {plan.row_identity.shape[0]}, got {d}")
+    if graph:
+        # One transposition to rows of d channels, (b, 3h, H*W, d), split into q, k, v.
+        if plan.row_identity is not None:
+            rows = torch.matmul(qkv.reshape(-1, d, 3 * heads * hh * ww).transpose(1, 2), plan.row_identity)
+            rows = rows.reshape(-1, 3 * heads, hh * ww, d)
+        else:
+            rows = qkv.reshape(-1, d, 3 * heads, hh * ww).permute(0, 2, 3, 1).contiguous()
+        # Split by three Gathers: ONNX Runtime runs Split on one thread, Gather on all intra-op threads.
+        q, k, v = (rows[:, maps] for maps in plan.map_index)
+
+        def take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return t[:, :, index]
     else:
-        rows = qkv.reshape(-1, d, 3 * heads, hh * ww).permute(0, 2, 3, 1).contiguous()
-    # Split by three Gathers: ONNX Runtime runs Split on one thread, Gather on all intra-op threads.
-    q, k, v = (rows[:, maps] for maps in plan.map_index)
+        rows = qkv.reshape(-1, d, 3 * heads * hh * ww).transpose(1, 2).contiguous().view(-1, 3 * heads, hh * ww, d)
+        q, k, v = rows[:, :heads], rows[:, heads:2 * heads], rows[:, 2 * heads:]
+
+        def take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return t.index_select(2, index.reshape(-1)).view(*t.shape[:2], *index.shape, t.shape[-1])
     k = k - torch.matmul(plan.coords, pos_weight.t())  # k - W_p loc
     # The queries of all blocks in one gather (no halo: each query is read once), cut into the groups
     # by one Split: one operator per block instead of one per group.
-    q_blocks = q[:, :, plan.query_index]  # (b, h, tiles, T*T, d)
+    q_blocks = take(q, plan.query_index)  # (b, h, tiles, T*T, d)
     q_groups = q_blocks.split([len(c) for c in plan.query_chunks], dim=2) if len(plan.query_chunks) > 1 else (q_blocks,)
     outs = []
     for q_group, k_index in zip(q_groups, plan.key_chunks):
         # (b, h, blocks, T*T, d) x (b, h, blocks, K*K, d); the mask is added in place, which in
         # eager mode saves allocating (and paging in) one more logits buffer.
-        logits = torch.matmul(q_group, k[:, :, k_index].transpose(-1, -2)).add_(plan.mask)
-        outs.append(torch.matmul(torch.softmax(logits, dim=-1), v[:, :, k_index]))
+        logits = torch.matmul(q_group, take(k, k_index).transpose(-1, -2)).add_(plan.mask)
+        outs.append(torch.matmul(torch.softmax(logits, dim=-1), take(v, k_index)))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, 2)  # (b, h, tiles, T*T, d)
-    out = out.reshape(-1, heads, plan.tiles * plan.tile_pixels, d)[:, :, plan.output_index]  # (b, h, Ho*Wo, d)
+    out = take(out.reshape(-1, heads, plan.tiles * plan.tile_pixels, d), plan.output_index)  # (b, h, Ho*Wo, d)
     h_out, w_out = plan.out_size
     return out.transpose(2, 3).reshape(-1, heads * d, h_out, w_out)
