@@ -23,7 +23,7 @@ with other jobs this counts only this process's work.  It is meaningful with
 time would count).  The load average before and after the run is recorded.
 
     python benchmarks/attention_speed.py --batch 1 8 --rounds 7 --memory \
-        --json benchmarks/results/attention_speed_cpu.json
+        --json benchmarks/results/attention_speed_cpu_run_a.json
     python benchmarks/attention_speed.py --threads 1 --clock cpu \
         --json benchmarks/results/attention_speed_cpu_1thread_cputime.json
     python benchmarks/attention_speed.py --device cuda --batch 1 8 32 --rounds 21 --memory --compile \
