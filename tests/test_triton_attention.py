@@ -83,6 +83,14 @@ def test_autograd_and_float64_forwards_keep_the_blocked_core(measured):
 
 
 @needs_triton
+def test_key_offset_table_is_kept_and_follows_a_new_pos_weight(measured):
+    res = measured["key_offset_cache"]
+    assert res["entries"] == 1  # kept for the one input size seen
+    assert res["before"] <= TOL_F32
+    assert res["after"] <= TOL_F32  # a stale table would give the old positional term: errors of order 1e-1
+
+
+@needs_triton
 def test_export_records_the_standard_operator_core(measured):
     res = measured["export_unchanged"]
     assert res["eager_kernel_calls"] > 0  # eager calls take the kernel...

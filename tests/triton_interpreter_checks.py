@@ -108,6 +108,33 @@ def deploy_blocks() -> list[dict]:
     return res
 
 
+def key_offset_cache() -> dict:
+    """The deploy block keeps the kernel's key-offset table per input size, and drops it when pos_weight changes."""
+    m = randomize_model(ACmix(8, 8, kernel_att=5, head=2, kernel_conv=3, stride=1), 5).eval()
+    dep = m.fuse().eval()
+    x = torch.randn(2, 8, 9, 7)
+
+    def kernel_vs_blocked() -> float:
+        set_attention_backend("triton")
+        try:
+            with torch.no_grad():
+                fused = dep(x)
+        finally:
+            set_attention_backend("halo")
+        with torch.no_grad():
+            blocked = dep(x)
+        set_attention_backend(None)
+        return rel(fused, blocked)
+
+    before = kernel_vs_blocked()
+    entries = len(dep._pe_cache)
+    state = dep.state_dict()
+    state["pos_weight"] = torch.randn_like(state["pos_weight"]) * 3  # a different positional weight, loaded in place
+    dep.load_state_dict(state)
+    after = kernel_vs_blocked()
+    return {"before": before, "entries": entries, "after": after}
+
+
 def export_unchanged() -> dict:
     """With the Triton backend chosen, the ONNX export still records the blocked core, byte for byte."""
     from acmix_deploy.exporters import export_onnx
@@ -141,7 +168,8 @@ def bad_shapes() -> list[str]:
     return msgs
 
 
-CHECKS = {f.__name__: f for f in (unfold_cases, half_inputs, deploy_blocks, export_unchanged, bad_shapes)}
+CHECKS = {f.__name__: f for f in (unfold_cases, half_inputs, deploy_blocks, key_offset_cache, export_unchanged,
+                                   bad_shapes)}
 
 if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET") != "1":

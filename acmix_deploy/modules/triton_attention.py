@@ -44,8 +44,8 @@ import torch
 
 from ..errors import ConfigError, InputShapeError, MissingDependencyError
 
-__all__ = ["ATTENTION_BACKENDS", "attention_backend", "set_attention_backend", "triton_available",
-           "triton_window_attention", "use_triton"]
+__all__ = ["ATTENTION_BACKENDS", "attention_backend", "key_offset_table", "set_attention_backend",
+           "triton_available", "triton_window_attention", "use_triton"]
 
 ATTENTION_BACKENDS = ("halo", "triton")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -140,15 +140,22 @@ def _kernel():
     return _compiled[key]
 
 
+def key_offset_table(pos_weight: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """``W_p loc`` for every input position, ``(d, H*W)`` float32: the kernel's key offsets."""
+    return torch.matmul(pos_weight.float(), coords.float().t()).contiguous()
+
+
 def triton_window_attention(
     qkv: torch.Tensor, pos_weight: torch.Tensor, coords: torch.Tensor, heads: int, kernel: int, stride: int,
+    pe: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Window attention of ACmix in one kernel; same contract as ``halo_attention``.
 
     ``qkv``: ``(b, 3C, H, W)`` in head-dimension-major order, queries scaled;
     ``pos_weight``: ``(d, 2)``; ``coords``: ``(H*W, 2)``, ``loc`` of every
-    input position (``HaloPlan.coords``).  Returns ``(b, C, H_out, W_out)``,
-    head-major channels, in the dtype of ``qkv``.
+    input position (``HaloPlan.coords``); ``pe``: ``key_offset_table(pos_weight,
+    coords)`` when the caller keeps it (computed here otherwise).  Returns
+    ``(b, C, H_out, W_out)``, head-major channels, in the dtype of ``qkv``.
     """
     ok, why = triton_available()
     if not ok:
@@ -176,7 +183,11 @@ def triton_window_attention(
     out_h, out_w = (hh - 1) // stride + 1, (ww - 1) // stride + 1
     # The key offset W_p loc, as in the blocked core, laid out (d, H*W) so that consecutive pixels are
     # adjacent (float32: the kernel computes in float32).
-    pe = torch.matmul(pos_weight.float(), coords.float().t()).contiguous()
+    if pe is None:
+        pe = key_offset_table(pos_weight, coords)
+    elif pe.shape != (d, hh * ww) or pe.dtype != torch.float32 or pe.device != qkv.device:
+        raise InputShapeError(f"pe must be float32 ({d}, {hh * ww}) on {qkv.device}, got {pe.dtype} "
+                              f"{tuple(pe.shape)} on {pe.device}")
     qkv = qkv.contiguous()
     out = torch.empty(b, heads * d, out_h, out_w, dtype=qkv.dtype, device=qkv.device)
     block_d = 1 << max(0, d - 1).bit_length()  # next power of two
