@@ -36,6 +36,7 @@ AOTInductor compile the blocked core with Inductor, which makes its own kernels.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -119,9 +120,11 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.lru_cache(maxsize=None)
 def _have_triton() -> bool:
     # Triton ships with CUDA builds of torch; a CPU-only install has it only if installed by hand.
-    # Looked up without importing it: the import costs ~0.15 s and is only needed to run the kernel.
+    # Looked up without importing it (the import costs ~0.15 s and is only needed to run the kernel),
+    # once per process: every deploy block asks on every forward pass.
     return importlib.util.find_spec("triton") is not None
 
 
