@@ -272,6 +272,7 @@ def main() -> None:
     print(f"load average after (1, 5, 15 min): {load_after}")
     if args.json:
         device = device_fingerprint(args.device, args.threads)
+        device.pop("acmix_attention", None)  # per row here ("attention"), not one value for the run
         if cuda:
             device["tf32"] = args.tf32
             device["triton"] = _version("triton")

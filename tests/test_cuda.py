@@ -75,9 +75,9 @@ def test_compiled_kernel_equals_blocked_core(heads, d, ka, stride, hw, batch):
     plan = make_halo_plan(*hw, ka, stride, heads, d, device="cuda")
     with torch.inference_mode():
         ref = halo_attention(qkv, pw, plan)
-        out = triton_window_attention(qkv, pw, plan.coords, heads, ka, stride)
+        out = triton_window_attention(qkv, pw, heads, ka, stride)
         ref_half = halo_attention(qkv.half().float(), pw, plan)  # the same rounded inputs, float32 arithmetic
-        half = triton_window_attention(qkv.half(), pw, plan.coords, heads, ka, stride)
+        half = triton_window_attention(qkv.half(), pw, heads, ka, stride)
     assert _rel(out, ref) <= TOL_F32
     assert half.dtype == torch.float16 and _rel(half.float(), ref_half) <= 2e-3  # one rounding of the output
 

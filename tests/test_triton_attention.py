@@ -83,11 +83,12 @@ def test_autograd_and_float64_forwards_keep_the_blocked_core(measured):
 
 
 @needs_triton
-def test_key_offset_table_is_kept_and_follows_a_new_pos_weight(measured):
-    res = measured["key_offset_cache"]
-    assert res["entries"] == 1  # kept for the one input size seen
-    assert res["before"] <= TOL_F32
-    assert res["after"] <= TOL_F32  # a stale table would give the old positional term: errors of order 1e-1
+def test_kernel_follows_a_new_pos_weight(measured):
+    # The key offsets are computed in the kernel from pos_weight on every call: nothing to go stale
+    # when the weight is loaded in place, assigned, or written through .data.
+    errs = measured["new_pos_weight"]
+    assert set(errs) == {"initial", "load_state_dict", "assign", "data_copy"}
+    assert all(e <= TOL_F32 for e in errs.values()), errs
 
 
 @needs_triton
@@ -103,7 +104,7 @@ def test_kernel_rejects_inconsistent_shapes(measured):
     msgs = measured["bad_shapes"]
     assert "computes in float32 from" in msgs[0] and "torch.float64" in msgs[0]
     assert "multiple of 3 * heads" in msgs[1]
-    assert "do not match" in msgs[2]
+    assert "does not match head_dim" in msgs[2]
     assert "reflection padding 3" in msgs[3]
 
 
@@ -126,7 +127,7 @@ def test_triton_backend_without_triton_or_gpu_is_a_clear_error(monkeypatch):
     with pytest.raises(MissingDependencyError, match="Triton is not installed"):
         set_attention_backend("triton")
     with pytest.raises(MissingDependencyError, match="Triton is not installed"):
-        triton_window_attention(torch.zeros(1, 6, 4, 4), torch.zeros(2, 2), torch.zeros(16, 2), 1, 3, 1)
+        triton_window_attention(torch.zeros(1, 6, 4, 4), torch.zeros(2, 2), 1, 3, 1)
     monkeypatch.setattr(triton_attention, "_have_triton", lambda: True)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -149,6 +149,34 @@ def test_transposition_by_identity_product_is_bit_exact(dtype):
     assert plan.row_identity is not None and d <= TRANSPOSE_BY_PRODUCT_MAX_DIM
     qkv = head_dim_major(q * 50, k, v, heads)  # large logits: any rounding would show
     with torch.no_grad():
-        by_product = halo_attention(qkv, conv_p.weight.reshape(d, 2), plan)
-        by_transpose = halo_attention(qkv, conv_p.weight.reshape(d, 2), dataclasses.replace(plan, row_identity=None))
+        # The product is part of the graph spelling (the one exported to ONNX).
+        by_product = halo_attention(qkv, conv_p.weight.reshape(d, 2), plan, graph=True)
+        by_transpose = halo_attention(qkv, conv_p.weight.reshape(d, 2), dataclasses.replace(plan, row_identity=None),
+                                      graph=True)
     assert torch.equal(by_product, by_transpose)
+
+
+def test_export_records_the_graph_spelling(tmp_path, monkeypatch):
+    # ONNX export must trace the spelling tuned for ONNX Runtime, eager calls the other one.
+    pytest.importorskip("onnx")
+    import acmix_deploy.modules.acmix as acmix_module
+    from acmix_deploy.exporters import export_onnx
+    from acmix_deploy.modules import window_attention
+    from acmix_deploy.modules.acmix import ACmix
+    from acmix_deploy.testing import randomize_model
+
+    seen = []
+    original = acmix_module.halo_attention
+
+    def recording(*args, **kwargs):
+        seen.append(window_attention._recording())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(acmix_module, "halo_attention", recording)
+    block = nn.Sequential(randomize_model(ACmix(16, 16, 7, 4, 3, 1), 2).eval().fuse().eval())
+    with torch.no_grad():
+        block(torch.randn(1, 16, 8, 8))
+    assert seen == [False]
+    seen.clear()
+    export_onnx(block, tmp_path / "b.onnx", (16, 8, 8))
+    assert True in seen  # the traced call (the exporter's eager reference and validation calls are False)

@@ -3,7 +3,9 @@
 No ``from __future__ import annotations`` here: Triton reads the
 ``tl.constexpr`` annotations of the kernel's parameters.
 
-Tiles are ``(BLOCK_D, BLOCK_P)``: head dimensions by output pixels, pixels
+The key offset ``W_p loc`` is computed in the kernel from ``conv_p``'s
+``(d, 2)`` weight and the (reflected) coordinates, two multiply-adds per
+element, instead of being read from a table.  Tiles are ``(BLOCK_D, BLOCK_P)``: head dimensions by output pixels, pixels
 on the fast (last) axis, so that the lanes of a warp read consecutive pixels
 of one channel plane, which lie next to each other in the NCHW map (every
 second one at stride 2); the channel planes themselves are ``H*W`` floats
@@ -16,7 +18,7 @@ import triton.language as tl
 
 
 def window_attention_kernel(
-    qkv_ptr, pe_ptr, out_ptr, height, width, out_h, out_w, heads, head_dim, pixel_blocks,
+    qkv_ptr, pw_ptr, out_ptr, height, width, out_h, out_w, heads, head_dim, pixel_blocks, step_x, step_y,
     KA: tl.constexpr, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)  # one-dimensional grid: (image, head, block of output pixels)
@@ -37,6 +39,10 @@ def window_attention_kernel(
     ch_k = ch_q + heads * hw
     ch_v = ch_q + 2 * heads * hw
     q = tl.load(base + ch_q[:, None] + (cy * width + cx)[None, :], mask=both, other=0.0).to(tl.float32)
+    # conv_p's weight (d, 2): the key offset of position (y, x) is w_x * loc_x(x) + w_y * loc_y(y), with
+    # loc = linspace(-1, 1, size) (step_x = 2 / (W - 1), 0 for a one-pixel axis), as in the blocked core.
+    w_x = tl.load(pw_ptr + offs_d * 2, mask=in_d, other=0.0).to(tl.float32)
+    w_y = tl.load(pw_ptr + offs_d * 2 + 1, mask=in_d, other=0.0).to(tl.float32)
 
     m_i = tl.full([BLOCK_P], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_P], tl.float32)
@@ -47,6 +53,7 @@ def window_attention_kernel(
         ny = tl.where(ny < 0, -ny, ny)
         ny = tl.where(ny > height - 1, 2 * (height - 1) - ny, ny)
         ny = tl.minimum(tl.maximum(ny, 0), height - 1)
+        loc_y = ny.to(tl.float32) * step_y - 1.0
         for dx in tl.static_range(KA):
             nx = cx - pad + dx
             nx = tl.where(nx < 0, -nx, nx)
@@ -54,7 +61,7 @@ def window_attention_kernel(
             nx = tl.minimum(tl.maximum(nx, 0), width - 1)
             pos = (ny * width + nx)[None, :]
             k = tl.load(base + ch_k[:, None] + pos, mask=both, other=0.0).to(tl.float32)
-            pe = tl.load(pe_ptr + (offs_d * hw)[:, None] + pos, mask=both, other=0.0)  # pe: (d, H*W)
+            pe = w_x[:, None] * (nx.to(tl.float32) * step_x - 1.0)[None, :] + w_y[:, None] * loc_y[None, :]
             logit = tl.sum(q * (k - pe), axis=0)
             m_new = tl.maximum(m_i, logit)
             alpha = tl.exp(m_i - m_new)

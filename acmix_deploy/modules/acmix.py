@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .. import fold
 from ..errors import CheckpointError, ConfigError, InputShapeError
-from .triton_attention import key_offset_table, triton_window_attention, use_triton
+from .triton_attention import triton_window_attention, use_triton
 from .window_attention import HaloPlan, halo_attention, make_halo_plan
 
 __all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout"]
@@ -336,7 +336,6 @@ class ACmixDeploy(nn.Module):
         self.register_buffer("att_scale", torch.ones(out_planes))
         self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_mode())
         self._plans: dict[tuple, HaloPlan] = {}
-        self._pe_cache: dict[tuple, tuple] = {}  # plan key -> ((pos_weight ptr, version), Triton key offsets)
         self.mode = "folded"
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -371,21 +370,8 @@ class ACmixDeploy(nn.Module):
                 self._plans[key] = plan
         return plan
 
-    def _key_offsets(self, plan_key: tuple, plan: HaloPlan) -> torch.Tensor:
-        """The Triton kernel's key-offset table for one input size, kept until ``pos_weight`` changes."""
-        try:
-            valid = (self.pos_weight.data_ptr(), self.pos_weight._version)
-        except RuntimeError:  # an inference tensor (made under torch.inference_mode) has no version counter
-            return key_offset_table(self.pos_weight, plan.coords)
-        cached = self._pe_cache.get(plan_key)
-        if cached is None or cached[0] != valid:
-            cached = (valid, key_offset_table(self.pos_weight, plan.coords))
-            self._pe_cache[plan_key] = cached
-        return cached[1]
-
     def _apply(self, fn, recurse=True):
         self._plans = {}  # plans follow the module's device and dtype
-        self._pe_cache = {}
         return super()._apply(fn, recurse)
 
     def attention_macs(self, x_shape) -> int:
@@ -405,12 +391,10 @@ class ACmixDeploy(nn.Module):
             return out
         # Static spatial size: the plan's index tables are constants of the graph.
         hh, ww = int(x.shape[-2]), int(x.shape[-1])
-        plan = self.halo_plan(hh, ww, x.dtype, x.device)
         if use_triton(qkv):  # opt-in fused CUDA kernel (modules/triton_attention.py); never while exporting
-            att = triton_window_attention(qkv, self.pos_weight, plan.coords, self.head, self.kernel_att, self.stride,
-                                          pe=self._key_offsets((hh, ww, x.dtype, str(x.device)), plan))
+            att = triton_window_attention(qkv, self.pos_weight, self.head, self.kernel_att, self.stride)
         else:
-            att = halo_attention(qkv, self.pos_weight, plan)
+            att = halo_attention(qkv, self.pos_weight, self.halo_plan(hh, ww, x.dtype, x.device))
         if self.mode == "scaled":
             att = att * self.att_scale.view(1, -1, 1, 1)
         return att + out

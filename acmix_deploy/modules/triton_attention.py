@@ -10,13 +10,13 @@ maximum, the running sum and the weighted sum of values in registers::
 
     for each offset (dy, dx) of the window:
         n      = reflect(s * p - pad + (dy, dx))          # ReflectionPad2d, built into the index
-        logit  = q(p) . (k(n) - pe(n))                   # pe = conv_p(loc) without bias (see below)
+        logit  = q(p) . (k(n) - W_p loc(n))              # conv_p(loc) without bias (see below)
         m'     = max(m, logit);  a = exp(m - m');  e = exp(logit - m')
         sum    = sum * a + e;    acc = acc * a + e * v(n);  m = m'
     out(p) = acc / sum
 
 The positional term is the same key offset as in the blocked core
-(``q(p) . pe(p)`` is constant over the window and softmax ignores it), and
+(``q(p) . conv_p(loc(p))`` is constant over the window and softmax ignores it), and
 every slot of the window is visited, so a key that the reflection brings in
 twice counts twice, as in the unfold form.  All arithmetic is float32 (the
 inputs may be float16 or bfloat16; they are widened on load), so the kernel
@@ -45,8 +45,8 @@ import torch
 
 from ..errors import ConfigError, InputShapeError, MissingDependencyError
 
-__all__ = ["ATTENTION_BACKENDS", "attention_backend", "key_offset_table", "set_attention_backend",
-           "triton_available", "triton_window_attention", "use_triton"]
+__all__ = ["ATTENTION_BACKENDS", "attention_backend", "set_attention_backend", "triton_available",
+           "triton_window_attention", "use_triton"]
 
 ATTENTION_BACKENDS = ("halo", "triton")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -92,7 +92,8 @@ def use_triton(x: torch.Tensor) -> bool:
     the blocked core with Inductor, which generates its own kernels, and a
     forward pass that autograd records (``x.requires_grad``) takes the
     blocked core too (the kernel has no backward).  float64 stays on the
-    blocked core (the kernel computes in float32).
+    blocked core (the kernel computes in float32), and so does a map with
+    2**31 or more elements per image (the kernel's offsets are 32-bit).
     """
     if attention_backend() != "triton":
         return False
@@ -103,6 +104,8 @@ def use_triton(x: torch.Tensor) -> bool:
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
         return False
     if x.dtype not in KERNEL_DTYPES or (x.requires_grad and torch.is_grad_enabled()):
+        return False
+    if x.dim() == 4 and x[0].numel() >= 2**31:  # beyond the kernel's 32-bit plane offsets
         return False
     return x.is_cuda or (_interpreting() and x.device.type == "cpu")
 
@@ -143,21 +146,15 @@ def _kernel():
     return _compiled[key]
 
 
-def key_offset_table(pos_weight: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """``W_p loc`` for every input position, ``(d, H*W)`` float32: the kernel's key offsets."""
-    return torch.matmul(pos_weight.float(), coords.float().t()).contiguous()
-
-
 def triton_window_attention(
-    qkv: torch.Tensor, pos_weight: torch.Tensor, coords: torch.Tensor, heads: int, kernel: int, stride: int,
-    pe: torch.Tensor | None = None,
+    qkv: torch.Tensor, pos_weight: torch.Tensor, heads: int, kernel: int, stride: int,
 ) -> torch.Tensor:
     """Window attention of ACmix in one kernel; same contract as ``halo_attention``.
 
     ``qkv``: ``(b, 3C, H, W)`` in head-dimension-major order, queries scaled;
-    ``pos_weight``: ``(d, 2)``; ``coords``: ``(H*W, 2)``, ``loc`` of every
-    input position (``HaloPlan.coords``); ``pe``: ``key_offset_table(pos_weight,
-    coords)`` when the caller keeps it (computed here otherwise).  Returns
+    ``pos_weight``: ``(d, 2)``, ``conv_p``'s weight (the kernel computes the
+    key offsets ``W_p loc`` from it and the coordinates
+    ``loc = linspace(-1, 1, W) x linspace(-1, 1, H)``).  Returns
     ``(b, C, H_out, W_out)``, head-major channels, in the dtype of ``qkv``.
     """
     ok, why = triton_available()
@@ -167,12 +164,10 @@ def triton_window_attention(
     if c3 % (3 * heads):
         raise InputShapeError(f"qkv has {c3} channels, not a multiple of 3 * heads ({3 * heads})")
     d = c3 // (3 * heads)
-    if pos_weight.shape != (d, 2) or coords.shape != (hh * ww, 2):
-        raise InputShapeError(f"pos_weight {tuple(pos_weight.shape)} / coords {tuple(coords.shape)} do not match "
-                              f"head_dim {d} and a {hh}x{ww} map")
-    if not (qkv.device == pos_weight.device == coords.device):
-        raise InputShapeError(f"qkv ({qkv.device}), pos_weight ({pos_weight.device}) and coords ({coords.device}) "
-                              "must be on one device")
+    if pos_weight.shape != (d, 2):
+        raise InputShapeError(f"pos_weight {tuple(pos_weight.shape)} does not match head_dim {d}: expected ({d}, 2)")
+    if qkv.device != pos_weight.device:
+        raise InputShapeError(f"qkv ({qkv.device}) and pos_weight ({pos_weight.device}) must be on one device")
     if qkv.device.type != "cuda" and not _interpreting():
         raise InputShapeError(f"the Triton kernel runs on CUDA tensors, got a tensor on {qkv.device}")
     if qkv.dtype not in KERNEL_DTYPES:
@@ -184,13 +179,7 @@ def triton_window_attention(
     if c3 * hh * ww >= 2**31:  # channel-plane offsets within one image are 32-bit in the kernel
         raise InputShapeError(f"one image's qkv map has {c3 * hh * ww} elements; the kernel indexes up to 2**31")
     out_h, out_w = (hh - 1) // stride + 1, (ww - 1) // stride + 1
-    # The key offset W_p loc, as in the blocked core, laid out (d, H*W) so that consecutive pixels are
-    # adjacent (float32: the kernel computes in float32).
-    if pe is None:
-        pe = key_offset_table(pos_weight, coords)
-    elif pe.shape != (d, hh * ww) or pe.dtype != torch.float32 or pe.device != qkv.device:
-        raise InputShapeError(f"pe must be float32 ({d}, {hh * ww}) on {qkv.device}, got {pe.dtype} "
-                              f"{tuple(pe.shape)} on {pe.device}")
+    pos_weight = pos_weight.float().contiguous()
     qkv = qkv.contiguous()
     out = torch.empty(b, heads * d, out_h, out_w, dtype=qkv.dtype, device=qkv.device)
     block_d = 1 << max(0, d - 1).bit_length()  # next power of two
@@ -200,7 +189,9 @@ def triton_window_attention(
     # q, the accumulator and the loaded k, pe, v tiles are each block_p * block_d floats per program:
     # 8 warps for the 4096-element tiles keep them in registers (~32 floats per thread each).
     launch = _kernel()[grid]
-    args = (qkv, pe, out, hh, ww, out_h, out_w, heads, d, pixel_blocks)
+    step_x = 2.0 / (ww - 1) if ww > 1 else 0.0  # linspace(-1, 1, n): -1 + i * 2 / (n - 1)
+    step_y = 2.0 / (hh - 1) if hh > 1 else 0.0
+    args = (qkv, pos_weight, out, hh, ww, out_h, out_w, heads, d, pixel_blocks, step_x, step_y)
     meta = dict(KA=kernel, STRIDE=stride, BLOCK_P=block_p, BLOCK_D=block_d,
                 num_warps=8 if block_p * block_d >= 4096 else 4)
     if qkv.is_cuda:

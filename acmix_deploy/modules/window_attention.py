@@ -234,7 +234,9 @@ def halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, plan: HaloPlan, 
     torch runs the other one, where a transposition is one multi-threaded
     copy, q, k and v are views of it and ``index_select`` gathers (measured
     on ACmix-ResNet-50, torch eager, 3-7% faster than the graph spelling at
-    1 and 2 threads).  Both give bit-identical results.
+    1 and 2 threads).  For finite inputs both give bit-identical results (an
+    ``inf`` in ``qkv`` becomes NaN through the identity product of the graph
+    spelling).
     """
     _, c3, hh, ww = qkv.shape
     heads = plan.heads
