@@ -21,8 +21,15 @@ import importlib.util
 import pytest
 import torch
 
+from acmix_deploy.analysis import compare_outputs
+
 TOL_F32 = 1e-5
 TOL_F64 = 1e-12
+
+def rel_error(ref, out) -> float:
+    """``max|ref - out| / max|ref|`` in float64: acmix_deploy's own comparison (``compare_outputs``)."""
+    return compare_outputs(ref, out).rel
+
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="Triton is not installed (pip install triton; CUDA builds of torch ship it)")

@@ -19,7 +19,7 @@ from acmix_deploy.modules import (ACmix, ACmixDeploy, halo_attention, make_halo_
                                   triton_window_attention)
 from acmix_deploy.testing import randomize_model
 
-from .conftest import TOL_F32, needs_triton
+from .conftest import TOL_F32, needs_triton, rel_error
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 
@@ -31,10 +31,6 @@ def _no_tf32():
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     set_attention_backend(None)
-
-
-def _rel(a, b) -> float:
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
 @pytest.fixture
@@ -59,7 +55,7 @@ def test_deploy_form_on_cuda_equals_training_form(arch, size, backend, kernel_ca
     x = torch.randn(3, 3, size, size, device="cuda")
     set_attention_backend(backend)
     with torch.inference_mode():
-        err = _rel(deploy(x), train(x))
+        err = rel_error(train(x), deploy(x))
     assert err <= TOL_F32
     n_blocks = sum(isinstance(m, ACmixDeploy) for m in deploy.modules())
     assert len(kernel_calls) == (n_blocks if backend == "triton" else 0)
@@ -78,8 +74,8 @@ def test_compiled_kernel_equals_blocked_core(heads, d, ka, stride, hw, batch):
         out = triton_window_attention(qkv, pw, heads, ka, stride)
         ref_half = halo_attention(qkv.half().float(), pw, plan)  # the same rounded inputs, float32 arithmetic
         half = triton_window_attention(qkv.half(), pw, heads, ka, stride)
-    assert _rel(out, ref) <= TOL_F32
-    assert half.dtype == torch.float16 and _rel(half.float(), ref_half) <= 2e-3  # one rounding of the output
+    assert rel_error(ref, out) <= TOL_F32
+    assert half.dtype == torch.float16 and rel_error(ref_half, half.float()) <= 2e-3  # one rounding of the output
 
 
 @needs_triton
@@ -89,5 +85,5 @@ def test_triton_block_backend_takes_the_kernel_on_cuda(kernel_calls):
     x = torch.randn(2, 64, 14, 14, device="cuda")
     set_attention_backend("triton")
     with torch.inference_mode():
-        assert _rel(dep(x), m(x)) <= TOL_F32
+        assert rel_error(m(x), dep(x)) <= TOL_F32
     assert len(kernel_calls) == 1

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from acmix_deploy import fold
 from acmix_deploy.errors import ConfigError
 
-from .conftest import TOL_F64
+from .conftest import TOL_F64, rel_error as _rel
 
 
 def _random_bn(c: int, seed: int, affine: bool = True) -> nn.BatchNorm2d:
@@ -24,10 +24,6 @@ def _random_bn(c: int, seed: int, affine: bool = True) -> nn.BatchNorm2d:
             bn.bias.copy_(torch.randn(c, generator=g))
     return bn.eval()
 
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).abs().max() / a.abs().max())
 
 
 @pytest.mark.parametrize("affine", [True, False])

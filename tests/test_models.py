@@ -11,11 +11,8 @@ from acmix_deploy import ACmix, ACmixDeploy
 from acmix_deploy.errors import ConfigError, UnknownArchitectureError
 from acmix_deploy.testing import randomize_model
 
-from .conftest import TOL_F32, TOL_F64
+from .conftest import TOL_F32, TOL_F64, rel_error as _rel
 
-
-def _rel(a, b):
-    return float((a - b).abs().max() / a.abs().max())
 
 
 def test_registry_lists_the_families():

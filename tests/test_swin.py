@@ -30,16 +30,12 @@ from acmix_deploy.modules.swin_acmix import (
 )
 from acmix_deploy.testing import randomize_model
 
-from .conftest import TOL_F32, TOL_F64
+from .conftest import TOL_F32, TOL_F64, rel_error as _rel
 
 runner = CliRunner()
 TOL_ORT = 1e-4
 MICRO = dict(embed_dim=16, depths=(2, 2), num_heads=(2, 4), patch=4)
 
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).abs().max() / a.abs().max())
 
 
 # ---------------------------------------------------------------- the official layout, written out

@@ -8,13 +8,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from acmix_deploy import reparameterize_model
-from acmix_deploy.analysis import compare_outputs
 from acmix_deploy.errors import ConfigError, InputShapeError
 from acmix_deploy.modules import XVolution, XVolutionDeploy
 from acmix_deploy.modules.xvolution import default_shifts, shift2d, shifted_products
 from acmix_deploy.testing import randomize_model
 
-from .conftest import TOL_F32, TOL_F64
+from .conftest import TOL_F32, TOL_F64, rel_error as rel
 
 # (kernel_size, dilation, stride, shifts, include_centre, (H, W), batch)
 CONFIGS = [
@@ -68,9 +67,6 @@ def reference_forward(m: XVolution, x: torch.Tensor) -> torch.Tensor:
         att += torch.einsum("oc,bchw->bohw", mix[:, i], centre * nb)
     return bn(conv, m.bn_conv) + bn(att, m.bn_pssa)
 
-
-def rel(a, b):
-    return compare_outputs(a, b).rel
 
 
 # --------------------------------------------------------------------------- training form

@@ -13,13 +13,10 @@ from acmix_deploy.models.resnet import Bottleneck, ResNet, fuse_pair
 from acmix_deploy.modules import XVolution, XVolutionDeploy
 from acmix_deploy.testing import randomize_model
 
-from .conftest import TOL_F32, TOL_F64
+from .conftest import TOL_F32, TOL_F64, rel_error as _rel
 
 runner = CliRunner()
 
-
-def _rel(a, b):
-    return float((a - b).abs().max() / a.abs().max())
 
 
 def _random(name: str, seed: int = 0, **kw) -> nn.Module:

@@ -25,11 +25,8 @@ from acmix_deploy.modules import ACmix, halo_attention, make_halo_plan
 from acmix_deploy.modules.triton_attention import set_attention_backend, triton_window_attention
 from acmix_deploy.testing import randomize_model
 
+from .conftest import rel_error
 from .test_window_attention import CASES, _inputs, head_dim_major, unfold_reference
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
 def unfold_cases() -> list[dict]:
@@ -44,7 +41,7 @@ def unfold_cases() -> list[dict]:
             got = triton_window_attention(qkv, conv_p.weight.reshape(d, 2), heads, ka, stride)
             blocked = halo_attention(qkv, conv_p.weight.reshape(d, 2), plan)
         out.append({"case": [heads, d, ka, stride, list(size), batch], "shape_ok": got.shape == ref.shape,
-                    "dtype": str(got.dtype), "vs_unfold": rel(got, ref), "vs_blocked": rel(got, blocked)})
+                    "dtype": str(got.dtype), "vs_unfold": rel_error(ref, got), "vs_blocked": rel_error(blocked, got)})
     return out
 
 
@@ -59,7 +56,7 @@ def half_inputs() -> dict:
         with torch.no_grad():
             ref = halo_attention(qkv.float(), conv_p.weight.reshape(d, 2), plan)
             got = triton_window_attention(qkv, conv_p.weight.reshape(d, 2), heads, ka, 1)
-        res[name] = {"dtype": str(got.dtype), "err": rel(got.float(), ref)}
+        res[name] = {"dtype": str(got.dtype), "err": rel_error(ref, got.float())}
     return res
 
 
@@ -93,14 +90,14 @@ def deploy_blocks() -> list[dict]:
         set_attention_backend("triton")
         try:
             with CountCalls() as count, torch.no_grad():
-                err = rel(dep(x), m(x))
+                err = rel_error(m(x), dep(x))
             # Autograd-recorded and float64 forwards stay on the blocked core (no backward; float32 kernel).
             with CountCalls() as count_fallback:
                 xg = x.clone().requires_grad_(True)
-                grad_err = rel(torch.autograd.grad(dep(xg).sum(), xg)[0], torch.autograd.grad(m(xg).sum(), xg)[0])
+                grad_err = rel_error(torch.autograd.grad(m(xg).sum(), xg)[0], torch.autograd.grad(dep(xg).sum(), xg)[0])
                 m64 = copy.deepcopy(m).double()
                 with torch.no_grad():
-                    err64 = rel(m64.fuse().eval()(x.double()), m64(x.double()))
+                    err64 = rel_error(m64(x.double()), m64.fuse().eval()(x.double()))
         finally:
             set_attention_backend(None)
         res.append({"stride": stride, "batch": batch, "kernel_calls": count.calls, "err": err,
@@ -124,7 +121,7 @@ def new_pos_weight() -> dict:
         with torch.no_grad():
             blocked = dep(x)
         set_attention_backend(None)
-        return rel(fused, blocked)
+        return rel_error(blocked, fused)
 
     errs = {"initial": kernel_vs_blocked()}
     state = dep.state_dict()
