@@ -31,6 +31,7 @@ __all__ = [
     "fold_conv_path",
     "regroup_by_head_dim",
     "head_dim_major_order",
+    "merge_conv_groups",
 ]
 
 
@@ -206,3 +207,24 @@ def head_dim_major_order(c3: int, heads: int) -> torch.Tensor:
     """
     d = c3 // (3 * heads)
     return torch.arange(c3).reshape(3 * heads, d).t().reshape(-1)
+
+
+def merge_conv_groups(weight: torch.Tensor, groups: int, factor: int) -> torch.Tensor:
+    """Weight of the same convolution with ``factor`` neighbouring groups merged into one.
+
+    A convolution with ``groups`` groups and weight ``(C_out, C_in / groups,
+    k, k)`` equals one with ``groups / factor`` groups whose weight is block
+    diagonal: merged group ``G`` holds the weights of groups ``G * factor + j``
+    on its diagonal blocks and zeros elsewhere, so every output reads exactly
+    the inputs it read before, and the added products are with exact zeros.
+    Returns ``(C_out, factor * C_in / groups, k, k)``, for ``groups / factor``
+    groups.  Built as a product with an identity so that a traced graph folds
+    it into a constant.
+    """
+    if factor < 1 or groups % factor:
+        raise ConfigError(f"cannot merge {groups} convolution groups by a factor of {factor}")
+    c_out, c_in_group = weight.shape[:2]
+    blocks = weight.reshape(groups // factor, factor, c_out // groups, 1, c_in_group, *weight.shape[2:])
+    eye = torch.eye(factor, dtype=weight.dtype, device=weight.device)
+    diagonal = eye.reshape(1, factor, 1, factor, *([1] * (weight.dim() - 1)))
+    return (blocks * diagonal).reshape(c_out, factor * c_in_group, *weight.shape[2:])

@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 
 import acmix_deploy as ad
 from acmix_deploy.errors import AcmixDeployError, ExportError, MissingDependencyError
-from acmix_deploy.modules.acmix import ACmixDeploy
+from acmix_deploy.modules.acmix import ACmix, ACmixDeploy, conv_group_merge
 from acmix_deploy.modules.window_attention import TRANSPOSE_BY_PRODUCT_MAX_DIM
 from acmix_deploy.testing import randomize_model
+
+from .conftest import rel_error
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'acmix-deploy[onnx]')")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'acmix-deploy[onnx]')")
@@ -59,6 +61,36 @@ def test_deploy_graph_has_no_unfold_and_only_tensorrt_ops(tmp_path):
     assert by_product >= 1
     assert res.op_histogram["Softmax"] >= 4
     assert res.op_histogram["MatMul"] == 2 * res.op_histogram["Softmax"] + by_product
+
+
+@pytest.mark.parametrize("heads,head_dim,merge", [(4, 16, 4), (4, 8, 4), (4, 6, 1), (8, 4, 2), (2, 16, 1),
+                                                  (16, 2, 1)])
+def test_conv_group_merge_rule(heads, head_dim, merge):
+    # Merged groups have a multiple of 16 output channels (h per original group), at most 4 groups per merge.
+    assert conv_group_merge(heads, head_dim) == merge
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_export_merges_the_conv_path_groups(tmp_path, stride):
+    train = randomize_model(ACmix(24, 32, kernel_att=5, head=4, stride=stride), 3).eval()
+    deploy = train.fuse()
+    assert deploy.conv_path.groups == 8 and conv_group_merge(4, 8) == 4
+    size = (13, 11) if stride == 1 else (14, 10)  # odd sizes; the official stride 2 needs even ones
+    res = export_onnx(deploy, tmp_path / "b.onnx", (24, *size))
+    proto = onnx.load(res.path)
+    inits = {t.name: t for t in proto.graph.initializer}
+    grouped = [n for n in proto.graph.node if n.op_type == "Conv"
+               and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(grouped) == 1  # the conv path, 2 groups of 48 -> 16 channels; the weight is a constant
+    assert [a.i for a in grouped[0].attribute if a.name == "group"] == [2]
+    assert list(inits[grouped[0].input[1]].dims) == [32, 48, 3, 3]
+    assert "Mul" not in res.op_histogram
+    x = torch.randn(3, 24, *size)
+    with torch.inference_mode():
+        ref = train(x)
+        eager = deploy(x)  # eager torch keeps the compact groups
+    out = torch.from_numpy(OrtRunner(res.path).infer(x.numpy()))
+    assert rel_error(ref, out) < 1e-5 and rel_error(ref, eager) < 1e-5
 
 
 class _UsesIsInf(nn.Module):

@@ -124,3 +124,25 @@ def test_head_dim_major_order_is_the_regroup_as_a_row_permutation():
     order = fold.head_dim_major_order(3 * heads * d, heads)
     assert torch.equal(torch.einsum("oc,bchw->bohw", w[order], x), fold.regroup_by_head_dim(y, heads))
     assert sorted(order.tolist()) == list(range(3 * heads * d))
+
+
+@pytest.mark.parametrize("groups,factor,cin_g,cout_g,k,stride", [(16, 4, 12, 4, 3, 1), (8, 2, 3, 5, 3, 2),
+                                                                  (6, 3, 2, 1, 5, 1), (4, 1, 12, 4, 3, 2),
+                                                                  (4, 4, 12, 4, 1, 1)])
+def test_merge_conv_groups_is_the_same_convolution(groups, factor, cin_g, cout_g, k, stride):
+    torch.manual_seed(groups + factor)
+    w = torch.randn(groups * cout_g, cin_g, k, k, dtype=torch.float64)
+    bias = torch.randn(groups * cout_g, dtype=torch.float64)
+    x = torch.randn(2, groups * cin_g, 9, 7, dtype=torch.float64)  # odd sizes, zero-padded borders
+    merged = fold.merge_conv_groups(w, groups, factor)
+    assert merged.shape == (groups * cout_g, factor * cin_g, k, k)
+    # Block diagonal: each output row keeps its own group's weights, zeros for the merged neighbours.
+    assert int((merged != 0).sum()) == int((w != 0).sum())
+    expected = F.conv2d(x, w, bias, stride, k // 2, 1, groups)
+    got = F.conv2d(x, merged, bias, stride, k // 2, 1, groups // factor)
+    assert _rel(expected, got) < TOL_F64
+
+
+def test_merge_conv_groups_refuses_a_factor_that_does_not_divide():
+    with pytest.raises(ConfigError, match="cannot merge 6 convolution groups by a factor of 4"):
+        fold.merge_conv_groups(torch.zeros(12, 2, 3, 3), 6, 4)
