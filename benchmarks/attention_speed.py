@@ -292,6 +292,7 @@ def main() -> None:
                                    "times: medians; interleaved rounds with rotating start",
                       "attention_core": "blocked halo matmuls, tile by traffic count (4x4 on 56/28 maps, 7x7 on 14/7); "
                                         "'torch triton' rows: the fused Triton kernel (modules/triton_attention.py)",
+                      "onnx_conv_path": "groups merged to 16-channel groups (modules.acmix.conv_group_merge)",
                       "deploy_layout": DEPLOY_LAYOUT},
             "load_average": {"before": load_before, "after": load_after},
             "exactness_rel_vs_training": exactness,

@@ -14,7 +14,9 @@ function with
    :mod:`acmix_deploy.modules.window_attention`; the positional term is an
    offset ``-W_p loc`` of the keys, ``W_p`` being ``conv_p``'s weight),
 3. one grouped ``kc x kc`` convolution for the whole convolution path
-   (``fc``, ``dep_conv``, ``rate2`` and the BatchNorm folded), reading q/k/v,
+   (``fc``, ``dep_conv``, ``rate2`` and the BatchNorm folded), reading q/k/v
+   (the exported ONNX graph merges its groups into 16-channel ones, which
+   ONNX Runtime's blocked convolution kernels need; see ``conv_group_merge``),
 4. an add.
 
 The softmax attention itself is data dependent and is *not* turned into a
