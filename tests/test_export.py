@@ -70,27 +70,32 @@ def test_conv_group_merge_rule(heads, head_dim, merge):
     assert conv_group_merge(heads, head_dim) == merge
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_export_merges_the_conv_path_groups(tmp_path, stride):
-    train = randomize_model(ACmix(24, 32, kernel_att=5, head=4, stride=stride), 3).eval()
+@pytest.mark.parametrize("heads,out_planes,stride,merged_groups", [(4, 32, 1, 2), (4, 32, 2, 2), (8, 64, 1, 4)])
+def test_export_merges_the_conv_path_groups(tmp_path, heads, out_planes, stride, merged_groups):
+    train = randomize_model(ACmix(24, out_planes, kernel_att=5, head=heads, stride=stride), 3).eval()
     deploy = train.fuse()
-    assert deploy.conv_path.groups == 8 and conv_group_merge(4, 8) == 4
+    d = out_planes // heads
+    assert deploy.conv_path.groups == d and d // conv_group_merge(heads, d) == merged_groups
     size = (13, 11) if stride == 1 else (14, 10)  # odd sizes; the official stride 2 needs even ones
-    res = export_onnx(deploy, tmp_path / "b.onnx", (24, *size))
-    proto = onnx.load(res.path)
-    inits = {t.name: t for t in proto.graph.initializer}
-    grouped = [n for n in proto.graph.node if n.op_type == "Conv"
-               and any(a.name == "group" and a.i > 1 for a in n.attribute)]
-    assert len(grouped) == 1  # the conv path, 2 groups of 48 -> 16 channels; the weight is a constant
-    assert [a.i for a in grouped[0].attribute if a.name == "group"] == [2]
-    assert list(inits[grouped[0].input[1]].dims) == [32, 48, 3, 3]
-    assert "Mul" not in res.op_histogram
     x = torch.randn(3, 24, *size)
     with torch.inference_mode():
         ref = train(x)
         eager = deploy(x)  # eager torch keeps the compact groups
-    out = torch.from_numpy(OrtRunner(res.path).infer(x.numpy()))
-    assert rel_error(ref, out) < 1e-5 and rel_error(ref, eager) < 1e-5
+    assert rel_error(ref, eager) < 1e-5
+    for merge, groups in ((True, merged_groups), (False, d)):
+        res = export_onnx(deploy, tmp_path / f"b{merge}.onnx", (24, *size), merge_conv_groups=merge)
+        proto = onnx.load(res.path)
+        inits = {t.name: t for t in proto.graph.initializer}
+        grouped = [n for n in proto.graph.node if n.op_type == "Conv"
+                   and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+        assert len(grouped) == 1  # the conv path; its weight is a constant of the graph, merged or compact
+        assert [a.i for a in grouped[0].attribute if a.name == "group"] == [groups]
+        assert list(inits[grouped[0].input[1]].dims) == [out_planes, 3 * out_planes // groups, 3, 3]
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["acmix_deploy.conv_path_groups"] == ("merged into 16-channel groups" if merge else "compact")
+        out = torch.from_numpy(OrtRunner(res.path).infer(x.numpy()))
+        assert rel_error(ref, out) < 1e-5
+    assert deploy.conv_path.groups == d  # the module itself is untouched by the export
 
 
 class _UsesIsInf(nn.Module):

@@ -38,6 +38,7 @@ from acmix_deploy.exporters.triton import (
 from acmix_deploy.testing import randomize_model
 
 pytest.importorskip("onnxruntime", reason="the ONNX repository is validated with ONNX Runtime")
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'acmix-deploy[onnx]')")
 text_format = pytest.importorskip("google.protobuf.text_format", reason="protobuf is needed to parse config.pbtxt")
 tritonclient = pytest.importorskip("tritonclient", reason="tritonclient ships Triton's model_config.proto")
 
@@ -107,6 +108,22 @@ def test_onnx_repository_layout_and_config(onnx_repo, tiny, pb2):
         ref = ad.reparameterize_model(model)(torch.from_numpy(x)).numpy()
     y = sess.run(None, {"images": x})[0]
     assert float(np.abs(y - ref).max() / np.abs(ref).max()) <= 1e-4
+
+
+def test_conv_path_groups_follow_the_instance_kind(onnx_repo, tiny, tmp_path, pb2):
+    # CPU instances (ONNX Runtime's CPU kernels) get the 16-channel conv-path groups; GPU instances the compact ones.
+    def groups_meta(model_onnx):
+        proto = onnx.load(model_onnx)
+        return {p.key: p.value for p in proto.metadata_props}["acmix_deploy.conv_path_groups"]
+
+    assert groups_meta(onnx_repo / "acmix" / "1" / "model.onnx") == "merged into 16-channel groups"
+    path, _ = tiny
+    res = runner.invoke(app, ["export", str(path), "--format", "triton", "-o", str(tmp_path / "gpu"),
+                              "--name", "acmix", "--device", "cuda"])
+    assert res.exit_code == 0, res.output
+    cfg = parse(pb2, (tmp_path / "gpu" / "acmix" / "config.pbtxt").read_text())
+    assert [g.kind for g in cfg.instance_group] == [pb2.ModelInstanceGroup.KIND_GPU]
+    assert groups_meta(tmp_path / "gpu" / "acmix" / "1" / "model.onnx") == "compact"
 
 
 def test_existing_model_dir_is_refused(onnx_repo, tiny):

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ..checkpoint import atomic_write
 from ..errors import ConfigError, ExportError
+from ..modules.acmix import ACmixDeploy, conv_group_merge, merged_conv_groups
 from .trt_ops import TENSORRT_ONNX_OPS
 from .util import require
 
@@ -94,12 +95,16 @@ def export_onnx(
     fp16: bool = False,
     int8_calibration=None,
     calibration_cache: str | os.PathLike | None = None,
+    merge_conv_groups: bool = True,
 ) -> OnnxExport:
     """Export ``model`` (eval mode, CPU, float32) to ``path``.
 
     ``validate(tmp_path)`` runs on the complete file before it is renamed onto
     ``path``; if it raises, nothing is written.  ``fp16=True`` converts the graph
     to float16 with the attention kept in float32 (see :mod:`.precision`).
+    ``merge_conv_groups`` merges ACmix's convolution-path groups into 16-channel
+    ones for ONNX Runtime's CPU kernels (:func:`acmix_deploy.modules.acmix.conv_group_merge`);
+    the TensorRT export turns it off.
     """
     onnx = require("onnx", "onnx")
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -113,7 +118,8 @@ def export_onnx(
     x = torch.randn(batch, *input_size, dtype=param.dtype, device=param.device)
     with torch.no_grad():
         model(x)  # surface input-size errors before tracing, with their own message
-        proto = onnx.load_from_string(_trace(model, x, opset, dynamic))
+        with merged_conv_groups(merge_conv_groups):
+            proto = onnx.load_from_string(_trace(model, x, opset, dynamic))
     onnx.checker.check_model(proto)
     if simplify:
         onnxslim = require("onnxslim", "onnx")
@@ -138,6 +144,10 @@ def export_onnx(
             else "int8 Q/DQ (Conv, Gemm; attention in fp32)" if int8_calibration is not None else "fp32"
         ),
     }
+    acmix_blocks = [m for m in model.modules() if isinstance(m, ACmixDeploy)]
+    if acmix_blocks:
+        merged = merge_conv_groups and any(conv_group_merge(m.head, m.head_dim) > 1 for m in acmix_blocks)
+        meta["acmix_deploy.conv_path_groups"] = "merged into 16-channel groups" if merged else "compact"
     for key, value in (metadata or {}).items():
         meta[f"acmix_deploy.{key}"] = value if isinstance(value, str) else json.dumps(value)
     del proto.metadata_props[:]

@@ -177,7 +177,8 @@ def write_onnx_repository(
     def fill(version_dir: Path) -> list[Path]:
         onnx_path = version_dir / "model.onnx"
         holder["onnx"] = export_onnx(model, onnx_path, input_size, batch=1, dynamic=True, opset=opset,
-                                     simplify=simplify, metadata=metadata, validate=validate)
+                                     simplify=simplify, metadata=metadata, validate=validate,
+                                     merge_conv_groups=device == "cpu")  # merged groups: ORT's CPU kernels
         holder["cfg"] = cfg = TritonModelConfig(
             name=name, platform="onnxruntime_onnx", input_name=INPUT_NAME, output_name=OUTPUT_NAME,
             input_dims=tuple(input_size), output_dims=_onnx_output_dims(onnx_path), max_batch_size=max_batch,

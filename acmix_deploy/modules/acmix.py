@@ -25,6 +25,8 @@ static convolution; it is computed exactly as in the training form.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import torch
@@ -36,7 +38,8 @@ from ..errors import CheckpointError, ConfigError, InputShapeError
 from .triton_attention import triton_window_attention, use_triton
 from .window_attention import HaloPlan, halo_attention, make_halo_plan
 
-__all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout", "conv_group_merge"]
+__all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout", "conv_group_merge",
+           "merged_conv_groups"]
 
 
 def coordinate_grid(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -297,6 +300,23 @@ def conv_group_merge(heads: int, head_dim: int) -> int:
     return factor if 1 < factor <= MAX_GROUP_MERGE and head_dim % factor == 0 else 1
 
 
+_MERGE_IN_EXPORT = contextvars.ContextVar("acmix_merge_conv_groups", default=True)
+
+
+@contextlib.contextmanager
+def merged_conv_groups(enabled: bool):
+    """Whether ONNX export inside this block merges the convolution path's groups (default: yes).
+
+    The merge is for ONNX Runtime's CPU kernels, where it was measured; exports for TensorRT (and
+    for GPU Triton repositories) keep the compact groups, which do a quarter of the multiply-adds.
+    """
+    token = _MERGE_IN_EXPORT.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _MERGE_IN_EXPORT.reset(token)
+
+
 def check_deploy_layout(state_dict, source: str = "state dict") -> None:
     """Refuse ACmix deploy tensors written with an older layout, with a clear message.
 
@@ -405,10 +425,10 @@ class ACmixDeploy(nn.Module):
         return b * self.head * per_head
 
     def _conv_path(self, qkv: torch.Tensor) -> torch.Tensor:
-        """The convolution path; in ONNX export with its groups merged (see ``CONV_GROUP_BLOCK``)."""
+        """The convolution path; in ONNX export with its groups merged (``CONV_GROUP_BLOCK``, ``merged_conv_groups``)."""
         conv = self.conv_path
         merge = conv_group_merge(self.head, self.head_dim)
-        if merge == 1 or not torch.onnx.is_in_onnx_export():
+        if merge == 1 or not torch.onnx.is_in_onnx_export() or not _MERGE_IN_EXPORT.get():
             return conv(qkv)
         weight = fold.merge_conv_groups(conv.weight, conv.groups, merge)  # folded into a constant by the export
         return F.conv2d(qkv, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups // merge)
