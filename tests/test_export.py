@@ -26,6 +26,7 @@ from acmix_deploy.cli import app  # noqa: E402
 from acmix_deploy.compare import compare_runners, random_inputs  # noqa: E402
 from acmix_deploy.exporters import export_onnx, unsupported_ops  # noqa: E402
 from acmix_deploy.exporters.trt_ops import TENSORRT_ONNX_OPS  # noqa: E402
+from acmix_deploy.exporters.driver import ExportOptions, merge_conv_groups_for  # noqa: E402
 from acmix_deploy.exporters.util import require  # noqa: E402
 from acmix_deploy.runtime import OrtRunner, TorchRunner  # noqa: E402
 
@@ -82,7 +83,7 @@ def test_export_merges_the_conv_path_groups(tmp_path, heads, out_planes, stride,
         ref = train(x)
         eager = deploy(x)  # eager torch keeps the compact groups
     assert rel_error(ref, eager) < 1e-5
-    for merge, groups in ((True, merged_groups), (False, d)):
+    for merge, groups in ((False, d), (True, merged_groups)):  # compact first: the setting must not leak
         res = export_onnx(deploy, tmp_path / f"b{merge}.onnx", (24, *size), merge_conv_groups=merge)
         proto = onnx.load(res.path)
         inits = {t.name: t for t in proto.graph.initializer}
@@ -96,6 +97,13 @@ def test_export_merges_the_conv_path_groups(tmp_path, heads, out_planes, stride,
         out = torch.from_numpy(OrtRunner(res.path).infer(x.numpy()))
         assert rel_error(ref, out) < 1e-5
     assert deploy.conv_path.groups == d  # the module itself is untouched by the export
+
+
+@pytest.mark.parametrize("fmt,device,merged", [("onnx", "cpu", True), ("onnx", "cuda", False), ("engine", "cuda", False),
+                                               ("aoti", "cpu", False)])
+def test_conv_groups_are_merged_only_for_onnx_runtime_on_the_cpu(fmt, device, merged):
+    # The TensorRT engine (and the ONNX file kept beside it) and ONNX files for a GPU keep the compact groups.
+    assert merge_conv_groups_for(ExportOptions(fmt=fmt, device=device)) is merged
 
 
 class _UsesIsInf(nn.Module):
@@ -158,6 +166,7 @@ def test_cli_export_and_compare(train_ckpt, tmp_path):
     proto = onnx.load(out)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["acmix_deploy.source"] == "train.pth" and len(meta["acmix_deploy.source_sha256"]) == 64
+    assert meta["acmix_deploy.conv_path_groups"] == "merged into 16-channel groups"  # an ONNX file for the CPU
     result = runner.invoke(app, ["compare", str(path), str(out), "--batch", "1", "--batch", "2"])
     assert result.exit_code == 0, result.output
     assert "torch:training" in result.output and "torch:deploy" in result.output and "model.onnx" in result.output

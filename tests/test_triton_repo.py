@@ -35,6 +35,7 @@ from acmix_deploy.exporters.triton import (
     write_engine_repository,
     write_model_dir,
 )
+from acmix_deploy.modules.acmix import ACmixDeploy, conv_group_merge
 from acmix_deploy.testing import randomize_model
 
 pytest.importorskip("onnxruntime", reason="the ONNX repository is validated with ONNX Runtime")
@@ -112,18 +113,24 @@ def test_onnx_repository_layout_and_config(onnx_repo, tiny, pb2):
 
 def test_conv_path_groups_follow_the_instance_kind(onnx_repo, tiny, tmp_path, pb2):
     # CPU instances (ONNX Runtime's CPU kernels) get the 16-channel conv-path groups; GPU instances the compact ones.
-    def groups_meta(model_onnx):
+    def groups(model_onnx):  # what the metadata says, and the conv path groups the graph has
         proto = onnx.load(model_onnx)
-        return {p.key: p.value for p in proto.metadata_props}["acmix_deploy.conv_path_groups"]
+        conv_groups = {a.i for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute
+                       if a.name == "group" and a.i > 1}
+        return {p.key: p.value for p in proto.metadata_props}["acmix_deploy.conv_path_groups"], conv_groups
 
-    assert groups_meta(onnx_repo / "acmix" / "1" / "model.onnx") == "merged into 16-channel groups"
-    path, _ = tiny
+    path, model = tiny
+    blocks = [m for m in ad.reparameterize_model(model).modules() if isinstance(m, ACmixDeploy)]
+    compact = {m.head_dim for m in blocks} - {1}  # a conv of 1 group has no group attribute above 1
+    merged = {m.head_dim // conv_group_merge(m.head, m.head_dim) for m in blocks} - {1}
+    assert merged != compact
+    assert groups(onnx_repo / "acmix" / "1" / "model.onnx") == ("merged into 16-channel groups", merged)
     res = runner.invoke(app, ["export", str(path), "--format", "triton", "-o", str(tmp_path / "gpu"),
                               "--name", "acmix", "--device", "cuda"])
     assert res.exit_code == 0, res.output
     cfg = parse(pb2, (tmp_path / "gpu" / "acmix" / "config.pbtxt").read_text())
     assert [g.kind for g in cfg.instance_group] == [pb2.ModelInstanceGroup.KIND_GPU]
-    assert groups_meta(tmp_path / "gpu" / "acmix" / "1" / "model.onnx") == "compact"
+    assert groups(tmp_path / "gpu" / "acmix" / "1" / "model.onnx") == ("compact", compact)
 
 
 def test_existing_model_dir_is_refused(onnx_repo, tiny):

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..errors import AcmixDeployError, ConfigError, EquivalenceError
 
-__all__ = ["ExportOptions", "ExportResult", "export_model", "output_path"]
+__all__ = ["ExportOptions", "ExportResult", "export_model", "merge_conv_groups_for", "output_path"]
 
 Log = Callable[[str], None]
 
@@ -137,6 +137,16 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     return replace(resolved, output=out), profile
 
 
+def merge_conv_groups_for(opts: ExportOptions) -> bool:
+    """Whether the ONNX graph of this export gets ACmix's conv path in 16-channel groups.
+
+    They are for ONNX Runtime's CPU kernels, where they were measured (``modules.acmix.conv_group_merge``):
+    an ONNX file exported for the CPU.  TensorRT engines (and the ONNX file kept beside them) and ONNX files
+    exported with ``--device cuda`` keep the compact groups (a quarter of the multiply-adds).
+    """
+    return opts.fmt == "onnx" and opts.device == "cpu"
+
+
 def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) -> ExportResult:
     """Export the model in ``ckpt`` (folded first when it holds the training form) as ``opts`` say.
 
@@ -215,9 +225,7 @@ def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) 
                           validate=validator(OrtRunner, "onnx vs torch (deploy form)", rows), fp16=fp16_graph,
                           int8_calibration=calibration,
                           calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
-                          # 16-channel conv-path groups are for ONNX Runtime's CPU kernels (measured there);
-                          # TensorRT gets the compact groups (a quarter of the multiply-adds).
-                          merge_conv_groups=opts.fmt != "engine")
+                          merge_conv_groups=merge_conv_groups_for(opts))
         say(f"ONNX: {res.nodes} nodes, {opts.precision}, validated with ONNX Runtime; wrote {res.path} "
             f"({res.size_bytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
         return res

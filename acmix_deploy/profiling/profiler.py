@@ -333,7 +333,8 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                     if "training" in forms:
                         notes.append("onnxruntime runs the deploy form (exported from the folded model)")
                     onnx_path = Path(tmpdir.name) / "deploy.onnx"
-                    export_onnx(prep.deploy, onnx_path, input_size)
+                    # ACmix's conv path in 16-channel groups for ONNX Runtime's CPU kernels only (as `export` does)
+                    export_onnx(prep.deploy, onnx_path, input_size, merge_conv_groups=settings.device == "cpu")
                     onnx_paths["deploy"] = onnx_path
                     targets.append(_ort_target(onnx_path, "deploy", settings.device, settings.threads))
                     continue
