@@ -138,13 +138,13 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
 
 
 def merge_conv_groups_for(opts: ExportOptions) -> bool:
-    """Whether the ONNX graph of this export gets ACmix's conv path in 16-channel groups.
+    """Whether the ONNX graph of this export gets ACmix's conv path in 16-channel groups (``onnx.merge_conv_groups_on``).
 
-    They are for ONNX Runtime's CPU kernels, where they were measured (``modules.acmix.conv_group_merge``):
-    an ONNX file exported for the CPU.  TensorRT engines (and the ONNX file kept beside them) and ONNX files
-    exported with ``--device cuda`` keep the compact groups (a quarter of the multiply-adds).
+    Only an ONNX file exported for the CPU; a TensorRT engine (and the ONNX file kept beside it) runs on the GPU.
     """
-    return opts.fmt == "onnx" and opts.device == "cpu"
+    from .onnx import merge_conv_groups_on
+
+    return opts.fmt == "onnx" and merge_conv_groups_on(opts.device)
 
 
 def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) -> ExportResult:

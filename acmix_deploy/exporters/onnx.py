@@ -34,11 +34,22 @@ from ..modules.acmix import ACmixDeploy, conv_group_merge, merged_conv_groups
 from .trt_ops import TENSORRT_ONNX_OPS
 from .util import require
 
-__all__ = ["OnnxExport", "export_onnx", "op_histogram", "unsupported_ops", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = ["OnnxExport", "export_onnx", "merge_conv_groups_on", "op_histogram", "unsupported_ops", "INPUT_NAME",
+           "OUTPUT_NAME"]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 MIN_OPSET, MAX_OPSET = 13, 20
+
+
+def merge_conv_groups_on(device: str) -> bool:
+    """Whether an ONNX graph meant to run on ``device`` gets ACmix's conv path in 16-channel groups.
+
+    They are for ONNX Runtime's CPU kernels, where they were measured (``modules.acmix.conv_group_merge``);
+    graphs for a GPU (ONNX Runtime's CUDA provider, TensorRT) keep the compact groups, a quarter of the
+    multiply-adds.  Every exporter that chooses asks here.
+    """
+    return device == "cpu"
 
 
 @dataclass

@@ -161,7 +161,7 @@ def write_onnx_repository(
     place (the same hook as :func:`export_onnx`); when omitted, the ONNX model is
     checked against ``model`` in torch (relative error <= 1e-4 at batches 1 and 2).
     """
-    from .onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
+    from .onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, merge_conv_groups_on
 
     check_model_name(name)
     if max_batch < 1:
@@ -178,7 +178,7 @@ def write_onnx_repository(
         onnx_path = version_dir / "model.onnx"
         holder["onnx"] = export_onnx(model, onnx_path, input_size, batch=1, dynamic=True, opset=opset,
                                      simplify=simplify, metadata=metadata, validate=validate,
-                                     merge_conv_groups=device == "cpu")  # merged groups: ORT's CPU kernels
+                                     merge_conv_groups=merge_conv_groups_on(device))
         holder["cfg"] = cfg = TritonModelConfig(
             name=name, platform="onnxruntime_onnx", input_name=INPUT_NAME, output_name=OUTPUT_NAME,
             input_dims=tuple(input_size), output_dims=_onnx_output_dims(onnx_path), max_batch_size=max_batch,

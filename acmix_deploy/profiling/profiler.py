@@ -312,6 +312,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                 raise ConfigError(f"{path.name} has a static batch of {fixed_batch}; profile --batch {fixed_batch}")
         else:
             from ..exporters import export_onnx
+            from ..exporters.onnx import merge_conv_groups_on
             from ..pipeline import prepare_deploy
 
             prep = prepare_deploy(path, settings.arch, settings.imgsz, check=False)
@@ -333,8 +334,8 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                     if "training" in forms:
                         notes.append("onnxruntime runs the deploy form (exported from the folded model)")
                     onnx_path = Path(tmpdir.name) / "deploy.onnx"
-                    # ACmix's conv path in 16-channel groups for ONNX Runtime's CPU kernels only (as `export` does)
-                    export_onnx(prep.deploy, onnx_path, input_size, merge_conv_groups=settings.device == "cpu")
+                    export_onnx(prep.deploy, onnx_path, input_size,
+                                merge_conv_groups=merge_conv_groups_on(settings.device))
                     onnx_paths["deploy"] = onnx_path
                     targets.append(_ort_target(onnx_path, "deploy", settings.device, settings.threads))
                     continue
