@@ -15,7 +15,7 @@ from .checkpoint import LoadedCheckpoint, read_checkpoint
 from .errors import ConfigError, EquivalenceError
 from .reparam import reparameterize_model
 
-__all__ = ["Prepared", "prepare_deploy", "sha256_file", "default_input_size", "check_device", "check_output_path"]
+__all__ = ["Prepared", "prepare_deploy", "sha256_file", "default_input_size", "normalize_imgsz", "check_device", "check_output_path"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -46,12 +46,30 @@ def check_output_path(out: Path, src: Path) -> None:
         raise ConfigError(f"output {out} is a directory; give a file name")
 
 
-def default_input_size(model: nn.Module, imgsz: int | None = None) -> tuple[int, int, int]:
+def normalize_imgsz(imgsz) -> tuple[int, int] | None:
+    """``imgsz`` as ``(height, width)``: an int means a square, a pair is (height, width), None stays None."""
+    if imgsz is None:
+        return None
+    if isinstance(imgsz, bool):
+        raise ConfigError(f"imgsz must be an int or (height, width), got {imgsz!r}")
+    if isinstance(imgsz, int):
+        pair = (imgsz, imgsz)
+    elif isinstance(imgsz, (tuple, list)) and len(imgsz) in (1, 2) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in imgsz):
+        pair = (imgsz[0], imgsz[-1])
+    else:
+        raise ConfigError(f"imgsz must be an int or (height, width), got {imgsz!r}")
+    if min(pair) < 1:
+        raise ConfigError(f"imgsz must be positive, got {imgsz!r}")
+    return pair
+
+
+def default_input_size(model: nn.Module, imgsz=None) -> tuple[int, int, int]:
+    """``(channels, height, width)``: the model's recorded input size, with ``imgsz`` (int or (h, w)) replacing h, w."""
     c, h, w = model.default_cfg["input_size"]
-    if imgsz is not None:
-        if imgsz < 1:
-            raise ConfigError(f"--imgsz must be positive, got {imgsz}")
-        h = w = imgsz
+    pair = normalize_imgsz(imgsz)
+    if pair is not None:
+        h, w = pair
     return (c, h, w)
 
 
