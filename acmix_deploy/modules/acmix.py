@@ -335,6 +335,11 @@ def check_deploy_layout(state_dict, source: str = "state dict") -> None:
                 )
 
 
+def _refresh_after_load(module: "ACmixDeploy", _keys) -> None:
+    """Load-state-dict hook (a module-level function, so that ``torch.save(model)`` can pickle the module)."""
+    module.refresh_mode()
+
+
 class ACmixDeploy(nn.Module):
     """Deploy form of :class:`ACmix`: one 1x1 conv, the attention core, one grouped conv, an add.
 
@@ -375,7 +380,7 @@ class ACmixDeploy(nn.Module):
         )
         self.register_buffer("pos_weight", torch.zeros(self.head_dim, 2))
         self.register_buffer("att_scale", torch.ones(out_planes))
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_mode())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
         self._plans: dict[tuple, HaloPlan] = {}
         self.mode = "folded"
 
@@ -410,6 +415,11 @@ class ACmixDeploy(nn.Module):
             if not torch.jit.is_tracing():
                 self._plans[key] = plan
         return plan
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_plans"] = {}  # index tables are rebuilt on demand; never pickled with the model
+        return state
 
     def _apply(self, fn, recurse=True):
         self._plans = {}  # plans follow the module's device and dtype

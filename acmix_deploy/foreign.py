@@ -1,0 +1,295 @@
+"""ACmix operators pasted into users' own networks: recognised by structure, adopted when proven equal.
+
+Forks copy the official ``ACmix`` class rather than import a package, often
+renamed (``ACmixblock``, ``C2f_ACmix`` parts, ...), with the same-width
+signature ``ACmix(in_planes, kernel_att, head, ...)`` or with the positional
+grid cast to the input's dtype.  None of that changes the state dict or the
+function, so recognition never looks at the class name or at ``isinstance``:
+
+* **Structure** (:func:`acmix_structure`): children ``conv1``/``conv2``/``conv3``
+  (1x1 convolutions ``C_in -> C``), ``conv_p`` (1x1, ``2 -> C / head``), ``fc``
+  (1x1, ``3 head -> kc^2``, no bias), ``dep_conv`` (``kc x kc``, ``kc^2 d -> C``,
+  groups ``d``, padding ``kc // 2``, with or without a bias), one-element
+  parameters ``rate1``/``rate2``, and nothing else that holds state.  The
+  hyper-parameters come from the module's attributes (``kernel_att``, ``head``,
+  ``kernel_conv``, ``stride``, ``dilation``, or ``unfold``/``pad_att``) and are
+  cross-checked against every weight shape.
+* **Behaviour** (:func:`adopt`): this package's training-form :class:`ACmix` is
+  built with those hyper-parameters and loads the module's state strictly; both
+  then run on a probe input (batch 2, a non-square size valid for the stride
+  and the reflection padding, small enough that most pixels are border pixels)
+  in float32.  Only when they agree within :data:`PROBE_TOL` is the module
+  swapped.  A look-alike whose forward differs (other padding, a rewritten
+  attention) is left as it is and reported with its path and the difference.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .modules import ACmix, ACmixDeploy
+
+__all__ = ["PROBE_TOL", "Adoption", "acmix_structure", "looks_like_acmix", "adopt", "adopt_foreign_operators",
+           "is_ours", "replace_module", "carry_attributes"]
+
+# The probe compares two float32 evaluations of the same formula (the official
+# unfold form and ours, which matches a float64 transcription of the official
+# code to 1e-12): they differ by rounding only, ~1e-6 of the output's scale.  A
+# changed border rule or attention shows up at 1e-2 and above on the probe.
+PROBE_TOL = 1e-4
+
+_ACMIX_CHILDREN = {"conv1", "conv2", "conv3", "conv_p", "fc", "dep_conv", "pad_att", "unfold", "softmax"}
+
+
+def is_ours(module: nn.Module) -> bool:
+    """True for this package's own classes (which know how to fold themselves)."""
+    return type(module).__module__.split(".")[0] == "acmix_deploy"
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def _int_attr(m: nn.Module, name: str) -> int | None:
+    v = m.__dict__.get(name)
+    if isinstance(v, (tuple, list)) and len(set(v)) == 1:
+        v = v[0]
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _conv(m: nn.Module, name: str) -> nn.Conv2d | None:
+    c = m._modules.get(name)
+    return c if type(c) is nn.Conv2d else None
+
+
+def acmix_structure(m: nn.Module) -> tuple[dict[str, Any] | None, str]:
+    """``(hparams, "")`` when ``m`` has the official ACmix structure, else ``(None, why not)``.
+
+    ``hparams``: ``in_planes, out_planes, kernel_att, head, kernel_conv, stride, dep_conv_bias``.
+    """
+    if isinstance(m, (ACmix, ACmixDeploy)):
+        return None, "one of this package's own classes"
+    convs = {n: _conv(m, n) for n in ("conv1", "conv2", "conv3", "conv_p", "fc", "dep_conv")}
+    if any(c is None for c in convs.values()):
+        missing = [n for n, c in convs.items() if c is None]
+        return None, f"no nn.Conv2d {', '.join(missing)}"
+    rates = [m._parameters.get(n) for n in ("rate1", "rate2")]
+    if any(r is None or r.numel() != 1 for r in rates):
+        return None, "no one-element parameters rate1/rate2"
+    c1, c2, c3, cp, fc, dep = (convs[n] for n in ("conv1", "conv2", "conv3", "conv_p", "fc", "dep_conv"))
+    c_in, c = c1.in_channels, c1.out_channels
+    for cv in (c1, c2, c3):
+        if (cv.in_channels, cv.out_channels) != (c_in, c) or _pair(cv.kernel_size) != (1, 1) or cv.groups != 1 \
+                or _pair(cv.stride) != (1, 1) or _pair(cv.padding) != (0, 0):
+            return None, "conv1/conv2/conv3 are not three 1x1 convolutions of the same shape"
+    head = _int_attr(m, "head") or (fc.in_channels // 3 if fc.in_channels % 3 == 0 else None)
+    if not head or c % head or fc.in_channels != 3 * head:
+        return None, f"fc takes {fc.in_channels} channels, not 3 * head (head={head})"
+    d = c // head
+    if (cp.in_channels, cp.out_channels) != (2, d) or _pair(cp.kernel_size) != (1, 1):
+        return None, f"conv_p is not a 1x1 convolution 2 -> head_dim ({d})"
+    kc = math.isqrt(fc.out_channels)
+    if kc * kc != fc.out_channels or _pair(fc.kernel_size) != (1, 1) or fc.bias is not None:
+        return None, "fc is not a 1x1 convolution without bias to kernel_conv**2 channels"
+    if _int_attr(m, "kernel_conv") not in (None, kc):
+        return None, f"kernel_conv={m.kernel_conv} disagrees with fc's {kc * kc} outputs"
+    stride = _int_attr(m, "stride")
+    if stride is None:
+        stride = _pair(dep.stride)[0]
+    if (dep.in_channels, dep.out_channels, dep.groups) != (kc * kc * d, c, d) or _pair(dep.kernel_size) != (kc, kc):
+        return None, "dep_conv is not the grouped kernel_conv convolution kc*kc*head_dim -> out_planes, groups head_dim"
+    if _pair(dep.stride) != (stride, stride) or _pair(dep.dilation) != (1, 1) \
+            or _pair(dep.padding) != (kc // 2, kc // 2) or dep.padding_mode != "zeros":
+        return None, (f"dep_conv has stride {dep.stride}, padding {dep.padding}, dilation {dep.dilation}; "
+                      f"ACmix needs stride {stride}, padding {kc // 2}, dilation 1, zero padding")
+    unfold = m._modules.get("unfold")
+    ka = _int_attr(m, "kernel_att")
+    if ka is None and isinstance(unfold, nn.Unfold):
+        ka = _int_attr(unfold, "kernel_size")
+    if ka is None:
+        return None, "no kernel_att attribute and no nn.Unfold to read it from"
+    if isinstance(unfold, nn.Unfold) and (_int_attr(unfold, "kernel_size") != ka or _int_attr(unfold, "stride")
+                                          not in (stride,) or _int_attr(unfold, "dilation") not in (1,)):
+        return None, f"unfold ({unfold}) disagrees with kernel_att={ka}, stride={stride}"
+    dilation = _int_attr(m, "dilation")
+    if dilation not in (None, 1):
+        return None, f"dilation={dilation}: only dilation 1 is consistent in the official operator"
+    pad = (ka - 1) // 2
+    pad_att = m._modules.get("pad_att")
+    recorded = _int_attr(m, "padding_att")
+    if isinstance(pad_att, nn.ReflectionPad2d):
+        recorded = recorded if recorded is not None else _int_attr(pad_att, "padding")
+    if recorded not in (None, pad):
+        return None, f"reflection padding {recorded} disagrees with kernel_att={ka} (needs {pad})"
+    extra = [n for n, child in m.named_children()
+             if n not in _ACMIX_CHILDREN and any(True for _ in child.parameters())]
+    extra += [n for n in m._parameters if n not in ("rate1", "rate2") and m._parameters[n] is not None]
+    extra += [n for n in m._buffers if m._buffers[n] is not None]
+    if extra:
+        return None, f"holds state that ACmix does not have: {', '.join(extra)}"
+    if ka % 2 == 0 or kc % 2 == 0 or stride < 1:
+        return None, f"kernel_att={ka}, kernel_conv={kc}, stride={stride}: ACmix needs odd kernels"
+    return {"in_planes": c_in, "out_planes": c, "kernel_att": ka, "head": head, "kernel_conv": kc,
+            "stride": stride, "dep_conv_bias": dep.bias is not None}, ""
+
+
+def looks_like_acmix(m: nn.Module) -> bool:
+    return acmix_structure(m)[0] is not None
+
+
+@dataclass
+class Adoption:
+    """What happened to one module that has the official ACmix structure."""
+
+    path: str
+    source_class: str
+    hparams: dict[str, Any]
+    accepted: bool
+    probe_rel: float | None  # relative difference on the probe (None when the probe could not run)
+    probe_shape: tuple[int, ...] = ()
+    reason: str = ""  # why it was left alone
+    dtype: str = ""
+
+    def describe(self) -> str:
+        if self.accepted:
+            return (f"{self.path} ({self.source_class}) -> ACmix, probe {'x'.join(map(str, self.probe_shape))} "
+                    f"agrees to {self.probe_rel:.1e}")
+        return f"{self.path} ({self.source_class}) left as it is: {self.reason}"
+
+
+def build_acmix(hparams: dict[str, Any]) -> ACmix:
+    """This package's training form for the recognised hyper-parameters (float32, CPU)."""
+    ours = ACmix(hparams["in_planes"], hparams["out_planes"], hparams["kernel_att"], hparams["head"],
+                 hparams["kernel_conv"], hparams["stride"])
+    if hparams.get("dep_conv_bias"):
+        ours.dep_conv.bias = nn.Parameter(torch.zeros(hparams["out_planes"]))
+    return ours
+
+
+def probe_input(hparams: dict[str, Any], seed: int = 0) -> torch.Tensor:
+    """Batch 2, non-square, divisible by the stride, just above the reflection padding (mostly border)."""
+    s, pad = hparams["stride"], (hparams["kernel_att"] - 1) // 2
+    h = s * (pad + 3)
+    w = h + s
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, hparams["in_planes"], h, w, generator=gen)
+
+
+def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
+    ref64, out64 = ref.double(), out.double()
+    scale = float(ref64.abs().max())
+    err = float((ref64 - out64).abs().max())
+    if not math.isfinite(err):
+        return float("inf")
+    return err / scale if scale > 0 else (0.0 if err == 0 else float("inf"))
+
+
+@torch.no_grad()
+def adopt(module: nn.Module, path: str = "") -> tuple[ACmix | None, Adoption | None]:
+    """Our :class:`ACmix` equal to ``module`` (same dtype and device), or None with the reason in the record.
+
+    Returns ``(None, None)`` when ``module`` does not have the ACmix structure at all.
+    """
+    hparams, _why = acmix_structure(module)
+    if hparams is None:
+        return None, None
+    param = module.conv1.weight
+    record = Adoption(path or "<root>", type(module).__qualname__, hparams, False, None, dtype=str(param.dtype))
+    try:
+        ours = build_acmix(hparams)
+    except Exception as exc:  # e.g. hyper-parameters our operator refuses
+        record.reason = f"cannot build ACmix({hparams}): {exc}"
+        return None, record
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in module.state_dict().items()}
+    try:
+        ours.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        record.reason = f"its state does not load into ACmix: {str(exc).splitlines()[0]}"
+        return None, record
+    x = probe_input(hparams)
+    record.probe_shape = tuple(x.shape)
+    theirs = copy.deepcopy(module).to("cpu", torch.float32).eval()
+    try:
+        ref = theirs(x)
+    except Exception as exc:
+        record.reason = f"its forward fails on the probe {tuple(x.shape)}: {type(exc).__name__}: {exc}"
+        return None, record
+    out = ours.eval()(x)
+    if not isinstance(ref, torch.Tensor) or ref.shape != out.shape:
+        shape = tuple(ref.shape) if isinstance(ref, torch.Tensor) else type(ref).__name__
+        record.reason = f"its output on the probe is {shape}, the official operator's is {tuple(out.shape)}"
+        return None, record
+    record.probe_rel = _rel(ref, out)
+    if not record.probe_rel <= PROBE_TOL:
+        record.reason = (f"its forward differs from the official ACmix by {record.probe_rel:.3g} (relative, probe "
+                         f"{'x'.join(map(str, x.shape))}, tolerance {PROBE_TOL:g})")
+        return None, record
+    record.accepted = True
+    ours = ours.to(device=param.device, dtype=param.dtype).train(module.training)
+    carry_attributes(module, ours)
+    return ours, record
+
+
+_SKIP_ATTRS = {"training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"}
+
+
+def carry_attributes(old: nn.Module, new: nn.Module) -> None:
+    """Copy the plain attributes a framework hung on ``old`` (Ultralytics: ``i``, ``f``, ``type``, ``np``) to ``new``.
+
+    Only attributes ``new`` does not define itself are copied; parameters, buffers, submodules and hooks are not.
+    """
+    for key, value in old.__dict__.items():
+        if key.startswith("_") or key in _SKIP_ATTRS or key in new.__dict__:
+            continue
+        if isinstance(value, (nn.Module, torch.Tensor)) or callable(value):
+            continue
+        try:
+            setattr(new, key, value)
+        except (AttributeError, TypeError):
+            pass
+
+
+def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` at the dotted ``path`` under ``root`` (``Sequential``/``ModuleList`` indices included)."""
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, new)
+
+
+@dataclass
+class AdoptionReport:
+    adopted: list[Adoption] = field(default_factory=list)
+    rejected: list[Adoption] = field(default_factory=list)
+
+
+def adopt_foreign_operators(model: nn.Module, only: list[str] | None = None) -> AdoptionReport:
+    """Replace, in place, every module under ``model`` that is proven to be an official ACmix.
+
+    ``only`` restricts the conversion to these paths (a rebuild from a recorded plan).  The root itself is
+    never replaced (the caller holds it).
+    """
+    report = AdoptionReport()
+    todo = [(name, m) for name, m in model.named_modules() if name and not is_ours(m)]
+    done: set[str] = set()
+    for name, m in todo:
+        if any(name.startswith(p + ".") for p in done):
+            continue
+        if only is not None and name not in only:
+            continue
+        ours, record = adopt(m, name)
+        if record is None:
+            continue
+        if ours is None:
+            report.rejected.append(record)
+            done.add(name)
+            continue
+        replace_module(model, name, ours)
+        report.adopted.append(record)
+        done.add(name)
+    return report
