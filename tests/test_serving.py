@@ -201,7 +201,7 @@ def test_tritonclient_http_binary_and_json(server, loaded):
 def test_concurrent_requests_are_batched_and_exact(server, loaded):
     """Concurrent requests of different batch sizes: merged (fewer executions than requests), each answer exact."""
     rng = np.random.default_rng(5)
-    sizes = [1, 2, 3, 1, 2, 1, 4, 1, 2, 10, 1, 3]  # 10 > max_batch 8: run alone
+    sizes = [1, 2, 3, 1, 2, 1, 4, 1, 2, 8, 1, 3]  # 8 = max_batch: run alone
     xs = [rng.standard_normal((n, 3, 32, 32)).astype(np.float32) for n in sizes]
     before_count, before_rows = batch_executions(server.url)
     barrier = threading.Barrier(len(xs))
@@ -221,8 +221,22 @@ def test_concurrent_requests_are_batched_and_exact(server, loaded):
     assert rows - before_rows == sum(sizes)
     assert count - before_count < len(xs), "no two requests were merged into one batch"
     buckets, total = histogram(metric_values(httpx.get(server.url + "/metrics").text), "acmix_inference_batch_size")
-    above_8 = total - next(v for le, v in buckets if le == 8)
-    assert above_8 >= 1  # the oversized request ran alone, as sent
+    assert total - next(v for le, v in buckets if le == 8) == 0  # no batch above --max-batch
+
+
+def test_request_above_max_batch_is_refused_naming_the_limit(server, loaded):
+    """As Triton refuses batches above max_batch_size: one request cannot cost more than the largest batch."""
+    x = np.zeros((9, 3, 32, 32), dtype=np.float32)
+    with pytest.raises(ServingError, match=r"9 rows exceeds this model's limit of 8") as info:
+        ServingClient(server.url).infer(NAME, x)
+    assert info.value.status == 400
+    head = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [5400, 3, 32, 32],
+                                   "parameters": {"binary_data_size": 5400 * 3072 * 4}}]}).encode()
+    r = httpx.post(server.url + f"/v2/models/{NAME}/infer", content=head,  # refused on the JSON, before any tensor
+                   headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 400 and "limit of 8 rows" in r.json()["error"]
+    y = ServingClient(server.url).infer(NAME, x[:8])
+    assert rel_err(y, loaded.runner.infer(x[:8])) <= REL
 
 
 # -- bad input ------------------------------------------------------------------------------------------------------

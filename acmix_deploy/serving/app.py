@@ -13,12 +13,25 @@ exists)::
     GET  /metrics                  Prometheus text format
 
 Errors are answered as ``{"error": "..."}`` with a 4xx status for bad
-requests (404 unknown model or version, 413 body over the limit, 400 the
-rest) and 500 when the model itself fails; the server keeps serving.
+requests (404 unknown model or version, 408 body not received in time, 413
+body over the limit, 400 the rest), 503 when the server is busy or shutting
+down, and 500 when the model itself fails; the server keeps serving.
+
+What one client can cost is bounded (see :class:`ServeSettings`): rows per
+request (the model's batch limit), body bytes (``--max-body-mb``, also after
+decompression), JSON bytes (room for the largest batch as text), bytes held
+by all requests at once (``--max-inflight-mb``), concurrent decodes
+(``--max-decodes``; decoding and parsing run in threads, never on the event
+loop), connections (``--max-connections``), and time (``--read-timeout-s``
+for headers and between body chunks, ``--body-timeout-s`` for a whole body,
+``--graceful-timeout-s`` for shutdown).  Work queued for a client that has
+disconnected is dropped before it runs.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations
 # (``request: Request``) at runtime, and ``Request`` is imported inside create_app.
+import asyncio
+import concurrent.futures
 import contextlib
 import socket
 import time
@@ -31,7 +44,7 @@ from ..errors import ConfigError
 from ..exporters.util import require
 from .batching import DynamicBatcher
 from .metrics import ServerMetrics
-from .protocol import HEADER_LENGTH, ProtocolError, decode_body, encode_response, parse_infer_request
+from .protocol import HEADER_LENGTH, ProtocolError, decode_body, encode_response, json_limit, parse_infer_request
 
 __all__ = ["MODEL_VERSION", "ServeSettings", "bind_socket", "build_server", "create_app", "serve"]
 
@@ -40,13 +53,22 @@ MODEL_VERSION = "1"
 
 @dataclass
 class ServeSettings:
+    """What ``acmix-deploy serve`` takes; every bound on what a client may cost is here, with its default."""
+
     name: str
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch: int = 8
+    max_batch: int = 8  # rows merged into one batch, and the most rows one request may carry
     batch_timeout_ms: float = 2.0
     workers: int = 1
-    max_body_mb: float = 64.0
+    max_body_mb: float = 64.0  # one request body, after decompression
+    max_inflight_mb: float = 512.0  # request bodies held by all requests together; above it new requests get 503
+    max_decodes: int = 2  # requests decompressed / parsed at once (threads off the event loop)
+    max_connections: int = 256  # open connections; further ones are answered 503 and closed
+    read_timeout_s: float = 10.0  # headers must be complete, and each body chunk arrive, within this
+    body_timeout_s: float = 60.0  # a whole request body must arrive within this
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    graceful_timeout_s: float = 30.0  # SIGTERM: longest wait for requests in flight before the process exits
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:
@@ -61,35 +83,141 @@ class ServeSettings:
             raise ConfigError(f"--workers must be positive, got {self.workers}")
         if not self.max_body_mb > 0:
             raise ConfigError(f"--max-body-mb must be positive, got {self.max_body_mb}")
+        if not self.max_inflight_mb >= self.max_body_mb:
+            raise ConfigError(f"--max-inflight-mb ({self.max_inflight_mb}) must be at least --max-body-mb "
+                              f"({self.max_body_mb}), or no request of the largest size could be taken")
+        if self.max_decodes < 1:
+            raise ConfigError(f"--max-decodes must be positive, got {self.max_decodes}")
+        if self.max_connections < 2:
+            raise ConfigError(f"--max-connections must be at least 2 (one for probes), got {self.max_connections}")
+        for flag, value in (("--read-timeout-s", self.read_timeout_s), ("--body-timeout-s", self.body_timeout_s),
+                            ("--keep-alive-s", self.keep_alive_s), ("--graceful-timeout-s", self.graceful_timeout_s)):
+            if not 0 < value <= 3600:
+                raise ConfigError(f"{flag} must lie in (0, 3600] seconds, got {value}")
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * (1 << 20))
 
+    @property
+    def max_inflight_bytes(self) -> int:
+        return int(self.max_inflight_mb * (1 << 20))
 
-def _error(status: int, message: str):
+
+def _error(status: int, message: str, close: bool = False):
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"} if close else None)
 
 
-async def _read_body(request, limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+class _ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+class _Drain:
+    """Shutdown state shared by the app and the server: set on SIGTERM, before uvicorn stops listening.
+
+    While draining, readiness answers 503 (load balancers stop sending), new
+    inference requests get 503, bodies still being uploaded are abandoned,
+    and the listener stays open until the requests in flight are answered
+    (at most ``graceful_timeout_s``), so that the 503 can be seen.
+    """
+
+    def __init__(self):
+        self.draining = False
+        self.since: float | None = None
+        self.event: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def begin(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self.since = time.monotonic()
+        if self.loop is not None and self.event is not None:
+            self.loop.call_soon_threadsafe(self.event.set)
+
+
+class _Budget:
+    """Bytes of request bodies held at once, across requests (event-loop only, so no lock)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.limit:
+            raise ProtocolError(f"server is busy: {self.used} bytes of request bodies are held, taking {n} more "
+                                f"would pass --max-inflight-mb ({self.limit} bytes); retry later", 503)
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+async def _read_body(request, settings: ServeSettings, budget: _Budget, drain: _Drain) -> tuple[bytes, int]:
+    """The raw body and the budget bytes it holds; refused as soon as it is known to be too big or too slow.
+
+    Reads the ASGI messages itself (not ``request.stream()``) so that each
+    wait has a deadline: ``read_timeout_s`` per chunk, ``body_timeout_s`` for
+    the whole body (a slow upload gets 408 and its connection is closed),
+    and so that a disconnect or a shutdown ends the wait at once.
+    """
+    limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
+    held = 0
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise ProtocolError(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes "
-                                    "(--max-body-mb)", 413)
+            n = int(declared)
         except ValueError:
             raise ProtocolError("Content-Length is not an integer") from None
+        if n > limit:
+            raise ProtocolError(f"request body of {n} bytes exceeds the limit of {limit} bytes (--max-body-mb)", 413)
+        budget.take(n)
+        held = n
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.body_timeout_s
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ProtocolError(f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        while True:
+            wait = min(settings.read_timeout_s, deadline - loop.time())
+            receive = asyncio.ensure_future(request.receive())
+            stop = asyncio.ensure_future(drain.event.wait())
+            done, _ = await asyncio.wait({receive, stop}, timeout=max(wait, 0), return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if receive not in done:
+                receive.cancel()
+                if drain.draining:
+                    raise ProtocolError("server is shutting down; the request body was not read", 503)
+                what = ("the whole body" if deadline - loop.time() <= 0 else "the next part of the body")
+                limit_s = settings.body_timeout_s if what == "the whole body" else settings.read_timeout_s
+                raise ProtocolError(f"{what} did not arrive within {limit_s:g} s "
+                                    f"({'--body-timeout-s' if what == 'the whole body' else '--read-timeout-s'})", 408)
+            message = receive.result()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413)
+            if size > held:  # no or a false Content-Length: hold what arrived
+                budget.take(size - held)
+                held = size
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), held
+    except BaseException:
+        budget.give(held)
+        raise
+
+
+async def _wait_disconnect(request) -> None:
+    """Returns when the client has gone (the body was read in full; uvicorn then only reports a disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def create_app(model, settings: ServeSettings):
@@ -112,12 +240,27 @@ def create_app(model, settings: ServeSettings):
     merge_limit = settings.max_batch
     if model.max_batch is not None:
         merge_limit = 1 if model.min_batch == model.max_batch else min(merge_limit, model.max_batch)
+    # Rows one request may carry: the model's own limit where it has one (as Triton's max_batch_size),
+    # otherwise --max-batch, so that no request costs more than the largest batch.
+    max_rows = model.max_batch if model.max_batch is not None else settings.max_batch
+    rows_source = "--max-batch" if model.max_batch is None else (
+        f"the model takes exactly {model.max_batch}" if model.min_batch == model.max_batch
+        else f"the model accepts {model.min_batch}..{model.max_batch}")
+    max_json = json_limit(max_rows, tuple(model.input.shape), settings.max_body_bytes)
     batcher = DynamicBatcher(infer, max_batch=merge_limit, timeout_s=settings.batch_timeout_ms / 1000,
                              workers=settings.workers, metrics=metrics)
-    state = {"ready": False}
+    decoder = concurrent.futures.ThreadPoolExecutor(max_workers=settings.max_decodes, thread_name_prefix="acmix-decode")
+    budget = _Budget(settings.max_inflight_bytes)
+    drain = _Drain()
+    state = {"ready": False, "decode_slots": None}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        drain.loop = asyncio.get_running_loop()
+        drain.event = asyncio.Event()
+        if drain.draining:
+            drain.event.set()
+        state["decode_slots"] = asyncio.Semaphore(settings.max_decodes)
         await batcher.start()
         state["ready"] = True
         try:
@@ -125,6 +268,7 @@ def create_app(model, settings: ServeSettings):
         finally:
             state["ready"] = False
             await batcher.stop()
+            decoder.shutdown(wait=True)
 
     app = fastapi.FastAPI(title="acmix-deploy", version=__version__, lifespan=lifespan, docs_url=None,
                           redoc_url=None, openapi_url=None)
@@ -132,6 +276,8 @@ def create_app(model, settings: ServeSettings):
     app.state.batcher = batcher
     app.state.model = model
     app.state.settings = settings
+    app.state.drain = drain
+    app.state.max_rows = max_rows
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
@@ -150,13 +296,16 @@ def create_app(model, settings: ServeSettings):
     def tensor_meta(spec) -> dict:
         return {"name": spec.name, "datatype": spec.datatype, "shape": [-1, *spec.shape]}
 
+    def is_ready() -> bool:
+        return state["ready"] and not drain.draining
+
     @app.get("/v2/health/live")
     async def live():
         return Response(status_code=200)
 
     @app.get("/v2/health/ready")
     async def ready():
-        return Response(status_code=200 if state["ready"] else 503)
+        return Response(status_code=200 if is_ready() else 503)
 
     @app.get("/v2")
     async def server_metadata():
@@ -175,27 +324,47 @@ def create_app(model, settings: ServeSettings):
             check_model(name, version)
         except ProtocolError as exc:
             return _error(exc.status, str(exc))
-        return Response(status_code=200 if state["ready"] else 503)
+        return Response(status_code=200 if is_ready() else 503)
+
+    def decode_and_parse(raw: bytes, encoding: str | None, header_length: str | None):
+        """Runs in the decode pool: inflating and JSON parsing can take long and must not hold the event loop."""
+        body = decode_body(raw, encoding, settings.max_body_bytes)
+        return parse_infer_request(body, header_length, model.input.name, model.input.shape, model.output.name,
+                                   max_rows=max_rows, max_json_bytes=max_json, rows_limit_source=rows_source)
 
     async def model_infer(request: Request, name: str, version: str | None = None):
         t0 = time.perf_counter()
         metrics.inflight += 1
         status = 500
+        held = 0
         try:
             check_model(name, version)
-            limit = settings.max_body_bytes
-            body = decode_body(await _read_body(request, limit), request.headers.get("content-encoding"), limit)
-            req = parse_infer_request(body, request.headers.get(HEADER_LENGTH), model.input.name,
-                                      model.input.shape, model.output.name)
+            if not is_ready():
+                raise ProtocolError("server is shutting down", 503)
+            raw, held = await _read_body(request, settings, budget, drain)
+            async with state["decode_slots"]:
+                req = await asyncio.get_running_loop().run_in_executor(
+                    decoder, decode_and_parse, raw, request.headers.get("content-encoding"),
+                    request.headers.get(HEADER_LENGTH))
+            del raw
             rows = req.tensor.shape[0]
             if model.max_batch is not None and not model.min_batch <= rows <= model.max_batch:
                 span = (f"exactly {model.max_batch}" if model.min_batch == model.max_batch
                         else f"{model.min_batch}..{model.max_batch}")
                 raise ProtocolError(f"batch of {rows} is outside what the model accepts ({span})")
-            if not state["ready"]:
+            if not is_ready():
                 raise ProtocolError("server is shutting down", 503)
+            work = asyncio.ensure_future(batcher.submit(req.tensor))
+            gone = asyncio.ensure_future(_wait_disconnect(request))
             try:
-                out = await batcher.submit(req.tensor)
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not work.done():  # the client left: its rows are dropped from the queue, not computed
+                work.cancel()
+                raise _ClientGone()
+            try:
+                out = work.result()
             except Exception as exc:  # the model failed on this batch: 500 for these requests only
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 return _error(500, f"inference failed: {first}")
@@ -205,10 +374,17 @@ def create_app(model, settings: ServeSettings):
             return Response(content=body, status_code=200, headers=headers)
         except ProtocolError as exc:
             status = exc.status
-            return _error(exc.status, str(exc))
+            # a body left unread (too big, too slow, shutting down) cannot be followed on the same connection
+            return _error(exc.status, str(exc), close=exc.status in (408, 413, 503))
+        except _ClientGone:
+            status = None
+            metrics.client_disconnected()
+            return Response(status_code=499)  # nobody reads it; uvicorn drops it
         finally:
+            budget.give(held)
             metrics.inflight -= 1
-            metrics.request_done(status, time.perf_counter() - t0)
+            if status is not None:
+                metrics.request_done(status, time.perf_counter() - t0)
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.add_api_route(prefix, model_metadata, methods=["GET"])
@@ -243,19 +419,114 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(app, sock: socket.socket, log_level: str = "info", graceful_timeout_s: float | None = 30.0):
+def _guarded_protocol(settings: ServeSettings, metrics: ServerMetrics | None):
+    """uvicorn's h11 protocol with a connection cap and a deadline for request headers.
+
+    uvicorn bounds idle keep-alive time but not how long a client may take to
+    send its headers (slowloris), and it accepts any number of connections.
+    Here a connection past ``max_connections`` is answered 503 and closed at
+    once, and one whose headers are not complete ``read_timeout_s`` after
+    their first byte (or after it was opened) is closed.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    busy = (b'{"error":"too many connections (--max-connections %d); retry later"}' % settings.max_connections)
+    busy_response = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(busy)) + busy
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if len(self.connections) > settings.max_connections:
+                if metrics is not None:
+                    metrics.connection_refused()
+                transport.write(busy_response)
+                transport.close()
+                return
+            self._arm_header_timer()
+
+        def _arm_header_timer(self):
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(settings.read_timeout_s, self._header_timeout)
+
+        def _disarm_header_timer(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self):
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                if metrics is not None:
+                    metrics.header_timeout()
+                self.transport.close()
+
+        def data_received(self, data):
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:  # still reading a request line and headers
+                self._arm_header_timer()
+            else:
+                self._disarm_header_timer()
+
+        def on_response_complete(self):
+            super().on_response_complete()  # arms the keep-alive timer; the header timer re-arms on new bytes
+
+        def connection_lost(self, exc):
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+class _DrainingServer:
+    """Factory for a ``uvicorn.Server`` whose SIGTERM / SIGINT first drains (see :class:`_Drain`)."""
+
+    @staticmethod
+    def create(config, drain: _Drain | None, graceful_timeout_s: float, metrics: ServerMetrics | None):
+        import uvicorn
+
+        class DrainingServer(uvicorn.Server):
+            def handle_exit(self, sig, frame):
+                if drain is None or drain.draining:  # no app state, or a second signal: exit now
+                    return super().handle_exit(sig, frame)
+                self._captured_signals.append(sig)
+                drain.begin()
+
+            async def on_tick(self, counter: int) -> bool:
+                if drain is not None and drain.draining and not self.should_exit:
+                    inflight = metrics.inflight if metrics is not None else 0
+                    if inflight <= 0 or time.monotonic() - drain.since >= graceful_timeout_s:
+                        self.should_exit = True
+                return await super().on_tick(counter)
+
+        return DrainingServer(config)
+
+
+def build_server(app, sock: socket.socket, log_level: str = "info", graceful_timeout_s: float | None = None):
     """A ``uvicorn.Server`` for ``app``; run it with ``server.run(sockets=[sock])``.
 
-    On SIGTERM / SIGINT uvicorn stops accepting connections, waits for the
-    requests in flight (up to ``graceful_timeout_s``), then runs the app's
-    shutdown (the batcher finishes its running batches).
+    On SIGTERM / SIGINT the server first drains: readiness answers 503, new
+    inference requests get 503, uploads still in progress are abandoned, and
+    it keeps listening until the requests in flight are answered (at most
+    ``graceful_timeout_s``, default the app's ``--graceful-timeout-s``); then
+    uvicorn closes the connections and the batcher finishes its running
+    batches.  A second signal exits at once.
     """
     uvicorn = require("uvicorn", "serve")
+    settings = getattr(getattr(app, "state", None), "settings", None) or ServeSettings(name="model")
+    metrics = getattr(app.state, "metrics", None) if hasattr(app, "state") else None
+    drain = getattr(app.state, "drain", None) if hasattr(app, "state") else None
+    grace = settings.graceful_timeout_s if graceful_timeout_s is None else graceful_timeout_s
     host, port = sock.getsockname()[:2]
+    # After draining only responses being written remain; a few seconds bound uvicorn's own wait.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=graceful_timeout_s)
-    return uvicorn.Server(config)
-
+                            http=_guarded_protocol(settings, metrics), timeout_keep_alive=settings.keep_alive_s,
+                            timeout_graceful_shutdown=max(1.0, min(5.0, grace)),
+                            limit_concurrency=None)
+    return _DrainingServer.create(config, drain, grace, metrics)
 
 
 def serve(model_path, settings: ServeSettings, backend: str | None = None, device: str = "cpu",

@@ -11,8 +11,12 @@ Semantics (the same as Triton's dynamic batcher with ``max_batch_size`` and
   runs a model).  With one worker, requests that arrive while a batch runs
   are merged into the next one without waiting further.
 * A request with ``rows >= max_batch`` is run alone, as sent; ``max_batch=1``
-  therefore turns batching off.  (Whether the model accepts that many rows is
-  checked by the server before the request gets here.)
+  therefore turns batching off.  (The server refuses requests with more rows
+  than its per-request limit, and ones the model cannot take, before they
+  get here.)
+* A request whose caller has gone (its future cancelled) is skipped when it
+  is taken from the queue, and again just before its batch runs: abandoned
+  work is never computed.
 * The model is row-independent (inference mode, no cross-sample statistics),
   so row ``i`` of a merged batch equals the unbatched result for that row; the
   tests check this against direct runner calls.
@@ -98,6 +102,15 @@ class DynamicBatcher:
         return await item.future
 
     async def _next(self, timeout: float | None) -> _Pending | None:
+        """The next waiting request whose client still waits; cancelled ones are dropped here, never run."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            item = await self._next_any(None if deadline is None else deadline - loop.time())
+            if item is None or not item.future.done():
+                return item
+
+    async def _next_any(self, timeout: float | None) -> _Pending | None:
         if self._held is not None:
             item, self._held = self._held, None
             return item
@@ -141,7 +154,7 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Pending]) -> None:
         try:
-            live = [p for p in batch if not p.future.done()]  # a cancelled request (client gone) is not run
+            live = [p for p in batch if not p.future.done()]  # a request cancelled meanwhile (client gone) is not run
             if not live:
                 return
             started = time.perf_counter()

@@ -65,6 +65,21 @@ class ServerMetrics:
         self.batch_size = Histogram(tuple(float(e) for e in edges))
         self.queue = Histogram(LATENCY_BUCKETS_S)
         self.inflight = 0
+        self.client_disconnects = 0  # clients that left before their answer (not failures of the server)
+        self.connections_refused = 0  # connections over --max-connections
+        self.header_timeouts = 0  # connections closed for not finishing their headers in time
+
+    def client_disconnected(self) -> None:
+        with self._lock:
+            self.client_disconnects += 1
+
+    def connection_refused(self) -> None:
+        with self._lock:
+            self.connections_refused += 1
+
+    def header_timeout(self) -> None:
+        with self._lock:
+            self.header_timeouts += 1
 
     def request_done(self, status: int, seconds: float) -> None:
         with self._lock:
@@ -108,5 +123,16 @@ class ServerMetrics:
                 "# HELP acmix_inference_inflight_requests Inference requests being handled now.",
                 "# TYPE acmix_inference_inflight_requests gauge",
                 f"acmix_inference_inflight_requests{_labels(m)} {self.inflight}",
+                "# HELP acmix_client_disconnects_total Inference requests whose client left before the answer "
+                "(queued work dropped).",
+                "# TYPE acmix_client_disconnects_total counter",
+                f"acmix_client_disconnects_total{_labels(m)} {self.client_disconnects}",
+                "# HELP acmix_connections_refused_total Connections answered 503 and closed (--max-connections).",
+                "# TYPE acmix_connections_refused_total counter",
+                f"acmix_connections_refused_total{_labels(m)} {self.connections_refused}",
+                "# HELP acmix_header_timeouts_total Connections closed for not sending headers in time "
+                "(--read-timeout-s).",
+                "# TYPE acmix_header_timeouts_total counter",
+                f"acmix_header_timeouts_total{_labels(m)} {self.header_timeouts}",
             ]
         return "\n".join(lines) + "\n"

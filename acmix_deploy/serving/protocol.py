@@ -12,11 +12,21 @@ entry has ``parameters.binary_data: true``, or when the request has
 no outputs are named); otherwise as a flat JSON list in ``data``.
 
 Every violation raises :class:`ProtocolError` with the HTTP status to answer
-and a message for the client's ``{"error": ...}`` body.
+and a message for the client's ``{"error": ...}`` body; nothing a client can
+send makes the parser raise anything else (the property tests feed it random
+bytes and mutated requests).  Strictness follows Triton's HTTP front end,
+which parses with RapidJSON: tensor ``data`` must be numbers (not strings,
+booleans or null), numbers beyond the FP32 range are refused rather than
+turned into infinities, and the ``binary_data`` / ``binary_data_output``
+parameters must be JSON booleans.  Non-finite values travel as the bare
+literals ``NaN``, ``Infinity`` and ``-Infinity`` in both directions, as in
+Triton since 22.03 (RapidJSON's kParseNanAndInfFlag / kWriteNanAndInfFlag,
+triton-inference-server/server#3870); strict JSON readers need binary outputs.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import zlib
@@ -25,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["HEADER_LENGTH", "DATATYPES", "InferRequest", "ProtocolError", "decode_body", "encode_response",
-           "parse_infer_request"]
+           "json_limit", "loads_json", "parse_infer_request"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -38,10 +48,31 @@ DATATYPES = {
 }
 
 
+# Limits that keep one request's parsing cost proportional to what the model can take.
+JSON_DEPTH_LIMIT = 64  # nesting levels of the JSON header (a request needs < 10)
+INT_DIGITS_LIMIT = 40  # digits of one JSON integer (int64 has 19); CPython refuses > 4300 with ValueError
+JSON_BYTES_PER_ELEMENT = 40  # generous bound on one FP32 value as JSON text (repr, separator, indentation)
+JSON_SLACK_BYTES = 1 << 20
+
+
+def json_limit(max_rows: int, input_shape: tuple[int, ...], body_limit: int) -> int:
+    """The most bytes of JSON a request may carry: room for ``max_rows`` rows as text, and 1 MiB of slack.
+
+    A request cannot need more (its rows are capped by the model's batch
+    limit), so parsing cost is bounded by the model's size rather than by
+    ``--max-body-mb``, whose room is meant for binary tensors.
+    """
+    return min(body_limit, JSON_SLACK_BYTES + JSON_BYTES_PER_ELEMENT * max_rows * math.prod(input_shape))
+
+
 class ProtocolError(Exception):
     """A request the protocol (or this model) cannot take; ``status`` is the HTTP status to answer."""
 
+    MAX_MESSAGE = 1000  # messages quote what the client sent; a 60 MB name must not come back whole
+
     def __init__(self, message: str, status: int = 400):
+        if len(message) > self.MAX_MESSAGE:
+            message = message[:self.MAX_MESSAGE] + f"... ({len(message)} characters)"
         super().__init__(message)
         self.status = status
 
@@ -54,19 +85,27 @@ class InferRequest:
 
 
 def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` gzip/deflate (what tritonclient's request compression sends), within ``limit`` bytes."""
-    if not encoding or encoding == "identity":
+    """Undo ``Content-Encoding`` gzip/deflate (what tritonclient's request compression sends), within ``limit`` bytes.
+
+    Content codings are case-insensitive (RFC 9110 8.4.1), so ``GZIP`` is
+    gzip.  Inflation stops at ``limit + 1`` bytes: a decompression bomb costs
+    at most ``limit`` bytes of memory before its 413.
+    """
+    coding = (encoding or "").strip().lower()
+    if not coding or coding == "identity":
         return body
-    if encoding not in ("gzip", "deflate"):
+    if coding not in ("gzip", "deflate"):
         raise ProtocolError(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none", 415)
-    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
     dec = zlib.decompressobj(wbits)
     try:
         out = dec.decompress(body, limit + 1)
     except zlib.error as exc:
-        raise ProtocolError(f"body is not valid {encoding} data: {exc}") from None
+        raise ProtocolError(f"body is not valid {coding} data: {exc}") from None
     if len(out) > limit or dec.unconsumed_tail:
-        raise ProtocolError(f"decompressed body exceeds the limit of {limit} bytes", 413)
+        raise ProtocolError(f"decompressed body exceeds the limit of {limit} bytes (--max-body-mb)", 413)
+    if not dec.eof:
+        raise ProtocolError(f"body is truncated {coding} data")
     return out
 
 
@@ -89,15 +128,112 @@ def _shape(entry: dict, name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _flatten_json_data(data, name: str) -> np.ndarray:
-    """JSON ``data``: a flat list or nested lists (row-major) of numbers."""
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > INT_DIGITS_LIMIT:
+        raise ProtocolError(f"a JSON integer of {len(text)} characters is too long (at most {INT_DIGITS_LIMIT} digits)")
+    return int(text)
+
+
+def _json_depth_ok(head: bytes) -> bool:
+    """Whether the JSON's bracket nesting stays within JSON_DEPTH_LIMIT (strings ignored; a cheap pre-scan).
+
+    CPython's decoder recurses per level and raises RecursionError near
+    1000 levels; refusing deep nesting up front keeps that path unused.
+    """
+    if head.count(b"[") + head.count(b"{") <= JSON_DEPTH_LIMIT:
+        return True
+    depth, in_string, escaped = 0, False, False
+    for byte in head:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > JSON_DEPTH_LIMIT:
+                return False
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def loads_json(head: bytes) -> tuple[object, int]:
+    """The parsed JSON and how many ``NaN``/``Infinity`` literals it held; every failure is a 400 ProtocolError.
+
+    The count tells a deliberate ``Infinity`` from a number such as ``1e400``
+    that overflowed to one while parsing (refused later, as RapidJSON does).
+    """
+    if not _json_depth_ok(head):
+        raise ProtocolError(f"request JSON is nested more than {JSON_DEPTH_LIMIT} levels deep")
+    constants = [0]
+
+    def constant(name: str) -> float:
+        constants[0] += 1
+        return float(name)
+
     try:
-        arr = np.asarray(data, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ProtocolError(f"input {name!r}: 'data' must be a (nested) list of numbers") from None
-    if arr.dtype == object:
-        raise ProtocolError(f"input {name!r}: 'data' is a ragged nested list")
-    return arr.reshape(-1)
+        return json.loads(head, parse_constant=constant, parse_int=_parse_int), constants[0]
+    except ProtocolError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+    except (RecursionError, ValueError, OverflowError, MemoryError) as exc:
+        raise ProtocolError(f"request body is not acceptable JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+_NUMBER_TYPES = {int, float}
+
+
+def _flatten_json_data(data, name: str, expected: int, literals: int = 0) -> np.ndarray:
+    """JSON ``data``: a flat list or nested lists (row-major) of numbers, as float64.
+
+    Only JSON numbers are tensor data (as in Triton): NumPy would quietly
+    turn ``"1.5"`` into 1.5, ``true`` into 1.0 and ``null`` into NaN, so the
+    element types are checked before converting.
+    """
+    if not isinstance(data, list):
+        raise ProtocolError(f"input {name!r}: 'data' must be a (nested) list of numbers")
+    flat = data
+    for _ in range(JSON_DEPTH_LIMIT):
+        if not flat or not isinstance(flat[0], list):
+            break
+        if not all(type(v) is list for v in flat):
+            raise ProtocolError(f"input {name!r}: 'data' mixes lists and numbers at one nesting level")
+        flat = list(itertools.chain.from_iterable(flat))
+        if len(flat) > expected:
+            break
+    if len(flat) != expected:
+        raise ProtocolError(f"input {name!r}: {len(flat)} elements in 'data', the shape needs {expected}")
+    kinds = set(map(type, flat))
+    if not kinds <= _NUMBER_TYPES:
+        bad = sorted(k.__name__ for k in kinds - _NUMBER_TYPES)
+        names = {"str": "strings", "bool": "booleans", "NoneType": "null", "list": "nested lists", "dict": "objects"}
+        raise ProtocolError(f"input {name!r}: 'data' must hold only numbers (FP32), found "
+                            + ", ".join(names.get(b, b) for b in bad))
+    try:
+        arr = np.asarray(flat, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        raise ProtocolError(f"input {name!r}: a value in 'data' lies outside the FP32 range") from None
+    with np.errstate(over="ignore"):
+        as32 = arr.astype(np.float32)
+    finite64 = np.isfinite(arr)
+    overflowed = int((~finite64).sum()) > literals or not np.isfinite(as32[finite64]).all()
+    if overflowed:
+        raise ProtocolError(f"input {name!r}: a number in 'data' lies outside the FP32 range "
+                            f"(|x| > {float(np.finfo(np.float32).max):.4g}); write NaN, Infinity or -Infinity "
+                            "for non-finite values")
+    return as32
+
+
+def _json_bool(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{what} must be a JSON boolean (true or false), got {value!r}"[:300])
+    return value
 
 
 def parse_infer_request(
@@ -106,14 +242,22 @@ def parse_infer_request(
     input_name: str,
     input_shape: tuple[int, ...],
     output_name: str,
+    max_rows: int | None = None,
+    max_json_bytes: int | None = None,
+    rows_limit_source: str = "--max-batch",
 ) -> InferRequest:
-    """Parse one ``POST .../infer`` body for a model with one FP32 input ``(N, *input_shape)`` and one output."""
+    """Parse one ``POST .../infer`` body for a model with one FP32 input ``(N, *input_shape)`` and one output.
+
+    ``max_rows`` refuses a batch axis above the model's limit (as Triton
+    refuses batches above ``max_batch_size``) before any tensor is built;
+    ``max_json_bytes`` bounds the JSON part (see :func:`json_limit`).
+    """
     n_header = _header_length(header_length, len(body))
     head = body[:n_header] if n_header is not None else body
-    try:
-        req = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+    if max_json_bytes is not None and len(head) > max_json_bytes:
+        raise ProtocolError(f"the JSON part of the request is {len(head)} bytes, more than {max_json_bytes} bytes "
+                            "(room for the model's largest batch as JSON text); send large tensors as binary data", 413)
+    req, literals = loads_json(head)
     if not isinstance(req, dict):
         raise ProtocolError("request body must be a JSON object")
     req_id = req.get("id")
@@ -135,7 +279,7 @@ def parse_infer_request(
     entry = inputs[0]
     datatype = entry.get("datatype")
     if datatype != "FP32":
-        known = datatype in DATATYPES
+        known = isinstance(datatype, str) and datatype in DATATYPES
         raise ProtocolError(f"input {input_name!r}: datatype {datatype!r} {'' if known else '(not a v2 datatype) '}"
                             "does not match the model's FP32")
     shape = _shape(entry, input_name)
@@ -144,6 +288,9 @@ def parse_infer_request(
         raise ProtocolError(f"input {input_name!r}: shape {list(shape)} does not match the model's {expected}")
     if shape[0] < 1:
         raise ProtocolError(f"input {input_name!r}: the batch axis must be at least 1")
+    if max_rows is not None and shape[0] > max_rows:
+        raise ProtocolError(f"input {input_name!r}: batch of {shape[0]} rows exceeds this model's limit of "
+                            f"{max_rows} rows per request ({rows_limit_source}); split the request")
     count = math.prod(shape)
 
     in_params = entry.get("parameters") or {}
@@ -170,12 +317,9 @@ def parse_infer_request(
             raise ProtocolError(f"{len(body) - n_header} bytes follow the JSON header, but no input declares binary_data_size")
         if "data" not in entry:
             raise ProtocolError(f"input {input_name!r} has neither 'data' nor binary_data_size")
-        flat = _flatten_json_data(entry["data"], input_name)
-        if flat.size != count:
-            raise ProtocolError(f"input {input_name!r}: {flat.size} elements in 'data', shape {list(shape)} needs {count}")
-        tensor = flat.astype(np.float32).reshape(shape)
+        tensor = _flatten_json_data(entry["data"], input_name, count, literals).reshape(shape)
 
-    binary_out = bool(params.get("binary_data_output", False))
+    binary_out = _json_bool(params.get("binary_data_output", False), "parameters.binary_data_output")
     outputs = req.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
@@ -189,7 +333,7 @@ def parse_infer_request(
             if out_params.get("classification"):
                 raise ProtocolError("the classification extension is not supported; ask for the raw output")
             if "binary_data" in out_params:
-                binary_out = bool(out_params["binary_data"])
+                binary_out = _json_bool(out_params["binary_data"], f"output {output_name!r}: parameters.binary_data")
     return InferRequest(id=req_id, tensor=tensor, output_binary=binary_out)
 
 
