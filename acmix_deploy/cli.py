@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a check failed (outputs differ beyond tolerance),
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Optional
@@ -29,8 +30,22 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+_ANSI_SEQUENCE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _safe(text) -> str:
+    """``text`` from a file or a path, fit for Rich: escape sequences and control characters removed, markup escaped.
+
+    Checkpoint metadata, key names and paths are data: printed as Rich markup,
+    ``[/bold]`` in them raised MarkupError, and ANSI escapes in a file's
+    ``meta`` reached the terminal raw.  Removed characters are shown as ``?``.
+    """
+    return escape(_CONTROL.sub("?", _ANSI_SEQUENCE.sub("?", str(text))))
+
+
 def _fail(exc: Exception, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {_safe(exc)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -87,9 +102,9 @@ def info(
     prefixes: dict[str, int] = {}
     for k in sd:
         prefixes[k.split(".")[0]] = prefixes.get(k.split(".")[0], 0) + 1
-    table = Table(show_header=False, title=str(ckpt))
-    table.add_row("architecture", loaded.arch)
-    table.add_row("arguments", ", ".join(f"{k}={v}" for k, v in loaded.arch_args.items()) or "(defaults)")
+    table = Table(show_header=False, title=_safe(ckpt))
+    table.add_row("architecture", _safe(loaded.arch))
+    table.add_row("arguments", _safe(", ".join(f"{k}={v}" for k, v in loaded.arch_args.items()) or "(defaults)"))
     table.add_row("form", "deploy (folded)" if loaded.deploy else "training")
     table.add_row("file format", loaded.source_format)
     table.add_row("parameters", f"{count_parameters(model):,}")
@@ -101,9 +116,9 @@ def info(
     table.add_row("tensors", f"{len(sd)} ({', '.join(f'{p}: {n}' for p, n in prefixes.items())})")
     table.add_row("input size", "x".join(map(str, model.default_cfg["input_size"])))
     for key, value in loaded.meta.items():
-        table.add_row(f"meta.{key}", str(value))
+        table.add_row(_safe(f"meta.{key}"), _safe(value))
     for note in loaded.notes:
-        table.add_row("note", note)
+        table.add_row("note", _safe(note))
     console.print(table)
 
 
@@ -120,7 +135,7 @@ def reparam(
 ) -> None:
     """Fold a training checkpoint into its deploy form, check it, and write it atomically."""
     from .analysis import check_equivalence, count_macs, count_parameters
-    from .checkpoint import read_checkpoint, save_checkpoint
+    from .checkpoint import read_checkpoint, require_finite, save_checkpoint
     from .pipeline import check_output_path, sha256_file
     from .reparam import foldable_leftovers, reparameterize_model
 
@@ -129,20 +144,22 @@ def reparam(
         check_output_path(out, ckpt)
         if imgsz is not None and imgsz < 1:
             raise AcmixDeployError(f"--imgsz must be positive, got {imgsz}")
-        with console.status(f"reading {ckpt}"):
+        with console.status(f"reading {_safe(ckpt)}"):
             loaded = read_checkpoint(ckpt, arch)
         for note in loaded.notes:
-            console.print(f"[dim]note: {note}[/]")
+            console.print(f"[dim]note: {_safe(note)}[/]")
         if loaded.deploy:
-            console.print(f"{ckpt} is already in deploy form ({loaded.arch}); nothing to fold, nothing written.")
+            console.print(f"{_safe(ckpt)} is already in deploy form ({_safe(loaded.arch)}); nothing to fold, "
+                          "nothing written.")
             return
+        require_finite(loaded, ckpt)
         model = loaded.model
         t0 = time.perf_counter()
         deploy = reparameterize_model(model)
         fold_s = time.perf_counter() - t0
         left = foldable_leftovers(deploy)
         if left:
-            console.print(f"[yellow]warning:[/] not folded: {', '.join(left[:5])}")
+            console.print(f"[yellow]warning:[/] not folded: {_safe(', '.join(left[:5]))}")
         c = model.default_cfg["input_size"][0]
         size = imgsz or model.default_cfg["input_size"][-1]
         input_size = (c, size, size)
@@ -156,7 +173,7 @@ def reparam(
     except AcmixDeployError as exc:
         _fail(exc)
 
-    table = Table(title=f"{loaded.arch}: training -> deploy", show_lines=False)
+    table = Table(title=f"{_safe(loaded.arch)}: training -> deploy", show_lines=False)
     table.add_column("")
     table.add_column("training", justify="right")
     table.add_column("deploy", justify="right")
@@ -180,16 +197,20 @@ def reparam(
         save_checkpoint(deploy, out, meta=meta)
     except AcmixDeployError as exc:
         _fail(exc)
-    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    console.print(f"wrote {_safe(out)} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
 def _comparison_table(title: str, rows) -> Table:
+    """One row per runner, batch and output; the output column appears for models with several outputs."""
+    several = len({getattr(row, "output", "logits") for row in rows}) > 1
     table = Table(title=title)
-    for col in ("runner", "batch", "max abs error", "relative error", "top-1 agreement"):
-        table.add_column(col, justify="left" if col == "runner" else "right")
+    cols = ("runner", "batch") + (("output",) if several else ()) + ("max abs error", "relative error", "top-1 agreement")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("runner", "output") else "right")
     for row in rows:
         top1 = "" if row.diff.top1_agreement is None else f"{row.diff.top1_agreement:.1%}"
-        table.add_row(row.runner, str(row.batch), f"{row.diff.max_abs:.3g}", f"{row.diff.rel:.3g}", top1)
+        which = (escape(row.output),) if several else ()
+        table.add_row(row.runner, str(row.batch), *which, f"{row.diff.max_abs:.3g}", f"{row.diff.rel:.3g}", top1)
     return table
 
 
@@ -222,6 +243,9 @@ def export(
     tol: Optional[float] = typer.Option(None, "--tol", help="Largest accepted relative error vs torch [1e-4; fp16 2e-2; int8 1.0]."),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Smallest accepted top-1 agreement with torch [fp16 0.99; int8 0.9]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
+    output_names: Optional[str] = typer.Option(
+        None, "--output-names", help="Names of the model's output tensors, comma separated (a,b,c) [one output: "
+        "logits; a dict: its keys; else output0, output1, ...]."),
     engine: str = typer.Option("onnx", "--engine", help="Triton: onnx (CKPT: a checkpoint, exported, or a .onnx file) "
                                "or trt (CKPT: an engine file or a folder of engines)."),
     instances: int = typer.Option(1, "--instances", help="Triton: model instances (instance_group count)."),
@@ -244,9 +268,15 @@ def export(
         where = "--format triton" if fmt == "triton" else "Triton repositories (--format triton)"
         verb = "do not apply to" if fmt == "triton" else "apply to"
         _fail(AcmixDeployError(f"{', '.join(wrong)} {verb} {where}"))
+    names = None
+    if output_names is not None:
+        names = [n.strip() for n in output_names.split(",")]
+        if not all(names) or len(set(names)) != len(names):
+            _fail(AcmixDeployError(f"--output-names must be unique non-empty names separated by commas, "
+                                   f"got {output_names!r}"))
     if fmt == "triton":
         _export_triton(ckpt, output, engine, model_name, arch, imgsz, max_batch, device, instances, queue_delay_us,
-                       opset, simplify, force)
+                       opset, simplify, force, output_names=names)
         return
 
     if trt:
@@ -258,10 +288,10 @@ def export(
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, device=device, simplify=simplify, fp16=fp16,
         int8=int8, calib=calib, calib_limit=calib_limit, tol=tol, min_top1=min_top1, seed=seed,
         workspace_gb=workspace, timing_cache=timing_cache, opt_level=opt_level,
-        trt_typing="weak" if weak_typing else "strong",
+        trt_typing="weak" if weak_typing else "strong", output_names=names,
     )
     try:
-        with console.status(f"exporting {ckpt} to {fmt}") as status:
+        with console.status(f"exporting {_safe(ckpt)} to {_safe(fmt)}") as status:
             def log(msg: str) -> None:
                 console.print(escape(msg), highlight=False)
                 status.update(f"exporting {ckpt} to {fmt}")
@@ -288,21 +318,21 @@ def export(
         p = res.artifact.sidecar.profiles[0]
         console.print(f"TensorRT profile: batch {p['min'][0]} / {p['opt'][0]} / {p['max'][0]} (min / opt / max)")
     art = res.artifact
-    console.print(f"wrote {art.path} ({art.size_bytes / 1e6:.1f} MB) in {art.seconds:.1f} s")
+    console.print(f"wrote {_safe(art.path)} ({art.size_bytes / 1e6:.1f} MB) in {art.seconds:.1f} s")
 
 
 def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[str], arch: Optional[str],
                    imgsz: Optional[int], max_batch: Optional[int], device: str, instances: int, queue_delay_us: int,
-                   opset: int, simplify: bool, force: bool) -> None:
+                   opset: int, simplify: bool, force: bool, output_names: Optional[list] = None) -> None:
     """``export --format triton``: a Triton model repository (see acmix_deploy.exporters.triton)."""
     from .exporters.triton import export_triton_repository
 
     try:
-        with console.status(f"writing a Triton model repository from {src}"):
+        with console.status(f"writing a Triton model repository from {_safe(src)}"):
             res = export_triton_repository(src, repo, engine=engine, name=name, arch=arch, imgsz=imgsz,
                                            max_batch=max_batch, device=device, instances=instances,
                                            max_queue_delay_us=queue_delay_us, opset=opset, simplify=simplify,
-                                           force=force)
+                                           force=force, output_names=output_names)
     except EquivalenceError as exc:
         _fail(exc, code=1)
     except AcmixDeployError as exc:
@@ -371,9 +401,11 @@ def compare(
     except AcmixDeployError as exc:
         _fail(exc)
     console.print(_comparison_table(f"against {reference.name}, input {'x'.join(map(str, prep.input_size))}", rows))
-    worst = max(r.diff.rel for r in rows)
+    worst_row = max(rows, key=lambda r: r.diff.rel if r.diff.rel == r.diff.rel else float("inf"))  # NaN fails
+    worst = worst_row.diff.rel
     if not worst <= tol:
-        err_console.print(f"[bold red]comparison failed:[/] relative error {worst:.3g} above --tol {tol:g}")
+        which = f" (output {escape(worst_row.output)}, {escape(worst_row.runner)})" if len({r.output for r in rows}) > 1 else ""
+        err_console.print(f"[bold red]comparison failed:[/] relative error {worst:.3g}{which} above --tol {tol:g}")
         raise typer.Exit(1)
 
 
@@ -606,7 +638,7 @@ def serve(
                              batch_timeout_ms=batch_timeout_ms, workers=workers, max_body_mb=max_body_mb)
 
     def announce(loaded, address) -> None:
-        console.print(f"serving {loaded.path.name} as {settings.name!r} ({loaded.runner.name}; input "
+        console.print(f"serving {_safe(loaded.path.name)} as {_safe(repr(settings.name))} ({loaded.runner.name}; input "
                       f"{loaded.input.name} -1x{'x'.join(map(str, loaded.input.shape))}) on "
                       f"http://{address[0]}:{address[1]}/v2/models/{settings.name}", highlight=False, soft_wrap=True)
 

@@ -4,11 +4,15 @@
 max_batch``); ``torch._inductor.aoti_compile_and_package`` compiles it into a
 shared library inside the package (needs a C++ compiler on CPU, CUDA on GPU).
 The package loads back with ``torch._inductor.aoti_load_package`` in any
-process with the same torch version, without the model's Python code.
+process with the same torch version, without the model's Python code.  It
+returns the model's output structure (a tensor, nested tuples, a dict); the
+names of the flattened outputs (:mod:`acmix_deploy.outputs`) are recorded in
+the package's metadata as ``acmix_deploy.output_names`` (a JSON list).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -21,6 +25,7 @@ import torch.nn as nn
 
 from ..checkpoint import atomic_write
 from ..errors import ConfigError, ExportError
+from ..outputs import output_names as name_outputs
 
 __all__ = ["AotiExport", "export_aoti"]
 
@@ -34,6 +39,7 @@ class AotiExport:
     dynamic_batch: bool
     max_batch: int
     input_shape: tuple[int, ...]
+    output_names: list[str] | None = None  # every output, in the order the runner returns them
 
 
 def export_aoti(
@@ -46,11 +52,13 @@ def export_aoti(
     device: str = "cpu",
     validate: Callable[[Path], None] | None = None,
     metadata: dict[str, str] | None = None,
+    output_names: list[str] | None = None,
 ) -> AotiExport:
     """Compile ``model`` to an AOTInductor package at ``path`` (validated before the rename).
 
     The package's metadata (``AOTICompiledModel.get_metadata()``) records the
-    input size under ``acmix_deploy.input_size`` ("C,H,W"), plus ``metadata``.
+    input size under ``acmix_deploy.input_size`` ("C,H,W") and the output names under
+    ``acmix_deploy.output_names`` (``output_names``, or the naming rule's), plus ``metadata``.
     """
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise ExportError(f"torch {torch.__version__} has no AOTInductor packaging; it needs torch >= 2.6")
@@ -66,7 +74,7 @@ def export_aoti(
     example = max(batch, 2) if dynamic else batch
     x = torch.randn(example, *input_size, device=device)
     with torch.no_grad():
-        model(x)  # input-size errors surface here with their own message
+        names = name_outputs(model(x), output_names)  # input-size errors surface here with their own message
     shapes = {"x": {0: torch.export.Dim("batch", min=1, max=max_batch)}} if dynamic else None
     try:
         with warnings.catch_warnings():
@@ -80,6 +88,7 @@ def export_aoti(
              "acmix_deploy.min_batch": str(1 if dynamic else batch),
              "acmix_deploy.max_batch": str(max_batch if dynamic else batch),
              "acmix_deploy.device": device,
+             "acmix_deploy.output_names": json.dumps(names),
              **{f"acmix_deploy.{k}": str(v) for k, v in (metadata or {}).items()}}
 
     def write(tmp: str) -> None:
@@ -96,4 +105,4 @@ def export_aoti(
 
     atomic_write(path, write, suffix=".pt2")
     return AotiExport(path, time.perf_counter() - t0, path.stat().st_size, device, dynamic, max_batch,
-                      (batch, *input_size))
+                      (batch, *input_size), names)

@@ -7,7 +7,9 @@ option costs nothing); each step reports its time and output size through
 against the torch deploy form, so a failed export leaves no broken file behind.
 A TensorRT export writes two artifacts: the validated ONNX graph
 (``X.onnx``, kept, also when the engine build then fails) and the engine
-``X.engine`` with its sidecar.
+``X.engine`` with its sidecar.  A model that returns several tensors is
+exported with all of them (named by :mod:`acmix_deploy.outputs`, or
+``output_names``), and every output is compared: a mismatch in any one fails.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class ExportOptions:
     fmt: str = "onnx"
     output: Path | None = None
     arch: str | None = None
-    imgsz: int | None = None
+    imgsz: int | tuple[int, int] | None = None  # a square, or (height, width)
     batch: int = 1
     dynamic: bool = True
     opset: int = 17
@@ -49,6 +51,7 @@ class ExportOptions:
     timing_cache: Path | None = None
     opt_level: int = 3
     trt_typing: str = "strong"
+    output_names: list[str] | None = None  # one name per output tensor [acmix_deploy.outputs' rule]
 
     @property
     def precision(self) -> str:
@@ -78,7 +81,7 @@ def output_path(ckpt: Path, opts: ExportOptions) -> Path:
 def resolve_options(ckpt: Path, opts: ExportOptions):
     """Check every option against the others and fill the format's defaults; returns (opts, profile)."""
     from . import FORMATS
-    from ..pipeline import check_device, check_output_path
+    from ..pipeline import check_device, check_output_path, normalize_imgsz
     from .onnx import MAX_OPSET, MIN_OPSET
     from .tensorrt import engine_profiles
 
@@ -99,8 +102,13 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         raise ConfigError(f"--batch must be positive, got {opts.batch}")
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise ConfigError(f"--opset {opts.opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
-    if opts.imgsz is not None and opts.imgsz < 1:
-        raise ConfigError(f"--imgsz must be positive, got {opts.imgsz}")
+    imgsz = normalize_imgsz(opts.imgsz)  # ConfigError for anything but a positive int or (height, width)
+    output_names = None
+    if opts.output_names is not None:
+        given = opts.output_names.split(",") if isinstance(opts.output_names, str) else opts.output_names
+        output_names = [str(n).strip() for n in given]
+        if not output_names or not all(output_names) or len(set(output_names)) != len(output_names):
+            raise ConfigError(f"--output-names must be unique non-empty names, got {list(opts.output_names)}")
     if opts.trt_typing != "strong" and opts.fmt != "engine":
         raise ConfigError("weak typing is an option of TensorRT engines (--format engine / --trt)")
     tol = opts.tol if opts.tol is not None else 2e-2 if opts.fp16 else 1.0 if opts.int8 else 1e-4
@@ -131,7 +139,8 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         check_device(device)
     if not ckpt.exists():
         raise AcmixDeployError(f"checkpoint {ckpt} does not exist")
-    resolved = replace(opts, tol=tol, min_top1=min_top1, max_batch=max_batch, device=device)
+    resolved = replace(opts, tol=tol, min_top1=min_top1, max_batch=max_batch, device=device, imgsz=imgsz,
+                       output_names=output_names)
     out = output_path(ckpt, resolved)
     check_output_path(out, ckpt)
     return replace(resolved, output=out), profile
@@ -194,11 +203,15 @@ def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) 
     def validator(make_runner, title: str, rows: list):
         def validate(tmp: Path, *extra) -> None:
             rows.extend(compare_runners(reference, [make_runner(tmp, *extra)], inputs))
-            worst = max(r.diff.rel for r in rows)
+            # Every output of every batch is a row: the worst one decides (not max(): a NaN error must fail).
+            worst_row = max(rows, key=lambda r: r.diff.rel if r.diff.rel == r.diff.rel else float("inf"))
+            worst = worst_row.diff.rel
             agreement = min((r.diff.top1_agreement for r in rows if r.diff.top1_agreement is not None), default=1.0)
+            several = len({r.output for r in rows}) > 1
+            which = f"output {worst_row.output}" if several else "output"
             problem = None
             if not worst <= opts.tol:
-                problem = f"the exported model's output differs by {worst:.3g} (relative), above --tol {opts.tol:g}"
+                problem = f"the exported model's {which} differs by {worst:.3g} (relative), above --tol {opts.tol:g}"
             elif reduced and agreement < opts.min_top1:
                 problem = f"top-1 agreement {agreement:.1%} is below --min-top1 {opts.min_top1:.1%}"
             if problem:
@@ -225,7 +238,9 @@ def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) 
                           validate=validator(OrtRunner, "onnx vs torch (deploy form)", rows), fp16=fp16_graph,
                           int8_calibration=calibration,
                           calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
-                          merge_conv_groups=merge_conv_groups_for(opts))
+                          merge_conv_groups=merge_conv_groups_for(opts), output_names=opts.output_names)
+        if len(res.output_names) > 1:
+            say(f"ONNX outputs: {', '.join(res.output_names)}")
         say(f"ONNX: {res.nodes} nodes, {opts.precision}, validated with ONNX Runtime; wrote {res.path} "
             f"({res.size_bytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
         return res
@@ -243,24 +258,26 @@ def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) 
         artifact = export_aoti(prep.deploy, out, prep.input_size, batch=opts.batch, dynamic=opts.dynamic,
                                max_batch=opts.max_batch, device=device,
                                validate=validator(lambda p: AotiRunner(p, device), title, rows),
-                               metadata={"arch": prep.loaded.arch, "source_sha256": meta["source_sha256"]})
+                               metadata={"arch": prep.loaded.arch, "source_sha256": meta["source_sha256"]},
+                               output_names=opts.output_names)
         say(f"AOTInductor: wrote {artifact.path} ({artifact.size_bytes / 1e6:.1f} MB) in {artifact.seconds:.1f} s")
     else:
         from ..runtime.tensorrt import TrtRunner
-        from .onnx import INPUT_NAME, OUTPUT_NAME
+        from .onnx import INPUT_NAME
         from .tensorrt import build_engine
 
         onnx_rows: list = []
         onnx_res = onnx_step(out.with_suffix(".onnx"), onnx_rows)
         title = f"tensorrt ({opts.precision}) vs torch (deploy form)"
+        batch_dim = -1 if profile.min != profile.max else profile.max
+        shapes = [[batch_dim, *y.shape[1:]] for y in reference.infer_outputs(inputs[0][:1])]
         artifact = build_engine(
             onnx_res.path, out, prep.input_size, profile, precision=opts.precision, typing=opts.trt_typing,
             workspace_gb=opts.workspace_gb, opt_level=opts.opt_level, timing_cache=opts.timing_cache,
-            input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+            input_name=INPUT_NAME, output_name=onnx_res.output_names[0], output_names=onnx_res.output_names,
             source={"checkpoint": ckpt.name, "sha256": meta["source_sha256"], "arch": prep.loaded.arch},
             validate=validator(lambda p, sidecar: TrtRunner(p, check=False, sidecar=sidecar), title, rows),
-            output_shape=[-1 if profile.min != profile.max else profile.max,
-                          *reference.infer(inputs[0][:1]).shape[1:]],
+            output_shape=shapes[0], output_shapes=shapes,
         )
         rows = onnx_rows + rows
         say(f"TensorRT {artifact.sidecar.tensorrt_version} on {artifact.sidecar.gpu_name}: wrote {artifact.path} "

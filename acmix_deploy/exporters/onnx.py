@@ -4,7 +4,10 @@ The graph is traced from the deploy form (the attention core's index tables
 enter as constants, the spatial size is fixed, the batch axis dynamic by
 default), checked with ``onnx.checker``, simplified with onnxslim, stamped
 with metadata, checked against TensorRT's ONNX operator support, and written
-atomically.  A validation callback runs on the finished file before it is
+atomically.  A model may return several tensors (a tuple/list, nested, or a dict):
+every one becomes a graph output, named by :func:`acmix_deploy.outputs.output_names`
+(one tensor keeps the name ``logits``) or by ``output_names``, each with the
+dynamic batch axis.  A validation callback runs on the finished file before it is
 moved into place, so a file that fails validation never appears.
 
 Why onnxslim rather than onnxsim: on our graphs both reach the same node
@@ -31,6 +34,7 @@ import torch.nn as nn
 from ..checkpoint import atomic_write
 from ..errors import ConfigError, ExportError
 from ..modules.acmix import ACmixDeploy, conv_group_merge, merged_conv_groups
+from ..outputs import SINGLE_OUTPUT_NAME, flatten_outputs, output_names as name_outputs
 from .trt_ops import TENSORRT_ONNX_OPS
 from .util import require
 
@@ -38,7 +42,7 @@ __all__ = ["OnnxExport", "export_onnx", "merge_conv_groups_on", "op_histogram", 
            "OUTPUT_NAME"]
 
 INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
+OUTPUT_NAME = SINGLE_OUTPUT_NAME  # the output of a single-output model
 MIN_OPSET, MAX_OPSET = 13, 20
 
 
@@ -66,6 +70,7 @@ class OnnxExport:
     fp16: bool = False
     int8: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
+    output_names: list[str] = field(default_factory=lambda: [OUTPUT_NAME])  # every graph output, in order
 
 
 def op_histogram(model_proto) -> dict[str, int]:
@@ -81,14 +86,17 @@ def unsupported_ops(model_proto) -> list[str]:
     return sorted(op for op in op_histogram(model_proto) if op not in TENSORRT_ONNX_OPS)
 
 
-def _trace(model: nn.Module, x: torch.Tensor, opset: int, dynamic: bool) -> bytes:
+def _trace(model: nn.Module, x: torch.Tensor, opset: int, dynamic: bool, names: list[str],
+           ranks: list[int]) -> bytes:
     buf = io.BytesIO()
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    axes = None
+    if dynamic:  # every output with a leading axis has the batch axis (a 0-d output has none to mark)
+        axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n, rank in zip(names, ranks) if rank >= 1}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints taken from shapes
         torch.onnx.export(
             model, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True,
+            output_names=list(names), dynamic_axes=axes, do_constant_folding=True,
         )
     return buf.getvalue()
 
@@ -107,6 +115,7 @@ def export_onnx(
     int8_calibration=None,
     calibration_cache: str | os.PathLike | None = None,
     merge_conv_groups: bool = True,
+    output_names: list[str] | None = None,
 ) -> OnnxExport:
     """Export ``model`` (eval mode, CPU, float32) to ``path``.
 
@@ -116,6 +125,10 @@ def export_onnx(
     ``merge_conv_groups`` merges ACmix's convolution-path groups into 16-channel
     ones for ONNX Runtime's CPU kernels (:func:`acmix_deploy.modules.acmix.conv_group_merge`);
     the TensorRT export turns it off.
+    ``output_names`` names the outputs of a model that returns several tensors (one unique name per
+    flattened tensor); by default they follow :func:`acmix_deploy.outputs.output_names`.  The names are
+    recorded in the metadata as ``acmix_deploy.output_names`` (a JSON list), and, for a single output,
+    also as ``acmix_deploy.output_name`` as in files written before several outputs were supported.
     """
     onnx = require("onnx", "onnx")
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -128,9 +141,11 @@ def export_onnx(
     param = next(model.parameters())
     x = torch.randn(batch, *input_size, dtype=param.dtype, device=param.device)
     with torch.no_grad():
-        model(x)  # surface input-size errors before tracing, with their own message
+        out = model(x)  # surface input-size errors before tracing, with their own message
+        names = name_outputs(out, output_names)  # ConfigError for a wrong count or duplicate names
+        ranks = [t.dim() for t in flatten_outputs(out)]
         with merged_conv_groups(merge_conv_groups):
-            proto = onnx.load_from_string(_trace(model, x, opset, dynamic))
+            proto = onnx.load_from_string(_trace(model, x, opset, dynamic, names, ranks))
     onnx.checker.check_model(proto)
     if simplify:
         onnxslim = require("onnxslim", "onnx")
@@ -141,6 +156,10 @@ def export_onnx(
 
         proto = convert_fp16(proto)
         onnx.checker.check_model(proto)
+    traced = [o.name for o in proto.graph.output]
+    if traced != names:  # e.g. the model returns one tensor twice: the tracer gives it one graph output
+        raise ExportError(f"the exported graph has outputs {traced}, expected {names}; return each output "
+                          "tensor once (clone a tensor returned twice)")
     bad = unsupported_ops(proto)
     if bad:
         raise ExportError(
@@ -149,7 +168,8 @@ def export_onnx(
     meta = {
         "acmix_deploy.input_name": INPUT_NAME,
         "acmix_deploy.input_shape": json.dumps(["batch" if dynamic else batch, *input_size]),
-        "acmix_deploy.output_name": OUTPUT_NAME,
+        **({"acmix_deploy.output_name": names[0]} if len(names) == 1 else {}),
+        "acmix_deploy.output_names": json.dumps(names),
         "acmix_deploy.precision": (
             "fp16 (softmax, mask and logits in fp32; float32 I/O)" if fp16
             else "int8 Q/DQ (Conv, Gemm; attention in fp32)" if int8_calibration is not None else "fp32"
@@ -194,5 +214,5 @@ def export_onnx(
         path=path, seconds=time.perf_counter() - t0, size_bytes=path.stat().st_size,
         nodes=len(final["proto"].graph.node), op_histogram=op_histogram(final["proto"]), opset=opset, dynamic_batch=dynamic,
         input_shape=(batch, *input_size), simplified=simplify, fp16=fp16,
-        int8=int8_calibration is not None, metadata=meta,
+        int8=int8_calibration is not None, metadata=meta, output_names=list(names),
     )

@@ -164,12 +164,14 @@ class EngineSidecar:
     precision: str  # fp32 | fp16 | int8
     typing: str  # strong | weak
     input_name: str
-    output_name: str
+    output_name: str  # the first output (the only one of single-output models, as sidecars before output_names)
     input_size: list[int]  # C, H, W
     profiles: list[dict[str, list[int]]]  # [{"min": [N,C,H,W], "opt": [...], "max": [...]}]
     onnx_sha256: str
     build_seconds: float
-    output_shape: list[int] | None = None  # full shape, batch axis first (-1 when dynamic)
+    output_shape: list[int] | None = None  # full shape of the first output, batch axis first (-1 when dynamic)
+    output_names: list[str] | None = None  # every output, in the model's order (absent in older sidecars)
+    output_shapes: list[list[int]] | None = None  # the full shape of each of output_names
     workspace_bytes: int | None = None
     builder_optimization_level: int | None = None
     engine_sha256: str = ""
@@ -178,6 +180,11 @@ class EngineSidecar:
     source: dict[str, Any] = field(default_factory=dict)
     format: str = SIDECAR_FORMAT
     format_version: int = SIDECAR_VERSION
+
+    @property
+    def all_output_names(self) -> list[str]:
+        """Every output's name: ``output_names``, or ``[output_name]`` for a sidecar written before it existed."""
+        return list(self.output_names) if self.output_names else [self.output_name]
 
     @property
     def max_batch(self) -> int:
@@ -346,8 +353,14 @@ def build_engine(
     validate: Callable[[Path, EngineSidecar], None] | None = None,
     trt=None,
     output_shape: list[int] | None = None,
+    output_names: list[str] | None = None,
+    output_shapes: list[list[int]] | None = None,
 ) -> EngineBuild:
     """Build a TensorRT engine from ``onnx_path`` and write it with its sidecar, atomically.
+
+    ``output_names`` / ``output_shapes`` describe every output of a model with several (full shapes,
+    batch axis first); the sidecar records them, and ``output_name`` / ``output_shape`` (the first) for
+    readers of the older single-output sidecar.
 
     ``precision`` says what the ONNX graph carries (``fp32``, ``fp16`` or ``int8``
     Q/DQ).  ``validate(tmp_engine, sidecar)`` runs on the finished plan before it
@@ -365,6 +378,17 @@ def build_engine(
         raise ConfigError(f"--opt-level must be 0..5, got {opt_level}")
     if workspace_gb is not None and workspace_gb <= 0:
         raise ConfigError(f"--workspace must be positive (GiB), got {workspace_gb}")
+    if output_names is not None:
+        output_names = list(output_names)
+        if not output_names or len(set(output_names)) != len(output_names):
+            raise ConfigError(f"output_names must be unique and non-empty, got {output_names}")
+        if output_name not in ("logits", output_names[0]):
+            raise ConfigError(f"output_name {output_name!r} is not the first of output_names {output_names}")
+        output_name = output_names[0]
+    if output_shapes is not None:
+        if len(output_shapes) != len(output_names or [output_name]):
+            raise ConfigError(f"{len(output_shapes)} output_shapes for {len(output_names or [output_name])} output(s)")
+        output_shape = output_shape or list(output_shapes[0])
     trt = trt or require_tensorrt()
     major = trt_major(trt)
     if major < MIN_TRT_MAJOR:
@@ -405,6 +429,8 @@ def build_engine(
         tensorrt_version=str(trt.__version__), gpu_name=gpu.name, compute_capability=gpu.compute_capability,
         precision=precision, typing=typing, input_name=input_name, output_name=output_name,
         input_size=list(input_size), output_shape=list(output_shape) if output_shape else None,
+        output_names=output_names or [output_name],
+        output_shapes=[list(sh) for sh in output_shapes] if output_shapes else ([list(output_shape)] if output_shape else None),
         profiles=[dict(zip(("min", "opt", "max"), map(list, profile.shapes(input_size))))],
         onnx_sha256=sha256_file(onnx_path), build_seconds=round(build_seconds, 3), workspace_bytes=workspace,
         builder_optimization_level=opt_level, package_version=__version__,

@@ -14,6 +14,11 @@ Two kinds of model directory:
   so several engines (one per compute capability) become
   ``model.sm<CC>.plan`` files selected by ``cc_model_filenames``.
 
+A model with several outputs (a detector's heads) gets one ``output`` entry
+per tensor, with its name, dims and data type, in the model's order
+(:mod:`acmix_deploy.outputs`); no Python-backend code is written, the ONNX and
+TensorRT backends serve every graph output as it is.
+
 The config text is written by hand (Triton reads protobuf text format) and
 checked in the tests by parsing it with Triton's own ``model_config.proto``
 (shipped with ``tritonclient``).  The model directory is assembled in a
@@ -35,11 +40,24 @@ from typing import Callable
 
 from ..errors import AcmixDeployError, ConfigError, ExportError
 
-__all__ = ["TritonModelConfig", "TritonRepoExport", "check_model_name", "engine_model_config",
+__all__ = ["TritonModelConfig", "TritonOutput", "TritonRepoExport", "check_model_name", "engine_model_config",
            "export_triton_repository", "find_engines", "model_config_text", "write_model_dir", "write_onnx_file_repository",
            "write_engine_repository", "write_onnx_repository"]
 
 PLAN_SUFFIXES = (".engine", ".plan")
+
+# ONNX TensorProto element types -> Triton's data_type names.
+_ONNX_TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 5: "TYPE_INT16", 6: "TYPE_INT32",
+                      7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64"}
+
+
+@dataclass(frozen=True)
+class TritonOutput:
+    """One ``output`` entry of a config: dims without the batch axis when max_batch_size > 0."""
+
+    name: str
+    dims: tuple[int, ...]
+    data_type: str = "TYPE_FP32"
 
 
 @dataclass
@@ -57,6 +75,12 @@ class TritonModelConfig:
     instance_count: int = 1
     cc_model_filenames: dict[str, str] = field(default_factory=dict)
     default_model_filename: str | None = None
+    # Every output of a model with several; empty: the one output (output_name, output_dims, FP32).
+    outputs: tuple[TritonOutput, ...] = ()
+
+    @property
+    def all_outputs(self) -> tuple[TritonOutput, ...]:
+        return tuple(self.outputs) or (TritonOutput(self.output_name, tuple(self.output_dims)),)
 
 
 @dataclass
@@ -92,9 +116,19 @@ def model_config_text(cfg: TritonModelConfig) -> str:
     lines = [f'name: "{cfg.name}"', f'platform: "{cfg.platform}"', f"max_batch_size: {cfg.max_batch_size}"]
     if cfg.default_model_filename:
         lines.append(f'default_model_filename: "{cfg.default_model_filename}"')
-    for section, name, dims in (("input", cfg.input_name, cfg.input_dims), ("output", cfg.output_name, cfg.output_dims)):
-        lines += [f"{section} [", "  {", f'    name: "{name}"', "    data_type: TYPE_FP32", f"    dims: {_dims(dims)}",
-                  "  }", "]"]
+    outputs = cfg.all_outputs
+    names = [o.name for o in outputs]
+    if len(set(names)) != len(names) or not all(names) or any('"' in n for n in names):
+        raise ConfigError(f"output names must be unique, non-empty and free of quotes, got {names}")
+    bad_types = sorted({o.data_type for o in outputs} - set(_ONNX_TRITON_TYPES.values()))
+    if bad_types:
+        raise ConfigError(f"unsupported Triton data type(s) {', '.join(bad_types)}")
+    for section, tensors in (("input", [TritonOutput(cfg.input_name, tuple(cfg.input_dims))]), ("output", outputs)):
+        lines.append(f"{section} [")
+        for i, t in enumerate(tensors):
+            lines += ["  {", f'    name: "{t.name}"', f"    data_type: {t.data_type}", f"    dims: {_dims(t.dims)}",
+                      "  }" + ("," if i < len(tensors) - 1 else "")]
+        lines.append("]")
     if cfg.max_batch_size > 0:
         lines.append("dynamic_batching {")
         preferred = [b for b in cfg.preferred_batch_sizes if 1 <= b <= cfg.max_batch_size]
@@ -153,15 +187,17 @@ def write_onnx_repository(
     model, repo: str | os.PathLike, name: str, input_size: tuple[int, int, int], max_batch: int = 8,
     device: str = "cpu", instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17,
     simplify: bool = True, metadata: dict | None = None, validate: Callable[[Path], None] | None = None,
-    force: bool = False,
+    force: bool = False, output_names: list[str] | None = None,
 ) -> TritonRepoExport:
     """Export ``model`` (deploy form) to ``REPO/NAME/1/model.onnx`` with a dynamic batch axis, plus its config.
 
     ``validate(tmp_onnx)`` runs on the exported file before it is moved into
     place (the same hook as :func:`export_onnx`); when omitted, the ONNX model is
-    checked against ``model`` in torch (relative error <= 1e-4 at batches 1 and 2).
+    checked against ``model`` in torch (relative error <= 1e-4 at batches 1 and 2, every output).
+    ``output_names`` names the outputs of a model with several (see :func:`export_onnx`); the config
+    lists every output of the exported graph.
     """
-    from .onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, merge_conv_groups_on
+    from .onnx import INPUT_NAME, export_onnx, merge_conv_groups_on
 
     check_model_name(name)
     if max_batch < 1:
@@ -178,12 +214,14 @@ def write_onnx_repository(
         onnx_path = version_dir / "model.onnx"
         holder["onnx"] = export_onnx(model, onnx_path, input_size, batch=1, dynamic=True, opset=opset,
                                      simplify=simplify, metadata=metadata, validate=validate,
-                                     merge_conv_groups=merge_conv_groups_on(device))
+                                     merge_conv_groups=merge_conv_groups_on(device), output_names=output_names)
+        outputs = _onnx_outputs(onnx_path, batched=True)
         holder["cfg"] = cfg = TritonModelConfig(
-            name=name, platform="onnxruntime_onnx", input_name=INPUT_NAME, output_name=OUTPUT_NAME,
-            input_dims=tuple(input_size), output_dims=_onnx_output_dims(onnx_path), max_batch_size=max_batch,
+            name=name, platform="onnxruntime_onnx", input_name=INPUT_NAME, output_name=outputs[0].name,
+            input_dims=tuple(input_size), output_dims=outputs[0].dims, max_batch_size=max_batch,
             preferred_batch_sizes=(max_batch,), max_queue_delay_us=max_queue_delay_us,
             instance_kind="KIND_GPU" if device == "cuda" else "KIND_CPU", instance_count=instances,
+            outputs=outputs if len(outputs) > 1 or outputs[0].data_type != "TYPE_FP32" else (),
         )
         holder["text"] = model_config_text(cfg)
         return [onnx_path]
@@ -202,7 +240,7 @@ def write_onnx_file_repository(
     Names and shapes are read from the graph.  A dynamic batch axis gives
     ``max_batch_size = max_batch`` and dynamic batching; a fixed one gives
     ``max_batch_size: 0`` and full-shape dims (Triton then never batches).
-    The file must load in ONNX Runtime and have one input and one output.
+    The file must load in ONNX Runtime and have one input; every output is listed.
     """
     from .util import require
 
@@ -220,20 +258,24 @@ def write_onnx_file_repository(
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
-    if len(inputs) != 1 or len(graph.output) != 1:
-        raise ConfigError(f"{onnx_path.name} has {len(inputs)} inputs and {len(graph.output)} outputs; one of each is needed")
+    if len(inputs) != 1 or not graph.output:
+        raise ConfigError(f"{onnx_path.name} has {len(inputs)} inputs and {len(graph.output)} outputs; "
+                          "one input and at least one output are needed")
 
-    def shape(value_info) -> list[int]:
-        return [d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim]
-
-    in_shape, out_shape = shape(inputs[0]), shape(graph.output[0])
+    in_shape = _shape(inputs[0])
     dynamic = in_shape[0] == -1
+    outputs = _graph_outputs(graph, batched=dynamic)
+    if dynamic:
+        unbatched = [o.name for o in graph.output if not _shape(o) or _shape(o)[0] != -1]
+        if unbatched:
+            raise ConfigError(f"{onnx_path.name}: output(s) {', '.join(unbatched)} have no dynamic batch axis while the "
+                              "input has one; Triton batches every output along axis 0 (re-export the model)")
     cfg = TritonModelConfig(
-        name=name, platform="onnxruntime_onnx", input_name=inputs[0].name, output_name=graph.output[0].name,
-        input_dims=tuple(in_shape[1:] if dynamic else in_shape), output_dims=tuple(out_shape[1:] if dynamic else out_shape),
+        name=name, platform="onnxruntime_onnx", input_name=inputs[0].name, output_name=outputs[0].name,
+        input_dims=tuple(in_shape[1:] if dynamic else in_shape), output_dims=outputs[0].dims,
         max_batch_size=max_batch if dynamic else 0, preferred_batch_sizes=(max_batch,),
         max_queue_delay_us=max_queue_delay_us, instance_kind="KIND_GPU" if device == "cuda" else "KIND_CPU",
-        instance_count=instances,
+        instance_count=instances, outputs=outputs if len(outputs) > 1 or outputs[0].data_type != "TYPE_FP32" else (),
     )
     text = model_config_text(cfg)
 
@@ -245,13 +287,32 @@ def write_onnx_file_repository(
     return TritonRepoExport(Path(repo), model_dir, cfg, text, files, time.perf_counter() - t0)
 
 
-def _onnx_output_dims(path: Path) -> tuple[int, ...]:
+def _shape(value_info) -> list[int]:
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim]
+
+
+def _graph_outputs(graph, batched: bool) -> tuple[TritonOutput, ...]:
+    """Every graph output as a config entry (dims without the batch axis when ``batched``)."""
+    outputs = []
+    for o in graph.output:
+        elem = o.type.tensor_type.elem_type
+        if elem not in _ONNX_TRITON_TYPES:
+            raise ConfigError(f"output {o.name} has ONNX element type {elem}, which Triton configs cannot describe")
+        dims = _shape(o)
+        outputs.append(TritonOutput(o.name, tuple(dims[1:] if batched else dims), _ONNX_TRITON_TYPES[elem]))
+    return tuple(outputs)
+
+
+def _onnx_outputs(path: Path, batched: bool = True) -> tuple[TritonOutput, ...]:
     from .util import require
 
     onnx = require("onnx", "onnx")
-    proto = onnx.load(str(path), load_external_data=False)
-    dims = proto.graph.output[0].type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
+    return _graph_outputs(onnx.load(str(path), load_external_data=False).graph, batched)
+
+
+def _onnx_output_dims(path: Path) -> tuple[int, ...]:
+    """The first output's dims without the batch axis (the only output of a single-output graph)."""
+    return _onnx_outputs(path)[0].dims
 
 
 def _torch_check(model, input_size, record: dict, tol: float = 1e-4) -> Callable[[Path], None]:
@@ -262,18 +323,21 @@ def _torch_check(model, input_size, record: dict, tol: float = 1e-4) -> Callable
 
         rows = compare_runners(TorchRunner(model, name="torch:deploy"), [OrtRunner(tmp)],
                                random_inputs(input_size, (1, 2), 0))
-        worst = record["rel"] = max(r.diff.rel for r in rows)
+        worst_row = max(rows, key=lambda r: r.diff.rel if r.diff.rel == r.diff.rel else float("inf"))
+        worst = record["rel"] = worst_row.diff.rel
         if not worst <= tol:
-            raise EquivalenceError(f"the exported ONNX model differs from torch by {worst:.3g} (relative), above {tol:g}")
+            which = f" (output {worst_row.output})" if len({r.output for r in rows}) > 1 else ""
+            raise EquivalenceError(f"the exported ONNX model differs from torch by {worst:.3g} (relative){which}, "
+                                   f"above {tol:g}")
 
     return check
 
 
 def export_triton_repository(
     src: str | os.PathLike, repo: str | os.PathLike | None = None, engine: str = "onnx", name: str | None = None,
-    arch: str | None = None, imgsz: int | None = None, max_batch: int | None = None, device: str = "cpu",
-    instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17, simplify: bool = True,
-    force: bool = False,
+    arch: str | None = None, imgsz: int | tuple[int, int] | None = None, max_batch: int | None = None,
+    device: str = "cpu", instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17, simplify: bool = True,
+    force: bool = False, output_names: list[str] | None = None,
 ) -> TritonRepoExport:
     """``acmix-deploy export --format triton``: one model directory in ``repo`` from ``src``.
 
@@ -281,11 +345,14 @@ def export_triton_repository(
     validated against torch); ``max_batch`` defaults to 8.  ``engine="trt"``: ``src`` is an engine
     or a folder of engines with their sidecars; ``max_batch`` defaults to the profiles'.
     ``repo`` defaults to ``model_repository`` beside ``src``, ``name`` to the file's stem.
+    ``imgsz`` is an int (a square) or ``(height, width)``; ``output_names`` names the outputs of a
+    checkpoint's model with several (an ONNX file or engines keep the names they have).
     """
     from .. import __version__
-    from ..pipeline import prepare_deploy, sha256_file
+    from ..pipeline import normalize_imgsz, prepare_deploy, sha256_file
 
     src = Path(src)
+    imgsz = normalize_imgsz(imgsz)
     if max_batch is not None and max_batch < 1:
         raise ConfigError(f"--max-batch must be positive, got {max_batch}")
     if engine not in ("onnx", "trt"):
@@ -300,6 +367,9 @@ def export_triton_repository(
     name = name or (src.name if src.is_dir() else src.name.split(".")[0])
     check_model_name(name)
     common = dict(instances=instances, max_queue_delay_us=max_queue_delay_us, force=force)
+    if output_names is not None and (engine == "trt" or src.suffix == ".onnx"):
+        raise ConfigError("--output-names names the outputs of a checkpoint being exported; an ONNX file or "
+                          "engine keeps the names it was exported with")
     if engine == "trt":
         return write_engine_repository(src, repo, name, max_batch=max_batch, **common)
     onnx_max_batch = 8 if max_batch is None else max_batch
@@ -313,7 +383,7 @@ def export_triton_repository(
     meta = {"arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": src.name,
             "source_sha256": sha256_file(src), "package_version": __version__}
     return write_onnx_repository(prep.deploy, repo, name, prep.input_size, max_batch=onnx_max_batch, device=device,
-                                 opset=opset, simplify=simplify, metadata=meta, **common)
+                                 opset=opset, simplify=simplify, metadata=meta, output_names=output_names, **common)
 
 
 def find_engines(path: str | os.PathLike) -> list[Path]:
@@ -331,24 +401,47 @@ def find_engines(path: str | os.PathLike) -> list[Path]:
     return [path]
 
 
-def _engine_output_dims(engine: Path, meta: dict) -> tuple[int, ...]:
-    """The output shape without batch: the sidecar's ``output_shape`` or the source ONNX found next to the engine."""
-    if "output_shape" in meta:  # the full shape, batch axis first (any value there)
-        shape = meta["output_shape"]
-        if not isinstance(shape, list) or len(shape) < 2 or not all(isinstance(d, int) for d in shape[1:]):
-            raise ExportError(f"{engine.name}: sidecar output_shape must be a list [N, ...] of ints, got {shape!r}")
+def _engine_outputs(engine: Path, meta: dict) -> tuple[TritonOutput, ...]:
+    """Every output of an engine, dims without batch: from the sidecar (``output_shapes``, or ``output_shape``
+    of a single-output engine), else from the source ONNX found next to the engine."""
+    names = list(meta.get("output_names") or [meta["output_name"]])
+
+    def dims_of(shape, what: str) -> tuple[int, ...]:
+        if not isinstance(shape, list) or len(shape) < 1 or not all(isinstance(d, int) for d in shape[1:]):
+            raise ExportError(f"{engine.name}: sidecar {what} must be a list [N, ...] of ints, got {shape!r}")
         return tuple(shape[1:])
+
+    shapes = meta.get("output_shapes")
+    if shapes is not None:  # the full shapes, batch axis first (any value there)
+        if not isinstance(shapes, list) or len(shapes) != len(names):
+            raise ExportError(f"{engine.name}: sidecar output_shapes must give one shape per output {names}, "
+                              f"got {shapes!r}")
+        return tuple(TritonOutput(n, dims_of(sh, "output_shapes")) for n, sh in zip(names, shapes))
+    if "output_shape" in meta and len(names) == 1:
+        shape = meta["output_shape"]
+        if not isinstance(shape, list) or len(shape) < 2:
+            raise ExportError(f"{engine.name}: sidecar output_shape must be a list [N, ...] of ints, got {shape!r}")
+        return (TritonOutput(names[0], dims_of(shape, "output_shape")),)
     digest = meta.get("onnx_sha256")
     if digest:
         from ..pipeline import sha256_file
 
         for candidate in sorted(engine.parent.glob("*.onnx")):
             if sha256_file(candidate) == digest:
-                return _onnx_output_dims(candidate)
+                found = _onnx_outputs(candidate)
+                if [o.name for o in found] != names:
+                    raise ExportError(f"{engine.name}: its source {candidate.name} has outputs "
+                                      f"{[o.name for o in found]}, its sidecar {names}")
+                return found
     raise ExportError(
         f"cannot tell the output shape of {engine.name}: its sidecar has no 'output_shape', and no ONNX file with its "
         f"onnx_sha256 lies next to it; put the source ONNX model in {engine.parent}"
     )
+
+
+def _engine_output_dims(engine: Path, meta: dict) -> tuple[int, ...]:
+    """The first output's dims without the batch axis (see :func:`_engine_outputs`)."""
+    return _engine_outputs(engine, meta)[0].dims
 
 
 def engine_model_config(engines: list[Path], name: str, max_batch: int | None = None, instances: int = 1,
@@ -359,7 +452,7 @@ def engine_model_config(engines: list[Path], name: str, max_batch: int | None = 
     metas = {e: read_engine_sidecar(e) for e in engines}
     first_engine, first = engines[0], metas[engines[0]]
     for e, m in metas.items():
-        for key in ("input_name", "output_name"):
+        for key in ("input_name", "output_names"):
             if m[key] != first[key]:
                 raise ConfigError(f"{e.name} has {key} {m[key]!r} but {first_engine.name} has {first[key]!r}; "
                                   "one model directory holds one model")
@@ -379,9 +472,11 @@ def engine_model_config(engines: list[Path], name: str, max_batch: int | None = 
         if max_batch < 1:
             raise ConfigError(f"--max-batch must be positive, got {max_batch}")
         max_batch_size = min(max_batch_size, max_batch)
-    output_dims = {_engine_output_dims(e, m) for e, m in metas.items()}
-    if len(output_dims) != 1:
-        raise ConfigError(f"the engines disagree on the output shape: {sorted(output_dims)}")
+    engine_outputs = {_engine_outputs(e, m) for e, m in metas.items()}
+    if len(engine_outputs) != 1:
+        shapes = sorted({tuple(o.dims for o in outs) for outs in engine_outputs})
+        raise ConfigError(f"the engines disagree on the output shape: {shapes[0] if len(shapes) == 1 else shapes}")
+    outputs = engine_outputs.pop()
     opt = sorted({p["opt"][0] for p in profiles if p["opt"][0] <= max_batch_size} | {max_batch_size})
 
     filenames: dict[Path, str] = {}
@@ -399,10 +494,11 @@ def engine_model_config(engines: list[Path], name: str, max_batch: int | None = 
                 raise ConfigError(f"{e.name} and {other.name} are both built for compute capability {cc}; keep one")
             filenames[e] = cc_map[cc] = f"model.sm{cc.replace('.', '')}.plan"
     cfg = TritonModelConfig(
-        name=name, platform="tensorrt_plan", input_name=first["input_name"], output_name=first["output_name"],
-        input_dims=input_dims, output_dims=output_dims.pop(), max_batch_size=max_batch_size,
+        name=name, platform="tensorrt_plan", input_name=first["input_name"], output_name=outputs[0].name,
+        input_dims=input_dims, output_dims=outputs[0].dims, max_batch_size=max_batch_size,
         preferred_batch_sizes=tuple(opt), max_queue_delay_us=max_queue_delay_us, instance_kind="KIND_GPU",
         instance_count=instances, cc_model_filenames=cc_map,
+        outputs=outputs if len(outputs) > 1 or outputs[0].data_type != "TYPE_FP32" else (),
     )
     return cfg, filenames
 

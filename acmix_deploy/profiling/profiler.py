@@ -46,7 +46,7 @@ Progress = Callable[[str, int, int], None]
 class ProfileSettings:
     backends: tuple[str, ...] = ()  # () = the natural one for the file (torch for checkpoints)
     batches: tuple[int, ...] = (1,)
-    imgsz: int | None = None
+    imgsz: int | tuple[int, int] | None = None  # a square, or (height, width)
     warmup: int = 5
     iters: int | None = 30
     seconds: float | None = None
@@ -71,8 +71,9 @@ class ProfileSettings:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be positive, got {self.threads}")
-        from ..pipeline import check_device
+        from ..pipeline import check_device, normalize_imgsz
 
+        normalize_imgsz(self.imgsz)  # ConfigError for anything but a positive int or (height, width)
         check_device(self.device)
 
 
@@ -234,9 +235,9 @@ def _ort_layers(path: Path, x: np.ndarray, threads: int | None, runs: int = 3, t
 
     with tempfile.TemporaryDirectory(prefix="acmix-ortprof-") as tmp:
         runner = OrtRunner(path, threads=threads, profile_prefix=os.path.join(tmp, "ort"))
-        runner.infer(x)
+        runner.infer_outputs(x)  # every output: a model with several runs its whole graph
         for _ in range(runs):
-            runner.infer(x)
+            runner.infer_outputs(x)
         events = json.loads(Path(runner.session.end_profiling()).read_text())
     per_op: dict[str, list[float]] = {}
     for e in events:
@@ -253,10 +254,22 @@ def _ort_layers(path: Path, x: np.ndarray, threads: int | None, runs: int = 3, t
 
 
 def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: Progress | None = None) -> dict:
-    """Profile a checkpoint (training or deploy form) or an ONNX file; returns the report dict."""
-    from ..pipeline import sha256_file
+    """Profile a checkpoint (training or deploy form) or an exported file; returns the report dict.
+
+    A model with several outputs is timed producing all of them (every backend runs the whole graph).
+    """
+    from ..pipeline import normalize_imgsz, sha256_file
 
     settings.validate()
+    imgsz = normalize_imgsz(settings.imgsz)
+
+    def check_imgsz(input_size: tuple[int, ...]) -> None:
+        # An exported file has its spatial size built in: an --imgsz that differs cannot apply.
+        if imgsz is not None and tuple(imgsz) != tuple(input_size[1:]):
+            want = "x".join(map(str, imgsz))
+            raise ConfigError(f"{path.name} takes {input_size[1]}x{input_size[2]} inputs (height x width); "
+                              f"--imgsz {want} cannot change that")
+
     path = Path(path)
     if not path.exists():
         raise AcmixDeployError(f"model {path} does not exist")
@@ -287,8 +300,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                     raise ConfigError(f"{path.name} does not record its input size; export it with acmix-deploy")
                 input_size = tuple(target.handle.input_shape[1:])
                 model_info.update({"format": "aoti", "forms": ["aoti"]})
-            if settings.imgsz is not None and settings.imgsz not in input_size[1:]:
-                raise ConfigError(f"{path.name} takes {input_size[1]}x{input_size[2]} inputs; --imgsz cannot change that")
+            check_imgsz(input_size)
             if settings.layers:
                 raise ConfigError("--layers is available for checkpoints and ONNX models")
             targets.append(target)
@@ -303,10 +315,9 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             if not all(isinstance(d, int) for d in shape[1:]):
                 raise ConfigError(f"{path.name} has a dynamic spatial size {shape}; export it with a fixed --imgsz")
             input_size = tuple(shape[1:])
-            if settings.imgsz is not None and settings.imgsz not in input_size[1:]:
-                raise ConfigError(f"{path.name} takes {input_size[1]}x{input_size[2]} inputs; --imgsz cannot change that")
+            check_imgsz(input_size)
             targets.append(probe)
-            model_info.update({"format": "onnx", "forms": ["onnx"]})
+            model_info.update({"format": "onnx", "forms": ["onnx"], "outputs": list(probe.handle.output_names)})
             fixed_batch = shape[0] if isinstance(shape[0], int) else None
             if fixed_batch is not None and any(b != fixed_batch for b in settings.batches):
                 raise ConfigError(f"{path.name} has a static batch of {fixed_batch}; profile --batch {fixed_batch}")
@@ -315,7 +326,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             from ..exporters.onnx import merge_conv_groups_on
             from ..pipeline import prepare_deploy
 
-            prep = prepare_deploy(path, settings.arch, settings.imgsz, check=False)
+            prep = prepare_deploy(path, settings.arch, imgsz, check=False)
             input_size = prep.input_size
             forms: dict[str, nn.Module] = {}
             if prep.training is not None:

@@ -1,7 +1,13 @@
-"""AOTInductor runner: a ``.pt2`` package compiled by :func:`acmix_deploy.exporters.aoti.export_aoti`."""
+"""AOTInductor runner: a ``.pt2`` package compiled by :func:`acmix_deploy.exporters.aoti.export_aoti`.
+
+The package returns the model's output structure (a tensor, nested tuples, a dict); it is flattened with
+:func:`acmix_deploy.outputs.flatten_outputs`, and the names come from the package's
+``acmix_deploy.output_names`` metadata (JSON list) when it records them.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,6 +15,9 @@ import numpy as np
 import torch
 
 from ..errors import AcmixDeployError, InputShapeError
+from ..outputs import flatten_outputs
+from .base import check_single_output, single_output
+from .torch import to_numpy
 
 
 class AotiRunner:
@@ -37,11 +46,22 @@ class AotiRunner:
         self.input_shape = [-1, *map(int, size.split(","))] if size else None
         self.min_batch = int(self.metadata.get("acmix_deploy.min_batch", 1))
         self.max_batch = int(self.metadata["acmix_deploy.max_batch"]) if "acmix_deploy.max_batch" in self.metadata else None
+        try:  # packages written before several outputs were supported record none: one output, "logits"
+            names = json.loads(self.metadata.get("acmix_deploy.output_names", "null"))
+        except json.JSONDecodeError:
+            names = None
+        self.output_names: list[str] | None = names if isinstance(names, list) else None
 
     @torch.inference_mode()
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
         # The package was specialised for its batch range; outside it, results are not guaranteed.
         if self.max_batch is not None and not self.min_batch <= x.shape[0] <= self.max_batch:
             raise InputShapeError(
                 f"batch {x.shape[0]} is outside the package's batch range {self.min_batch}..{self.max_batch}")
-        return self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()
+        out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
+        return [to_numpy(t) for t in flatten_outputs(out)]
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        if self.output_names is not None:
+            check_single_output(len(self.output_names), self.name, self.output_names)  # before running
+        return single_output(self.infer_outputs(x), self.name, self.output_names)

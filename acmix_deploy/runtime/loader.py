@@ -12,19 +12,24 @@ Dispatch is by suffix:
 =================  ===========================================================
 
 Every runner is warmed up with one batch of zeros at the smallest batch it
-accepts; the output shape (without the batch axis) is read from that run, so a
-model that cannot run fails here, at load time, instead of on the first request.
+accepts; the output shapes (without the batch axis) and data types are read
+from that run, so a model that cannot run fails here, at load time, instead of
+on the first request.  A model may have several outputs (a detector's heads):
+:attr:`LoadedModel.outputs` lists them all, in the model's order, named as the
+file records them (:mod:`acmix_deploy.outputs` gives the rule).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import AcmixDeployError, ConfigError
+from ..outputs import SINGLE_OUTPUT_NAME
+from .base import run_outputs
 
 __all__ = ["BACKENDS", "LoadedModel", "TensorSpec", "open_runner", "read_engine_sidecar"]
 
@@ -49,16 +54,60 @@ class TensorSpec:
     shape: tuple[int, ...]  # without the batch axis; -1 for a dynamic axis
 
 
-@dataclass
+# NumPy dtype -> KServe v2 datatype (Triton's config spells them TYPE_<name>, FP32 -> TYPE_FP32).
+V2_DATATYPES = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
+                "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
+
+
+def v2_datatype(dtype) -> str:
+    """The v2 protocol name of a NumPy dtype; one it cannot carry is a clear error."""
+    name = np.dtype(dtype).name
+    if name not in V2_DATATYPES:
+        raise AcmixDeployError(f"an output of dtype {name} cannot be described to Triton or the v2 protocol; "
+                               f"return one of {', '.join(V2_DATATYPES)}")
+    return V2_DATATYPES[name]
+
+
+@dataclass(init=False)
 class LoadedModel:
-    runner: object  # a Runner: .name, .infer(np.float32 NCHW) -> np.ndarray
+    """A runner and the tensors it takes and returns.
+
+    ``outputs`` lists every output; ``output`` is the one output of a single-output model (as before several
+    outputs were supported) and refuses a model with several, so code that handles one cannot pick the
+    first by accident.  ``LoadedModel(..., output=spec)`` is accepted for ``outputs=[spec]``.
+    """
+
+    runner: object  # a Runner: .name, .infer_outputs(np.float32 NCHW) -> list[np.ndarray] (.infer: one output)
     backend: str
     platform: str
     path: Path
     input: TensorSpec
-    output: TensorSpec
-    min_batch: int  # the smallest batch the runner accepts
-    max_batch: int | None  # the largest (None: no limit of the runner's own)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    min_batch: int = 1  # the smallest batch the runner accepts
+    max_batch: int | None = None  # the largest (None: no limit of the runner's own)
+
+    def __init__(self, runner: object, backend: str, platform: str, path: Path, input: TensorSpec,
+                 outputs: list[TensorSpec] | None = None, min_batch: int = 1, max_batch: int | None = None,
+                 output: TensorSpec | None = None):
+        if (outputs is None) == (output is None):
+            raise ConfigError("give LoadedModel either outputs (a list of TensorSpec) or output (one), not both")
+        self.runner, self.backend, self.platform, self.path, self.input = runner, backend, platform, Path(path), input
+        self.outputs = list(outputs) if outputs is not None else [output]  # type: ignore[list-item]
+        if not self.outputs:
+            raise ConfigError("a model needs at least one output")
+        self.min_batch, self.max_batch = min_batch, max_batch
+
+    @property
+    def output(self) -> TensorSpec:
+        if len(self.outputs) != 1:
+            names = ", ".join(o.name for o in self.outputs)
+            raise AcmixDeployError(f"{self.path.name} has {len(self.outputs)} outputs ({names}); use .outputs, "
+                                   "and the runner's infer_outputs(x), to handle all of them")
+        return self.outputs[0]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -71,9 +120,16 @@ def read_engine_sidecar(engine: str | os.PathLike) -> dict:
 
     meta = load_sidecar_json(engine)  # the lenient part: only the keys a runner or Triton config needs
     sidecar = sidecar_path(engine)
-    missing = [k for k in ("input_name", "output_name", "profiles") if k not in meta]
+    missing = [k for k in ("input_name", "profiles") if k not in meta]
+    if "output_name" not in meta and "output_names" not in meta:  # output_names: sidecars of several outputs
+        missing.append("output_name")
     if missing:
         raise AcmixDeployError(f"{sidecar} lacks key(s) {', '.join(missing) or 'all'}")
+    names = meta.get("output_names") or [meta["output_name"]]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names) \
+            or len(set(names)) != len(names):
+        raise AcmixDeployError(f"{sidecar}: 'output_names' must be a list of unique non-empty strings, got {names!r}")
+    meta = {**meta, "output_names": names, "output_name": meta.get("output_name", names[0])}
     profiles = meta["profiles"]
     try:
         ok = bool(profiles) and all(
@@ -110,10 +166,17 @@ def open_runner(
     backend: str | None = None,
     device: str = "cpu",
     arch: str | None = None,
-    imgsz: int | None = None,
+    imgsz: int | tuple[int, int] | None = None,
     threads: int | None = None,
 ) -> LoadedModel:
-    """Open ``path`` with the runner of its format; see the module docstring."""
+    """Open ``path`` with the runner of its format; see the module docstring.
+
+    ``imgsz`` (an int for a square, or ``(height, width)``) sets the input size of checkpoints and of
+    AOTInductor packages that record none; exported files keep the size they were exported with.
+    """
+    from ..pipeline import normalize_imgsz
+
+    imgsz = normalize_imgsz(imgsz)  # a bad value is refused before any file is read
     path = Path(path)
     if not path.exists():
         raise AcmixDeployError(f"model {path} does not exist")
@@ -131,12 +194,12 @@ def open_runner(
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else None
         runner = OrtRunner(path, providers=providers, threads=threads)
-        inp, out = runner.session.get_inputs()[0], runner.session.get_outputs()[0]
+        inp = runner.session.get_inputs()[0]
         if len(inp.shape) != 4:
             raise AcmixDeployError(f"{path.name}: input {inp.name} has shape {inp.shape}; an NCHW image batch is expected")
         if isinstance(inp.shape[0], int) and inp.shape[0] > 0:  # exported with --static
             min_batch = max_batch = inp.shape[0]
-        input_name, output_name = inp.name, out.name
+        input_name, names = inp.name, list(runner.output_names)
         chw = tuple(_dim(d) for d in inp.shape[1:])
         if -1 in chw:
             raise AcmixDeployError(f"{path.name}: input {inp.name} has dynamic C/H/W {inp.shape}; a fixed image size is needed")
@@ -161,15 +224,16 @@ def open_runner(
         profile = meta["profiles"][0]
         min_batch, max_batch = profile["min"][0], profile["max"][0]
         chw = tuple(profile["opt"][1:])
-        input_name, output_name = meta["input_name"], meta["output_name"]
+        input_name, names = meta["input_name"], list(meta["output_names"])
     else:
-        from ..exporters.onnx import INPUT_NAME, OUTPUT_NAME
+        from ..exporters.onnx import INPUT_NAME
 
-        input_name, output_name = INPUT_NAME, OUTPUT_NAME
+        input_name, names = INPUT_NAME, None  # None: the naming rule on what the model returns (see below)
         if backend == "aoti":
             from .aoti import AotiRunner
 
             runner = AotiRunner(path, device)
+            names = runner.output_names
             if runner.input_shape is not None:  # packages written by acmix-deploy record their input
                 chw = tuple(runner.input_shape[1:])
                 min_batch, max_batch = runner.min_batch, runner.max_batch
@@ -189,17 +253,29 @@ def open_runner(
             runner = TorchRunner(prep.deploy, name=f"torch:deploy:{device}", device=device)
 
     try:
-        probe = runner.infer(np.zeros((min_batch, *chw), dtype=np.float32))
+        probes = run_outputs(runner, np.zeros((min_batch, *chw), dtype=np.float32))
     except AcmixDeployError:
         raise
     except Exception as exc:  # a model that cannot run its own input shape
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AcmixDeployError(f"{path.name} fails on a {min_batch}x{'x'.join(map(str, chw))} input: {first}") from None
-    if probe.ndim < 1 or probe.shape[0] != min_batch:
-        raise AcmixDeployError(f"{path.name}: output shape {probe.shape} has no batch axis of size {min_batch}")
+    if names is None:
+        # Torch runners (checkpoints) and AOTInductor packages that record no names: the runner's names from
+        # the naming rule when it has them, else the rule's names for a plain list of this many tensors.
+        names = getattr(runner, "output_names", None) or (
+            [SINGLE_OUTPUT_NAME] if len(probes) == 1 else [f"output{i}" for i in range(len(probes))])
+    if len(names) != len(probes):
+        raise AcmixDeployError(f"{path.name} records {len(names)} output name(s) ({', '.join(names)}) but returns "
+                               f"{len(probes)} output(s); re-export it")
+    outputs = []
+    for name, probe in zip(names, probes):
+        probe = np.asarray(probe)
+        if probe.ndim < 1 or probe.shape[0] != min_batch:
+            raise AcmixDeployError(f"{path.name}: output {name} has shape {probe.shape}, with no batch axis of "
+                                   f"size {min_batch}")
+        outputs.append(TensorSpec(name, v2_datatype(probe.dtype), tuple(int(d) for d in probe.shape[1:])))
     return LoadedModel(
         runner=runner, backend=backend, platform=PLATFORMS[backend], path=path,
         input=TensorSpec(input_name, "FP32", tuple(int(d) for d in chw)),
-        output=TensorSpec(output_name, "FP32", tuple(int(d) for d in probe.shape[1:])),
-        min_batch=min_batch, max_batch=max_batch,
+        outputs=outputs, min_batch=min_batch, max_batch=max_batch,
     )

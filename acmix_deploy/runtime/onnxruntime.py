@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import AcmixDeployError
 from ..exporters.util import require
+from .base import check_single_output
 
 
 class OrtRunner:
@@ -46,7 +47,12 @@ class OrtRunner:
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = self.session.get_inputs()[0].shape
+        self.output_names = [o.name for o in self.session.get_outputs()]
         self.name = f"onnxruntime:{self.providers[0].replace('ExecutionProvider', '')}"
 
+    def infer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        check_single_output(len(self.output_names), self.name, self.output_names)  # before running, not after
+        return self.infer_outputs(x)[0]

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import AcmixDeployError, InputShapeError
 from ..exporters.tensorrt import (EngineSidecar, check_sidecar, current_gpu, read_sidecar, require_tensorrt,
                                   trt_logger)
+from .base import check_single_output
 
 __all__ = ["TrtRunner"]
 
@@ -58,14 +59,22 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise AcmixDeployError(f"{path}: expected one input and one output, found {inputs} and {outputs}")
-        self.input_name, self.output_name = inputs[0], outputs[0]
+        if len(inputs) != 1 or not outputs:
+            raise AcmixDeployError(f"{path}: expected one input and at least one output, found {inputs} and {outputs}")
+        self.input_name = inputs[0]
+        # The engine's I/O order need not be the model's: the sidecar's output_names (the ONNX graph's order) wins.
+        recorded = getattr(self.sidecar, "all_output_names", None) if self.sidecar is not None else None
+        if recorded and sorted(recorded) == sorted(outputs):
+            outputs = list(recorded)
+        self.output_names = outputs
+        self.output_name = outputs[0]  # kept for callers written before several outputs
         lo, _opt, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         self.input_shape = [-1 if lo[0] != hi[0] else int(lo[0]), *map(int, lo[1:])]
         self._torch_dtype = {
-            trt.float32: torch.float32, trt.float16: torch.float16,
+            getattr(trt, k): v for k, v in (("float32", torch.float32), ("float16", torch.float16),
+                                            ("int32", torch.int32), ("int64", torch.int64), ("int8", torch.int8),
+                                            ("bool", torch.bool), ("uint8", torch.uint8)) if hasattr(trt, k)
         }
         self.device = torch.device(device)
         self._torch = torch
@@ -78,8 +87,9 @@ class TrtRunner:
         """Copy ``x`` to the GPU, bind input and output buffers, and return ``run``.
 
         ``run()`` enqueues one execution on torch's current stream and returns
-        the output tensor (on the GPU) without waiting: the profiler times it
-        with CUDA events, so the host-device copies stay outside the timing.
+        the output tensors (on the GPU, one per output in ``output_names`` order)
+        without waiting: the profiler times it with CUDA events, so the host-device
+        copies stay outside the timing.
         """
         torch = self._torch
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
@@ -91,24 +101,31 @@ class TrtRunner:
         in_dtype = self._torch_dtype.get(self.engine.get_tensor_dtype(self.input_name), torch.float32)
         inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device).to(in_dtype).contiguous()
         self.context.set_input_shape(self.input_name, tuple(inp.shape))
-        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
-        out_dtype = self._torch_dtype.get(self.engine.get_tensor_dtype(self.output_name), torch.float32)
-        out = torch.empty(out_shape, dtype=out_dtype, device=self.device)
-        context, input_name, output_name = self.context, self.input_name, self.output_name
+        outs = []
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = self._torch_dtype.get(self.engine.get_tensor_dtype(name), torch.float32)
+            outs.append(torch.empty(shape, dtype=dtype, device=self.device))
+        context, input_name, output_names = self.context, self.input_name, self.output_names
 
         def run():
             # Rebind on every call: several prepared batches may share one execution context.
             context.set_input_shape(input_name, tuple(inp.shape))
             context.set_tensor_address(input_name, inp.data_ptr())
-            context.set_tensor_address(output_name, out.data_ptr())
+            for name, out in zip(output_names, outs):
+                context.set_tensor_address(name, out.data_ptr())
             if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
                 raise AcmixDeployError("TensorRT failed to run the engine (see TensorRT's log above)")
-            return out
+            return outs
 
         return run
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
         with self._lock:
-            out = self.prepare(x)()
+            outs = self.prepare(x)()
             self._torch.cuda.current_stream(self.device).synchronize()
-            return out.float().cpu().numpy()
+            return [(o.float() if o.is_floating_point() else o).cpu().numpy() for o in outs]
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        check_single_output(len(self.output_names), self.name, self.output_names)
+        return self.infer_outputs(x)[0]
