@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-__all__ = ["count_parameters", "count_macs", "OutputDiff", "compare_outputs", "check_equivalence"]
+from .outputs import flatten_outputs, output_names
+
+__all__ = ["count_parameters", "count_macs", "OutputDiff", "compare_outputs", "compare_all_outputs", "check_equivalence"]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -70,6 +72,8 @@ class OutputDiff:
     rel: float
     ref_max: float
     top1_agreement: float | None  # fraction of rows with the same argmax (2-D outputs)
+    output: str | None = None  # which output (models with several: the one with the largest relative error)
+    per_output: dict[str, float] | None = None  # relative error of every output (models with several)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +92,25 @@ def compare_outputs(ref: torch.Tensor, out: torch.Tensor) -> OutputDiff:
     return OutputDiff(max_abs, rel, ref_max, top1)
 
 
+def compare_all_outputs(ref_out, cand_out) -> OutputDiff:
+    """Compare every output of two models (tensor, tuple/list or dict, see :mod:`acmix_deploy.outputs`).
+
+    Returns the comparison of the output with the largest relative error, with ``output`` naming it and
+    ``per_output`` giving every output's relative error when there are several.
+    """
+    names = output_names(ref_out)
+    refs, cands = flatten_outputs(ref_out), flatten_outputs(cand_out)
+    if len(refs) != len(cands):
+        raise ValueError(f"the models return {len(refs)} and {len(cands)} output tensors")
+    diffs = [compare_outputs(r, c) for r, c in zip(refs, cands)]
+    worst = max(range(len(diffs)), key=lambda i: (diffs[i].rel != diffs[i].rel, diffs[i].rel))  # NaN first
+    result = diffs[worst]
+    if len(diffs) > 1:
+        result.output = names[worst]
+        result.per_output = {n: d.rel for n, d in zip(names, diffs)}
+    return result
+
+
 @torch.no_grad()
 def check_equivalence(
     reference: nn.Module,
@@ -96,7 +119,7 @@ def check_equivalence(
     batch: int = 2,
     seed: int = 0,
 ) -> OutputDiff:
-    """Run both models (``eval()``) on the same random normal input and compare outputs."""
+    """Run both models (``eval()``) on the same random normal input and compare every output."""
     gen = torch.Generator().manual_seed(seed)
     param = next(reference.parameters())
     x = torch.randn(batch, *input_size, generator=gen, dtype=param.dtype)
@@ -104,7 +127,7 @@ def check_equivalence(
     reference.eval()
     candidate.eval()
     try:
-        return compare_outputs(reference(x), candidate(x))
+        return compare_all_outputs(reference(x), candidate(x))
     finally:
         reference.train(modes[0])
         candidate.train(modes[1])

@@ -63,7 +63,11 @@ def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> Path:
         raise CheckpointError(f"output directory {path.parent} does not exist")
     if path.is_dir():
         raise CheckpointError(f"output path {path} is a directory; give a file name")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write to output directory {path.parent}: {exc.strerror}; "
+                              "choose a writable one with -o") from None
     os.close(fd)
     try:
         write(tmp)
@@ -123,6 +127,8 @@ class LoadedCheckpoint:
     source_format: str  # "acmix-deploy", "state_dict", or "wrapped:<key>"
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    model_def: dict[str, Any] | None = None  # users' own models: the recorded definition (see user_model)
+    input_size: tuple[int, int, int] | None = None  # users' own models: the recorded (C, H, W)
 
 
 def _torch_load(path: Path) -> Any:
@@ -132,6 +138,9 @@ def _torch_load(path: Path) -> Any:
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    what = _sniff_foreign(path)
+    if what is not None:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is {what}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -140,16 +149,107 @@ def _torch_load(path: Path) -> Any:
         first = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(exc).__name__)
         if "weights_only" in text or "Unsupported global" in text:
             raise CheckpointError(
-                f"{path} contains Python objects other than tensors and plain containers, which are "
-                f"refused for safety (torch.load(weights_only=True)): {first}. Re-save it as a plain "
-                "state dict: torch.save(model.state_dict(), 'weights.pth')"
+                f"{path} holds pickled Python objects, not only tensors and plain containers ({first}): a "
+                "full model or a training container such as torch.save(model) or Ultralytics' {'model': ...} "
+                "writes. Unpickling it would run code from the file, so it is refused. If you trust the file, "
+                "fold it as it is with trust_pickle=True (CLI: acmix-deploy reparam --trust-pickle, plus "
+                "--code-path DIR for the code its classes live in); or save a state dict, "
+                "torch.save(model.state_dict(), 'weights.pth'), and give the model's code with --model-def"
             ) from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError,
+            IndexError, TypeError, OverflowError, MemoryError, RecursionError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {msg}"
         ) from None
+
+
+_ONNX_FIELD_TAGS = {0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42, 0x52, 0x72}  # ModelProto fields after ir_version
+
+
+def _sniff_foreign(path: Path) -> str | None:
+    """What the file is, when its first bytes show it cannot be a PyTorch checkpoint; None when it may be one.
+
+    ``torch.save`` writes a zip archive (since 1.6) or a pickle (legacy,
+    protocol 2: first byte 0x80).  Anything else would reach the legacy
+    unpickler, whose failures (a KeyError on a text file's first byte, or a
+    "weights_only" refusal on random bytes with advice to unpickle anyway)
+    would say nothing useful, so such files are named here instead.
+    """
+    if zipfile.is_zipfile(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:1] == b"\x80":
+        return None
+    if len(head) >= 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] in _ONNX_FIELD_TAGS:
+        return ("an ONNX model (a protobuf ModelProto); serve, compare or profile it as it is "
+                "(acmix-deploy serve/compare/profile), or give the PyTorch checkpoint it was exported from")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and sum(ch.isprintable() or ch in "\r\n\t" for ch in text) >= 0.95 * max(1, len(text)):
+        preview = text[:40].splitlines()[0] if text.strip() else ""
+        return f"a text file (it begins with {preview!r})"
+    return ("neither a zip archive (PyTorch's format since 1.6) nor a pickle (the legacy format): it begins "
+            f"with bytes {head[:8].hex(' ')}; the file is not a checkpoint, or it is damaged")
+
+
+# Bounds on integer architecture arguments recorded in a file: checked before anything is built, so that a
+# damaged or hostile checkpoint cannot make acmix-deploy allocate gigabytes (num_classes = 4,000,000).
+_ARG_LIMITS = {"num_classes": 1 << 20, "img_size": 16384, "in_chans": 4096, "window_size": 1024, "k_att": 63,
+               "head": 1024}
+_DEFAULT_INT_LIMIT = 4096
+
+
+def validate_arch_args(arch: str, arch_args: Any, sd: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse recorded architecture arguments that are not the entrypoint's, have the wrong type or range,
+    or disagree with the state dict's tensor shapes, before any model is built from them."""
+    import inspect
+
+    if not isinstance(arch_args, dict):
+        raise CheckpointError(f"{path}: 'arch_args' is {_describe(arch_args)}, not a dict of arguments")
+    params = inspect.signature(model_entrypoint(arch)).parameters
+    accepted = [p for p in params if p != "deploy"]
+    for key, value in arch_args.items():
+        if not isinstance(key, str) or key not in accepted:
+            raise CheckpointError(f"{path}: recorded argument {key!r} is not one {arch} takes "
+                                  f"(it takes {', '.join(accepted)}); the file is damaged or from another version")
+        annotation = params[key].annotation
+        kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        if kind == "int":
+            limit = _ARG_LIMITS.get(key, _DEFAULT_INT_LIMIT)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+                raise CheckpointError(f"{path}: recorded argument {key}={value!r:.60} is not an integer in 1..{limit}")
+        elif kind == "str":
+            if not isinstance(value, str) or len(value) > 64:
+                raise CheckpointError(f"{path}: recorded argument {key}={value!r:.60} is not a short string")
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise CheckpointError(f"{path}: recorded argument {key}={value!r:.60} is not a boolean")
+        elif not isinstance(value, (int, float, str, bool, type(None))):
+            raise CheckpointError(f"{path}: recorded argument {key} is {_describe(value)}, not a plain value")
+    shapes = _infer_arch_args(arch, sd)
+    for key, value in arch_args.items():
+        if key in shapes and shapes[key] != value:
+            raise CheckpointError(f"{path}: recorded argument {key}={value} disagrees with the state dict, whose "
+                                  f"tensor shapes give {key}={shapes[key]}; the file is damaged")
+
+
+def nonfinite_tensors(sd: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or Inf (a diverged run, a damaged file)."""
+    return [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def require_finite(loaded: "LoadedCheckpoint", path: str | os.PathLike) -> None:
+    """Refuse to fold or export a model with NaN/Inf weights: its outputs would be compared as 'relative error inf'."""
+    bad = nonfinite_tensors(loaded.model.state_dict())
+    if bad:
+        shown = ", ".join(bad[:_SHOWN]) + (f" (and {len(bad) - _SHOWN} more)" if len(bad) > _SHOWN else "")
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values: {shown}; the weights are "
+                              "unusable (a diverged training run or a damaged file); use an earlier checkpoint")
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -248,10 +348,22 @@ def _check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
             )
 
 
-def read_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedCheckpoint:
-    """Read any supported checkpoint into a ready model (``eval()`` mode, CPU)."""
+def read_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def: str | None = None,
+                    model_args: str | dict | None = None) -> LoadedCheckpoint:
+    """Read any supported checkpoint into a ready model (``eval()`` mode, CPU).
+
+    ``model_def`` (``FILE.py:FACTORY`` or ``package.module:FACTORY``, with ``model_args``) builds a user's own
+    network for a weights file (a state dict, bare or wrapped), or overrides the definition recorded in a
+    checkpoint that ``reparam`` wrote for such a network (a moved file).  See :mod:`acmix_deploy.user_model`.
+    """
     path = Path(path)
     obj = _torch_load(path)
+    if (isinstance(obj, dict) and "model_def" in obj) or model_def is not None:
+        if arch is not None:
+            raise CheckpointError("arch names a registry architecture and model_def a user's model: give one of them")
+        from .user_model import read_user_checkpoint  # user_model builds on this module
+
+        return read_user_checkpoint(obj, path, model_def, model_args)
     notes: list[str] = []
     meta: dict[str, Any] = {}
     if isinstance(obj, dict) and "format_version" in obj and "state_dict" in obj:
@@ -307,6 +419,11 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedC
         if arch_args:
             notes.append("inferred from tensor shapes: " + ", ".join(f"{k}={v}" for k, v in arch_args.items()))
     model_entrypoint(arch)  # raises UnknownArchitectureError listing the known ones
+    validate_arch_args(arch, arch_args, sd, path)
+    nonfinite = nonfinite_tensors(sd)
+    if nonfinite:
+        notes.append(f"{len(nonfinite)} tensor(s) hold NaN or Inf values: {', '.join(nonfinite[:_SHOWN])}"
+                     + (f" (and {len(nonfinite) - _SHOWN} more)" if len(nonfinite) > _SHOWN else ""))
     try:
         model = create_model(arch, deploy=deploy, **arch_args)
     except TypeError as exc:
@@ -320,6 +437,7 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedC
     return LoadedCheckpoint(model, arch, arch_args, deploy, source_format, meta, notes)
 
 
-def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> nn.Module:
+def load_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def: str | None = None,
+                    model_args: str | dict | None = None) -> nn.Module:
     """Load a checkpoint (ours, a bare state dict, or a wrapped one) as a ready ``nn.Module``."""
-    return read_checkpoint(path, arch).model
+    return read_checkpoint(path, arch, model_def, model_args).model

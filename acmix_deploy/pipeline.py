@@ -5,17 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.nn as nn
 
 from .analysis import OutputDiff, check_equivalence
-from .checkpoint import LoadedCheckpoint, read_checkpoint
+from .checkpoint import LoadedCheckpoint, read_checkpoint, require_finite
 from .errors import ConfigError, EquivalenceError
-from .reparam import reparameterize_model
+from .reparam import reparameterize
 
-__all__ = ["Prepared", "prepare_deploy", "sha256_file", "default_input_size", "normalize_imgsz", "check_device", "check_output_path"]
+__all__ = ["Prepared", "prepare_deploy", "sha256_file", "default_input_size", "normalize_imgsz", "check_device",
+           "check_output_path", "check_writable"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -44,6 +45,24 @@ def check_output_path(out: Path, src: Path) -> None:
         raise ConfigError(f"output directory {out.parent} does not exist")
     if out.is_dir():
         raise ConfigError(f"output {out} is a directory; give a file name")
+    check_writable(out.parent)
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse a folder that cannot take a new file, before any long fold or export (exit 2, not a traceback after it).
+
+    Tried by creating (and removing) a temporary file there, which is what the
+    atomic write will do: permission bits alone do not tell (root, read-only mounts).
+    """
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".acmix-write-check.", dir=folder)
+    except OSError as exc:
+        raise ConfigError(f"output directory {folder} is not writable ({exc.strerror}); "
+                          "choose another with -o") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def normalize_imgsz(imgsz) -> tuple[int, int] | None:
@@ -81,6 +100,7 @@ class Prepared:
     input_size: tuple[int, int, int]
     fold_seconds: float
     diff: OutputDiff | None  # training vs deploy, when checked
+    leftovers: list = field(default_factory=list)  # reparam.Leftover: what could have been folded and was not
 
 
 def prepare_deploy(
@@ -91,17 +111,22 @@ def prepare_deploy(
     tol: float = 1e-5,
     batch: int = 2,
     seed: int = 0,
+    model_def: str | None = None,
+    model_args: str | dict | None = None,
 ) -> Prepared:
     """Load a checkpoint and return its deploy form, folding (and checking) a training form.
 
-    Raises :class:`EquivalenceError` when the check's relative error exceeds ``tol``.
+    ``model_def``/``model_args`` build a user's own network (see :func:`acmix_deploy.read_checkpoint`).
+    Raises :class:`EquivalenceError` when the check's relative error exceeds ``tol``; what could not be
+    folded is listed in ``Prepared.leftovers``.
     """
-    loaded = read_checkpoint(Path(path), arch)
+    loaded = read_checkpoint(Path(path), arch, model_def, model_args)
+    require_finite(loaded, path)
     input_size = default_input_size(loaded.model, imgsz)
     if loaded.deploy:
         return Prepared(loaded, None, loaded.model, input_size, 0.0, None)
     t0 = time.perf_counter()
-    deploy = reparameterize_model(loaded.model)
+    deploy, report = reparameterize(loaded.model)
     fold_seconds = time.perf_counter() - t0
     diff = None
     if check:
@@ -110,4 +135,4 @@ def prepare_deploy(
             raise EquivalenceError(
                 f"the folded model differs from the training form by {diff.rel:.3g} (relative), above {tol:g}"
             )
-    return Prepared(loaded, loaded.model, deploy, input_size, fold_seconds, diff)
+    return Prepared(loaded, loaded.model, deploy, input_size, fold_seconds, diff, report.leftovers)

@@ -1,0 +1,432 @@
+"""Users' own networks: build them from their code, fold them, record how to rebuild them.
+
+Two ways in, with different trust:
+
+* **A model definition** (``--model-def FILE.py:FACTORY`` or ``package.module:FACTORY``, with
+  ``--model-args JSON``): the user's code builds the network, the weights come from a state dict read with
+  ``torch.load(weights_only=True)`` (bare, or under ``model``/``state_dict``/``ema``/``model_state_dict``),
+  loaded strictly.  The deploy checkpoint records the definition (the reference as given, the resolved file,
+  the factory, its arguments, the file's sha256) and the fold plan; every later command rebuilds the deploy
+  model from that record: import, build, redo the recorded structure changes, load the folded weights strictly.
+* **A pickled full model** (``torch.save(model)``, or training containers such as Ultralytics'
+  ``{"model": DetectionModel, "ema": ..., "epoch": ...}``): unpickling runs code from the file, so it is refused
+  unless the caller says ``trust_pickle=True`` (CLI ``--trust-pickle``); then every module in it is folded (in
+  float64, cast back to its stored dtype) and the container is written back with its other entries kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .analysis import OutputDiff, check_equivalence
+from .errors import CheckpointError, ConfigError
+from .reparam import FoldPlan, ReparamReport, reparameterize
+
+__all__ = ["ModelDef", "parse_model_def", "build_user_model", "find_state_dict", "load_user_weights",
+           "model_channels", "user_checkpoint_payload", "rebuild_from_record", "load_pickled", "fold_pickled",
+           "PickledFold", "DEFAULT_IMGSZ", "FORMAT_VERSION_USER"]
+
+FORMAT_VERSION_USER = 2  # checkpoints that hold a user's model definition instead of a registry architecture
+DEFAULT_IMGSZ = 640  # the input size checks use for users' models when none is recorded or given (YOLO's)
+_WEIGHT_KEYS = ("model", "state_dict", "ema", "model_state_dict", "model_state")
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelDef:
+    """Where a user's network comes from: ``FILE.py:FACTORY`` or ``package.module:FACTORY`` plus arguments."""
+
+    ref: str
+    factory: str
+    args: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None  # resolved file (file references)
+    module: str | None = None  # dotted module (module references)
+    sha256: str | None = None  # of the file, when there is one
+
+    def record(self) -> dict[str, Any]:
+        return {"ref": self.ref, "factory": self.factory, "args": dict(self.args), "path": self.path,
+                "module": self.module, "sha256": self.sha256}
+
+
+def _parse_args(model_args: str | dict | None) -> dict[str, Any]:
+    if model_args is None:
+        return {}
+    if isinstance(model_args, dict):
+        args = model_args
+    else:
+        try:
+            args = json.loads(model_args)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"model_args is not valid JSON ({exc.msg} at character {exc.pos}): {model_args!r}") from None
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise ConfigError(f"model_args must be a JSON object of keyword arguments, got {model_args!r}")
+    return dict(args)
+
+
+def parse_model_def(ref: str, model_args: str | dict | None = None, base: Path | None = None) -> ModelDef:
+    """Check a model reference (``FILE.py:FACTORY`` or ``package.module:FACTORY``) without importing it."""
+    if not isinstance(ref, str) or ref.count(":") < 1:
+        raise ConfigError(f"model_def must be FILE.py:FACTORY or package.module:FACTORY, got {ref!r}")
+    target, _, factory = ref.rpartition(":")
+    if not factory.isidentifier() or not target:
+        raise ConfigError(f"model_def {ref!r}: {factory!r} is not a Python name of a factory function or class")
+    args = _parse_args(model_args)
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        path = Path(target)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        if not path.is_file():
+            raise ConfigError(f"model_def {ref!r}: the file {path} does not exist")
+        path = path.resolve()
+        return ModelDef(ref, factory, args, path=str(path), sha256=_sha256(path))
+    if not all(part.isidentifier() for part in target.split(".")):
+        raise ConfigError(f"model_def {ref!r}: {target!r} is neither a .py file nor a dotted module name")
+    return ModelDef(ref, factory, args, module=target)
+
+
+@contextlib.contextmanager
+def _on_path(dirs: list[str]):
+    added = [d for d in dirs if d not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for d in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(d)
+
+
+def _import_factory(md: ModelDef) -> Callable[..., Any]:
+    try:
+        if md.path is not None:
+            name = f"acmix_deploy_user_{hashlib.sha1(md.path.encode()).hexdigest()[:12]}"
+            module = sys.modules.get(name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(name, md.path)
+                if spec is None or spec.loader is None:
+                    raise ConfigError(f"model_def {md.ref!r}: {md.path} cannot be imported as a Python file")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    with _on_path([str(Path(md.path).parent)]):  # its sibling imports
+                        spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(name, None)
+                    raise
+        else:
+            module = importlib.import_module(md.module)  # type: ignore[arg-type]
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"model_def {md.ref!r}: importing it failed: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, md.factory, None)
+    if not callable(factory):
+        raise ConfigError(f"model_def {md.ref!r}: the module has no callable {md.factory!r}")
+    return factory
+
+
+def build_user_model(md: ModelDef) -> nn.Module:
+    """Import the definition and call its factory with its arguments; the result must be an ``nn.Module``."""
+    factory = _import_factory(md)
+    try:
+        model = factory(**md.args)
+    except Exception as exc:
+        raise ConfigError(f"model_def {md.ref!r}: {md.factory}(**{md.args}) failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model_def {md.ref!r}: {md.factory} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def find_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict in a weights file: bare, or under one of ``model``/``state_dict``/``ema``/... ."""
+    if _is_state_dict(obj):
+        sd, where = obj, "state_dict"
+    else:
+        key = next((k for k in _WEIGHT_KEYS if isinstance(obj, dict) and _is_state_dict(obj.get(k))), None)
+        if key is None:
+            keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(f"{source} holds no state dict (bare or under {', '.join(_WEIGHT_KEYS)}): {keys}")
+        sd, where = obj[key], f"wrapped:{key}"
+    if all(k.startswith("module.") for k in sd):  # DataParallel / DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd, where
+
+
+def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """``load_state_dict(strict=True)`` with a message that lists what does not match."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k} {tuple(sd[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mismatched", shapes)):
+            if items:
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
+        raise CheckpointError(f"{source} does not match {what}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def load_user_weights(model: nn.Module, obj: Any, source: str, what: str) -> str:
+    """Load the state dict found in ``obj`` (already read with ``weights_only=True``) strictly; returns its place."""
+    sd, where = find_state_dict(obj, source)
+    load_strict(model, sd, source, what)
+    return where
+
+
+def model_channels(model: nn.Module) -> int:
+    """The input channels of the network: those of its first convolution (in module order)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    raise ConfigError("the model has no Conv2d to read its input channels from; give the input size explicitly")
+
+
+def user_input_size(model: nn.Module, imgsz=None, recorded=None) -> tuple[int, int, int]:
+    """``(C, H, W)``: channels from the model, size from ``imgsz`` (int or (h, w)), else the recorded one, else 640."""
+    from .pipeline import normalize_imgsz  # pipeline imports checkpoint, which imports this module
+
+    pair = normalize_imgsz(imgsz)
+    if pair is None and recorded is not None:
+        return tuple(int(v) for v in recorded)  # type: ignore[return-value]
+    h, w = pair or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
+    return (model_channels(model), h, w)
+
+
+def user_checkpoint_payload(deploy: nn.Module, md: ModelDef, plan: FoldPlan, input_size, meta: dict) -> dict:
+    """Our checkpoint format for a user's model (format version 2): weights plus the record to rebuild it."""
+    return {
+        "format_version": FORMAT_VERSION_USER,
+        "arch": f"user:{md.factory}",
+        "arch_args": dict(md.args),
+        "model_def": md.record(),
+        "fold_plan": plan.as_dict(),
+        "input_size": [int(v) for v in input_size],
+        "deploy": True,
+        "state_dict": {k: v.detach().cpu() for k, v in deploy.state_dict().items()},
+        "meta": meta,
+    }
+
+
+def _record_model_def(rec: Any, override: str | None, source: str, notes: list[str]) -> ModelDef:
+    if not isinstance(rec, dict) or not isinstance(rec.get("ref"), str) or not isinstance(rec.get("factory"), str):
+        raise CheckpointError(f"{source}: its model_def record is malformed: {str(rec)[:200]}")
+    args = rec.get("args") or {}
+    if not isinstance(args, dict):
+        raise CheckpointError(f"{source}: its model_def arguments are not a mapping: {args!r}")
+    if override is not None:
+        md = parse_model_def(override, args)
+        notes.append(f"model definition {override} (given) instead of the recorded {rec['ref']}")
+        recorded_sha = rec.get("sha256")
+        if md.sha256 and recorded_sha and md.sha256 != recorded_sha:
+            msg = (f"{md.path} differs from the file the checkpoint was folded with (sha256 {recorded_sha[:12]}..., "
+                   f"now {md.sha256[:12]}...); the rebuild is checked against the stored weights only")
+            warnings.warn(msg, stacklevel=3)
+            notes.append("warning: " + msg)
+        return md
+    path, module = rec.get("path"), rec.get("module")
+    if path:
+        if not Path(path).is_file():
+            raise CheckpointError(
+                f"{source} was folded from the model definition {rec['ref']} ({path}), which no longer exists; "
+                "pass its new place with model_def (CLI: --model-def FILE.py:FACTORY)")
+        md = ModelDef(rec["ref"], rec["factory"], dict(args), path=path, sha256=_sha256(path))
+        recorded_sha = rec.get("sha256")
+        if recorded_sha and md.sha256 != recorded_sha:
+            msg = (f"{path} changed since {source} was folded (sha256 {recorded_sha[:12]}... -> {md.sha256[:12]}...); "
+                   "rebuilding from the changed file")
+            warnings.warn(msg, stacklevel=3)
+            notes.append("warning: " + msg)
+        return md
+    if module:
+        return ModelDef(rec["ref"], rec["factory"], dict(args), module=module)
+    raise CheckpointError(f"{source}: its model_def record names neither a file nor a module")
+
+
+def rebuild_from_record(obj: dict, source: str, override: str | None = None) -> tuple[nn.Module, ModelDef, list[str]]:
+    """The deploy model of a user-model checkpoint: import, build, redo the fold plan, load strictly (eval, CPU)."""
+    notes: list[str] = []
+    md = _record_model_def(obj.get("model_def"), override, source, notes)
+    model = build_user_model(md)
+    plan = FoldPlan.from_dict(obj.get("fold_plan") or {})
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, _ = reparameterize(model.eval(), inplace=True, plan=plan)
+    except (ValueError, AttributeError, KeyError) as exc:
+        raise CheckpointError(f"{source}: the recorded fold plan does not fit {md.ref}: {exc}") from None
+    sd = obj.get("state_dict")
+    if not _is_state_dict(sd):
+        raise CheckpointError(f"{source}: its 'state_dict' entry is not a mapping of tensors")
+    load_strict(model, sd, source, f"the deploy form of {md.ref}")
+    size = obj.get("input_size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise CheckpointError(f"{source}: its input_size record {size!r} is not [channels, height, width]")
+    model.default_cfg = {"input_size": tuple(size)}
+    return model.eval(), md, notes
+
+
+# ------------------------------------------------------------------------------------------ pickled full models
+
+def load_pickled(path: str | os.PathLike, code_paths: list[str] | None = None) -> Any:
+    """Unpickle a full model or training container (``weights_only=False``: this RUNS CODE from the file).
+
+    Only called when the user said they trust the file.  ``code_paths`` go on ``sys.path`` first, so that
+    the classes the pickle names (the fork's ``models.common`` etc.) can be imported.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist or is not a file")
+    for d in code_paths or []:
+        if not Path(d).is_dir():
+            raise ConfigError(f"code path {d} is not a directory")
+    try:
+        with _on_path([str(Path(d).resolve()) for d in code_paths or []]):
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path} names a class that cannot be imported ({exc}); put the code that defines it on the "
+            "import path (code_paths; CLI: --code-path DIR)") from None
+    except Exception as exc:
+        raise CheckpointError(f"{path} could not be unpickled: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class PickledFold:
+    """One module of a pickled container, folded."""
+
+    key: str  # the container key ("model", "ema") or "<file>" for a bare pickled module
+    dtype: str
+    report: ReparamReport
+    diff: OutputDiff | None
+
+
+def _module_entries(obj: Any) -> list[str | None]:
+    if isinstance(obj, nn.Module):
+        return [None]
+    if isinstance(obj, dict):
+        return [k for k, v in obj.items() if isinstance(v, nn.Module)]
+    return []
+
+
+def fold_pickled(obj: Any, imgsz=None, check: bool = True, batch: int = 2, seed: int = 0
+                 ) -> tuple[Any, list[PickledFold]]:
+    """Fold every module of an unpickled object; returns the object with the folded modules in place.
+
+    A bare module is replaced; in a dict container every ``nn.Module`` value is folded and every other entry is
+    kept as it is.  Each module is folded in float64 and cast back to its stored dtype and device; with
+    ``check`` the float32 forms of both are compared on every output.
+    """
+    keys = _module_entries(obj)
+    if not keys:
+        what = f"a dict with keys {list(obj)[:8]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise CheckpointError(f"the pickled file holds no nn.Module ({what})")
+    out = obj if isinstance(obj, nn.Module) else dict(obj)
+    folds: list[PickledFold] = []
+    for key in keys:
+        module = obj if key is None else obj[key]
+        param = next(iter(module.parameters()), None)
+        dtype = param.dtype if param is not None else torch.float32
+        device = param.device if param is not None else torch.device("cpu")
+        training = module.training
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            deploy, report = reparameterize(copy.deepcopy(module).to("cpu", torch.float64).eval(), inplace=True)
+        diff = None
+        if check:
+            ref = copy.deepcopy(module).to("cpu", torch.float32).eval()
+            cand = copy.deepcopy(deploy).to(torch.float32).eval()
+            size = user_input_size(ref, imgsz)
+            diff = check_equivalence(ref, cand, size, batch=batch, seed=seed)
+        deploy = deploy.to(device=device, dtype=dtype).train(training)
+        folds.append(PickledFold("<file>" if key is None else str(key), str(dtype).replace("torch.", ""), report, diff))
+        if key is None:
+            out = deploy
+        else:
+            out[key] = deploy
+    return out, folds
+
+
+def pickled_meta(source: Path) -> dict[str, Any]:
+    from . import __version__
+
+    return {"folded_by": f"acmix-deploy {__version__}", "folded_at":
+            _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "source_sha256": _sha256(source)}
+
+
+def read_user_checkpoint(obj: Any, path: Path, model_def: str | None, model_args: str | dict | None):
+    """:func:`acmix_deploy.checkpoint.read_checkpoint` for users' models (see the module docstring)."""
+    from .checkpoint import LoadedCheckpoint
+
+    source = str(path)
+    if isinstance(obj, dict) and "model_def" in obj:
+        version = obj.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION_USER:
+            raise CheckpointError(f"{path} has checkpoint format version {version!r}; this acmix-deploy reads up to "
+                                  f"{FORMAT_VERSION_USER}. Upgrade acmix-deploy.")
+        if model_args is not None and model_def is None:
+            raise ConfigError("model_args without model_def: the checkpoint records its model's arguments")
+        model, md, notes = rebuild_from_record(obj, source, model_def)
+        meta = dict(obj.get("meta") or {})
+        return LoadedCheckpoint(model, f"user:{md.factory}", dict(md.args), True, "acmix-deploy", meta, notes,
+                                model_def=md.record(), input_size=tuple(model.default_cfg["input_size"]))
+    md = parse_model_def(model_def, model_args)  # type: ignore[arg-type]
+    model = build_user_model(md)
+    where = load_user_weights(model, obj, source, f"the model built by {md.ref}")
+    model.eval()
+    cfg = getattr(model, "default_cfg", None)
+    if not (isinstance(cfg, dict) and len(cfg.get("input_size") or ()) == 3):
+        model.default_cfg = {"input_size": user_input_size(model)}  # (C, 640, 640); imgsz overrides H, W
+    return LoadedCheckpoint(model, f"user:{md.factory}", dict(md.args), False, where, {}, [],
+                            model_def=md.record(), input_size=None)
+
+
+def save_user_checkpoint(deploy: nn.Module, path: str | os.PathLike, model_def: dict[str, Any], plan: FoldPlan,
+                         input_size, meta: dict[str, Any] | None = None) -> Path:
+    """Write the deploy form of a user's model with the record that rebuilds it, atomically (weights only)."""
+    from . import __version__
+    from .checkpoint import atomic_write
+
+    rec = dict(model_def)
+    md = ModelDef(rec["ref"], rec["factory"], dict(rec.get("args") or {}), rec.get("path"), rec.get("module"),
+                  rec.get("sha256"))
+    full_meta = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                 "package_version": __version__, "torch_version": str(torch.__version__)}
+    full_meta.update(meta or {})
+    payload = user_checkpoint_payload(deploy, md, plan, input_size, full_meta)
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def save_pickled(obj: Any, path: str | os.PathLike) -> Path:
+    """Write a folded pickled container (or module) back with ``torch.save``, atomically."""
+    from .checkpoint import atomic_write
+
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
