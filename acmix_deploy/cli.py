@@ -179,7 +179,7 @@ def reparam(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Unpickle a full model / training container (runs code from the file!)."),
     code_path: list[Path] = typer.Option([], "--code-path", help="Directory put on the import path for --trust-pickle (repeatable)."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Write the file even if something foldable is left."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write [default: CKPT.deploy.pth]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write (default: CKPT.deploy.pth; pickles keep their suffix)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare every output of both forms before writing."),
     imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help=IMGSZ_HELP),
     batch: int = typer.Option(2, "--batch", min=1, help="Batch size of the check."),
@@ -193,7 +193,7 @@ def reparam(
     from .reparam import reparameterize
     from .user_model import save_user_checkpoint
 
-    out = output or ckpt.with_name(ckpt.stem + ".deploy.pth")
+    out = output or ckpt.with_name(ckpt.stem + ".deploy" + ((ckpt.suffix or ".pt") if trust_pickle else ".pth"))
     if trust_pickle:
         _reparam_pickle(ckpt, out, code_path, _safe_imgsz(imgsz), check, batch, tol, seed, allow_partial)
         return
