@@ -380,7 +380,10 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def:
                 "drop --arch or pass the stored one"
             )
         arch = stored_arch or arch
-        arch_args = dict(obj.get("arch_args") or {})
+        arch_args = obj.get("arch_args") or {}
+        if not isinstance(arch_args, dict):  # checked in full by validate_arch_args below
+            raise CheckpointError(f"{path}: 'arch_args' is {_describe(arch_args)}, not a dict of arguments")
+        arch_args = dict(arch_args)
         deploy = bool(obj.get("deploy", False))
         sd = obj["state_dict"]
         meta = dict(obj.get("meta") or {})

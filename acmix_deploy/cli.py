@@ -188,7 +188,7 @@ def reparam(
 ) -> None:
     """Fold a training checkpoint (registry model, your own model, or a trusted pickle), check it, write it atomically."""
     from .analysis import check_equivalence, count_macs, count_parameters
-    from .checkpoint import read_checkpoint, save_checkpoint
+    from .checkpoint import read_checkpoint, require_finite, save_checkpoint
     from .pipeline import check_output_path, default_input_size, sha256_file
     from .reparam import reparameterize
     from .user_model import save_user_checkpoint
@@ -202,14 +202,15 @@ def reparam(
     try:
         check_output_path(out, ckpt)
         size_arg = _imgsz(imgsz)
-        with console.status(f"reading {escape(str(ckpt))}"):
+        with console.status(f"reading {_safe(ckpt)}"):
             loaded = read_checkpoint(ckpt, arch, model_def, model_args)
         for note in loaded.notes:
-            console.print(f"[dim]note: {escape(note)}[/]", highlight=False, soft_wrap=True)
+            console.print(f"[dim]note: {_safe(note)}[/]", highlight=False, soft_wrap=True)
         if loaded.deploy:
-            console.print(f"{escape(str(ckpt))} is already in deploy form ({escape(loaded.arch)}); nothing to fold, "
+            console.print(f"{_safe(ckpt)} is already in deploy form ({_safe(loaded.arch)}); nothing to fold, "
                           "nothing written.", highlight=False)
             return
+        require_finite(loaded, ckpt)  # NaN/Inf weights: name the tensors, not "relative error inf"
         model = loaded.model
         input_size = default_input_size(model, size_arg)
         t0 = time.perf_counter()
@@ -227,7 +228,7 @@ def reparam(
     except AcmixDeployError as exc:
         _fail(exc)
 
-    table = Table(title=f"{escape(loaded.arch)}: training -> deploy", show_lines=False)
+    table = Table(title=f"{_safe(loaded.arch)}: training -> deploy", show_lines=False)
     table.add_column("")
     table.add_column("training", justify="right")
     table.add_column("deploy", justify="right")
@@ -266,7 +267,7 @@ def reparam(
             save_checkpoint(deploy, out, meta=meta)
     except AcmixDeployError as exc:
         _fail(exc)
-    console.print(f"wrote {escape(str(out))} ({out.stat().st_size / 1e6:.1f} MB)", highlight=False)
+    console.print(f"wrote {_safe(out)} ({out.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
 def _safe_imgsz(values):
@@ -283,20 +284,20 @@ def _reparam_pickle(ckpt, out, code_path, size_arg, check, batch, tol, seed, all
 
     try:
         check_output_path(out, ckpt)
-        with console.status(f"unpickling {escape(str(ckpt))} (trusted)"):
+        with console.status(f"unpickling {_safe(ckpt)} (trusted)"):
             obj = load_pickled(ckpt, [str(p) for p in code_path])
         with console.status("folding every module in the file"):
             folded, folds = fold_pickled(obj, size_arg, check=check, batch=batch, seed=seed)
     except AcmixDeployError as exc:
         _fail(exc)
-    table = Table(title=f"{escape(ckpt.name)}: modules folded")
+    table = Table(title=f"{_safe(ckpt.name)}: modules folded")
     for col in ("entry", "dtype", "adopted", "BN via graph", "left", "worst output", "relative error"):
         table.add_column(col, justify="left" if col in ("entry", "dtype", "worst output") else "right")
     failed = []
     for f in folds:
         _render_report(f.report, f" in {f.key}")
         rel = "" if f.diff is None else f"{f.diff.rel:.3g}"
-        table.add_row(escape(f.key), f.dtype, str(len(f.report.adopted)), str(len(f.report.pairs)),
+        table.add_row(_safe(f.key), f.dtype, str(len(f.report.adopted)), str(len(f.report.pairs)),
                       str(len(f.report.leftovers)), escape(f.diff.output or "") if f.diff else "", rel)
         if f.diff is not None and not f.diff.rel <= tol:
             failed.append(f"{f.key}: relative error {f.diff.rel:.3g}")
@@ -316,8 +317,8 @@ def _reparam_pickle(ckpt, out, code_path, size_arg, check, batch, tol, seed, all
     except AcmixDeployError as exc:
         _fail(exc)
     kept = [k for k in obj if k not in {f.key for f in folds}] if isinstance(obj, dict) else []
-    console.print(f"wrote {escape(str(out))} ({out.stat().st_size / 1e6:.1f} MB); entries kept as they were: "
-                  f"{escape(', '.join(map(str, kept))) or '(none)'}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {_safe(out)} ({out.stat().st_size / 1e6:.1f} MB); entries kept as they were: "
+                  f"{_safe(', '.join(map(str, kept))) or '(none)'}", highlight=False, soft_wrap=True)
 
 
 def _comparison_table(title: str, rows) -> Table:
