@@ -318,3 +318,87 @@ def test_engine_sidecar_lists_every_output(tmp_path, monkeypatch):
     assert (side.output_name, side.output_names, side.all_output_names) == ("cls", ["cls", "boxes"], ["cls", "boxes"])
     assert side.output_shape == [-1, 5] and side.output_shapes == [[-1, 5], [-1, 96, 6]]
     assert read_engine_sidecar(tmp_path / "m.engine")["output_names"] == ["cls", "boxes"]
+
+
+# ----------------------------------------------------------------------------- reduced precision, AOTInductor
+
+
+def test_fp16_and_int8_graphs_keep_every_output(tmp_path):
+    """float16 (I/O kept float32) within 2e-2 of torch on each output; int8 Q/DQ keeps all outputs, named."""
+    model = make()
+    x = np.random.default_rng(1).standard_normal((2, *SIZE)).astype(np.float32)
+    ref = torch_outputs(model, x)
+    f16 = export_onnx(model, tmp_path / "h.onnx", SIZE, fp16=True)
+    got = OrtRunner(f16.path).infer_outputs(x)
+    assert f16.output_names == NESTED_NAMES and all(g.dtype == np.float32 for g in got)
+    for (name, a), b in zip(ref.items(), got):
+        assert rel(a, b) <= 2e-2, name
+
+    calib = np.random.default_rng(2).standard_normal((16, *SIZE)).astype(np.float32)
+    q = export_onnx(model, tmp_path / "q.onnx", SIZE, int8_calibration=calib)
+    proto = onnx.load(str(q.path))
+    assert [o.name for o in proto.graph.output] == NESTED_NAMES
+    assert "QuantizeLinear" in q.op_histogram
+    got = OrtRunner(q.path).infer_outputs(x)
+    assert [g.shape for g in got] == [a.shape for a in ref.values()]
+    assert all(rel(a, b) <= 0.5 for a, b in zip(ref.values(), got))  # int8 of random weights: coarse, but the same heads
+
+
+def test_aoti_package_returns_every_output(tmp_path):
+    from acmix_deploy.exporters.aoti import export_aoti
+    from acmix_deploy.runtime import AotiRunner
+
+    model = make(as_dict=True)
+    checked = []
+
+    def validate(tmp):
+        rows = compare_runners(TorchRunner(model), [AotiRunner(tmp)], random_inputs(SIZE, (1, 3)))
+        checked.extend(rows)
+        assert all(r.diff.rel <= TOL_F32 for r in rows)
+
+    res = export_aoti(model, tmp_path / "d.pt2", SIZE, max_batch=4, validate=validate)
+    assert res.output_names == ["scores", "boxes"] and {r.output for r in checked} == {"scores", "boxes"}
+    runner = AotiRunner(res.path)
+    assert runner.output_names == ["scores", "boxes"]
+    with pytest.raises(AcmixDeployError, match="2 outputs"):
+        runner.infer(np.zeros((1, *SIZE), np.float32))
+    loaded = open_runner(res.path)
+    assert loaded.outputs == [TensorSpec("scores", "FP32", (5,)), TensorSpec("boxes", "FP32", (96, 6))]
+
+
+# ------------------------------------------------------------------------------------------------ profile
+
+
+def test_profile_times_a_model_with_several_outputs(nested_onnx):
+    from acmix_deploy.profiling import ProfileSettings, profile_model
+
+    _, path, _ = nested_onnx
+    report = profile_model(path, ProfileSettings(batches=(1, 2), warmup=1, iters=2, layers=True, imgsz=(32, 48)))
+    assert [r["batch"] for r in report["results"]] == [1, 2]
+    assert report["model"]["outputs"] == NESTED_NAMES and report["model"]["input_size"] == list(SIZE)
+    with pytest.raises(ConfigError, match=r"32x48 inputs.*--imgsz 48x32"):
+        profile_model(path, ProfileSettings(imgsz=(48, 32), iters=1))  # the old check let a swapped pair through
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_output_names_on_a_registry_model(tmp_path):
+    """--output-names renames the one output of a registry model; a wrong count is refused, nothing written."""
+    from typer.testing import CliRunner
+
+    import acmix_deploy as ad
+    from acmix_deploy.cli import app
+
+    ckpt = ad.save_checkpoint(randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=4), 3).eval(),
+                              tmp_path / "tiny.pth")
+    out = tmp_path / "tiny.onnx"
+    res = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(out), "--output-names", "probs"])
+    assert res.exit_code == 0, res.output
+    assert [o.name for o in onnx.load(str(out)).graph.output] == ["probs"]
+    assert open_runner(out).output == TensorSpec("probs", "FP32", (4,))
+    bad = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "b.onnx"), "--output-names", "a,b"])
+    assert bad.exit_code == 2 and "gives 2 name(s), but the model returns 1 tensor(s)" in " ".join(bad.output.split())
+    assert not (tmp_path / "b.onnx").exists()
+    dup = CliRunner().invoke(app, ["export", str(ckpt), "--output-names", "a,a"])
+    assert dup.exit_code == 2 and "unique" in dup.output
