@@ -747,6 +747,13 @@ def serve(
     batch_timeout_ms: float = typer.Option(2.0, "--batch-timeout-ms", help="Longest wait to fill a batch."),
     workers: int = typer.Option(1, "--workers", help="Batches run at once (inference threads)."),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body; larger ones get 413."),
+    max_inflight_mb: float = typer.Option(512.0, "--max-inflight-mb", help="Request bodies held at once; above: 503."),
+    max_decodes: int = typer.Option(2, "--max-decodes", help="Requests decompressed / parsed at once (threads)."),
+    max_connections: int = typer.Option(256, "--max-connections", help="Open connections; further ones get 503."),
+    read_timeout_s: float = typer.Option(10.0, "--read-timeout-s", help="Deadline for headers and each body chunk."),
+    body_timeout_s: float = typer.Option(60.0, "--body-timeout-s", help="Deadline for a whole request body (408)."),
+    keep_alive_s: float = typer.Option(5.0, "--keep-alive-s", help="Idle keep-alive connections closed after this."),
+    graceful_timeout_s: float = typer.Option(30.0, "--graceful-timeout-s", help="SIGTERM: longest wait for requests in flight."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads per batch."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (bare state dicts, .pt2)."),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width (checkpoints, .pt2)."),
@@ -756,7 +763,10 @@ def serve(
     from .serving.app import ServeSettings, serve as run_server
 
     settings = ServeSettings(name=name or model.name.split(".")[0], host=host, port=port, max_batch=max_batch,
-                             batch_timeout_ms=batch_timeout_ms, workers=workers, max_body_mb=max_body_mb)
+                             batch_timeout_ms=batch_timeout_ms, workers=workers, max_body_mb=max_body_mb,
+                             max_inflight_mb=max_inflight_mb, max_decodes=max_decodes, max_connections=max_connections,
+                             read_timeout_s=read_timeout_s, body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s,
+                             graceful_timeout_s=graceful_timeout_s)
 
     def announce(loaded, address) -> None:
         console.print(f"serving {_safe(loaded.path.name)} as {_safe(repr(settings.name))} ({loaded.runner.name}; input "

@@ -26,6 +26,7 @@ function, so recognition never looks at the class name or at ``isinstance``:
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +34,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .modules import ACmix, ACmixDeploy
+from .modules import ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded
+from .modules.swin_acmix import window_attention_deploy_params
 
-__all__ = ["PROBE_TOL", "Adoption", "acmix_structure", "looks_like_acmix", "adopt", "adopt_foreign_operators",
+__all__ = ["PROBE_TOL", "Adoption", "acmix_structure", "swin_attention_structure", "looks_like_acmix",
+           "looks_like_swin_attention", "adopt", "adopt_swin_attention", "adopt_foreign_operators",
            "is_ours", "replace_module", "carry_attributes"]
 
 # The probe compares two float32 evaluations of the same formula (the official
@@ -143,6 +146,60 @@ def looks_like_acmix(m: nn.Module) -> bool:
     return acmix_structure(m)[0] is not None
 
 
+_SWIN_CHILDREN = {"qkv", "proj", "fc", "dep_conv", "attn_drop", "proj_drop", "softmax"}
+
+
+def swin_attention_structure(m: nn.Module) -> tuple[dict[str, Any] | None, str]:
+    """``(hparams, "")`` when ``m`` has the official Swin-form ``WindowAttention_acmix`` structure.
+
+    ``qkv`` (Linear ``C -> 3C``), ``proj`` (Linear ``C -> C``), ``fc`` (1x1 ``3nh -> 9``), ``dep_conv``
+    (3x3 ``9d -> C``, groups ``d``, padding 1), ``rate1``/``rate2``, ``relative_position_bias_table``
+    (``(2w-1)^2 x nh``), the buffer ``relative_position_index`` (``N x N``), attributes ``num_heads``,
+    ``window_size`` (an int or a square pair) and ``scale``.
+    """
+    if isinstance(m, (WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded)):
+        return None, "one of this package's own classes"
+    qkv, proj = m._modules.get("qkv"), m._modules.get("proj")
+    fc, dep = _conv(m, "fc"), _conv(m, "dep_conv")
+    if type(qkv) is not nn.Linear or type(proj) is not nn.Linear or fc is None or dep is None:
+        return None, "no Linear qkv/proj and Conv2d fc/dep_conv"
+    rates = [m._parameters.get(n) for n in ("rate1", "rate2")]
+    table = m._parameters.get("relative_position_bias_table")
+    index = m._buffers.get("relative_position_index")
+    if any(r is None or r.numel() != 1 for r in rates) or table is None or index is None:
+        return None, "no rate1/rate2, relative_position_bias_table or relative_position_index"
+    c = qkv.in_features
+    nh = _int_attr(m, "num_heads")
+    window = _int_attr(m, "window_size")
+    scale = m.__dict__.get("scale")
+    if nh is None or window is None or not isinstance(scale, float) or c % nh:
+        return None, "no integer num_heads and square window_size, or no float scale"
+    d = c // nh
+    n = window * window
+    if qkv.out_features != 3 * c or (proj.in_features, proj.out_features) != (c, c):
+        return None, "qkv / proj do not map dim -> 3 dim / dim -> dim"
+    if (fc.in_channels, fc.out_channels) != (3 * nh, 9) or _pair(fc.kernel_size) != (1, 1):
+        return None, "fc is not a 1x1 convolution 3 num_heads -> 9"
+    if (dep.in_channels, dep.out_channels, dep.groups) != (9 * d, c, d) or _pair(dep.kernel_size) != (3, 3) \
+            or _pair(dep.padding) != (1, 1) or _pair(dep.stride) != (1, 1) or _pair(dep.dilation) != (1, 1) \
+            or dep.padding_mode != "zeros":
+        return None, "dep_conv is not the 3x3 grouped convolution 9 head_dim -> dim, groups head_dim, padding 1"
+    if tuple(table.shape) != ((2 * window - 1) ** 2, nh) or tuple(index.shape) != (n, n):
+        return None, "the relative position table or index does not fit the window"
+    extra = [k for k, child in m.named_children() if k not in _SWIN_CHILDREN and any(True for _ in child.parameters())]
+    extra += [k for k in m._parameters if k not in ("rate1", "rate2", "relative_position_bias_table")
+              and m._parameters[k] is not None]
+    extra += [k for k in m._buffers if k != "relative_position_index" and m._buffers[k] is not None]
+    if extra:
+        return None, f"holds state that the window attention does not have: {', '.join(extra)}"
+    return {"dim": c, "num_heads": nh, "window_size": window, "qkv_bias": qkv.bias is not None,
+            "dep_conv_bias": dep.bias is not None}, ""
+
+
+def looks_like_swin_attention(m: nn.Module) -> bool:
+    return swin_attention_structure(m)[0] is not None
+
+
 @dataclass
 class Adoption:
     """What happened to one module that has the official ACmix structure."""
@@ -158,7 +215,8 @@ class Adoption:
 
     def describe(self) -> str:
         if self.accepted:
-            return (f"{self.path} ({self.source_class}) -> ACmix, probe {'x'.join(map(str, self.probe_shape))} "
+            target = "WindowAttentionACmixFolded" if "window_size" in self.hparams else "ACmix"
+            return (f"{self.path} ({self.source_class}) -> {target}, probe {'x'.join(map(str, self.probe_shape))} "
                     f"agrees to {self.probe_rel:.1e}")
         return f"{self.path} ({self.source_class}) left as it is: {self.reason}"
 
@@ -236,6 +294,72 @@ def adopt(module: nn.Module, path: str = "") -> tuple[ACmix | None, Adoption | N
     return ours, record
 
 
+def _call_swin(m: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Call a window attention in its own convention: ``(x, H, W, mask=)`` (official) or ``(x, mask=)``."""
+    try:
+        params = [p for p in inspect.signature(m.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    takes_hw = len([p for p in params if p.name != "mask"]) >= 3
+    return m(x, x.shape[1], x.shape[2], mask=mask) if takes_hw else m(x, mask=mask)
+
+
+@torch.no_grad()
+def adopt_swin_attention(module: nn.Module, path: str = "") -> tuple[nn.Module | None, Adoption | None]:
+    """:class:`WindowAttentionACmixFolded` equal to a user's copy of the official Swin-form window attention.
+
+    The official module runs at any resolution (a multiple of the window) with the caller's shift mask, and
+    this package's training form is tied to one resolution, so the copy is folded straight into the
+    size-agnostic deploy form, and the probe compares the copy with that deploy form: a ``2w x 3w`` map
+    (six windows) without a mask and with a random 0 / -100 mask, in float32.
+    """
+    hp, _why = swin_attention_structure(module)
+    if hp is None:
+        return None, None
+    param = module.qkv.weight
+    record = Adoption(path or "<root>", type(module).__qualname__, hp, False, None, dtype=str(param.dtype))
+    theirs = copy.deepcopy(module).to("cpu", torch.float32).eval()
+    try:
+        ours = WindowAttentionACmixFolded(hp["dim"], hp["window_size"], hp["num_heads"], hp["qkv_bias"],
+                                          hp["dep_conv_bias"])
+        params = window_attention_deploy_params(theirs, None, None, "factored")
+        if hp["dep_conv_bias"]:
+            params["dep_conv.bias"] = theirs.dep_conv.bias.double() * float(theirs.rate2)
+        ours.load_state_dict({k: v.to(torch.float32) for k, v in params.items()}, strict=True)
+    except Exception as exc:
+        record.reason = f"cannot fold it into the window-attention deploy form: {type(exc).__name__}: {exc}"
+        return None, record
+    w, c = hp["window_size"], hp["dim"]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2 * w, 3 * w, c, generator=gen)
+    n = w * w
+    mask = torch.where(torch.rand(6, n, n, generator=gen) < 0.3, -100.0, 0.0)
+    record.probe_shape = tuple(x.shape)
+    worst = 0.0
+    ours.eval()
+    for m in (None, mask):
+        try:
+            ref = _call_swin(theirs, x, m)
+        except Exception as exc:
+            record.reason = f"its forward fails on the probe {tuple(x.shape)}: {type(exc).__name__}: {exc}"
+            return None, record
+        out = ours(x, mask=m)
+        if not isinstance(ref, torch.Tensor) or ref.shape != out.shape:
+            record.reason = f"its output on the probe has shape {getattr(ref, 'shape', None)}, expected {tuple(out.shape)}"
+            return None, record
+        worst = max(worst, _rel(ref, out))
+    record.probe_rel = worst
+    if not worst <= PROBE_TOL:
+        record.reason = (f"its forward differs from the official window attention by {worst:.3g} (relative, probe "
+                         f"{'x'.join(map(str, x.shape))} with and without a mask, tolerance {PROBE_TOL:g})")
+        return None, record
+    record.accepted = True
+    ours = ours.to(device=param.device, dtype=param.dtype)
+    carry_attributes(module, ours)
+    return ours, record
+
+
 _SKIP_ATTRS = {"training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"}
 
 
@@ -283,6 +407,8 @@ def adopt_foreign_operators(model: nn.Module, only: list[str] | None = None) -> 
         if only is not None and name not in only:
             continue
         ours, record = adopt(m, name)
+        if record is None:
+            ours, record = adopt_swin_attention(m, name)
         if record is None:
             continue
         if ours is None:

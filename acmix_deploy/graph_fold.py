@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 import torch.fx as fx
 import torch.nn as nn
 
-from .foreign import is_ours, looks_like_acmix
-from .modules import ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, XVolution, XVolutionDeploy
+from .foreign import is_ours, looks_like_acmix, looks_like_swin_attention
+from .modules import (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded,
+                      XVolution, XVolutionDeploy)
 
 __all__ = ["BnPairs", "find_bn_pairs"]
 
-_OPERATORS = (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, XVolution, XVolutionDeploy)
+_OPERATORS = (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded,
+              XVolution, XVolutionDeploy)
 _FOLDING_METHODS = ("fuse", "reparameterize", "switch_to_deploy")
 
 
@@ -47,7 +49,7 @@ def _is_leaf(m: nn.Module) -> bool:
         return True
     if is_ours(m) and any(callable(getattr(type(m), n, None)) for n in _FOLDING_METHODS):
         return True  # this package's blocks fold themselves (step 4 of the pass)
-    return not is_ours(m) and looks_like_acmix(m)
+    return not is_ours(m) and (looks_like_acmix(m) or looks_like_swin_attention(m))
 
 
 class _Tracer(fx.Tracer):

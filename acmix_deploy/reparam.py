@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from .fold import fuse_conv_bn
-from .foreign import Adoption, adopt_foreign_operators, carry_attributes, is_ours, looks_like_acmix, replace_module
+from .foreign import (Adoption, adopt_foreign_operators, carry_attributes, is_ours, looks_like_acmix,
+                      looks_like_swin_attention, replace_module)
 from .graph_fold import BnPairs, find_bn_pairs
 from .modules import ACmix, WindowAttentionACmix, XVolution
 
@@ -224,6 +225,8 @@ def _kind(m: nn.Module) -> str | None:
         return type(m).__name__
     if not is_ours(m) and looks_like_acmix(m):
         return f"{type(m).__qualname__}, an official-ACmix look-alike"
+    if not is_ours(m) and looks_like_swin_attention(m):
+        return f"{type(m).__qualname__}, an official Swin-ACmix window-attention look-alike"
     return None
 
 

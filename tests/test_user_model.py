@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 
 import acmix_deploy as ad
 from acmix_deploy.cli import app
-from acmix_deploy.foreign import PROBE_TOL, acmix_structure, adopt
+from acmix_deploy.foreign import PROBE_TOL, acmix_structure, adopt, swin_attention_structure
 from acmix_deploy.graph_fold import find_bn_pairs
-from acmix_deploy.modules import ACmix, ACmixDeploy
+from acmix_deploy.modules import ACmix, ACmixDeploy, WindowAttentionACmixFolded
 from acmix_deploy.outputs import flatten_outputs
 from acmix_deploy.reparam import reparameterize
 from acmix_deploy.testing import randomize_model
@@ -40,14 +40,17 @@ runner = CliRunner()
 
 
 def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and BatchNorm statistics, official ACmix copies' rates included (not the 0.5 init)."""
+    """Random weights, BatchNorm / LayerNorm statistics, copies' rates and position tables (not the init values)."""
     randomize_model(net, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in net.modules():
-            if acmix_structure(m)[0] is not None:
+            if acmix_structure(m)[0] is not None or swin_attention_structure(m)[0] is not None:
                 m.rate1.copy_(0.2 + 0.8 * torch.rand(1, generator=gen))
                 m.rate2.copy_(-1 + 2 * torch.rand(1, generator=gen))
+            if swin_attention_structure(m)[0] is not None:
+                m.relative_position_bias_table.copy_(0.5 * torch.randn(m.relative_position_bias_table.shape,
+                                                                       generator=gen))
     return net.eval()
 
 
@@ -121,6 +124,33 @@ def test_lookalike_is_reported_and_left_alone():
     x = torch.randn(2, 3, 9, 11)
     with torch.no_grad():
         assert rel_error(net(x), deploy(x)) < 1e-5
+
+
+def test_swin_form_copies_adopted_at_any_size_with_the_callers_mask():
+    net = randomize(user_nets.user_swin(), seed=4)
+    deploy, report = reparameterize(net)
+    assert sorted(a.path for a in report.adopted) == ["blocks.0.attn", "blocks.1.attn"]
+    assert all(isinstance(b.attn, WindowAttentionACmixFolded) for b in deploy.blocks)
+    assert report.pairs == [("embed", "embed_bn")] and report.leftovers == [] and ad.is_deploy(deploy)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 48)
+        with torch.no_grad():
+            assert rel_error(net(x), deploy(x)) < 1e-5
+    # the folded attention at another resolution, called in the official convention (x, H, W, mask)
+    theirs, ours = net.blocks[1].attn, deploy.blocks[1].attn
+    x = torch.randn(2, 12, 8, 32)
+    mask = torch.where(torch.rand(6, 16, 16) < 0.4, -100.0, 0.0)
+    with torch.no_grad():
+        assert rel_error(theirs(x, 12, 8, mask), ours(x, 12, 8, mask)) < 1e-5
+        assert rel_error(theirs(x, 12, 8), ours(x, 12, 8)) < 1e-5
+
+
+def test_swin_lookalike_that_drops_the_mask_is_left_alone():
+    net = randomize(user_nets.user_swin(mask_ignoring=True), seed=5)
+    _, report = reparameterize(net)
+    assert report.adopted == [] and len(report.rejected) == 2
+    assert all("differs from the official window attention" in r.reason for r in report.rejected)
+    assert {x.path for x in report.leftovers} == {"blocks.0.attn", "blocks.1.attn"}
 
 
 # ------------------------------------------------------------------------------------- the fold of a detector
@@ -352,3 +382,16 @@ def test_export_three_outputs_checked_in_onnxruntime(deploy_ckpt, yolo, tmp_path
             ref = flatten_outputs(yolo(torch.from_numpy(x)))
         for r, o in zip(ref, got):
             assert rel_error(r, torch.from_numpy(o)) < 1e-5
+
+
+def test_cli_swin_backbone_round_trip(tmp_path):
+    net = randomize(user_nets.user_swin(), seed=6)
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "swin.pth")
+    res = runner.invoke(app, ["reparam", str(tmp_path / "swin.pth"), "--model-def", f"{NETS}:user_swin",
+                              "--imgsz", "32", "48"])
+    assert res.exit_code == 0, res.output
+    assert "-> WindowAttentionACmixFolded" in res.output
+    model = ad.load_checkpoint(tmp_path / "swin.deploy.pth")
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        assert rel_error(net(x), model(x)) < 1e-5

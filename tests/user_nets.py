@@ -275,3 +275,152 @@ class WithLookAlike(nn.Module):
 
     def forward(self, x):
         return self.good(self.bn(self.odd(self.stem(x))))
+
+
+# ---------------------------------------------------------------------------- a user's own Swin-ACmix backbone
+
+def window_partition(x, window_size):
+    B, H, W, C = x.shape
+    x = x.view(B, H // window_size, window_size, W // window_size, window_size, C)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, window_size, window_size, C)
+
+
+def window_reverse(windows, window_size, H, W):
+    B = int(windows.shape[0] / (H * W / window_size / window_size))
+    x = windows.view(B, H // window_size, W // window_size, window_size, window_size, -1)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(B, H, W, -1)
+
+
+class WindowAttention_acmix(nn.Module):
+    """A transcription of the official Swin-form ACmix window attention (``forward(x, H, W, mask)``)."""
+
+    def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None):
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size  # Wh, Ww
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = qk_scale or head_dim ** -0.5
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size[0] - 1) * (2 * window_size[1] - 1), num_heads))
+        coords = torch.stack(torch.meshgrid([torch.arange(window_size[0]), torch.arange(window_size[1])],
+                                            indexing="ij"))
+        coords_flatten = torch.flatten(coords, 1)
+        relative_coords = (coords_flatten[:, :, None] - coords_flatten[:, None, :]).permute(1, 2, 0).contiguous()
+        relative_coords[:, :, 0] += window_size[0] - 1
+        relative_coords[:, :, 1] += window_size[1] - 1
+        relative_coords[:, :, 0] *= 2 * window_size[1] - 1
+        self.register_buffer("relative_position_index", relative_coords.sum(-1))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(0.0)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(0.0)
+        self.softmax = nn.Softmax(dim=-1)
+        self.fc = nn.Conv2d(3 * self.num_heads, 9, kernel_size=1, bias=True)
+        self.dep_conv = nn.Conv2d(9 * dim // self.num_heads, dim, kernel_size=3, bias=True,
+                                  groups=dim // self.num_heads, padding=1)
+        self.rate1 = torch.nn.Parameter(torch.Tensor(1))
+        self.rate2 = torch.nn.Parameter(torch.Tensor(1))
+        self.rate1.data.fill_(0.5)
+        self.rate2.data.fill_(0.5)
+        kernel = torch.zeros(9, 3, 3)
+        for i in range(9):
+            kernel[i, i // 3, i % 3] = 1.0
+        self.dep_conv.weight = nn.Parameter(data=kernel.repeat(self.dim, 1, 1, 1), requires_grad=True)
+        self.dep_conv.bias = None
+
+    def _logits_mask(self, attn, mask, B_, N):
+        nW = mask.shape[0]
+        attn = attn.view(B_ // nW, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+        return attn.view(-1, self.num_heads, N, N)
+
+    def forward(self, x, H, W, mask=None):
+        qkv = self.qkv(x)
+        f_all = qkv.reshape(x.shape[0], H * W, 3 * self.num_heads, -1).permute(0, 2, 1, 3)
+        f_conv = self.fc(f_all).permute(0, 3, 1, 2).reshape(x.shape[0], 9 * x.shape[-1] // self.num_heads, H, W)
+        out_conv = self.dep_conv(f_conv).permute(0, 2, 3, 1)
+        qkv = window_partition(qkv, self.window_size[0])
+        B_, _, _, C = qkv.shape
+        qkv = qkv.view(-1, self.window_size[0] * self.window_size[1], C)
+        N = self.window_size[0] * self.window_size[1]
+        C = C // 3
+        qkv = qkv.reshape(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
+        attn = attn + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+        if mask is not None:
+            attn = self._logits_mask(attn, mask, B_, N)
+        attn = self.attn_drop(self.softmax(attn))
+        x = (attn @ v).transpose(1, 2).reshape(B_, N, C)
+        x = self.proj(x).view(-1, self.window_size[0], self.window_size[1], C)
+        x = window_reverse(x, self.window_size[0], H, W)
+        return self.proj_drop(self.rate1 * x + self.rate2 * out_conv)
+
+
+class MaskIgnoringAttention(WindowAttention_acmix):
+    """Same state as the official window attention, but it drops the shift mask: another function."""
+
+    def _logits_mask(self, attn, mask, B_, N):
+        return attn
+
+
+class SwinBlock(nn.Module):
+    """A user's Swin block around the copied attention (norm1, cyclic shift, attention, MLP)."""
+
+    def __init__(self, dim, resolution, heads, window, shift, attn_cls=WindowAttention_acmix):
+        super().__init__()
+        self.resolution, self.window, self.shift = resolution, window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = attn_cls(dim, (window, window), heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        if shift:
+            H, W = resolution
+            img = torch.zeros(1, H, W, 1)
+            cnt = 0
+            for h in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+                for w in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+                    img[:, h, w, :] = cnt
+                    cnt += 1
+            mw = window_partition(img, window).view(-1, window * window)
+            mask = mw.unsqueeze(1) - mw.unsqueeze(2)
+            mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+        else:
+            mask = None
+        self.register_buffer("attn_mask", mask)
+
+    def forward(self, x):
+        H, W = self.resolution
+        B, L, C = x.shape
+        y = self.norm1(x).view(B, H, W, C)
+        if self.shift:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        y = self.attn(y, H, W, mask=self.attn_mask)
+        if self.shift:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + y.reshape(B, H * W, C)
+        return x + self.mlp(self.norm2(x))
+
+
+class UserSwin(nn.Module):
+    """Patch embedding (conv 4x4/4 + BatchNorm), two Swin-ACmix blocks (plain and shifted), a linear head."""
+
+    def __init__(self, img=(32, 48), dim=32, heads=2, window=4, nc=5, attn_cls=WindowAttention_acmix):
+        super().__init__()
+        self.res = (img[0] // 4, img[1] // 4)
+        self.embed = nn.Conv2d(3, dim, 4, 4)
+        self.embed_bn = nn.BatchNorm2d(dim)
+        self.blocks = nn.ModuleList([SwinBlock(dim, self.res, heads, window, 0, attn_cls),
+                                     SwinBlock(dim, self.res, heads, window, window // 2, attn_cls)])
+        self.head = nn.Linear(dim, nc)
+
+    def forward(self, x):
+        x = self.embed_bn(self.embed(x)).flatten(2).transpose(1, 2)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(x.mean(1))
+
+
+def user_swin(mask_ignoring: bool = False) -> UserSwin:
+    return UserSwin(attn_cls=MaskIgnoringAttention if mask_ignoring else WindowAttention_acmix)

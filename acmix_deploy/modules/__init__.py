@@ -1,7 +1,7 @@
 """Training-form operators and their deploy forms."""
 
 from .acmix import ACmix, ACmixDeploy
-from .swin_acmix import WindowAttentionACmix, WindowAttentionACmixDeploy
+from .swin_acmix import WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded
 from .triton_attention import attention_backend, set_attention_backend, triton_window_attention
 from .window_attention import HaloPlan, halo_attention, make_halo_plan
 from .xvolution import XVolution, XVolutionDeploy
@@ -12,6 +12,7 @@ __all__ = [
     "HaloPlan",
     "WindowAttentionACmix",
     "WindowAttentionACmixDeploy",
+    "WindowAttentionACmixFolded",
     "XVolution",
     "XVolutionDeploy",
     "attention_backend",

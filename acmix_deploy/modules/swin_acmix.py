@@ -36,6 +36,7 @@ __all__ = [
     "shifted_window_mask",
     "WindowAttentionACmix",
     "WindowAttentionACmixDeploy",
+    "WindowAttentionACmixFolded",
     "CONV_FOLDS",
     "choose_conv_fold",
 ]
@@ -348,3 +349,72 @@ class WindowAttentionACmixDeploy(nn.Module):
         out = (att @ t[2]).transpose(1, 2).reshape(-1, n, c)  # (B * nW, N, C), channel head * d + i
         out = window_reverse(self.proj(out).reshape(-1, w, w, c), w, hh, ww)
         return out + conv.permute(0, 2, 3, 1)
+
+
+class WindowAttentionACmixFolded(nn.Module):
+    """Deploy form of a Swin-form ACmix window attention at any resolution, the shift mask given at run time.
+
+    What a user's copy of the official ``WindowAttention_acmix`` becomes (see :mod:`acmix_deploy.foreign`):
+    the official module takes any ``(B, H, W, C)`` map whose sides are multiples of the window and gets the
+    shift mask from its caller, so this form keeps both: ``forward(x, [H, W,] [mask])`` with the official
+    calling conventions.  Folded: ``scale`` into the query rows of ``qkv``, the relative position bias into
+    the constant ``attn_bias`` ``(1, nh, N, N)``, ``rate1`` into ``proj``, ``rate2`` into ``dep_conv``
+    (and its bias, when the copy kept one); ``fc`` reads the scaled query rows with the scale undone in its
+    weight (the factored path of :class:`WindowAttentionACmixDeploy`, exact at every border because ``fc``'s
+    bias is applied before ``dep_conv``'s zero padding, as in the official path).  The block's LayerNorm stays
+    in the user's block.  ``y = proj(softmax(q k^T + attn_bias [+ mask]) v) + dep_conv(fc(qkv))``.
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
+                 dep_conv_bias: bool = False):
+        super().__init__()
+        _check_dims(dim, num_heads, window_size, (window_size, window_size))
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.head_dim = d = dim // num_heads
+        n = window_size**2
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.register_buffer("attn_bias", torch.zeros(1, num_heads, n, n))
+        self.fc = nn.Conv2d(3 * num_heads, 9, kernel_size=1, bias=True)
+        self.dep_conv = nn.Conv2d(9 * d, dim, 3, padding=1, groups=d, bias=dep_conv_bias)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}, any resolution"
+
+    def attention_macs(self, x_shape) -> int:
+        b, hh, ww, c = x_shape
+        return 2 * b * hh * ww * self.window_size**2 * c
+
+    @staticmethod
+    def _mask(args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The mask in the official conventions ``(x, mask)``, ``(x, H, W)``, ``(x, H, W, mask)``, ``mask=``."""
+        if "mask" in kwargs:
+            return kwargs["mask"]
+        if len(args) in (1, 3):
+            return args[-1]
+        return None
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        mask = self._mask(args, kwargs)
+        if x.dim() != 4 or x.shape[-1] != self.dim:
+            raise InputShapeError(f"WindowAttentionACmixFolded: expected a (batch, H, W, {self.dim}) map, "
+                                  f"got {tuple(x.shape)}")
+        b, hh, ww, c = x.shape
+        nh, d, w = self.num_heads, self.head_dim, self.window_size
+        if hh % w or ww % w:
+            raise InputShapeError(f"WindowAttentionACmixFolded: the {hh}x{ww} map is not divisible into "
+                                  f"{w}x{w} windows")
+        n = w * w
+        qkv = self.qkv(x)
+        f = self.fc(qkv.reshape(b, hh * ww, 3 * nh, d).permute(0, 2, 1, 3))
+        conv = self.dep_conv(f.permute(0, 3, 1, 2).reshape(b, 9 * d, hh, ww)).permute(0, 2, 3, 1)
+        t = window_partition(qkv, w).reshape(-1, n, 3, nh, d).permute(2, 0, 3, 1, 4)
+        logits = t[0] @ t[1].transpose(-2, -1) + self.attn_bias
+        if mask is not None:
+            nw = mask.shape[0]
+            logits = (logits.reshape(-1, nw, nh, n, n) + mask.to(logits.dtype)[None, :, None]).reshape(-1, nh, n, n)
+        out = (logits.softmax(dim=-1) @ t[2]).transpose(1, 2).reshape(-1, n, c)
+        out = window_reverse(self.proj(out).reshape(-1, w, w, c), w, hh, ww)
+        return out + conv
