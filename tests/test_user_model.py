@@ -395,3 +395,19 @@ def test_cli_swin_backbone_round_trip(tmp_path):
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         assert rel_error(net(x), model(x)) < 1e-5
+
+
+def test_folded_detector_exports_through_a_plain_torch_onnx_export(folded, yolo, tmp_path):
+    """What the users' own exporters (``yolo export``) call: torch.onnx.export on the module tree."""
+    ort = pytest.importorskip("onnxruntime")
+    deploy, _ = folded
+    x = torch.randn(1, 3, *SIZE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(deploy, (x,), tmp_path / "plain.onnx", dynamo=False, opset_version=17,
+                          input_names=["images"], output_names=["a", "b", "c"])
+    sess = ort.InferenceSession(str(tmp_path / "plain.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        for r, o in zip(flatten_outputs(yolo(x)), got):
+            assert rel_error(r, torch.from_numpy(o)) < 1e-5
