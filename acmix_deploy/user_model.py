@@ -34,7 +34,9 @@ import torch
 import torch.nn as nn
 
 from .analysis import OutputDiff, check_equivalence
+from .checkpoint import LoadedCheckpoint, atomic_write
 from .errors import CheckpointError, ConfigError
+from .pipeline import normalize_imgsz, sha256_file
 from .reparam import FoldPlan, ReparamReport, reparameterize
 
 __all__ = ["ModelDef", "parse_model_def", "build_user_model", "find_state_dict", "load_user_weights",
@@ -44,14 +46,6 @@ __all__ = ["ModelDef", "parse_model_def", "build_user_model", "find_state_dict",
 FORMAT_VERSION_USER = 2  # checkpoints that hold a user's model definition instead of a registry architecture
 DEFAULT_IMGSZ = 640  # the input size checks use for users' models when none is recorded or given (YOLO's)
 _WEIGHT_KEYS = ("model", "state_dict", "ema", "model_state_dict", "model_state")
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -100,7 +94,7 @@ def parse_model_def(ref: str, model_args: str | dict | None = None, base: Path |
         if not path.is_file():
             raise ConfigError(f"model_def {ref!r}: the file {path} does not exist")
         path = path.resolve()
-        return ModelDef(ref, factory, args, path=str(path), sha256=_sha256(path))
+        return ModelDef(ref, factory, args, path=str(path), sha256=sha256_file(path))
     if not all(part.isidentifier() for part in target.split(".")):
         raise ConfigError(f"model_def {ref!r}: {target!r} is neither a .py file nor a dotted module name")
     return ModelDef(ref, factory, args, module=target)
@@ -212,8 +206,6 @@ def model_channels(model: nn.Module) -> int:
 
 def user_input_size(model: nn.Module, imgsz=None, recorded=None) -> tuple[int, int, int]:
     """``(C, H, W)``: channels from the model, size from ``imgsz`` (int or (h, w)), else the recorded one, else 640."""
-    from .pipeline import normalize_imgsz  # pipeline imports checkpoint, which imports this module
-
     pair = normalize_imgsz(imgsz)
     if pair is None and recorded is not None:
         return tuple(int(v) for v in recorded)  # type: ignore[return-value]
@@ -258,7 +250,7 @@ def _record_model_def(rec: Any, override: str | None, source: str, notes: list[s
             raise CheckpointError(
                 f"{source} was folded from the model definition {rec['ref']} ({path}), which no longer exists; "
                 "pass its new place with model_def (CLI: --model-def FILE.py:FACTORY)")
-        md = ModelDef(rec["ref"], rec["factory"], dict(args), path=path, sha256=_sha256(path))
+        md = ModelDef(rec["ref"], rec["factory"], dict(args), path=path, sha256=sha256_file(path))
         recorded_sha = rec.get("sha256")
         if recorded_sha and md.sha256 != recorded_sha:
             msg = (f"{path} changed since {source} was folded (sha256 {recorded_sha[:12]}... -> {md.sha256[:12]}...); "
@@ -379,13 +371,11 @@ def pickled_meta(source: Path) -> dict[str, Any]:
     from . import __version__
 
     return {"folded_by": f"acmix-deploy {__version__}", "folded_at":
-            _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "source_sha256": _sha256(source)}
+            _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "source_sha256": sha256_file(source)}
 
 
 def read_user_checkpoint(obj: Any, path: Path, model_def: str | None, model_args: str | dict | None):
     """:func:`acmix_deploy.checkpoint.read_checkpoint` for users' models (see the module docstring)."""
-    from .checkpoint import LoadedCheckpoint
-
     source = str(path)
     if isinstance(obj, dict) and "model_def" in obj:
         version = obj.get("format_version")
@@ -413,7 +403,6 @@ def save_user_checkpoint(deploy: nn.Module, path: str | os.PathLike, model_def: 
                          input_size, meta: dict[str, Any] | None = None) -> Path:
     """Write the deploy form of a user's model with the record that rebuilds it, atomically (weights only)."""
     from . import __version__
-    from .checkpoint import atomic_write
 
     rec = dict(model_def)
     md = ModelDef(rec["ref"], rec["factory"], dict(rec.get("args") or {}), rec.get("path"), rec.get("module"),
@@ -427,6 +416,4 @@ def save_user_checkpoint(deploy: nn.Module, path: str | os.PathLike, model_def: 
 
 def save_pickled(obj: Any, path: str | os.PathLike) -> Path:
     """Write a folded pickled container (or module) back with ``torch.save``, atomically."""
-    from .checkpoint import atomic_write
-
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
