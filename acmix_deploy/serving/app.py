@@ -33,6 +33,7 @@ disconnected is dropped before it runs.
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import socket
 import time
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ from ..errors import ConfigError
 from ..exporters.util import require
 from .batching import DynamicBatcher
 from .metrics import ServerMetrics
-from .protocol import HEADER_LENGTH, ProtocolError, decode_body, encode_response, json_limit, parse_infer_request
+from ..runtime.base import run_outputs
+from .protocol import DATATYPES, HEADER_LENGTH, ProtocolError, decode_body, encode_outputs, json_limit, parse_infer_request
 
 __all__ = ["MODEL_VERSION", "ServeSettings", "bind_socket", "build_server", "create_app", "serve"]
 
@@ -232,8 +234,16 @@ def create_app(model, settings: ServeSettings):
     metrics = ServerMetrics(settings.name, settings.max_batch)
     runner = model.runner
 
-    def infer(x: np.ndarray) -> np.ndarray:
-        return np.asarray(runner.infer(x), dtype=np.float32)
+    specs = list(model.outputs)
+    out_names = [spec.name for spec in specs]
+    out_dtypes = [DATATYPES.get(spec.datatype, np.dtype(np.float32)) for spec in specs]
+
+    def infer(x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model, each as its declared datatype (split by rows in the batcher)."""
+        ys = run_outputs(runner, x)
+        if len(ys) != len(specs):
+            raise RuntimeError(f"the model returned {len(ys)} outputs, its metadata lists {len(specs)}")
+        return [np.asarray(y, dtype=dt) for y, dt in zip(ys, out_dtypes)]
 
     # Merged batches must stay inside what the model accepts: a fixed batch (static ONNX, a one-size
     # engine) takes no merging, a bounded range (a TensorRT profile) caps it.
@@ -317,7 +327,7 @@ def create_app(model, settings: ServeSettings):
         except ProtocolError as exc:
             return _error(exc.status, str(exc))
         return {"name": settings.name, "versions": [MODEL_VERSION], "platform": model.platform,
-                "inputs": [tensor_meta(model.input)], "outputs": [tensor_meta(model.output)]}
+                "inputs": [tensor_meta(model.input)], "outputs": [tensor_meta(spec) for spec in specs]}
 
     async def model_ready(name: str, version: str | None = None):
         try:
@@ -329,7 +339,7 @@ def create_app(model, settings: ServeSettings):
     def decode_and_parse(raw: bytes, encoding: str | None, header_length: str | None):
         """Runs in the decode pool: inflating and JSON parsing can take long and must not hold the event loop."""
         body = decode_body(raw, encoding, settings.max_body_bytes)
-        return parse_infer_request(body, header_length, model.input.name, model.input.shape, model.output.name,
+        return parse_infer_request(body, header_length, model.input.name, model.input.shape, out_names,
                                    max_rows=max_rows, max_json_bytes=max_json, rows_limit_source=rows_source)
 
     async def model_infer(request: Request, name: str, version: str | None = None):
@@ -368,8 +378,9 @@ def create_app(model, settings: ServeSettings):
             except Exception as exc:  # the model failed on this batch: 500 for these requests only
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 return _error(500, f"inference failed: {first}")
-            body, headers = encode_response(settings.name, MODEL_VERSION, req.id, model.output.name, out,
-                                            req.output_binary)
+            by_name = dict(zip(out_names, out))
+            body, headers = encode_outputs(settings.name, MODEL_VERSION, req.id,
+                                           [(name, by_name[name], binary) for name, binary in req.outputs])
             status = 200
             return Response(content=body, status_code=200, headers=headers)
         except ProtocolError as exc:
@@ -471,8 +482,14 @@ def _guarded_protocol(settings: ServeSettings, metrics: ServerMetrics | None):
             else:
                 self._disarm_header_timer()
 
-        def on_response_complete(self):
-            super().on_response_complete()  # arms the keep-alive timer; the header timer re-arms on new bytes
+        def send_400_response(self, msg: str) -> None:
+            """A request h11 cannot parse (bad request line, header, Content-Length): a JSON error like every other."""
+            body = json.dumps({"error": f"{msg} (malformed HTTP)"}).encode()
+            try:
+                self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                                     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+            finally:
+                self.transport.close()
 
         def connection_lost(self, exc):
             self._disarm_header_timer()

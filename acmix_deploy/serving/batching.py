@@ -17,6 +17,9 @@ Semantics (the same as Triton's dynamic batcher with ``max_batch_size`` and
 * A request whose caller has gone (its future cancelled) is skipped when it
   is taken from the queue, and again just before its batch runs: abandoned
   work is never computed.
+* ``infer`` returns one array, or a list of arrays for a model with several
+  outputs; every output is split by rows, so each request gets its rows of
+  each output (a list when ``infer`` returns a list).
 * The model is row-independent (inference mode, no cross-sample statistics),
   so row ``i`` of a merged batch equals the unbatched result for that row; the
   tests check this against direct runner calls.
@@ -49,7 +52,8 @@ class _Pending:
 
 
 class DynamicBatcher:
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch: int = 8, timeout_s: float = 0.002,
+    def __init__(self, infer: Callable[[np.ndarray], "np.ndarray | list[np.ndarray]"], max_batch: int = 8,
+                 timeout_s: float = 0.002,
                  workers: int = 1, metrics: ServerMetrics | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
@@ -93,8 +97,8 @@ class DynamicBatcher:
                 item.future.set_exception(RuntimeError("server is shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def submit(self, tensor: np.ndarray) -> np.ndarray:
-        """The model's output for ``tensor`` (rows of one request), computed in some batch."""
+    async def submit(self, tensor: np.ndarray) -> "np.ndarray | list[np.ndarray]":
+        """The model's output(s) for ``tensor`` (rows of one request), computed in some batch."""
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
         item = _Pending(tensor, asyncio.get_running_loop().create_future())
@@ -161,8 +165,12 @@ class DynamicBatcher:
             x = live[0].tensor if len(live) == 1 else np.concatenate([p.tensor for p in live], axis=0)
             try:
                 y = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, x)
-                if not isinstance(y, np.ndarray) or y.ndim < 1 or y.shape[0] != x.shape[0]:
-                    raise RuntimeError(f"the model returned shape {getattr(y, 'shape', None)} for a batch of {x.shape[0]}")
+                several = isinstance(y, (list, tuple))
+                ys = list(y) if several else [y]
+                for out in ys:
+                    if not isinstance(out, np.ndarray) or out.ndim < 1 or out.shape[0] != x.shape[0]:
+                        raise RuntimeError(f"the model returned shape {getattr(out, 'shape', None)} for a batch "
+                                           f"of {x.shape[0]}")
             except Exception as exc:
                 for p in live:
                     if not p.future.done():
@@ -173,7 +181,8 @@ class DynamicBatcher:
             start = 0
             for p in live:
                 if not p.future.done():
-                    p.future.set_result(y[start:start + p.rows])
+                    part = [out[start:start + p.rows] for out in ys]
+                    p.future.set_result(part if several else part[0])
                 start += p.rows
         finally:
             self._slots.release()

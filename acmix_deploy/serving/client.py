@@ -95,6 +95,25 @@ class ServingClient:
         _, resp_headers, raw = self._request("POST", f"/v2/models/{model}/infer", body, headers)
         return _decode_output(raw, resp_headers, output_name)
 
+    def infer_outputs(self, model: str, x: np.ndarray, binary: bool = True, outputs: list[str] | None = None,
+                      request_id: str | None = None) -> dict[str, np.ndarray]:
+        """Every output of ``model`` for ``x`` (or those named in ``outputs``), by name, in the response's order."""
+        meta = self._meta_cache(model)
+        names = outputs or [o["name"] for o in meta["outputs"]]
+        x = np.ascontiguousarray(x, dtype="<f4")
+        req: dict = {"inputs": [tensor_entry(meta["inputs"][0]["name"], x, binary)],
+                     "outputs": [{"name": n, "parameters": {"binary_data": binary}} for n in names]}
+        if request_id is not None:
+            req["id"] = request_id
+        head = json.dumps(req).encode()
+        headers = {"Content-Type": "application/octet-stream" if binary else "application/json"}
+        body = head
+        if binary:
+            body = head + x.tobytes()
+            headers[HEADER_LENGTH] = str(len(head))
+        _, resp_headers, raw = self._request("POST", f"/v2/models/{model}/infer", body, headers)
+        return _decode_outputs(raw, resp_headers)
+
     def _meta_cache(self, model: str) -> dict:
         cache = self.__dict__.setdefault("_meta", {})
         if model not in cache:
@@ -117,3 +136,25 @@ def _decode_output(raw: bytes, headers: dict, output_name: str) -> np.ndarray:
             return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
         offset += size or 0
     raise ServingError(f"the response has no output {output_name!r}")
+
+
+_NUMPY = {"FP32": "<f4", "FP16": "<f2", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2", "INT8": "<i1",
+          "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "BOOL": "|b1"}
+
+
+def _decode_outputs(raw: bytes, headers: dict) -> dict[str, np.ndarray]:
+    """Every output of a response, by name: binary ones read in order from after the JSON header."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    n_head = int(lowered.get(HEADER_LENGTH.lower(), len(raw)))
+    resp = json.loads(raw[:n_head])
+    offset, result = n_head, {}
+    for out in resp["outputs"]:
+        dtype = np.dtype(_NUMPY.get(out["datatype"], "<f4"))
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            result[out["name"]] = np.frombuffer(raw, dtype=dtype, count=size // dtype.itemsize,
+                                                offset=offset).reshape(out["shape"]).copy()
+            offset += size
+        else:
+            result[out["name"]] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
+    return result

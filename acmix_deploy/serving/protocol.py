@@ -31,11 +31,12 @@ import json
 import math
 import zlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-__all__ = ["HEADER_LENGTH", "DATATYPES", "InferRequest", "ProtocolError", "decode_body", "encode_response",
-           "json_limit", "loads_json", "parse_infer_request"]
+__all__ = ["HEADER_LENGTH", "DATATYPES", "InferRequest", "ProtocolError", "decode_body", "encode_outputs",
+           "encode_response", "json_limit", "loads_json", "parse_infer_request"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -81,7 +82,12 @@ class ProtocolError(Exception):
 class InferRequest:
     id: str | None
     tensor: np.ndarray  # the model's one input, float32 NCHW
-    output_binary: bool  # return the output as raw bytes
+    outputs: list[tuple[str, bool]]  # (output name, as raw bytes) to return, in response order
+
+    @property
+    def output_binary(self) -> bool:
+        """Whether the first returned output travels as raw bytes (single-output callers)."""
+        return self.outputs[0][1]
 
 
 def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -189,7 +195,7 @@ def loads_json(head: bytes) -> tuple[object, int]:
 _NUMBER_TYPES = {int, float}
 
 
-def _flatten_json_data(data, name: str, expected: int, literals: int = 0) -> np.ndarray:
+def _flatten_json_data(data, name: str, shape: tuple[int, ...], literals: int = 0) -> np.ndarray:
     """JSON ``data``: a flat list or nested lists (row-major) of numbers, as float64.
 
     Only JSON numbers are tensor data (as in Triton): NumPy would quietly
@@ -198,15 +204,21 @@ def _flatten_json_data(data, name: str, expected: int, literals: int = 0) -> np.
     """
     if not isinstance(data, list):
         raise ProtocolError(f"input {name!r}: 'data' must be a (nested) list of numbers")
+    expected = math.prod(shape)
     flat = data
-    for _ in range(JSON_DEPTH_LIMIT):
-        if not flat or not isinstance(flat[0], list):
-            break
-        if not all(type(v) is list for v in flat):
-            raise ProtocolError(f"input {name!r}: 'data' mixes lists and numbers at one nesting level")
-        flat = list(itertools.chain.from_iterable(flat))
-        if len(flat) > expected:
-            break
+    if flat and isinstance(flat[0], list):  # nested: every level must have the shape's length (no ragged lists)
+        if len(flat) != shape[0]:
+            raise ProtocolError(f"input {name!r}: nested 'data' has {len(flat)} rows, the shape {list(shape)} "
+                                f"needs {shape[0]}")
+        for level in range(1, len(shape) + 1):
+            if not flat or not isinstance(flat[0], list):
+                break
+            if level == len(shape):
+                raise ProtocolError(f"input {name!r}: 'data' is nested deeper than the shape {list(shape)}")
+            if not all(type(v) is list and len(v) == shape[level] for v in flat):
+                raise ProtocolError(f"input {name!r}: nested 'data' does not match the shape {list(shape)} at "
+                                    f"level {level} (ragged lists, or lists mixed with numbers)")
+            flat = list(itertools.chain.from_iterable(flat))
     if len(flat) != expected:
         raise ProtocolError(f"input {name!r}: {len(flat)} elements in 'data', the shape needs {expected}")
     kinds = set(map(type, flat))
@@ -241,12 +253,18 @@ def parse_infer_request(
     header_length: str | None,
     input_name: str,
     input_shape: tuple[int, ...],
-    output_name: str,
+    output_name: str | Sequence[str],
     max_rows: int | None = None,
     max_json_bytes: int | None = None,
     rows_limit_source: str = "--max-batch",
 ) -> InferRequest:
-    """Parse one ``POST .../infer`` body for a model with one FP32 input ``(N, *input_shape)`` and one output.
+    """Parse one ``POST .../infer`` body for a model with one FP32 input ``(N, *input_shape)``.
+
+    ``output_name`` is the model's output name, or the list of its output
+    names.  As in Triton, a request without ``outputs`` gets every output
+    (raw bytes when ``parameters.binary_data_output`` is true); one with
+    ``outputs`` gets those it names, in its order, each as raw bytes when its
+    ``parameters.binary_data`` is true (default: ``binary_data_output``).
 
     ``max_rows`` refuses a batch axis above the model's limit (as Triton
     refuses batches above ``max_batch_size``) before any tensor is built;
@@ -317,29 +335,45 @@ def parse_infer_request(
             raise ProtocolError(f"{len(body) - n_header} bytes follow the JSON header, but no input declares binary_data_size")
         if "data" not in entry:
             raise ProtocolError(f"input {input_name!r} has neither 'data' nor binary_data_size")
-        tensor = _flatten_json_data(entry["data"], input_name, count, literals).reshape(shape)
+        tensor = _flatten_json_data(entry["data"], input_name, shape, literals).reshape(shape)
 
-    binary_out = _json_bool(params.get("binary_data_output", False), "parameters.binary_data_output")
+    names = [output_name] if isinstance(output_name, str) else list(output_name)
+    binary_default = _json_bool(params.get("binary_data_output", False), "parameters.binary_data_output")
     outputs = req.get("outputs")
-    if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
-            raise ProtocolError("'outputs' must be a list of objects")
-        for out in outputs:
-            if out.get("name") != output_name:
-                raise ProtocolError(f"unknown output {out.get('name')!r}; this model has one output, {output_name!r}")
-            out_params = out.get("parameters") or {}
-            if not isinstance(out_params, dict):
-                raise ProtocolError(f"output {output_name!r}: 'parameters' must be an object")
-            if out_params.get("classification"):
-                raise ProtocolError("the classification extension is not supported; ask for the raw output")
-            if "binary_data" in out_params:
-                binary_out = _json_bool(out_params["binary_data"], f"output {output_name!r}: parameters.binary_data")
-    return InferRequest(id=req_id, tensor=tensor, output_binary=binary_out)
+    if outputs is None:
+        return InferRequest(id=req_id, tensor=tensor, outputs=[(n, binary_default) for n in names])
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise ProtocolError("'outputs' must be a list of objects")
+    wanted: list[tuple[str, bool]] = []
+    for out in outputs:
+        name = out.get("name")
+        if not isinstance(name, str) or name not in names:
+            has = (f"one output, {names[0]!r}" if len(names) == 1
+                   else f"{len(names)} outputs, " + ", ".join(map(repr, names)))
+            raise ProtocolError(f"unknown output {name!r}; this model has {has}")
+        if any(name == n for n, _ in wanted):
+            raise ProtocolError(f"output {name!r} is requested twice")
+        out_params = out.get("parameters") or {}
+        if not isinstance(out_params, dict):
+            raise ProtocolError(f"output {name!r}: 'parameters' must be an object")
+        if out_params.get("classification"):
+            raise ProtocolError("the classification extension is not supported; ask for the raw output")
+        binary = binary_default
+        if "binary_data" in out_params:
+            binary = _json_bool(out_params["binary_data"], f"output {name!r}: parameters.binary_data")
+        wanted.append((name, binary))
+    if not wanted:  # "outputs": [] asks for nothing in particular: every output, as without the field
+        wanted = [(n, binary_default) for n in names]
+    return InferRequest(id=req_id, tensor=tensor, outputs=wanted)
+
+
+_V2_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
 
 
 def tensor_entry(name: str, array: np.ndarray, binary: bool) -> dict:
-    """The JSON description of an FP32 tensor: its data inline, or its size when the bytes follow the JSON."""
-    tensor: dict = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+    """The JSON description of a tensor: its data inline, or its size when the bytes follow the JSON."""
+    datatype = _V2_NAMES.get(np.dtype(array.dtype).newbyteorder("<"), "FP32")
+    tensor: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
     if binary:
         tensor["parameters"] = {"binary_data_size": array.nbytes}
     else:
@@ -349,14 +383,31 @@ def tensor_entry(name: str, array: np.ndarray, binary: bool) -> dict:
 
 def encode_response(model_name: str, model_version: str, request_id: str | None, output_name: str,
                     output: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
-    """The response body and its extra headers (``Content-Type``, and the header length for binary outputs)."""
-    output = np.ascontiguousarray(output, dtype="<f4")
-    tensor = tensor_entry(output_name, output, binary)
-    resp: dict = {"model_name": model_name, "model_version": model_version, "outputs": [tensor]}
+    """The response body and its extra headers for one FP32 output (see :func:`encode_outputs`)."""
+    return encode_outputs(model_name, model_version, request_id,
+                          [(output_name, np.asarray(output, dtype=np.float32), binary)])
+
+
+def encode_outputs(model_name: str, model_version: str, request_id: str | None,
+                   outputs: Sequence[tuple[str, np.ndarray, bool]]) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers (``Content-Type``, and the header length when any output is binary).
+
+    ``outputs`` is ``(name, array, binary)`` per returned output, in order; the
+    raw bytes of the binary ones follow the JSON in that order (Triton's binary
+    tensor data extension).  Non-finite values in JSON ``data`` are written as
+    ``NaN`` / ``Infinity`` / ``-Infinity``, as Triton writes them.
+    """
+    tensors, blobs = [], []
+    for name, array, binary in outputs:
+        array = np.ascontiguousarray(array, dtype=np.asarray(array).dtype.newbyteorder("<"))
+        tensors.append(tensor_entry(name, array, binary))
+        if binary:
+            blobs.append(array.tobytes())
+    resp: dict = {"model_name": model_name, "model_version": model_version, "outputs": tensors}
     if request_id is not None:
         resp["id"] = request_id
     head = json.dumps(resp, separators=(",", ":")).encode()
-    if not binary:
+    if not blobs:
         return head, {"Content-Type": "application/json"}
-    return head + output.tobytes(), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+    return head + b"".join(blobs), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
 
