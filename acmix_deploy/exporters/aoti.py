@@ -12,6 +12,7 @@ the package's metadata as ``acmix_deploy.output_names`` (a JSON list).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -40,6 +41,11 @@ class AotiExport:
     max_batch: int
     input_shape: tuple[int, ...]
     output_names: list[str] | None = None  # every output, in the order the runner returns them
+
+
+def _shape_caches(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Plain module attributes that hold a ``torch.Size``: the input shapes some heads cache between calls."""
+    return [(m, k) for m in model.modules() for k, v in vars(m).items() if isinstance(v, torch.Size)]
 
 
 def export_aoti(
@@ -75,14 +81,39 @@ def export_aoti(
     x = torch.randn(example, *input_size, device=device)
     with torch.no_grad():
         names = name_outputs(model(x), output_names)  # input-size errors surface here with their own message
-    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=max_batch)}} if dynamic else None
-    try:
+    # Positional, so a forward whose argument is not called ``x`` is captured too.
+    shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if dynamic else None
+
+    def capture(m: nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(model, (x,), dynamic_shapes=shapes)
+            return torch.export.export(m, (x,), dynamic_shapes=shapes)
+
+    try:
+        program = capture(model)
     except Exception as exc:  # torch.export raises many internal types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"torch.export could not capture the model: {first}") from None
+        program = None
+        caches = _shape_caches(model) if dynamic else []
+        if caches:
+            # YOLO-style heads keep the last input's shape (``self.shape = x.shape``) and compare it on the next
+            # call; after any earlier run (ours above, a fold check) that comparison pins the batch axis to the
+            # cached value.  The capture is retried on a copy whose shape caches are empty again, as after
+            # construction; the package is still compared with the model before it is written.
+            fresh = copy.deepcopy(model)
+            for module, key in _shape_caches(fresh):
+                setattr(module, key, None)
+            try:
+                program = capture(fresh)
+            except Exception:
+                program = None
+        if program is None:
+            hint = ""
+            if dynamic and "batch" in str(exc):
+                cached = ", ".join(f"{type(m).__name__}.{k}" for m, k in caches)
+                hint = (f"; the model fixes the batch axis (its forward branches on or stores an input shape"
+                        f"{', e.g. ' + cached if cached else ''}): export a fixed batch with --static --batch N")
+            raise ExportError(f"torch.export could not capture the model: {first}{hint}") from None
 
     stamp = {"acmix_deploy.input_size": ",".join(map(str, input_size)),
              "acmix_deploy.min_batch": str(1 if dynamic else batch),
