@@ -23,6 +23,7 @@ Whatever could have been folded and was not is listed in :attr:`ReparamReport.le
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from dataclasses import dataclass, field
 
@@ -41,9 +42,22 @@ _METHODS = ("fuse", "reparameterize", "switch_to_deploy")
 
 
 def _method(module: nn.Module, name: str):
-    """A method defined on the module's class (never a submodule that happens to have that name)."""
+    """A method defined on the module's class that can be called without arguments, else None.
+
+    Never a submodule that happens to have that name; a user's ``fuse(other)`` that needs arguments is not
+    this convention and is left alone.
+    """
     fn = getattr(type(module), name, None)
-    return getattr(module, name) if callable(fn) else None
+    if not callable(fn):
+        return None
+    bound = getattr(module, name)
+    try:
+        inspect.signature(bound).bind()
+    except TypeError:
+        return None
+    except ValueError:  # no signature (a builtin): assume the convention
+        pass
+    return bound
 
 
 def _replace(parent: nn.Module, name: str, new: nn.Module) -> None:
