@@ -411,3 +411,37 @@ def test_cli_output_names_on_a_registry_model(tmp_path):
     assert not (tmp_path / "b.onnx").exists()
     dup = CliRunner().invoke(app, ["export", str(ckpt), "--output-names", "a,a"])
     assert dup.exit_code == 2 and "unique" in dup.output
+
+
+def test_cli_chain_for_a_user_detector_checkpoint(tmp_path):
+    """A YOLO-style user network (tests/user_nets.py, three heads) folded by ``reparam --model-def`` into a
+    checkpoint that records its definition, then ``export`` (ONNX), ``compare`` and ``export --format triton``:
+    every output named, checked and listed."""
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from acmix_deploy.cli import app
+
+    from . import user_nets
+
+    shutil.copy(Path(user_nets.__file__), tmp_path / "user_nets.py")
+    torch.save({"model": randomize_model(user_nets.yolo_acmix(), 0).state_dict()}, tmp_path / "w.pth")
+    cli = CliRunner()
+    deploy = tmp_path / "w.deploy.pth"
+    res = cli.invoke(app, ["reparam", str(tmp_path / "w.pth"), "--model-def", f"{tmp_path / 'user_nets.py'}:yolo_acmix",
+                           "--imgsz", "128", "160", "-o", str(deploy)])
+    assert res.exit_code == 0, res.output
+    onnx_path = tmp_path / "w.onnx"
+    res = cli.invoke(app, ["export", str(deploy), "-o", str(onnx_path), "--output-names", "p3,p4,p5"])
+    assert res.exit_code == 0, res.output
+    assert [o.name for o in onnx.load(str(onnx_path)).graph.output] == ["p3", "p4", "p5"]
+    assert [o.shape for o in open_runner(onnx_path).outputs] == [(7, 16, 20), (7, 8, 10), (7, 4, 5)]
+    res = cli.invoke(app, ["compare", str(deploy), str(onnx_path)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert all(name in res.output for name in ("p3", "p4", "p5"))
+    res = cli.invoke(app, ["export", str(deploy), "--format", "triton", "-o", str(tmp_path / "repo"), "--name", "yolo"])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "repo" / "yolo" / "config.pbtxt").read_text()
+    assert all(f'name: "output{i}"' in text for i in range(3))
