@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from .errors import AcmixDeployError, InputShapeError
 from .outputs import flatten_outputs, output_names
 
 __all__ = ["count_parameters", "count_macs", "OutputDiff", "compare_outputs", "compare_all_outputs", "check_equivalence"]
@@ -58,7 +59,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) ->
     was_training = model.training
     model.eval()
     try:
-        model(x)
+        _run(model, x, "the")
     finally:
         model.train(was_training)
         for h in hooks:
@@ -111,6 +112,19 @@ def compare_all_outputs(ref_out, cand_out) -> OutputDiff:
     return result
 
 
+def _run(model: nn.Module, x: torch.Tensor, which: str):
+    """``model(x)``; an error from inside the user's or torch's code becomes an ``InputShapeError`` naming the input."""
+    try:
+        return model(x)
+    except AcmixDeployError:
+        raise
+    except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputShapeError(
+            f"{which} model cannot run on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {first[:300]}. "
+            "Choose an input size the network takes (imgsz; CLI: --imgsz N or --imgsz H W)") from None
+
+
 @torch.no_grad()
 def check_equivalence(
     reference: nn.Module,
@@ -127,7 +141,7 @@ def check_equivalence(
     reference.eval()
     candidate.eval()
     try:
-        return compare_all_outputs(reference(x), candidate(x))
+        return compare_all_outputs(_run(reference, x, "the reference"), _run(candidate, x, "the candidate"))
     finally:
         reference.train(modes[0])
         candidate.train(modes[1])

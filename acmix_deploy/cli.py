@@ -342,7 +342,9 @@ def export(
     trt: bool = typer.Option(False, "--trt", help="Shorthand for --format engine: a TensorRT engine (needs a GPU)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file [default: CKPT with the format's suffix]."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
-    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width [default: the arch's]."),
+    imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help=IMGSZ_HELP),
+    model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own model: FILE.py:FACTORY or package.module:FACTORY (a moved definition, or a bare state dict)."),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help="Keyword arguments of the factory, as a JSON object."),
     batch: int = typer.Option(1, "--batch", help="Batch size of the example input (the fixed batch with --static)."),
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch axis."),
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="TensorRT profile: smallest batch [1]."),
@@ -389,6 +391,7 @@ def export(
         where = "--format triton" if fmt == "triton" else "Triton repositories (--format triton)"
         verb = "do not apply to" if fmt == "triton" else "apply to"
         _fail(AcmixDeployError(f"{', '.join(wrong)} {verb} {where}"))
+    size_arg = _safe_imgsz(imgsz)
     names = None
     if output_names is not None:
         names = [n.strip() for n in output_names.split(",")]
@@ -396,8 +399,8 @@ def export(
             _fail(AcmixDeployError(f"--output-names must be unique non-empty names separated by commas, "
                                    f"got {output_names!r}"))
     if fmt == "triton":
-        _export_triton(ckpt, output, engine, model_name, arch, imgsz, max_batch, device, instances, queue_delay_us,
-                       opset, simplify, force, output_names=names)
+        _export_triton(ckpt, output, engine, model_name, arch, size_arg, max_batch, device, instances, queue_delay_us,
+                       opset, simplify, force, output_names=names, model_def=model_def, model_args=model_args)
         return
 
     if trt:
@@ -405,7 +408,8 @@ def export(
             _fail(AcmixDeployError(f"--trt is --format engine; it cannot be combined with --format {fmt}"))
         fmt = "engine"
     opts = ExportOptions(
-        fmt=fmt, output=output, arch=arch, imgsz=imgsz, batch=batch, dynamic=dynamic, opset=opset,
+        fmt=fmt, output=output, arch=arch, model_def=model_def, model_args=model_args, imgsz=size_arg, batch=batch,
+        dynamic=dynamic, opset=opset,
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, device=device, simplify=simplify, fp16=fp16,
         int8=int8, calib=calib, calib_limit=calib_limit, tol=tol, min_top1=min_top1, seed=seed,
         workspace_gb=workspace, timing_cache=timing_cache, opt_level=opt_level,
@@ -443,8 +447,9 @@ def export(
 
 
 def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[str], arch: Optional[str],
-                   imgsz: Optional[int], max_batch: Optional[int], device: str, instances: int, queue_delay_us: int,
-                   opset: int, simplify: bool, force: bool, output_names: Optional[list] = None) -> None:
+                   imgsz, max_batch: Optional[int], device: str, instances: int, queue_delay_us: int,
+                   opset: int, simplify: bool, force: bool, output_names: Optional[list] = None,
+                   model_def: Optional[str] = None, model_args: Optional[str] = None) -> None:
     """``export --format triton``: a Triton model repository (see acmix_deploy.exporters.triton)."""
     from .exporters.triton import export_triton_repository
 
@@ -453,7 +458,8 @@ def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[
             res = export_triton_repository(src, repo, engine=engine, name=name, arch=arch, imgsz=imgsz,
                                            max_batch=max_batch, device=device, instances=instances,
                                            max_queue_delay_us=queue_delay_us, opset=opset, simplify=simplify,
-                                           force=force, output_names=output_names)
+                                           force=force, output_names=output_names, model_def=model_def,
+                                           model_args=model_args)
     except EquivalenceError as exc:
         _fail(exc, code=1)
     except AcmixDeployError as exc:
@@ -484,7 +490,9 @@ def compare(
     ckpt: Path = typer.Argument(..., help="Checkpoint: the reference (its training form when it has one)."),
     models: list[Path] = typer.Argument(None, help="Exported models to compare (.onnx, .pt2, .engine)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
-    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width [default: the arch's]."),
+    imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help=IMGSZ_HELP),
+    model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own model: FILE.py:FACTORY or package.module:FACTORY (a moved definition, or a bare state dict)."),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help="Keyword arguments of the factory, as a JSON object."),
     batch: list[int] = typer.Option([1, 3], "--batch", help="Batch sizes (repeat the option for several)."),
     tol: float = typer.Option(1e-4, "--tol", help="Largest accepted relative error (float32)."),
     seed: int = typer.Option(0, "--seed"),
@@ -497,7 +505,7 @@ def compare(
     try:
         if any(b < 1 for b in batch):
             raise AcmixDeployError(f"--batch values must be positive, got {batch}")
-        prep = prepare_deploy(ckpt, arch, imgsz, check=False)
+        prep = prepare_deploy(ckpt, arch, _imgsz(imgsz), check=False, model_def=model_def, model_args=model_args)
         if prep.training is not None:
             reference = TorchRunner(prep.training, name="torch:training")
             candidates = [TorchRunner(prep.deploy, name="torch:deploy")]
@@ -563,7 +571,9 @@ def profile(
     backend: list[str] = typer.Option(None, "--backend", "-b", help="torch, torch-compile, onnxruntime, aoti, tensorrt (repeatable) [the file's: torch for checkpoints, onnxruntime for .onnx, aoti for .pt2, tensorrt for .engine]."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     batch: list[int] = typer.Option([1], "--batch", help="Batch sizes (repeatable)."),
-    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width [default: the arch's]."),
+    imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help=IMGSZ_HELP),
+    model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own model: FILE.py:FACTORY or package.module:FACTORY (a moved definition, or a bare state dict)."),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help="Keyword arguments of the factory, as a JSON object."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed runs before timing."),
     iters: int = typer.Option(30, "--iters", help="Timed runs (ignored with --seconds)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Time for this long instead of --iters."),
@@ -582,8 +592,9 @@ def profile(
     from .profiling import ProfileSettings, profile_model, save_json
 
     settings = ProfileSettings(
-        backends=tuple(backend or ()), batches=tuple(batch), imgsz=imgsz, warmup=warmup, iters=iters, seconds=seconds,
-        threads=threads, device=device, compare_forms=compare_forms, layers=layers, arch=arch,
+        backends=tuple(backend or ()), batches=tuple(batch), imgsz=_safe_imgsz(imgsz), warmup=warmup, iters=iters,
+        seconds=seconds, threads=threads, device=device, compare_forms=compare_forms, layers=layers, arch=arch,
+        model_def=model_def, model_args=model_args,
     )
     try:
         settings.validate()
@@ -756,7 +767,9 @@ def serve(
     graceful_timeout_s: float = typer.Option(30.0, "--graceful-timeout-s", help="SIGTERM: longest wait for requests in flight."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads per batch."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (bare state dicts, .pt2)."),
-    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input height and width (checkpoints, .pt2)."),
+    imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help="Input size of checkpoints and .pt2 packages: N or H W."),
+    model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own model: FILE.py:FACTORY or package.module:FACTORY (a moved definition, or a bare state dict)."),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help="Keyword arguments of the factory, as a JSON object."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve a model over HTTP with the KServe v2 / Triton inference protocol (dynamic batching, /metrics)."""
@@ -776,8 +789,8 @@ def serve(
     try:
         if not model.exists():
             raise AcmixDeployError(f"model {model} does not exist")
-        run_server(model, settings, backend=backend, device=device, arch=arch, imgsz=imgsz, threads=threads,
-                   log_level=log_level, on_ready=announce)
+        run_server(model, settings, backend=backend, device=device, arch=arch, imgsz=_imgsz(imgsz), threads=threads,
+                   log_level=log_level, on_ready=announce, model_def=model_def, model_args=model_args)
     except AcmixDeployError as exc:
         _fail(exc)
 

@@ -411,3 +411,26 @@ def test_folded_detector_exports_through_a_plain_torch_onnx_export(folded, yolo,
     with torch.no_grad():
         for r, o in zip(flatten_outputs(yolo(x)), got):
             assert rel_error(r, torch.from_numpy(o)) < 1e-5
+
+
+def test_cli_size_the_network_cannot_take_is_a_clear_error(workdir):
+    res = runner.invoke(app, ["reparam", str(workdir / "weights.pth"), "--model-def",
+                              f"{workdir / 'user_nets.py'}:yolo_acmix", "--imgsz", "64", "96", "--no-check"])
+    assert res.exit_code == 2 and "cannot run on an input of shape (1, 3, 64, 96)" in res.output
+    assert "--imgsz" in res.output and "Traceback" not in res.output
+
+
+def test_cli_commands_take_the_model_definition(workdir, tmp_path):
+    """compare / export on the user's bare weights with --model-def, no reparam first; --imgsz H W."""
+    res = runner.invoke(app, ["compare", str(workdir / "weights.pth"), "--model-def",
+                              f"{workdir / 'user_nets.py'}:yolo_acmix", "--imgsz", "128", "160", "--batch", "1"])
+    assert res.exit_code == 0, res.output
+    assert "output2" in res.output and "torch:deploy" in res.output
+    res = runner.invoke(app, ["export", str(workdir / "weights.pth"), "--model-def",
+                              f"{workdir / 'user_nets.py'}:yolo_acmix", "--imgsz", "128", "160",
+                              "-o", str(tmp_path / "bare.onnx")])
+    assert res.exit_code == 0, res.output
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(tmp_path / "bare.onnx")
+    dims = [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 128, 160] and len(proto.graph.output) == 3

@@ -31,6 +31,8 @@ class ExportOptions:
     fmt: str = "onnx"
     output: Path | None = None
     arch: str | None = None
+    model_def: str | None = None  # a user's model: FILE.py:FACTORY or package.module:FACTORY
+    model_args: str | dict | None = None  # its factory's keyword arguments (JSON object or dict)
     imgsz: int | tuple[int, int] | None = None  # a square, or (height, width)
     batch: int = 1
     dynamic: bool = True
@@ -178,7 +180,7 @@ def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) 
         require_tensorrt()  # before the fold: a machine without TensorRT or a GPU stops here, at no cost
     out = opts.output
     t0 = time.perf_counter()
-    prep = prepare_deploy(ckpt, opts.arch, opts.imgsz)
+    prep = prepare_deploy(ckpt, opts.arch, opts.imgsz, model_def=opts.model_def, model_args=opts.model_args)
     if prep.diff is not None:
         say(f"folded the training form in {prep.fold_seconds * 1000:.0f} ms "
             f"(relative error vs training form {prep.diff.rel:.2g})")

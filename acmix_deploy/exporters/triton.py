@@ -187,7 +187,8 @@ def write_onnx_repository(
     model, repo: str | os.PathLike, name: str, input_size: tuple[int, int, int], max_batch: int = 8,
     device: str = "cpu", instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17,
     simplify: bool = True, metadata: dict | None = None, validate: Callable[[Path], None] | None = None,
-    force: bool = False, output_names: list[str] | None = None,
+    force: bool = False, output_names: list[str] | None = None, model_def: str | None = None,
+    model_args: str | dict | None = None,
 ) -> TritonRepoExport:
     """Export ``model`` (deploy form) to ``REPO/NAME/1/model.onnx`` with a dynamic batch axis, plus its config.
 
@@ -379,7 +380,7 @@ def export_triton_repository(
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
     if (repo / name).exists() and not force:  # before the fold and export, which take a while
         raise AcmixDeployError(f"model directory {repo / name} already exists; pass --force to replace it")
-    prep = prepare_deploy(src, arch, imgsz)
+    prep = prepare_deploy(src, arch, imgsz, model_def=model_def, model_args=model_args)
     meta = {"arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": src.name,
             "source_sha256": sha256_file(src), "package_version": __version__}
     return write_onnx_repository(prep.deploy, repo, name, prep.input_size, max_batch=onnx_max_batch, device=device,

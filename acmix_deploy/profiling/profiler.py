@@ -55,6 +55,8 @@ class ProfileSettings:
     compare_forms: bool = False
     layers: bool = False
     arch: str | None = None
+    model_def: str | None = None  # a user's model (see acmix_deploy.read_checkpoint)
+    model_args: str | dict | None = None
 
     def validate(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -326,7 +328,8 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             from ..exporters.onnx import merge_conv_groups_on
             from ..pipeline import prepare_deploy
 
-            prep = prepare_deploy(path, settings.arch, imgsz, check=False)
+            prep = prepare_deploy(path, settings.arch, imgsz, check=False, model_def=settings.model_def,
+                                  model_args=settings.model_args)
             input_size = prep.input_size
             forms: dict[str, nn.Module] = {}
             if prep.training is not None:

@@ -168,6 +168,8 @@ def open_runner(
     arch: str | None = None,
     imgsz: int | tuple[int, int] | None = None,
     threads: int | None = None,
+    model_def: str | None = None,
+    model_args: str | dict | None = None,
 ) -> LoadedModel:
     """Open ``path`` with the runner of its format; see the module docstring.
 
@@ -248,7 +250,7 @@ def open_runner(
             from ..pipeline import prepare_deploy
             from .torch import TorchRunner
 
-            prep = prepare_deploy(path, arch, imgsz)
+            prep = prepare_deploy(path, arch, imgsz, model_def=model_def, model_args=model_args)
             chw = prep.input_size
             runner = TorchRunner(prep.deploy, name=f"torch:deploy:{device}", device=device)
 

@@ -547,8 +547,9 @@ def build_server(app, sock: socket.socket, log_level: str = "info", graceful_tim
 
 
 def serve(model_path, settings: ServeSettings, backend: str | None = None, device: str = "cpu",
-          arch: str | None = None, imgsz: int | None = None, threads: int | None = None,
-          log_level: str = "info", on_ready=None) -> None:
+          arch: str | None = None, imgsz: int | tuple[int, int] | None = None, threads: int | None = None,
+          log_level: str = "info", on_ready=None, model_def: str | None = None,
+          model_args: str | dict | None = None) -> None:
     """Load ``model_path``, bind ``settings.host:settings.port``, serve until SIGTERM / SIGINT."""
     require("fastapi", "serve")
     require("uvicorn", "serve")
@@ -557,7 +558,8 @@ def serve(model_path, settings: ServeSettings, backend: str | None = None, devic
     settings.validate()
     sock = bind_socket(settings.host, settings.port)  # fail on a taken port before loading the model
     try:
-        model = open_runner(model_path, backend=backend, device=device, arch=arch, imgsz=imgsz, threads=threads)
+        model = open_runner(model_path, backend=backend, device=device, arch=arch, imgsz=imgsz, threads=threads,
+                            model_def=model_def, model_args=model_args)
         app = create_app(model, settings)
         if on_ready is not None:
             on_ready(model, sock.getsockname()[:2])
