@@ -86,7 +86,7 @@ def rss_bytes(pid: int) -> int:
 
 def start_server(root: Path, model: Path, logdir: Path, extra: list[str], rss_limit: int, tag: str) -> Server:
     log = logdir / f"server-{tag}-{time.monotonic_ns()}.log"
-    env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "200"}
+    env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "acmix_deploy.cli", "serve", str(model), "--name", NAME, "--port", "0",
            "--max-batch", "8", "--threads", "1", "--log-level", "warning", *extra]
     f = open(log, "w")
@@ -215,8 +215,9 @@ class Probe:
             outcome, detail = fn(srv)
         except Exception as exc:  # the probe itself failed to get an answer: a hang, a reset
             outcome, detail = "unclean", f"{type(exc).__name__}: {exc}"[:200]
+        time.sleep(0.3)  # a traceback is logged after the response went out: let it reach the log
         crashed = srv.proc.poll() is not None
-        new_log = srv.log_text()[log_before:] if not crashed else srv.log_text()[log_before:]
+        new_log = srv.log_text()[log_before:]
         if "Traceback" in new_log:
             outcome, detail = "traceback", (detail + " | " if detail else "") + _first_error(new_log)
         if crashed:

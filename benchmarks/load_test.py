@@ -5,12 +5,21 @@ loaded for the whole run, and drives them in interleaved rounds (A B, B A, ...)
 so that the drift of a shared machine hits both alike; each round sends a
 bounded number of requests from ``--concurrency`` concurrent clients (and stops
 after ``--max-seconds`` in any case).  Requests carry binary FP32 tensors
-(``--rows`` images each).  Every answer is checked (HTTP 200, output shape,
-and the first round's answers against ONNX Runtime in this process).
+(``--rows`` images each).  Every answer of every round is checked: HTTP 200,
+output shape, and its values against ONNX Runtime run in this process on
+that request's input alone (a mismatch is counted when the relative error
+exceeds 1e-5).
 
 Reported per mode (medians over rounds): requests/s, images/s, p50 and p99
-latency, errors, and the mean executed batch size read from the server's
-``/metrics``; the ratio batched / unbatched is computed within each round.
+latency, errors, mismatches, the server's peak RSS, and the mean executed
+batch size read from its ``/metrics``; the ratio batched / unbatched is
+computed within each round.
+
+``--hostile`` drives every mode a second time per round ("<mode>+hostile")
+with a hostile client mixed in: slowloris connections, stalled uploads,
+clients that vanish mid-upload or after sending, decompression bombs,
+malformed JSON, oversized requests.  The valid clients' answers must still
+all be correct; the hostile requests' own answers are counted by status.
 
     python benchmarks/load_test.py --concurrency 16 --requests 300 --rounds 3 \
         --json benchmarks/results/load_test_cpu.json
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -47,6 +57,105 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_json  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MISMATCH_REL = 1e-5
+
+
+def isa_flags() -> list[str]:
+    """The SIMD extensions the kernels may use, from /proc/cpuinfo (avx2, avx512*, amx*, fma)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(fl for fl in flags if fl.startswith(("avx", "amx", "fma", "sse4")))
+    except OSError:
+        pass
+    return []
+
+
+class RssWatch:
+    """Peak RSS of a process, sampled every 20 ms from /proc (0 when unknown, e.g. with --url)."""
+
+    def __init__(self, pid: int | None):
+        import threading
+
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set() and self.pid is not None:
+            try:
+                text = Path(f"/proc/{self.pid}/status").read_text()
+                kb = int(next(ln.split()[1] for ln in text.splitlines() if ln.startswith("VmRSS:")))
+                self.peak = max(self.peak, kb * 1024)
+            except (OSError, StopIteration, ValueError):
+                pass
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@functools.lru_cache(maxsize=1)
+def hostile_bodies() -> list[tuple[bytes, dict]]:
+    """A decompression bomb (24 MB of JSON in ~25 KB), 50,000 '[', strings as data, 600 rows (7 MB binary)."""
+    import gzip
+
+    bomb = gzip.compress(b'{"inputs": [{"data": [' + b"0, " * (8 << 20) + b"0]}]}", 9)
+    big = np.zeros((600, 3, 32, 32), np.float32)
+    big_head = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": list(big.shape),
+                                       "parameters": {"binary_data_size": big.nbytes}}]}).encode()
+    return [(bomb, {"Content-Encoding": "gzip"}), (b"[" * 50_000, {}), (b'{"inputs": [{"data": ["x"]}]}', {}),
+            (big_head + big.tobytes(), {"Inference-Header-Content-Length": str(len(big_head))})]
+
+
+async def hostile_client(url: str, model: str, stop: asyncio.Event, counts: dict) -> None:
+    """Misbehaves until ``stop``: each round opens slowloris connections and stalled uploads, abandons requests,
+    and sends a decompression bomb, malformed JSON and an oversized request; answers are tallied by status."""
+    import httpx
+
+    port = urllib.parse.urlparse(url).port
+    head = f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: t\r\n"
+    bodies = hostile_bodies()
+    held: list = []
+
+    def tally(key: str) -> None:
+        counts[key] = counts.get(key, 0) + 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        while not stop.is_set():
+            for _ in range(5):  # slowloris and stalled uploads, kept open until the server lets go
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                    w.write((head + "X-a: b\r\n").encode())
+                    held.append(w)
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                    w.write((head + "Content-Length: 1048576\r\n\r\n{").encode())
+                    held.append(w)
+                    _, w = await asyncio.open_connection("127.0.0.1", port)  # vanishes mid-upload
+                    w.write((head + "Content-Length: 100000\r\n\r\n" + "{" * 500).encode())
+                    w.close()
+                    tally("sent: slowloris/stalled/vanished")
+                except OSError:
+                    tally("connect refused")
+            for body, headers in bodies:
+                try:
+                    r = await client.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+                    tally(f"HTTP {r.status_code}")
+                except httpx.HTTPError as exc:
+                    tally(type(exc).__name__)
+            held = [w for w in held if not w.is_closing()][-200:]
+            try:
+                await asyncio.wait_for(stop.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+    for w in held:
+        w.close()
 
 
 def export_tiny(folder: Path, arch: str) -> Path:
@@ -87,7 +196,7 @@ def batch_metrics(url: str) -> tuple[float, float]:
 
 
 async def drive(url: str, model: str, payloads: list[np.ndarray], concurrency: int, n_requests: int,
-                max_seconds: float, expected: list[np.ndarray] | None) -> dict:
+                max_seconds: float, expected: list[np.ndarray] | None, hostile: bool = False) -> dict:
     import httpx
 
     meta = ServingClient(url).metadata(model)
@@ -101,6 +210,7 @@ async def drive(url: str, model: str, payloads: list[np.ndarray], concurrency: i
         bodies.append((head + x.tobytes(), len(head)))
     latencies: list[float] = []
     errors: list[str] = []
+    mismatches = 0
     worst_rel = 0.0
     next_index = 0
     deadline = time.monotonic() + max_seconds
@@ -108,7 +218,7 @@ async def drive(url: str, model: str, payloads: list[np.ndarray], concurrency: i
 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         async def worker() -> None:
-            nonlocal next_index, worst_rel
+            nonlocal next_index, worst_rel, mismatches
             while next_index < n_requests and time.monotonic() < deadline:
                 i = next_index
                 next_index += 1
@@ -131,15 +241,26 @@ async def drive(url: str, model: str, payloads: list[np.ndarray], concurrency: i
                     errors.append(f"shape {y.shape}")
                 elif expected is not None:
                     ref = expected[i % len(expected)]
-                    worst_rel = max(worst_rel, float(np.abs(y - ref).max() / np.abs(ref).max()))
+                    rel = float(np.abs(y - ref).max() / np.abs(ref).max())
+                    worst_rel = max(worst_rel, rel)
+                    mismatches += rel > MISMATCH_REL
 
+        hostile_counts: dict = {}
+        if hostile:
+            hostile_bodies()  # built before the clock starts
+        stop = asyncio.Event()
+        enemy = asyncio.ensure_future(hostile_client(url, model, stop, hostile_counts)) if hostile else None
         t_start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t_start
+        if enemy is not None:
+            stop.set()
+            await enemy
     done = len(latencies)
     lat_ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
     rows = payloads[0].shape[0]
-    return {"requests": done, "errors": len(errors), "error_kinds": sorted(set(errors)), "seconds": wall,
+    return {"requests": done, "errors": len(errors), "error_kinds": sorted(set(errors)), "mismatches": mismatches,
+            "hostile_requests": hostile_counts if hostile else None, "seconds": wall,
             "requests_per_s": done / wall, "images_per_s": done * rows / wall,
             "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
             "max_rel_error_vs_local": worst_rel if expected is not None else None}
@@ -159,6 +280,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16, help="the batched server's --max-batch")
     ap.add_argument("--batch-timeout-ms", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of each server")
+    ap.add_argument("--hostile", action="store_true", help="also drive each mode with a hostile client mixed in")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     for flag in ("concurrency", "requests", "rounds", "rows"):
@@ -169,10 +291,12 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     procs: list[subprocess.Popen] = []
+    pids: dict[str, int | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model
         if args.url:
             modes = {"target": args.url}
+            pids["target"] = None
             model_path = None
         else:
             model_path = model_path or export_tiny(Path(tmp), args.arch)
@@ -181,6 +305,7 @@ def main() -> None:
                 proc, url = start_server(model_path, args.name, max_batch, args.batch_timeout_ms, args.threads)
                 procs.append(proc)
                 modes[mode] = url
+                pids[mode] = proc.pid
         try:
             shape = ServingClient(next(iter(modes.values()))).metadata(args.name)["inputs"][0]["shape"][1:]
             payloads = [rng.standard_normal((args.rows, *shape)).astype(np.float32) for _ in range(32)]
@@ -190,20 +315,24 @@ def main() -> None:
 
                 local = OrtRunner(model_path, threads=1)
                 expected = [local.infer(x) for x in payloads]
-            results: dict[str, list[dict]] = {m: [] for m in modes}
-            order = list(modes)
+            runs = [(m, False) for m in modes] + ([(m, True) for m in modes] if args.hostile else [])
+            results: dict[str, list[dict]] = {m + ("+hostile" if h else ""): [] for m, h in runs}
             for r in range(args.rounds):
-                for mode in (order if r % 2 == 0 else order[::-1]):
+                for mode, hostile in (runs if r % 2 == 0 else runs[::-1]):
+                    label = mode + ("+hostile" if hostile else "")
                     before = batch_metrics(modes[mode])
-                    res = asyncio.run(drive(modes[mode], args.name, payloads, args.concurrency, args.requests,
-                                            args.max_seconds, expected if r == 0 else None))
+                    with RssWatch(pids[mode]) as rss:
+                        res = asyncio.run(drive(modes[mode], args.name, payloads, args.concurrency, args.requests,
+                                                args.max_seconds, expected, hostile=hostile))
                     after = batch_metrics(modes[mode])
                     executions = after[0] - before[0]
                     res["mean_executed_batch"] = (after[1] - before[1]) / executions if executions else None
-                    results[mode].append(res)
-                    print(f"round {r + 1} {mode:>9}: {res['requests_per_s']:8.1f} req/s  p50 {res['p50_ms']:7.2f} ms  "
-                          f"p99 {res['p99_ms']:7.2f} ms  errors {res['errors']}  mean batch "
-                          f"{res['mean_executed_batch'] or 0:.2f}", flush=True)
+                    res["server_rss_peak_mb"] = rss.peak / 2**20 if rss.peak else None
+                    results[label].append(res)
+                    print(f"round {r + 1} {label:>17}: {res['requests_per_s']:8.1f} req/s  p50 {res['p50_ms']:7.2f} ms  "
+                          f"p99 {res['p99_ms']:7.2f} ms  errors {res['errors']}  mismatches {res['mismatches']}  "
+                          f"RSS {res['server_rss_peak_mb'] or 0:.0f} MB  mean batch {res['mean_executed_batch'] or 0:.2f}",
+                          flush=True)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -215,10 +344,19 @@ def main() -> None:
         summary[mode] = {k: statistics.median(r[k] for r in rounds) for k in
                          ("requests_per_s", "images_per_s", "p50_ms", "p99_ms")}
         summary[mode]["errors"] = sum(r["errors"] for r in rounds)
+        summary[mode]["mismatches"] = sum(r["mismatches"] for r in rounds)
         summary[mode]["requests"] = sum(r["requests"] for r in rounds)
         summary[mode]["mean_executed_batch"] = statistics.median(r["mean_executed_batch"] or 0 for r in rounds)
-        first = rounds[0].get("max_rel_error_vs_local")
-        summary[mode]["max_rel_error_vs_local"] = first
+        rels = [r["max_rel_error_vs_local"] for r in rounds if r.get("max_rel_error_vs_local") is not None]
+        summary[mode]["max_rel_error_vs_local"] = max(rels) if rels else None
+        peaks = [r["server_rss_peak_mb"] for r in rounds if r.get("server_rss_peak_mb")]
+        summary[mode]["server_rss_peak_mb"] = max(peaks) if peaks else None
+        if rounds[0].get("hostile_requests") is not None:
+            merged: dict = {}
+            for r in rounds:
+                for k, v in r["hostile_requests"].items():
+                    merged[k] = merged.get(k, 0) + v
+            summary[mode]["hostile_requests"] = merged
     if {"batched", "unbatched"} <= set(results):
         summary["batched_over_unbatched_throughput"] = statistics.median(
             b["requests_per_s"] / u["requests_per_s"] for b, u in zip(results["batched"], results["unbatched"]))
@@ -227,7 +365,8 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     if args.json:
         report = {
-            "benchmark": "load_test", "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "benchmark": "load_test", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "isa_flags": isa_flags(),
+            "hostile": args.hostile, "mismatch_rel_threshold": MISMATCH_REL,
             "model": str(model_path.name if model_path else args.url), "rows_per_request": args.rows,
             "concurrency": args.concurrency, "requests_per_round": args.requests, "rounds": args.rounds,
             "max_batch": args.max_batch, "batch_timeout_ms": args.batch_timeout_ms, "server_threads": args.threads,

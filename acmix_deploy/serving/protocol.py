@@ -52,7 +52,7 @@ DATATYPES = {
 # Limits that keep one request's parsing cost proportional to what the model can take.
 JSON_DEPTH_LIMIT = 64  # nesting levels of the JSON header (a request needs < 10)
 INT_DIGITS_LIMIT = 40  # digits of one JSON integer (int64 has 19); CPython refuses > 4300 with ValueError
-JSON_BYTES_PER_ELEMENT = 40  # generous bound on one FP32 value as JSON text (repr, separator, indentation)
+JSON_BYTES_PER_ELEMENT = 96  # generous bound on one FP32 value as JSON text (repr, separator, pretty-printing)
 JSON_SLACK_BYTES = 1 << 20
 
 
