@@ -290,6 +290,24 @@ BAD_REQUESTS = {
     "corrupt gzip": (f"/v2/models/{NAME}/infer", b"not gzip", {"Content-Encoding": "gzip"}, 400, "gzip"),
     "gzip bomb": (f"/v2/models/{NAME}/infer", gzip.compress(b" " * (2 << 20)), {"Content-Encoding": "gzip"}, 413,
                   "limit"),
+    # the hardening issue's parser cases: each was a plain-text 500 with a traceback
+    "100,000 [": (f"/v2/models/{NAME}/infer", b"[" * 100_000, {}, 400, "nested"),
+    "5,000-digit integer": (f"/v2/models/{NAME}/infer", _json(data=None).replace(b"null", b"1" * 5000), {}, 400,
+                            "too long"),
+    "10**400 in data": (f"/v2/models/{NAME}/infer",
+                        _json(data=None).replace(b"null", b"[" + str(10 ** 400).encode() + b"]"), {}, 400, "too long"),
+    "1e39 in data": (f"/v2/models/{NAME}/infer", _json(data=[1e39] * 3072), {}, 400, "FP32 range"),
+    "strings as data": (f"/v2/models/{NAME}/infer", _json(data=["0.5"] * 3072), {}, 400, "only numbers"),
+    "booleans as data": (f"/v2/models/{NAME}/infer", _json(data=[True] * 3072), {}, 400, "booleans"),
+    "null as data": (f"/v2/models/{NAME}/infer", _json(data=[None] * 3072), {}, 400, "null"),
+    "ragged data": (f"/v2/models/{NAME}/infer", _json(data=[[0.5] * 3071, [0.5]]), {}, 400, "nested 'data'"),
+    "datatype a list": (f"/v2/models/{NAME}/infer", _json(datatype=["FP32"]), {}, 400, "datatype"),
+    "binary_data_output string": (f"/v2/models/{NAME}/infer",
+                                  json.dumps({**json.loads(_json()), "parameters": {"binary_data_output": "false"}}).encode(),
+                                  {}, 400, "JSON boolean"),
+    "binary_data string": (f"/v2/models/{NAME}/infer",
+                           json.dumps({**json.loads(_json()), "outputs": [{"name": "logits", "parameters": {
+                               "binary_data": "false"}}]}).encode(), {}, 400, "JSON boolean"),
 }
 
 
@@ -302,6 +320,34 @@ def test_bad_request_is_refused_and_server_keeps_serving(server, loaded, case):
     assert httpx.get(server.url + "/v2/health/ready").status_code == 200
     y = ServingClient(server.url).infer(NAME, X1)
     assert rel_err(y, loaded.runner.infer(X1)) <= REL
+
+
+def test_content_encoding_is_case_insensitive_and_nan_travels_as_in_triton(server, loaded):
+    x = np.random.default_rng(8).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    r = httpx.post(server.url + f"/v2/models/{NAME}/infer", content=gzip.compress(_json(data=x.reshape(-1).tolist())),
+                   headers={"Content-Encoding": "GZIP"})
+    assert r.status_code == 200, r.text
+    y = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(1, 5)
+    assert rel_err(y, loaded.runner.infer(x)) <= REL
+    body = _json(data=None).replace(b"null", b"[NaN, Infinity, -Infinity" + b", 0.5" * 3069 + b"]")
+    r = httpx.post(server.url + f"/v2/models/{NAME}/infer", content=body)
+    assert r.status_code == 200, r.text
+    assert b"NaN" in r.content  # bare literals, as Triton writes them; Python's json reads them
+    assert np.isnan(np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32)).any()
+
+
+def test_malformed_http_is_a_json_400(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n".encode())
+        raw = b""
+        while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head.lower()
+    assert "error" in json.loads(body)
 
 
 def test_wrong_method_and_route_answer_json_errors(server):
