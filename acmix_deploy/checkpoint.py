@@ -181,7 +181,7 @@ def _sniff_foreign(path: Path) -> str | None:
         return None
     with open(path, "rb") as f:
         head = f.read(4096)
-    if head[:1] == b"\x80":
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":  # a pickle, or a zip cut short (torch says "truncated")
         return None
     if len(head) >= 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] in _ONNX_FIELD_TAGS:
         return ("an ONNX model (a protobuf ModelProto); serve, compare or profile it as it is "
