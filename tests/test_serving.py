@@ -455,7 +455,9 @@ def test_metrics_text_parses(server):
 # -- settings and CLI -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field,value", [("port", 70000), ("max_batch", 0), ("workers", 0), ("max_body_mb", 0),
-                                         ("batch_timeout_ms", -1), ("name", "a/b")])
+                                         ("batch_timeout_ms", -1), ("name", "a/b"), ("max_inflight_mb", 10),
+                                         ("max_decodes", 0), ("max_connections", 1), ("read_timeout_s", 0),
+                                         ("body_timeout_s", -1), ("keep_alive_s", 0), ("graceful_timeout_s", 1e9)])
 def test_settings_are_validated(field, value):
     with pytest.raises(ConfigError):
         ServeSettings(**{"name": NAME, field: value}).validate()
