@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -148,10 +149,13 @@ def _torch_load(path: Path) -> Any:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         first = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(exc).__name__)
         if "weights_only" in text or "Unsupported global" in text:
+            # name the object, not torch's advice to allow-list it or to unpickle with weights_only=False
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f"it names {found.group(1)}" if found else "an object torch's safe loader does not accept"
             raise CheckpointError(
-                f"{path} holds pickled Python objects, not only tensors and plain containers ({first}): a "
-                "full model or a training container such as torch.save(model) or Ultralytics' {'model': ...} "
-                "writes. Unpickling it would run code from the file, so it is refused. If you trust the file, "
+                f"{path} holds pickled Python objects, not only tensors and plain containers ({what}), and is "
+                "refused for safety: a full model or a training container such as torch.save(model) or Ultralytics' {'model': ...} "
+                "writes, and unpickling it would run code from the file. If you trust the file, "
                 "fold it as it is with trust_pickle=True (CLI: acmix-deploy reparam --trust-pickle, plus "
                 "--code-path DIR for the code its classes live in); or save a state dict, "
                 "torch.save(model.state_dict(), 'weights.pth'), and give the model's code with --model-def"
