@@ -187,8 +187,7 @@ def write_onnx_repository(
     model, repo: str | os.PathLike, name: str, input_size: tuple[int, int, int], max_batch: int = 8,
     device: str = "cpu", instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17,
     simplify: bool = True, metadata: dict | None = None, validate: Callable[[Path], None] | None = None,
-    force: bool = False, output_names: list[str] | None = None, model_def: str | None = None,
-    model_args: str | dict | None = None,
+    force: bool = False, output_names: list[str] | None = None,
 ) -> TritonRepoExport:
     """Export ``model`` (deploy form) to ``REPO/NAME/1/model.onnx`` with a dynamic batch axis, plus its config.
 
@@ -338,7 +337,8 @@ def export_triton_repository(
     src: str | os.PathLike, repo: str | os.PathLike | None = None, engine: str = "onnx", name: str | None = None,
     arch: str | None = None, imgsz: int | tuple[int, int] | None = None, max_batch: int | None = None,
     device: str = "cpu", instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17, simplify: bool = True,
-    force: bool = False, output_names: list[str] | None = None,
+    force: bool = False, output_names: list[str] | None = None, model_def: str | None = None,
+    model_args: str | dict | None = None,
 ) -> TritonRepoExport:
     """``acmix-deploy export --format triton``: one model directory in ``repo`` from ``src``.
 
