@@ -450,8 +450,8 @@ def _export_triton(src: Path, repo: Optional[Path], engine: str, name: Optional[
                    imgsz, max_batch: Optional[int], device: str, instances: int, queue_delay_us: int,
                    opset: int, simplify: bool, force: bool, output_names: Optional[list] = None,
                    model_def: Optional[str] = None, model_args: Optional[str] = None) -> None:
-    """``export --format triton``: a Triton model repository (see acmix_deploy.exporters.triton)."""
-    from .exporters.triton import export_triton_repository
+    """``export --format triton``: a Triton model repository (see acmix_deploy.exporters.triton_repository)."""
+    from .exporters.triton_repository import export_triton_repository
 
     try:
         with console.status(f"writing a Triton model repository from {_safe(src)}"):

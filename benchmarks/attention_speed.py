@@ -45,7 +45,7 @@ import torch
 
 import acmix_deploy as ad
 from acmix_deploy.modules.acmix import DEPLOY_LAYOUT
-from acmix_deploy.modules.triton_attention import set_attention_backend, triton_available
+from acmix_deploy.kernels.window_attention_triton import set_attention_backend, triton_available
 from acmix_deploy.profiling import device_fingerprint
 from acmix_deploy.testing import randomize_model
 
@@ -291,7 +291,7 @@ def main() -> None:
                       "statistic": "deploy_over_plain: median of per-round paired ratios (range: min-max); "
                                    "times: medians; interleaved rounds with rotating start",
                       "attention_core": "blocked halo matmuls, tile by traffic count (4x4 on 56/28 maps, 7x7 on 14/7); "
-                                        "'torch triton' rows: the fused Triton kernel (modules/triton_attention.py)",
+                                        "'torch triton' rows: the fused Triton kernel (kernels/window_attention_triton.py)",
                       "onnx_conv_path": "groups merged to 16-channel groups (modules.acmix.conv_group_merge)",
                       "deploy_layout": DEPLOY_LAYOUT},
             "load_average": {"before": load_before, "after": load_after},

@@ -217,7 +217,7 @@ def test_compare_refuses_another_number_of_outputs(nested_onnx, tmp_path):
 def _validator(model, tol=1e-4):
     """The check a Triton repository runs on its exported file when given no other: every output against
     ``model`` in torch, the worst must pass."""
-    from acmix_deploy.exporters.triton import _torch_check
+    from acmix_deploy.exporters.triton_repository import _torch_check
 
     return _torch_check(model, SIZE, {}, tol)
 
@@ -273,7 +273,7 @@ def test_triton_config_lists_every_output(tmp_path):
     pytest.importorskip("tritonclient", reason="tritonclient ships Triton's model_config.proto")
     from google.protobuf import text_format
 
-    from acmix_deploy.exporters.triton import write_onnx_file_repository, write_onnx_repository
+    from acmix_deploy.exporters.triton_repository import write_onnx_file_repository, write_onnx_repository
 
     from .test_triton_repo import load_model_config_pb2
 
@@ -297,7 +297,7 @@ def test_triton_engine_config_from_a_sidecar_with_several_outputs(tmp_path):
     pytest.importorskip("tritonclient", reason="tritonclient ships Triton's model_config.proto")
     from google.protobuf import text_format
 
-    from acmix_deploy.exporters.triton import write_engine_repository
+    from acmix_deploy.exporters.triton_repository import write_engine_repository
 
     from .test_triton_repo import fake_engine, load_model_config_pb2
 

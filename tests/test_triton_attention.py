@@ -25,8 +25,8 @@ import pytest
 import torch
 
 from acmix_deploy.errors import ConfigError, MissingDependencyError
-from acmix_deploy.modules import triton_attention
-from acmix_deploy.modules.triton_attention import set_attention_backend, triton_window_attention, use_triton
+from acmix_deploy.kernels import window_attention_triton as triton_attention
+from acmix_deploy.kernels.window_attention_triton import set_attention_backend, triton_window_attention, use_triton
 
 from .conftest import TOL_F32, TOL_F64, needs_triton
 from .test_window_attention import CASES

@@ -29,7 +29,7 @@ import acmix_deploy as ad
 from acmix_deploy.cli import app
 from acmix_deploy.errors import ConfigError, ExportError
 from acmix_deploy.exporters import FORMATS
-from acmix_deploy.exporters.triton import (
+from acmix_deploy.exporters.triton_repository import (
     TritonModelConfig,
     model_config_text,
     write_engine_repository,

@@ -22,7 +22,7 @@ import torch
 
 import acmix_deploy as ad
 from acmix_deploy.modules import ACmix, halo_attention, make_halo_plan
-from acmix_deploy.modules.triton_attention import set_attention_backend, triton_window_attention
+from acmix_deploy.kernels.window_attention_triton import set_attention_backend, triton_window_attention
 from acmix_deploy.testing import randomize_model
 
 from .conftest import rel_error

@@ -90,7 +90,7 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     if opts.fmt not in FORMATS:
         raise ConfigError(f"unknown format {opts.fmt!r}; available: {', '.join(FORMATS)}")
     if opts.fmt == "triton":
-        raise ConfigError("Triton repositories are written by acmix_deploy.exporters.triton "
+        raise ConfigError("Triton repositories are written by acmix_deploy.exporters.triton_repository "
                           "(write_onnx_repository, write_engine_repository); export_model writes single files")
     if (opts.fp16 or opts.int8) and opts.fmt not in ("onnx", "engine"):
         raise ConfigError("--fp16/--int8 apply to --format onnx and engine (precision is written into the ONNX graph)")

@@ -2,7 +2,7 @@
 
 from .acmix import ACmix, ACmixDeploy
 from .swin_acmix import WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded
-from .triton_attention import attention_backend, set_attention_backend, triton_window_attention
+from ..kernels.window_attention_triton import attention_backend, set_attention_backend, triton_window_attention
 from .window_attention import HaloPlan, halo_attention, make_halo_plan
 from .xvolution import XVolution, XVolutionDeploy
 

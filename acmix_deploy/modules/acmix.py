@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .. import fold
 from ..errors import CheckpointError, ConfigError, InputShapeError
-from .triton_attention import triton_window_attention, use_triton
+from ..kernels.window_attention_triton import triton_window_attention, use_triton
 from .window_attention import HaloPlan, halo_attention, make_halo_plan
 
 __all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout", "conv_group_merge",
@@ -451,7 +451,7 @@ class ACmixDeploy(nn.Module):
             return out
         # Static spatial size: the plan's index tables are constants of the graph.
         hh, ww = int(x.shape[-2]), int(x.shape[-1])
-        if use_triton(qkv):  # opt-in fused CUDA kernel (modules/triton_attention.py); never while exporting
+        if use_triton(qkv):  # opt-in fused CUDA kernel (kernels/window_attention_triton.py); never while exporting
             att = triton_window_attention(qkv, self.pos_weight, self.head, self.kernel_att, self.stride)
         else:
             att = halo_attention(qkv, self.pos_weight, self.halo_plan(hh, ww, x.dtype, x.device))

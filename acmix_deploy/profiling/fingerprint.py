@@ -42,7 +42,7 @@ def _cpu_affinity() -> int | None:
 def device_fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
     """CPU, GPU (when ``device`` is cuda), library versions, hashed hostname, time."""
     from .. import __version__
-    from ..modules.triton_attention import attention_backend, triton_available
+    from ..kernels.window_attention_triton import attention_backend, triton_available
 
     fp = {
         "device": device,

@@ -1,4 +1,4 @@
-"""The Triton source of :mod:`acmix_deploy.modules.triton_attention` (imported only when the kernel is used).
+"""The Triton source of :mod:`acmix_deploy.kernels.window_attention_triton` (imported only when the kernel is used).
 
 No ``from __future__ import annotations`` here: Triton reads the
 ``tl.constexpr`` annotations of the kernel's parameters.

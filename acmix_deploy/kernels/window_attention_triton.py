@@ -140,7 +140,7 @@ def _kernel():
     if key not in _compiled:
         import triton
 
-        from ._triton_kernels import window_attention_kernel
+        from ._window_attention_kernel import window_attention_kernel
 
         _compiled[key] = triton.jit(window_attention_kernel)
     return _compiled[key]
