@@ -72,11 +72,33 @@ def test_reparam_wrong_arch(train_ckpt, tmp_path):
     assert "Traceback" not in result.output and not (tmp_path / "o.pth").exists()
 
 
-def test_reparam_check_failure_exits_1_and_writes_nothing(train_ckpt, tmp_path):
+def test_reparam_check_failure_exits_1_and_writes_nothing(train_ckpt, tmp_path, monkeypatch):
+    """A fold that is really wrong (one weight perturbed) fails in float32 and in float64: exit 1, no file."""
+    import acmix_deploy.reparam as reparam_mod
+
+    real = reparam_mod.reparameterize
+
+    def broken(model, *args, **kwargs):
+        deploy, report = real(model, *args, **kwargs)
+        with torch.no_grad():
+            next(deploy.parameters()).mul_(1.01)
+        return deploy, report
+
+    monkeypatch.setattr(reparam_mod, "reparameterize", broken)
     path, _ = train_ckpt
     out = tmp_path / "o.pth"
-    result = runner.invoke(app, ["reparam", str(path), "-o", str(out), "--tol", "1e-12"])
-    assert result.exit_code == 1 and "check failed" in result.output and not out.exists()
+    result = runner.invoke(app, ["reparam", str(path), "-o", str(out)])
+    assert result.exit_code == 1 and "check failed" in result.output and "float64" in result.output
+    assert not out.exists()
+
+
+def test_reparam_float32_rounding_beyond_tol_is_judged_in_float64(train_ckpt, tmp_path):
+    """A tolerance below float32 rounding: the float64 copies decide (the fold is exact), with a note."""
+    path, _ = train_ckpt
+    out = tmp_path / "o.pth"
+    result = runner.invoke(app, ["reparam", str(path), "-o", str(out), "--tol", "1e-12"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "not the fold" in result.output and out.exists()
 
 
 @pytest.mark.parametrize(
