@@ -130,9 +130,8 @@ def prepare_deploy(
     fold_seconds = time.perf_counter() - t0
     diff = None
     if check:
-        diff = check_equivalence(loaded.model, deploy, input_size, batch=batch, seed=seed)
-        if not diff.rel <= tol:
-            raise EquivalenceError(
-                f"the folded model differs from the training form by {diff.rel:.3g} (relative), above {tol:g}"
-            )
+        diff = check_equivalence(loaded.model, deploy, input_size, batch=batch, seed=seed, tol=tol,
+                                 fold=lambda m: reparameterize(m)[0])
+        if not diff.within(tol):
+            raise EquivalenceError(f"the folded model differs from the training form: {diff.summary(tol)}")
     return Prepared(loaded, loaded.model, deploy, input_size, fold_seconds, diff, report.leftovers)

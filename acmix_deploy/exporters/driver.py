@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 from ..errors import AcmixDeployError, ConfigError, EquivalenceError
 
-__all__ = ["ExportOptions", "ExportResult", "export_model", "merge_conv_groups_for", "output_path"]
+__all__ = ["ExportOptions", "ExportResult", "build_aoti", "build_engine_file", "build_onnx", "export_model",
+           "merge_conv_groups_for", "output_path"]
 
 Log = Callable[[str], None]
 
@@ -54,6 +55,12 @@ class ExportOptions:
     opt_level: int = 3
     trt_typing: str = "strong"
     output_names: list[str] | None = None  # one name per output tensor [acmix_deploy.outputs' rule]
+    # Triton model repositories (--format triton); ``output`` is then the repository folder.
+    engine: str = "onnx"  # onnx: a checkpoint (exported) or a .onnx file; trt: engine file(s) + sidecars
+    instances: int = 1
+    model_name: str | None = None  # [the source file's stem]
+    max_queue_delay_us: int = 1000
+    force: bool = False  # replace an existing model directory
 
     @property
     def precision(self) -> str:
@@ -89,11 +96,7 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
 
     if opts.fmt not in FORMATS:
         raise ConfigError(f"unknown format {opts.fmt!r}; available: {', '.join(FORMATS)}")
-    if opts.fmt == "triton":
-        raise ConfigError("Triton repositories are written by acmix_deploy.exporters.triton_repository "
-                          "(write_onnx_repository, write_engine_repository); export_model writes single files")
-    if (opts.fp16 or opts.int8) and opts.fmt not in ("onnx", "engine"):
-        raise ConfigError("--fp16/--int8 apply to --format onnx and engine (precision is written into the ONNX graph)")
+    # Which option applies to which format is validate_options' (the table's) decision; here: values.
     if opts.fp16 and opts.int8:
         raise ConfigError("choose one of --fp16 and --int8")
     if opts.calib and not opts.int8:
@@ -111,8 +114,8 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         output_names = [str(n).strip() for n in given]
         if not output_names or not all(output_names) or len(set(output_names)) != len(output_names):
             raise ConfigError(f"--output-names must be unique non-empty names, got {list(opts.output_names)}")
-    if opts.trt_typing != "strong" and opts.fmt != "engine":
-        raise ConfigError("weak typing is an option of TensorRT engines (--format engine / --trt)")
+    if opts.trt_typing not in ("strong", "weak"):
+        raise ConfigError(f"TensorRT typing must be strong or weak, got {opts.trt_typing!r}")
     tol = opts.tol if opts.tol is not None else 2e-2 if opts.fp16 else 1.0 if opts.int8 else 1e-4
     min_top1 = opts.min_top1 if opts.min_top1 is not None else 0.9 if opts.int8 else 0.99
     profile = None
@@ -130,8 +133,6 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         if not 0 <= opts.opt_level <= 5:
             raise ConfigError(f"--opt-level must be 0..5, got {opts.opt_level}")
     else:
-        if opts.min_batch is not None or opts.opt_batch is not None:
-            raise ConfigError("--min-batch/--opt-batch shape TensorRT optimization profiles (--format engine)")
         max_batch = 256 if opts.max_batch is None else opts.max_batch
         if max_batch < 1:
             raise ConfigError(f"--max-batch must be positive, got {max_batch}")
@@ -161,24 +162,95 @@ def merge_conv_groups_for(opts: ExportOptions) -> bool:
 def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) -> ExportResult:
     """Export the model in ``ckpt`` (folded first when it holds the training form) as ``opts`` say.
 
-    Raises :class:`~acmix_deploy.errors.EquivalenceError` when the artifact's
+    The steps: check the options against the format table (:func:`~acmix_deploy.exporters.validate_options`),
+    then the format's builder prepares the deploy form, builds the artifact, validates it against torch
+    and writes it.  Raises :class:`~acmix_deploy.errors.EquivalenceError` when the artifact's
     outputs differ from torch beyond ``opts.tol`` (or top-1 agreement falls
     below ``opts.min_top1`` for fp16/int8); other bad input raises
     :class:`~acmix_deploy.errors.AcmixDeployError`.  Nothing is written then.
     """
+    from . import FORMATS, validate_options
+
+    validate_options(opts.fmt, opts)
+    return FORMATS[opts.fmt].builder(Path(ckpt), opts, log or (lambda msg: None))
+
+
+@dataclass
+class _Prepared:
+    """What every single-file builder shares: resolved options, the deploy form, the torch reference, inputs."""
+
+    ckpt: Path
+    opts: ExportOptions
+    profile: Any  # TensorRT optimization profile (engine only)
+    prep: Any  # pipeline.Prepared
+    device: str
+    reference: Any
+    inputs: list
+    calibration: Any
+    meta: dict
+    say: Log
+
+    def validator(self, make_runner, title: str, rows: list):
+        from ..compare import compare_runners
+
+        opts, reduced = self.opts, self.opts.fp16 or self.opts.int8
+
+        def validate(tmp: Path, *extra) -> None:
+            rows.extend(compare_runners(self.reference, [make_runner(tmp, *extra)], self.inputs))
+            # Every output of every batch is a row: the worst one decides (not max(): a NaN error must fail).
+            worst_row = max(rows, key=lambda r: r.diff.rel if r.diff.rel == r.diff.rel else float("inf"))
+            worst = worst_row.diff.rel
+            agreement = min((r.diff.top1_agreement for r in rows if r.diff.top1_agreement is not None), default=1.0)
+            several = len({r.output for r in rows}) > 1
+            which = f"output {worst_row.output}" if several else "output"
+            problem = None
+            if not worst <= opts.tol:
+                problem = f"the exported model's {which} differs by {worst:.3g} (relative), above --tol {opts.tol:g}"
+            elif reduced and agreement < opts.min_top1:
+                problem = f"top-1 agreement {agreement:.1%} is below --min-top1 {opts.min_top1:.1%}"
+            if problem:
+                exc = EquivalenceError(f"{title}: {problem}; nothing written")
+                exc.rows, exc.title = list(rows), title  # for the caller's report
+                raise exc
+        return validate
+
+    def onnx_step(self, path: Path, rows: list):
+        from ..runtime import OrtRunner
+        from .onnx import export_onnx
+
+        opts = self.opts
+        # TensorRT 10's weak typing takes a float32 graph and chooses float16 kernels itself (--fp16 is then a
+        # builder flag); int8 always needs the Q/DQ graph (explicit quantization).
+        fp16_graph = opts.fp16 and not (opts.fmt == "engine" and opts.trt_typing == "weak")
+        res = export_onnx(self.prep.deploy, path, self.prep.input_size, batch=opts.batch, dynamic=opts.dynamic,
+                          opset=opts.opset, simplify=opts.simplify, metadata=self.meta,
+                          validate=self.validator(OrtRunner, "onnx vs torch (deploy form)", rows), fp16=fp16_graph,
+                          int8_calibration=self.calibration,
+                          calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
+                          merge_conv_groups=merge_conv_groups_for(opts), output_names=opts.output_names)
+        if len(res.output_names) > 1:
+            self.say(f"ONNX outputs: {', '.join(res.output_names)}")
+        self.say(f"ONNX: {res.nodes} nodes, {opts.precision}, validated with ONNX Runtime; wrote {res.path} "
+                 f"({res.size_bytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
+        return res
+
+    def result(self, artifact, rows: list, title: str, onnx_res=None) -> ExportResult:
+        return ExportResult(self.opts.fmt, self.opts.output, artifact, rows, title, self.opts, self.prep.loaded.arch,
+                            self.prep.input_size, onnx_res)
+
+
+def _prepare(ckpt: Path, opts: ExportOptions, say: Log) -> _Prepared:
+    """Resolve the options, fold (or read) the deploy form, and make the reference runner and the inputs."""
     from .. import __version__
-    from ..compare import compare_runners, random_inputs
+    from ..compare import random_inputs
     from ..pipeline import prepare_deploy, sha256_file
     from ..runtime import TorchRunner
 
-    ckpt = Path(ckpt)
-    say = log or (lambda msg: None)
     opts, profile = resolve_options(ckpt, opts)
     if opts.fmt == "engine":
         from .tensorrt import require_tensorrt
 
         require_tensorrt()  # before the fold: a machine without TensorRT or a GPU stops here, at no cost
-    out = opts.output
     t0 = time.perf_counter()
     prep = prepare_deploy(ckpt, opts.arch, opts.imgsz, model_def=opts.model_def, model_args=opts.model_args)
     if prep.diff is not None:
@@ -200,89 +272,61 @@ def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) 
         # A quantized model is judged on real data (up to 64 images): random noise says little about its
         # accuracy, and top-1 agreement needs more than a few samples.
         inputs = [calibration[: min(64, top)]]
-    reduced = opts.fp16 or opts.int8
-
-    def validator(make_runner, title: str, rows: list):
-        def validate(tmp: Path, *extra) -> None:
-            rows.extend(compare_runners(reference, [make_runner(tmp, *extra)], inputs))
-            # Every output of every batch is a row: the worst one decides (not max(): a NaN error must fail).
-            worst_row = max(rows, key=lambda r: r.diff.rel if r.diff.rel == r.diff.rel else float("inf"))
-            worst = worst_row.diff.rel
-            agreement = min((r.diff.top1_agreement for r in rows if r.diff.top1_agreement is not None), default=1.0)
-            several = len({r.output for r in rows}) > 1
-            which = f"output {worst_row.output}" if several else "output"
-            problem = None
-            if not worst <= opts.tol:
-                problem = f"the exported model's {which} differs by {worst:.3g} (relative), above --tol {opts.tol:g}"
-            elif reduced and agreement < opts.min_top1:
-                problem = f"top-1 agreement {agreement:.1%} is below --min-top1 {opts.min_top1:.1%}"
-            if problem:
-                exc = EquivalenceError(f"{title}: {problem}; nothing written")
-                exc.rows, exc.title = list(rows), title  # for the caller's report
-                raise exc
-        return validate
-
     meta = {
         "arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": ckpt.name,
         "source_sha256": sha256_file(ckpt), "package_version": __version__,
         "mean": list(prep.deploy.default_cfg.get("mean", ())), "std": list(prep.deploy.default_cfg.get("std", ())),
     }
+    return _Prepared(ckpt, opts, profile, prep, device, reference, inputs, calibration, meta, say)
 
-    def onnx_step(path: Path, rows: list):
-        from ..runtime import OrtRunner
-        from .onnx import export_onnx
 
-        # TensorRT 10's weak typing takes a float32 graph and chooses float16 kernels itself (--fp16 is then a
-        # builder flag); int8 always needs the Q/DQ graph (explicit quantization).
-        fp16_graph = opts.fp16 and not (opts.fmt == "engine" and opts.trt_typing == "weak")
-        res = export_onnx(prep.deploy, path, prep.input_size, batch=opts.batch, dynamic=opts.dynamic,
-                          opset=opts.opset, simplify=opts.simplify, metadata=meta,
-                          validate=validator(OrtRunner, "onnx vs torch (deploy form)", rows), fp16=fp16_graph,
-                          int8_calibration=calibration,
-                          calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
-                          merge_conv_groups=merge_conv_groups_for(opts), output_names=opts.output_names)
-        if len(res.output_names) > 1:
-            say(f"ONNX outputs: {', '.join(res.output_names)}")
-        say(f"ONNX: {res.nodes} nodes, {opts.precision}, validated with ONNX Runtime; wrote {res.path} "
-            f"({res.size_bytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
-        return res
-
+def build_onnx(ckpt: Path, opts: ExportOptions, say: Log) -> ExportResult:
+    """``--format onnx``: the validated ONNX graph of the deploy form."""
+    ctx = _prepare(ckpt, opts, say)
     rows: list = []
-    onnx_res = None
-    if opts.fmt == "onnx":
-        artifact = onnx_step(out, rows)
-        title = "onnx vs torch (deploy form)"
-    elif opts.fmt == "aoti":
-        from ..runtime import AotiRunner
-        from .aoti import export_aoti
+    artifact = ctx.onnx_step(ctx.opts.output, rows)
+    return ctx.result(artifact, rows, "onnx vs torch (deploy form)")
 
-        title = "aoti vs torch (deploy form)"
-        artifact = export_aoti(prep.deploy, out, prep.input_size, batch=opts.batch, dynamic=opts.dynamic,
-                               max_batch=opts.max_batch, device=device,
-                               validate=validator(lambda p: AotiRunner(p, device), title, rows),
-                               metadata={"arch": prep.loaded.arch, "source_sha256": meta["source_sha256"]},
-                               output_names=opts.output_names)
-        say(f"AOTInductor: wrote {artifact.path} ({artifact.size_bytes / 1e6:.1f} MB) in {artifact.seconds:.1f} s")
-    else:
-        from ..runtime.tensorrt import TrtRunner
-        from .onnx import INPUT_NAME
-        from .tensorrt import build_engine
 
-        onnx_rows: list = []
-        onnx_res = onnx_step(out.with_suffix(".onnx"), onnx_rows)
-        title = f"tensorrt ({opts.precision}) vs torch (deploy form)"
-        batch_dim = -1 if profile.min != profile.max else profile.max
-        shapes = [[batch_dim, *y.shape[1:]] for y in reference.infer_outputs(inputs[0][:1])]
-        artifact = build_engine(
-            onnx_res.path, out, prep.input_size, profile, precision=opts.precision, typing=opts.trt_typing,
-            workspace_gb=opts.workspace_gb, opt_level=opts.opt_level, timing_cache=opts.timing_cache,
-            input_name=INPUT_NAME, output_name=onnx_res.output_names[0], output_names=onnx_res.output_names,
-            source={"checkpoint": ckpt.name, "sha256": meta["source_sha256"], "arch": prep.loaded.arch},
-            validate=validator(lambda p, sidecar: TrtRunner(p, check=False, sidecar=sidecar), title, rows),
-            output_shape=shapes[0], output_shapes=shapes,
-        )
-        rows = onnx_rows + rows
-        say(f"TensorRT {artifact.sidecar.tensorrt_version} on {artifact.sidecar.gpu_name}: wrote {artifact.path} "
-            f"({artifact.size_bytes / 1e6:.1f} MB) and its sidecar in {artifact.seconds:.1f} s; timing cache "
-            f"{artifact.timing_cache}")
-    return ExportResult(opts.fmt, out, artifact, rows, title, opts, prep.loaded.arch, prep.input_size, onnx_res)
+def build_aoti(ckpt: Path, opts: ExportOptions, say: Log) -> ExportResult:
+    """``--format aoti``: an AOTInductor package, validated against torch on the export device."""
+    from ..runtime import AotiRunner
+    from .aoti import export_aoti
+
+    ctx = _prepare(ckpt, opts, say)
+    opts, rows, title = ctx.opts, [], "aoti vs torch (deploy form)"
+    artifact = export_aoti(ctx.prep.deploy, opts.output, ctx.prep.input_size, batch=opts.batch, dynamic=opts.dynamic,
+                           max_batch=opts.max_batch, device=ctx.device,
+                           validate=ctx.validator(lambda p: AotiRunner(p, ctx.device), title, rows),
+                           metadata={"arch": ctx.prep.loaded.arch, "source_sha256": ctx.meta["source_sha256"]},
+                           output_names=opts.output_names)
+    say(f"AOTInductor: wrote {artifact.path} ({artifact.size_bytes / 1e6:.1f} MB) in {artifact.seconds:.1f} s")
+    return ctx.result(artifact, rows, title)
+
+
+def build_engine_file(ckpt: Path, opts: ExportOptions, say: Log) -> ExportResult:
+    """``--format engine``: the validated ONNX graph (kept beside it), then the TensorRT engine built from it."""
+    from ..runtime.tensorrt import TrtRunner
+    from .onnx import INPUT_NAME
+    from .tensorrt import build_engine
+
+    ctx = _prepare(ckpt, opts, say)
+    opts, profile, out = ctx.opts, ctx.profile, ctx.opts.output
+    onnx_rows: list = []
+    onnx_res = ctx.onnx_step(out.with_suffix(".onnx"), onnx_rows)
+    title = f"tensorrt ({opts.precision}) vs torch (deploy form)"
+    rows: list = []
+    batch_dim = -1 if profile.min != profile.max else profile.max
+    shapes = [[batch_dim, *y.shape[1:]] for y in ctx.reference.infer_outputs(ctx.inputs[0][:1])]
+    artifact = build_engine(
+        onnx_res.path, out, ctx.prep.input_size, profile, precision=opts.precision, typing=opts.trt_typing,
+        workspace_gb=opts.workspace_gb, opt_level=opts.opt_level, timing_cache=opts.timing_cache,
+        input_name=INPUT_NAME, output_name=onnx_res.output_names[0], output_names=onnx_res.output_names,
+        source={"checkpoint": ckpt.name, "sha256": ctx.meta["source_sha256"], "arch": ctx.prep.loaded.arch},
+        validate=ctx.validator(lambda p, sidecar: TrtRunner(p, check=False, sidecar=sidecar), title, rows),
+        output_shape=shapes[0], output_shapes=shapes,
+    )
+    say(f"TensorRT {artifact.sidecar.tensorrt_version} on {artifact.sidecar.gpu_name}: wrote {artifact.path} "
+        f"({artifact.size_bytes / 1e6:.1f} MB) and its sidecar in {artifact.seconds:.1f} s; timing cache "
+        f"{artifact.timing_cache}")
+    return ctx.result(artifact, onnx_rows + rows, title, onnx_res)

@@ -41,7 +41,7 @@ from typing import Callable
 from ..errors import AcmixDeployError, ConfigError, ExportError
 
 __all__ = ["TritonModelConfig", "TritonOutput", "TritonRepoExport", "check_model_name", "engine_model_config",
-           "export_triton_repository", "find_engines", "model_config_text", "write_model_dir", "write_onnx_file_repository",
+           "build_triton_repository", "export_triton_repository", "find_engines", "model_config_text", "write_model_dir", "write_onnx_file_repository",
            "write_engine_repository", "write_onnx_repository"]
 
 PLAN_SUFFIXES = (".engine", ".plan")
@@ -385,6 +385,29 @@ def export_triton_repository(
             "source_sha256": sha256_file(src), "package_version": __version__}
     return write_onnx_repository(prep.deploy, repo, name, prep.input_size, max_batch=onnx_max_batch, device=device,
                                  opset=opset, simplify=simplify, metadata=meta, output_names=output_names, **common)
+
+
+def build_triton_repository(src: Path, opts, say: Callable[[str], None]):
+    """The ``triton`` row of the format table: :func:`export_triton_repository` driven by ``ExportOptions``.
+
+    ``opts.output`` is the repository folder, ``opts.model_name`` the model's name; the result's ``artifact``
+    is the :class:`TritonRepoExport`, ``path`` the model directory, ``rows`` empty (the repository's own
+    check records ``validation_rel_error``).
+    """
+    from .driver import ExportResult
+
+    names = opts.output_names
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    res = export_triton_repository(src, opts.output, engine=opts.engine, name=opts.model_name, arch=opts.arch,
+                                   imgsz=opts.imgsz, max_batch=opts.max_batch, device=opts.device,
+                                   instances=opts.instances, max_queue_delay_us=opts.max_queue_delay_us,
+                                   opset=opts.opset, simplify=opts.simplify, force=opts.force, output_names=names,
+                                   model_def=opts.model_def, model_args=opts.model_args)
+    say(f"wrote Triton model {res.config.name!r} in {res.repo} ({res.seconds:.1f} s)")
+    dims = tuple(res.config.input_dims)
+    return ExportResult("triton", res.model_dir, res, [], "triton repository", opts, opts.arch or "",
+                        dims[-3:] if len(dims) >= 3 else dims, res.onnx)
 
 
 def find_engines(path: str | os.PathLike) -> list[Path]:
