@@ -84,15 +84,7 @@ class ServingClient:
         x = np.ascontiguousarray(x, dtype="<f4")
         tensor = tensor_entry(input_name, x, binary)
         req: dict = {"inputs": [tensor], "outputs": [{"name": output_name, "parameters": {"binary_data": binary}}]}
-        if request_id is not None:
-            req["id"] = request_id
-        head = json.dumps(req).encode()
-        headers = {"Content-Type": "application/octet-stream" if binary else "application/json"}
-        body = head
-        if binary:
-            body = head + x.tobytes()
-            headers[HEADER_LENGTH] = str(len(head))
-        _, resp_headers, raw = self._request("POST", f"/v2/models/{model}/infer", body, headers)
+        resp_headers, raw = self._post_infer(model, req, x, binary, request_id)
         return _decode_output(raw, resp_headers, output_name)
 
     def infer_outputs(self, model: str, x: np.ndarray, binary: bool = True, outputs: list[str] | None = None,
@@ -103,6 +95,11 @@ class ServingClient:
         x = np.ascontiguousarray(x, dtype="<f4")
         req: dict = {"inputs": [tensor_entry(meta["inputs"][0]["name"], x, binary)],
                      "outputs": [{"name": n, "parameters": {"binary_data": binary}} for n in names]}
+        resp_headers, raw = self._post_infer(model, req, x, binary, request_id)
+        return _decode_outputs(raw, resp_headers)
+
+    def _post_infer(self, model: str, req: dict, x: np.ndarray, binary: bool, request_id: str | None):
+        """POST one inference request: the JSON header, then (binary) the raw tensor; returns (headers, body)."""
         if request_id is not None:
             req["id"] = request_id
         head = json.dumps(req).encode()
@@ -112,7 +109,7 @@ class ServingClient:
             body = head + x.tobytes()
             headers[HEADER_LENGTH] = str(len(head))
         _, resp_headers, raw = self._request("POST", f"/v2/models/{model}/infer", body, headers)
-        return _decode_outputs(raw, resp_headers)
+        return resp_headers, raw
 
     def _meta_cache(self, model: str) -> dict:
         cache = self.__dict__.setdefault("_meta", {})
