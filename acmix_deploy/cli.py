@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a check failed (outputs differ beyond tolerance),
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -608,8 +609,9 @@ def profile(
     )
     try:
         settings.validate()
+        _stdout_outputs(plot_out, json_out, csv_out)
         for out in (json_out, csv_out, plot_out):
-            if out is not None:
+            if out is not None and not _is_stdout(out):
                 check_output_path(out, model)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -621,10 +623,40 @@ def profile(
             report = profile_model(model, settings, progress)
         _render_profile(report)
         if json_out:
-            console.print(f"wrote {save_json(report, json_out)}")
+            _write_out(json_out, lambda path: save_json(report, path))
         _write_merged([report], csv_out=csv_out, plot_out=plot_out)
     except AcmixDeployError as exc:
         _fail(exc)
+    finally:
+        console.file = None  # back to the standard output of the moment (rich's default)
+
+
+def _is_stdout(path: Optional[Path]) -> bool:
+    return path is not None and str(path) == "-"
+
+
+def _stdout_outputs(plot_out: Optional[Path], *outs: Optional[Path]) -> None:
+    """``-`` means standard output for the text views; the tables shown go to standard error then."""
+    if _is_stdout(plot_out):
+        raise AcmixDeployError("--plot writes a PNG file; '-' (standard output) is for --json, --csv and --markdown")
+    if sum(_is_stdout(o) for o in outs) > 1:
+        raise AcmixDeployError("only one of --json, --csv and --markdown can be '-' (standard output)")
+    if any(_is_stdout(o) for o in outs):
+        console.file = sys.stderr  # undone (console.file = None) when the command ends
+
+
+def _write_out(path: Path, save) -> None:
+    """``save(path)`` and say so; for ``-``, save to a temp file and copy its text to standard output."""
+    if not _is_stdout(path):
+        console.print(f"wrote {_safe(save(path))}", highlight=False)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "stdout"
+        save(out)
+        sys.stdout.write(out.read_text())
+        sys.stdout.flush()
 
 
 def _write_merged(reports: list, csv_out: Optional[Path] = None, plot_out: Optional[Path] = None,
@@ -634,12 +666,12 @@ def _write_merged(reports: list, csv_out: Optional[Path] = None, plot_out: Optio
     from .profiling import markdown_table, plot_reports, save_csv
 
     if csv_out:
-        console.print(f"wrote {save_csv(reports, csv_out)}")
+        _write_out(csv_out, lambda path: save_csv(reports, path))
     if plot_out:
         console.print(f"wrote {plot_reports(reports, plot_out)}")
     if markdown_out:
         text = markdown_table(reports)
-        console.print(f"wrote {atomic_write(markdown_out, lambda tmp: Path(tmp).write_text(text))}")
+        _write_out(markdown_out, lambda path: atomic_write(path, lambda tmp: Path(tmp).write_text(text)))
 
 
 @app.command()
@@ -654,8 +686,9 @@ def report(
 
     try:
         loaded = [load_report(p) for p in reports]
+        _stdout_outputs(plot_out, markdown_out, csv_out)
         for out in (plot_out, markdown_out, csv_out):
-            if out is not None and not out.parent.exists():
+            if out is not None and not _is_stdout(out) and not out.parent.exists():
                 raise AcmixDeployError(f"output directory {out.parent} does not exist")
         table = Table(title=f"{len(loaded)} report(s)")
         for col in ("device", "model", "backend", "form", "batch", "p50 ms", "p99 ms", "samples/s"):
@@ -667,6 +700,8 @@ def report(
         _write_merged(loaded, csv_out=csv_out, plot_out=plot_out, markdown_out=markdown_out)
     except AcmixDeployError as exc:
         _fail(exc)
+    finally:
+        console.file = None  # back to the standard output of the moment (rich's default)
 
 
 @app.command()
