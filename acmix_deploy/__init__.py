@@ -7,48 +7,74 @@ Public API (timm-style)::
     deploy = ad.reparameterize_model(model.eval())
     ad.save_checkpoint(deploy, "deploy.pth")
     model = ad.load_checkpoint("deploy.pth")
+
+The names below are imported on first use (PEP 562), so that ``import acmix_deploy`` and
+``acmix-deploy --version`` do not pay for importing torch.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+# The one version source: pyproject.toml reads it ([tool.setuptools.dynamic] version = {attr = ...}).
 __version__ = "0.1.0"
 
-from .analysis import check_equivalence, compare_outputs, count_macs, count_parameters
-from .checkpoint import LoadedCheckpoint, load_checkpoint, read_checkpoint, save_checkpoint
-from .errors import (
-    AcmixDeployError,
-    CheckpointError,
-    ConfigError,
-    EquivalenceError,
-    InputShapeError,
-    UnknownArchitectureError,
-)
-from .models import create_model, list_models, register_model
-from .modules import ACmix, ACmixDeploy
-from .reparam import foldable_leftovers, is_deploy, reparameterize_model
+# public name -> submodule that defines it
+_LAZY = {
+    "check_equivalence": "analysis",
+    "compare_outputs": "analysis",
+    "count_macs": "analysis",
+    "count_parameters": "analysis",
+    "LoadedCheckpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "AcmixDeployError": "errors",
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "EquivalenceError": "errors",
+    "InputShapeError": "errors",
+    "UnknownArchitectureError": "errors",
+    "create_model": "models",
+    "list_models": "models",
+    "register_model": "models",
+    "ACmix": "modules",
+    "ACmixDeploy": "modules",
+    "foldable_leftovers": "reparam",
+    "is_deploy": "reparam",
+    "reparameterize_model": "reparam",
+}
 
-__all__ = [
-    "__version__",
-    "ACmix",
-    "ACmixDeploy",
-    "AcmixDeployError",
-    "CheckpointError",
-    "ConfigError",
-    "EquivalenceError",
-    "InputShapeError",
-    "LoadedCheckpoint",
-    "UnknownArchitectureError",
-    "check_equivalence",
-    "compare_outputs",
-    "count_macs",
-    "count_parameters",
-    "create_model",
-    "foldable_leftovers",
-    "is_deploy",
-    "list_models",
-    "load_checkpoint",
-    "read_checkpoint",
-    "register_model",
-    "reparameterize_model",
-    "save_checkpoint",
-]
+__all__ = ["__version__", *sorted(_LAZY)]
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .analysis import check_equivalence, compare_outputs, count_macs, count_parameters
+    from .checkpoint import LoadedCheckpoint, load_checkpoint, read_checkpoint, save_checkpoint
+    from .errors import (
+        AcmixDeployError,
+        CheckpointError,
+        ConfigError,
+        EquivalenceError,
+        InputShapeError,
+        UnknownArchitectureError,
+    )
+    from .models import create_model, list_models, register_model
+    from .modules import ACmix, ACmixDeploy
+    from .reparam import foldable_leftovers, is_deploy, reparameterize_model
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f".{name}", __name__)  # a submodule: ad.fold, ad.profiling, ...
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
