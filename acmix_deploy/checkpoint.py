@@ -74,9 +74,6 @@ def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> Path:
         write(tmp)
         # mkstemp creates 0600; give the file the permissions an ordinary create would (umask applied),
         # so that e.g. a container running as another user can read an exported model.
-    size = (getattr(model, "default_cfg", None) or {}).get("input_size")
-    if size is not None:  # the (C, H, W) the model is used at (the demo: the size it trained at), read back below
-        payload["input_size"] = [int(v) for v in size]
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -117,6 +114,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, A
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": full_meta,
     }
+    size = (getattr(model, "default_cfg", None) or {}).get("input_size")
+    if size is not None:  # the (C, H, W) the model is used at (the demo: the size it trained at), read back below
+        payload["input_size"] = [int(v) for v in size]
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -368,10 +368,9 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def:
     if (isinstance(obj, dict) and "model_def" in obj) or model_def is not None:
         if arch is not None:
             raise CheckpointError("arch names a registry architecture and model_def a user's model: give one of them")
-        user = read_user_checkpoint(obj, path, model_def, model_args)
-        return LoadedCheckpoint(user.model, f"user:{user.model_def.factory}", dict(user.model_def.args), user.deploy,
-                                user.source_format, user.meta, user.notes, model_def=user.model_def.record(),
-                                input_size=user.input_size)
+        from .user_model import read_user_checkpoint  # user_model builds on this module
+
+        return read_user_checkpoint(obj, path, model_def, model_args)
     notes: list[str] = []
     meta: dict[str, Any] = {}
     if isinstance(obj, dict) and "format_version" in obj and "state_dict" in obj:
@@ -405,10 +404,6 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def:
             sd = obj
         elif isinstance(obj, dict):
             for key in _WRAPPER_KEYS:
-    size = obj.get("input_size") if source_format == "acmix-deploy" else None
-    if (isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)
-            and hasattr(model, "default_cfg") and size[0] == model.default_cfg["input_size"][0]):
-        model.default_cfg["input_size"] = tuple(size)  # the recorded size becomes every command's default
                 if _is_state_dict(obj.get(key)):
                     sd = obj[key]
                     source_format = f"wrapped:{key}"
@@ -449,6 +444,10 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def:
     _check_state_dict(model, sd, path, arch, form)
     model.load_state_dict(sd, strict=True)
     model.eval()
+    size = obj.get("input_size") if source_format == "acmix-deploy" else None
+    if (isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)
+            and hasattr(model, "default_cfg") and size[0] == model.default_cfg["input_size"][0]):
+        model.default_cfg["input_size"] = tuple(size)  # the recorded size becomes every command's default
     return LoadedCheckpoint(model, arch, arch_args, deploy, source_format, meta, notes)
 
 
