@@ -18,7 +18,6 @@ import datetime as _dt
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from . import __version__
 from .errors import CheckpointError
 from .models import create_model, list_models, model_entrypoint
 from .modules.acmix import check_deploy_layout
 from .reparam import is_deploy
+from .user_model import read_user_checkpoint
+from .util import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -38,53 +40,11 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
-    "atomic_write",
 ]
 
 FORMAT_VERSION = 1
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state")
 _SHOWN = 5  # how many key names an error message lists
-
-
-def _package_version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> Path:
-    """Call ``write(tmp_path)``, then rename the temp file onto ``path``.
-
-    The temp file lives in the destination directory (same filesystem, so the
-    rename is atomic); on any failure it is removed and ``path`` is untouched.
-    ``suffix`` ends the temp file's name, for writers that check it.
-    """
-    path = Path(path)
-    if not path.parent.exists():
-        raise CheckpointError(f"output directory {path.parent} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"output path {path} is a directory; give a file name")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write to output directory {path.parent}: {exc.strerror}; "
-                              "choose a writable one with -o") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates 0600; give the file the permissions an ordinary create would (umask applied),
-        # so that e.g. a container running as another user can read an exported model.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
@@ -102,7 +62,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, A
         )
     full_meta = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "package_version": _package_version(),
+        "package_version": __version__,
         "torch_version": str(torch.__version__),
     }
     full_meta.update(meta or {})
@@ -368,9 +328,10 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def:
     if (isinstance(obj, dict) and "model_def" in obj) or model_def is not None:
         if arch is not None:
             raise CheckpointError("arch names a registry architecture and model_def a user's model: give one of them")
-        from .user_model import read_user_checkpoint  # user_model builds on this module
-
-        return read_user_checkpoint(obj, path, model_def, model_args)
+        user = read_user_checkpoint(obj, path, model_def, model_args)
+        return LoadedCheckpoint(user.model, f"user:{user.model_def.factory}", dict(user.model_def.args), user.deploy,
+                                user.source_format, user.meta, user.notes, model_def=user.model_def.record(),
+                                input_size=user.input_size)
     notes: list[str] = []
     meta: dict[str, Any] = {}
     if isinstance(obj, dict) and "format_version" in obj and "state_dict" in obj:

@@ -190,7 +190,8 @@ def reparam(
     """Fold a training checkpoint (registry model, your own model, or a trusted pickle), check it, write it atomically."""
     from .analysis import check_equivalence, count_macs, count_parameters
     from .checkpoint import read_checkpoint, require_finite, save_checkpoint
-    from .pipeline import check_output_path, default_input_size, sha256_file
+    from .pipeline import check_output_path, default_input_size
+    from .util import sha256_file
     from .reparam import reparameterize
     from .user_model import save_user_checkpoint
 
@@ -662,7 +663,7 @@ def _write_out(path: Path, save) -> None:
 def _write_merged(reports: list, csv_out: Optional[Path] = None, plot_out: Optional[Path] = None,
                   markdown_out: Optional[Path] = None) -> None:
     """Write the CSV / plot / Markdown views of one or more profile reports, each atomically."""
-    from .checkpoint import atomic_write
+    from .util import atomic_write
     from .profiling import markdown_table, plot_reports, save_csv
 
     if csv_out:

@@ -42,3 +42,7 @@ class MissingDependencyError(AcmixDeployError, ImportError):
 
 class ExportError(AcmixDeployError):
     """An export that cannot produce a valid artifact."""
+
+
+class OutputError(AcmixDeployError):
+    """An output file that cannot be written (a missing or unwritable folder, a directory in its place)."""

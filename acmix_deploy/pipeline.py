@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,27 +14,9 @@ from .analysis import OutputDiff, check_equivalence
 from .checkpoint import LoadedCheckpoint, read_checkpoint, require_finite
 from .errors import ConfigError, EquivalenceError
 from .reparam import reparameterize
+from .util import normalize_imgsz
 
-__all__ = ["Prepared", "prepare_deploy", "sha256_file", "default_input_size", "normalize_imgsz", "check_device",
-           "check_output_path", "check_writable"]
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def check_device(device: str) -> None:
-    """Refuse a device other than cpu/cuda, and cuda where torch sees no GPU."""
-    import torch
-
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+__all__ = ["Prepared", "prepare_deploy", "default_input_size", "check_output_path", "check_writable"]
 
 
 def check_output_path(out: Path, src: Path) -> None:
@@ -54,8 +36,6 @@ def check_writable(folder: Path) -> None:
     Tried by creating (and removing) a temporary file there, which is what the
     atomic write will do: permission bits alone do not tell (root, read-only mounts).
     """
-    import tempfile
-
     try:
         fd, probe = tempfile.mkstemp(prefix=".acmix-write-check.", dir=folder)
     except OSError as exc:
@@ -63,24 +43,6 @@ def check_writable(folder: Path) -> None:
                           "choose another with -o") from None
     os.close(fd)
     os.unlink(probe)
-
-
-def normalize_imgsz(imgsz) -> tuple[int, int] | None:
-    """``imgsz`` as ``(height, width)``: an int means a square, a pair is (height, width), None stays None."""
-    if imgsz is None:
-        return None
-    if isinstance(imgsz, bool):
-        raise ConfigError(f"imgsz must be an int or (height, width), got {imgsz!r}")
-    if isinstance(imgsz, int):
-        pair = (imgsz, imgsz)
-    elif isinstance(imgsz, (tuple, list)) and len(imgsz) in (1, 2) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in imgsz):
-        pair = (imgsz[0], imgsz[-1])
-    else:
-        raise ConfigError(f"imgsz must be an int or (height, width), got {imgsz!r}")
-    if min(pair) < 1:
-        raise ConfigError(f"imgsz must be positive, got {imgsz!r}")
-    return pair
 
 
 def default_input_size(model: nn.Module, imgsz=None) -> tuple[int, int, int]:

@@ -34,14 +34,15 @@ import torch
 import torch.nn as nn
 
 from .analysis import OutputDiff, check_equivalence
-from .checkpoint import LoadedCheckpoint, atomic_write
+from . import __version__
 from .errors import CheckpointError, ConfigError
-from .pipeline import normalize_imgsz, sha256_file
 from .reparam import FoldPlan, ReparamReport, reparameterize
+from .util import atomic_write, normalize_imgsz, sha256_file
 
 __all__ = ["ModelDef", "parse_model_def", "build_user_model", "find_state_dict", "load_user_weights",
            "model_channels", "user_checkpoint_payload", "rebuild_from_record", "load_pickled", "fold_pickled",
-           "PickledFold", "DEFAULT_IMGSZ", "FORMAT_VERSION_USER"]
+           "PickledFold", "UserCheckpoint", "DEFAULT_IMGSZ", "FORMAT_VERSION_USER",
+           "read_user_checkpoint"]
 
 FORMAT_VERSION_USER = 2  # checkpoints that hold a user's model definition instead of a registry architecture
 DEFAULT_IMGSZ = 640  # the input size checks use for users' models when none is recorded or given (YOLO's)
@@ -368,13 +369,26 @@ def fold_pickled(obj: Any, imgsz=None, check: bool = True, batch: int = 2, seed:
 
 
 def pickled_meta(source: Path) -> dict[str, Any]:
-    from . import __version__
-
     return {"folded_by": f"acmix-deploy {__version__}", "folded_at":
             _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "source_sha256": sha256_file(source)}
 
 
-def read_user_checkpoint(obj: Any, path: Path, model_def: str | None, model_args: str | dict | None):
+@dataclass
+class UserCheckpoint:
+    """What :func:`read_user_checkpoint` learnt from a file; :func:`acmix_deploy.checkpoint.read_checkpoint` turns
+    it into a ``LoadedCheckpoint`` (arch ``user:FACTORY``, arch_args the factory's arguments)."""
+
+    model: nn.Module
+    model_def: ModelDef
+    deploy: bool
+    source_format: str  # "acmix-deploy" (a file reparam wrote) or where the weights were found
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    input_size: tuple[int, int, int] | None = None  # the recorded (C, H, W) of a folded checkpoint
+
+
+def read_user_checkpoint(obj: Any, path: Path, model_def: str | None, model_args: str | dict | None
+                         ) -> UserCheckpoint:
     """:func:`acmix_deploy.checkpoint.read_checkpoint` for users' models (see the module docstring)."""
     source = str(path)
     if isinstance(obj, dict) and "model_def" in obj:
@@ -386,8 +400,8 @@ def read_user_checkpoint(obj: Any, path: Path, model_def: str | None, model_args
             raise ConfigError("model_args without model_def: the checkpoint records its model's arguments")
         model, md, notes = rebuild_from_record(obj, source, model_def)
         meta = dict(obj.get("meta") or {})
-        return LoadedCheckpoint(model, f"user:{md.factory}", dict(md.args), True, "acmix-deploy", meta, notes,
-                                model_def=md.record(), input_size=tuple(model.default_cfg["input_size"]))
+        return UserCheckpoint(model, md, True, "acmix-deploy", meta, notes,
+                              input_size=tuple(model.default_cfg["input_size"]))
     md = parse_model_def(model_def, model_args)  # type: ignore[arg-type]
     model = build_user_model(md)
     where = load_user_weights(model, obj, source, f"the model built by {md.ref}")
@@ -395,15 +409,12 @@ def read_user_checkpoint(obj: Any, path: Path, model_def: str | None, model_args
     cfg = getattr(model, "default_cfg", None)
     if not (isinstance(cfg, dict) and len(cfg.get("input_size") or ()) == 3):
         model.default_cfg = {"input_size": user_input_size(model)}  # (C, 640, 640); imgsz overrides H, W
-    return LoadedCheckpoint(model, f"user:{md.factory}", dict(md.args), False, where, {}, [],
-                            model_def=md.record(), input_size=None)
+    return UserCheckpoint(model, md, False, where)
 
 
 def save_user_checkpoint(deploy: nn.Module, path: str | os.PathLike, model_def: dict[str, Any], plan: FoldPlan,
                          input_size, meta: dict[str, Any] | None = None) -> Path:
     """Write the deploy form of a user's model with the record that rebuilds it, atomically (weights only)."""
-    from . import __version__
-
     rec = dict(model_def)
     md = ModelDef(rec["ref"], rec["factory"], dict(rec.get("args") or {}), rec.get("path"), rec.get("module"),
                   rec.get("sha256"))

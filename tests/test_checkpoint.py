@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import acmix_deploy as ad
-from acmix_deploy.checkpoint import atomic_write, read_checkpoint
+from acmix_deploy.checkpoint import read_checkpoint
+from acmix_deploy.errors import OutputError
+from acmix_deploy.util import atomic_write
 from acmix_deploy.errors import CheckpointError, UnknownArchitectureError
 from acmix_deploy.testing import randomize_model
 
@@ -183,5 +185,5 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, trained, monkeypatch):
 
 
 def test_atomic_write_needs_existing_directory(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(OutputError, match="does not exist"):
         atomic_write(tmp_path / "missing" / "x.pth", lambda p: None)

@@ -27,7 +27,7 @@ from acmix_deploy.compare import compare_runners, random_inputs  # noqa: E402
 from acmix_deploy.exporters import export_onnx, unsupported_ops  # noqa: E402
 from acmix_deploy.exporters.trt_ops import TENSORRT_ONNX_OPS  # noqa: E402
 from acmix_deploy.exporters.driver import ExportOptions, merge_conv_groups_for  # noqa: E402
-from acmix_deploy.exporters.util import require  # noqa: E402
+from acmix_deploy.util import require  # noqa: E402
 from acmix_deploy.runtime import OrtRunner, TorchRunner  # noqa: E402
 
 runner = CliRunner()

@@ -557,8 +557,11 @@ def _engine_with_sidecar(tmp_path: Path) -> Path:
     engine.write_bytes(b"fake plan")
     profiles = [{"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]},
                 {"min": [8, 3, 32, 32], "opt": [16, 3, 32, 32], "max": [32, 3, 32, 32]}]
-    (tmp_path / "m.engine.json").write_text(json.dumps({"input_name": "input", "output_name": "output",
-                                                        "compute_capability": "9.0", "profiles": profiles}))
+    (tmp_path / "m.engine.json").write_text(json.dumps({
+        "format": "acmix-deploy.tensorrt-engine", "format_version": 1, "tensorrt_version": "10.13.0.35",
+        "gpu_name": "NVIDIA H200", "compute_capability": "9.0", "precision": "fp32", "typing": "strong",
+        "input_name": "input", "output_name": "output", "input_size": [3, 32, 32], "profiles": profiles,
+        "onnx_sha256": "0" * 64, "build_seconds": 1.0}))
     return engine
 
 
@@ -572,14 +575,14 @@ def test_open_runner_engine_without_gpu_is_refused(tmp_path, monkeypatch):
 
 def test_open_runner_engine_spec_comes_from_sidecar(tmp_path, monkeypatch, loaded):
     """With a stand-in TrtRunner (no TensorRT here): names and batch range from the sidecar, output from a probe."""
-    import types
-
     import torch
+
+    from acmix_deploy.runtime import loader
 
     calls = []
 
     class FakeTrtRunner:
-        def __init__(self, path, device="cuda"):
+        def __init__(self, path, device="cuda", sidecar=None):
             self.name, self.device = "tensorrt:fake", device
             calls.append((Path(path).name, device))
 
@@ -587,7 +590,7 @@ def test_open_runner_engine_spec_comes_from_sidecar(tmp_path, monkeypatch, loade
             return loaded.runner.infer(x)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setitem(sys.modules, "acmix_deploy.runtime.tensorrt", types.SimpleNamespace(TrtRunner=FakeTrtRunner))
+    monkeypatch.setattr(loader, "TrtRunner", FakeTrtRunner)
     spec = open_runner(_engine_with_sidecar(tmp_path))
     assert calls == [("m.engine", "cuda")]
     assert (spec.input.name, spec.output.name, spec.input.shape, spec.output.shape) == ("input", "output", (3, 32, 32), (5,))

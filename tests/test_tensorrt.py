@@ -21,19 +21,9 @@ from typer.testing import CliRunner
 import acmix_deploy as ad
 from acmix_deploy.cli import app
 from acmix_deploy.errors import AcmixDeployError, ConfigError, ExportError
+from acmix_deploy.artifacts.tensorrt import EngineSidecar, GpuInfo, check_sidecar, read_sidecar, sidecar_path, write_sidecar
 from acmix_deploy.exporters import tensorrt as trt_export
-from acmix_deploy.exporters.tensorrt import (
-    BatchProfile,
-    EngineSidecar,
-    GpuInfo,
-    build_engine,
-    check_sidecar,
-    configure_builder,
-    engine_profiles,
-    read_sidecar,
-    sidecar_path,
-    write_sidecar,
-)
+from acmix_deploy.exporters.tensorrt import BatchProfile, build_engine, configure_builder, engine_profiles
 from acmix_deploy.testing import randomize_model
 
 runner = CliRunner()

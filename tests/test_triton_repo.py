@@ -183,8 +183,10 @@ def fake_engine(folder: Path, stem: str, cc: str, profiles=None, output_shape=(-
     folder.mkdir(parents=True, exist_ok=True)
     engine = folder / f"{stem}.engine"
     engine.write_bytes(f"plan for sm{cc}".encode())
-    meta = {"tensorrt_version": "10.7.0", "gpu_name": f"GPU {cc}", "compute_capability": cc, "precision": "fp16",
-            "input_name": "images", "output_name": "logits", "onnx_sha256": "0" * 64, "build_seconds": 12.5,
+    meta = {"format": "acmix-deploy.tensorrt-engine", "format_version": 1, "tensorrt_version": "10.7.0",
+            "gpu_name": f"GPU {cc}", "compute_capability": cc, "precision": "fp16", "typing": "strong",
+            "input_name": "images", "output_name": "logits", "input_size": [3, 32, 32], "onnx_sha256": "0" * 64,
+            "build_seconds": 12.5,
             "profiles": profiles or [{"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}],
             **extra}
     if output_shape is not None:

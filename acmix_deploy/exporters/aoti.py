@@ -13,7 +13,6 @@ the package's metadata as ``acmix_deploy.output_names`` (a JSON list).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 import warnings
@@ -24,9 +23,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..checkpoint import atomic_write
+from ..artifacts.aoti import aoti_metadata
 from ..errors import ConfigError, ExportError
 from ..outputs import output_names as name_outputs
+from ..util import atomic_write, check_device
 
 __all__ = ["AotiExport", "export_aoti"]
 
@@ -68,8 +68,6 @@ def export_aoti(
     """
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise ExportError(f"torch {torch.__version__} has no AOTInductor packaging; it needs torch >= 2.6")
-    from ..pipeline import check_device
-
     check_device(device)
     if dynamic and not 1 <= batch <= max_batch:
         raise ConfigError(f"the example batch {batch} must lie in 1..{max_batch} (--max-batch)")
@@ -115,12 +113,8 @@ def export_aoti(
                         f"{', e.g. ' + cached if cached else ''}): export a fixed batch with --static --batch N")
             raise ExportError(f"torch.export could not capture the model: {first}{hint}") from None
 
-    stamp = {"acmix_deploy.input_size": ",".join(map(str, input_size)),
-             "acmix_deploy.min_batch": str(1 if dynamic else batch),
-             "acmix_deploy.max_batch": str(max_batch if dynamic else batch),
-             "acmix_deploy.device": device,
-             "acmix_deploy.output_names": json.dumps(names),
-             **{f"acmix_deploy.{k}": str(v) for k, v in (metadata or {}).items()}}
+    stamp = aoti_metadata(input_size, 1 if dynamic else batch, max_batch if dynamic else batch, device, names,
+                          metadata)
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .util import require
+from ..util import require
 
 __all__ = ["load_calibration", "IMAGE_SUFFIXES"]
 

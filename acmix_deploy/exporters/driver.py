@@ -90,7 +90,8 @@ def output_path(ckpt: Path, opts: ExportOptions) -> Path:
 def resolve_options(ckpt: Path, opts: ExportOptions):
     """Check every option against the others and fill the format's defaults; returns (opts, profile)."""
     from . import FORMATS
-    from ..pipeline import check_device, check_output_path, normalize_imgsz
+    from ..pipeline import check_output_path
+    from ..util import check_device, normalize_imgsz
     from .onnx import MAX_OPSET, MIN_OPSET
     from .tensorrt import engine_profiles
 
@@ -243,7 +244,8 @@ def _prepare(ckpt: Path, opts: ExportOptions, say: Log) -> _Prepared:
     """Resolve the options, fold (or read) the deploy form, and make the reference runner and the inputs."""
     from .. import __version__
     from ..compare import random_inputs
-    from ..pipeline import prepare_deploy, sha256_file
+    from ..pipeline import prepare_deploy
+    from ..util import sha256_file
     from ..runtime import TorchRunner
 
     opts, profile = resolve_options(ckpt, opts)
@@ -307,7 +309,7 @@ def build_aoti(ckpt: Path, opts: ExportOptions, say: Log) -> ExportResult:
 def build_engine_file(ckpt: Path, opts: ExportOptions, say: Log) -> ExportResult:
     """``--format engine``: the validated ONNX graph (kept beside it), then the TensorRT engine built from it."""
     from ..runtime.tensorrt import TrtRunner
-    from .onnx import INPUT_NAME
+    from ..artifacts.onnx import INPUT_NAME
     from .tensorrt import build_engine
 
     ctx = _prepare(ckpt, opts, say)

@@ -31,18 +31,18 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..checkpoint import atomic_write
+from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, INPUT_NAME, INPUT_NAME_KEY, INPUT_SHAPE_KEY, OUTPUT_NAME,
+                              OUTPUT_NAME_KEY, OUTPUT_NAMES_KEY, PRECISION_KEY, encode_metadata)
 from ..errors import ConfigError, ExportError
 from ..modules.acmix import ACmixDeploy, conv_group_merge, merged_conv_groups
-from ..outputs import SINGLE_OUTPUT_NAME, flatten_outputs, output_names as name_outputs
+from ..outputs import flatten_outputs, output_names as name_outputs
+from ..util import atomic_write, require
+from .precision import convert_fp16, quantize_int8
 from .trt_ops import TENSORRT_ONNX_OPS
-from .util import require
 
-__all__ = ["OnnxExport", "export_onnx", "merge_conv_groups_on", "op_histogram", "unsupported_ops", "INPUT_NAME",
-           "OUTPUT_NAME"]
+__all__ = ["MAX_OPSET", "MIN_OPSET", "OnnxExport", "export_onnx", "merge_conv_groups_on", "op_histogram",
+           "unsupported_ops"]
 
-INPUT_NAME = "images"
-OUTPUT_NAME = SINGLE_OUTPUT_NAME  # the output of a single-output model
 MIN_OPSET, MAX_OPSET = 13, 20
 
 
@@ -152,8 +152,6 @@ def export_onnx(
         proto = onnxslim.slim(proto)
         onnx.checker.check_model(proto)
     if fp16:
-        from .precision import convert_fp16
-
         proto = convert_fp16(proto)
         onnx.checker.check_model(proto)
     traced = [o.name for o in proto.graph.output]
@@ -166,11 +164,11 @@ def export_onnx(
             f"the exported graph uses operator(s) TensorRT's ONNX parser does not support: {', '.join(bad)}"
         )
     meta = {
-        "acmix_deploy.input_name": INPUT_NAME,
-        "acmix_deploy.input_shape": json.dumps(["batch" if dynamic else batch, *input_size]),
-        **({"acmix_deploy.output_name": names[0]} if len(names) == 1 else {}),
-        "acmix_deploy.output_names": json.dumps(names),
-        "acmix_deploy.precision": (
+        INPUT_NAME_KEY: INPUT_NAME,
+        INPUT_SHAPE_KEY: json.dumps(["batch" if dynamic else batch, *input_size]),
+        **({OUTPUT_NAME_KEY: names[0]} if len(names) == 1 else {}),
+        OUTPUT_NAMES_KEY: json.dumps(names),
+        PRECISION_KEY: (
             "fp16 (softmax, mask and logits in fp32; float32 I/O)" if fp16
             else "int8 Q/DQ (Conv, Gemm; attention in fp32)" if int8_calibration is not None else "fp32"
         ),
@@ -178,9 +176,8 @@ def export_onnx(
     acmix_blocks = [m for m in model.modules() if isinstance(m, ACmixDeploy)]
     if acmix_blocks:
         merged = merge_conv_groups and any(conv_group_merge(m.head, m.head_dim) > 1 for m in acmix_blocks)
-        meta["acmix_deploy.conv_path_groups"] = "merged into 16-channel groups" if merged else "compact"
-    for key, value in (metadata or {}).items():
-        meta[f"acmix_deploy.{key}"] = value if isinstance(value, str) else json.dumps(value)
+        meta[CONV_PATH_GROUPS_KEY] = "merged into 16-channel groups" if merged else "compact"
+    meta.update(encode_metadata(metadata or {}))
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -193,8 +190,6 @@ def export_onnx(
         if int8_calibration is None:
             onnx.save(proto, tmp)
         else:
-            from .precision import quantize_int8
-
             fp32_tmp = Path(tmp).with_suffix(".fp32.onnx")
             try:
                 onnx.save(proto, fp32_tmp)

@@ -13,7 +13,7 @@ small pure-Python package that keeps I/O types and takes an explicit block list.
 
 from __future__ import annotations
 
-from .util import require
+from ..util import require
 
 __all__ = ["attention_nodes", "convert_fp16"]
 

@@ -16,30 +16,27 @@ version, GPU name and compute capability, precision, optimization profiles,
 ONNX sha256, build time).  The sidecar is a separate file, not a header inside
 the plan, so Triton and ``trtexec`` load the plan unchanged.  An engine only
 runs on the GPU model and TensorRT version it was built with;
-:func:`check_sidecar` refuses any other pairing with both named.
+:func:`acmix_deploy.artifacts.tensorrt.check_sidecar` refuses any other pairing with both named.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
-from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..checkpoint import atomic_write
+from .. import __version__
+from ..artifacts.tensorrt import (EngineSidecar, GpuInfo, current_gpu, require_tensorrt, sidecar_path, trt_logger,
+                                  write_sidecar)
 from ..errors import AcmixDeployError, ConfigError, ExportError, MissingDependencyError
+from ..util import atomic_write, sha256_file
 
-__all__ = [
-    "BatchProfile", "EngineBuild", "EngineSidecar", "GpuInfo", "build_engine", "check_sidecar", "current_gpu",
-    "default_timing_cache", "engine_profiles", "read_sidecar", "require_tensorrt", "sidecar_path", "trt_major",
-    "write_sidecar",
-]
+__all__ = ["BatchProfile", "EngineBuild", "build_engine", "configure_builder", "default_timing_cache",
+           "engine_profiles", "trt_major"]
 
-SIDECAR_FORMAT = "acmix-deploy.tensorrt-engine"
-SIDECAR_VERSION = 1
 MIN_TRT_MAJOR = 10
 # Operators pinned to float32 in weakly typed (TensorRT 10 flag) builds: the attention's softmax and the
 # reductions around it lose accuracy in float16.
@@ -92,54 +89,6 @@ def engine_profiles(
 # ----------------------------------------------------------------------------------------- environment
 
 
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str  # "9.0"
-
-
-def current_gpu(device_index: int = 0) -> GpuInfo | None:
-    """The CUDA GPU torch sees, or None on a machine without one."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability(device_index)
-    return GpuInfo(torch.cuda.get_device_name(device_index), f"{major}.{minor}")
-
-
-def require_tensorrt(need_gpu: bool = True):
-    """Import ``tensorrt`` after checking what it needs, or raise one clear error.
-
-    The GPU is checked first: without a CUDA device, TensorRT's runtime logs a
-    CUDA error and deserialising an engine then crashes the process.
-    """
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("tensorrt") is None:
-        raise MissingDependencyError(
-            'TensorRT is not installed; install it on a machine with an NVIDIA GPU with: pip install "acmix-deploy[trt]"'
-        )
-    if need_gpu and current_gpu() is None:
-        raise MissingDependencyError(
-            "TensorRT needs a CUDA GPU, and torch sees none on this machine (export ONNX or AOTInductor here, "
-            "and build the engine on the GPU machine that will run it)"
-        )
-    try:
-        trt = importlib.import_module("tensorrt")
-    except Exception as exc:  # a stub package or a broken CUDA install raises all sorts
-        raise MissingDependencyError(
-            f'TensorRT cannot be imported ({exc}); reinstall it with: pip install "acmix-deploy[trt]"'
-        ) from None
-    if not hasattr(trt, "Builder"):
-        raise MissingDependencyError(
-            "the installed 'tensorrt' package has no builder (a lean/dispatch runtime or a stub); "
-            'install the full one with: pip install "acmix-deploy[trt]"'
-        )
-    return trt
-
-
 def trt_major(trt) -> int:
     try:
         return int(str(trt.__version__).split(".")[0])
@@ -153,110 +102,6 @@ def default_timing_cache(trt_version: str, gpu: GpuInfo) -> Path:
     return base / f"tensorrt-{trt_version}-sm{gpu.compute_capability.replace('.', '')}.timing-cache"
 
 
-# --------------------------------------------------------------------------------------------- sidecar
-
-
-@dataclass
-class EngineSidecar:
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: str  # fp32 | fp16 | int8
-    typing: str  # strong | weak
-    input_name: str
-    output_name: str  # the first output (the only one of single-output models, as sidecars before output_names)
-    input_size: list[int]  # C, H, W
-    profiles: list[dict[str, list[int]]]  # [{"min": [N,C,H,W], "opt": [...], "max": [...]}]
-    onnx_sha256: str
-    build_seconds: float
-    output_shape: list[int] | None = None  # full shape of the first output, batch axis first (-1 when dynamic)
-    output_names: list[str] | None = None  # every output, in the model's order (absent in older sidecars)
-    output_shapes: list[list[int]] | None = None  # the full shape of each of output_names
-    workspace_bytes: int | None = None
-    builder_optimization_level: int | None = None
-    engine_sha256: str = ""
-    package_version: str = ""
-    created: str = ""
-    source: dict[str, Any] = field(default_factory=dict)
-    format: str = SIDECAR_FORMAT
-    format_version: int = SIDECAR_VERSION
-
-    @property
-    def all_output_names(self) -> list[str]:
-        """Every output's name: ``output_names``, or ``[output_name]`` for a sidecar written before it existed."""
-        return list(self.output_names) if self.output_names else [self.output_name]
-
-    @property
-    def max_batch(self) -> int:
-        return max(p["max"][0] for p in self.profiles)
-
-    @property
-    def min_batch(self) -> int:
-        return min(p["min"][0] for p in self.profiles)
-
-
-def sidecar_path(engine: str | os.PathLike) -> Path:
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
-
-
-def write_sidecar(engine: str | os.PathLike, sidecar: EngineSidecar) -> Path:
-    text = json.dumps(asdict(sidecar), indent=2, sort_keys=True) + "\n"
-    return atomic_write(sidecar_path(engine), lambda tmp: Path(tmp).write_text(text))
-
-
-def load_sidecar_json(engine: str | os.PathLike) -> dict:
-    """The sidecar of ``engine`` as a JSON object; a missing, unreadable or non-object file is a clear error."""
-    path = sidecar_path(engine)
-    if not path.is_file():
-        raise AcmixDeployError(
-            f"engine {engine} has no sidecar {path.name}: it records the GPU and TensorRT version the engine was "
-            "built for; rebuild the engine with 'acmix-deploy export --trt'"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AcmixDeployError(f"cannot read engine sidecar {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise AcmixDeployError(f"{path} is not a JSON object (an acmix-deploy engine sidecar)")
-    return data
-
-
-def read_sidecar(engine: str | os.PathLike) -> EngineSidecar:
-    """Read and check the sidecar of ``engine``; a missing or foreign one is a clear error."""
-    path = sidecar_path(engine)
-    data = load_sidecar_json(engine)
-    if data.get("format") != SIDECAR_FORMAT:
-        raise AcmixDeployError(f"{path} is not an acmix-deploy engine sidecar")
-    if data.get("format_version", 0) > SIDECAR_VERSION:
-        raise AcmixDeployError(
-            f"{path} has sidecar format {data.get('format_version')}, newer than this acmix-deploy understands "
-            f"({SIDECAR_VERSION}); upgrade acmix-deploy"
-        )
-    known = EngineSidecar.__dataclass_fields__
-    missing = [k for k, f in known.items() if k not in data and f.default is MISSING and f.default_factory is MISSING]
-    if missing:
-        raise AcmixDeployError(f"engine sidecar {path} lacks {', '.join(missing)}")
-    return EngineSidecar(**{k: v for k, v in data.items() if k in known})
-
-
-def check_sidecar(sidecar: EngineSidecar, trt_version: str, gpu: GpuInfo, engine: str | os.PathLike = "engine") -> None:
-    """Refuse an engine built for another GPU model or TensorRT version, naming both."""
-    problems = []
-    if sidecar.tensorrt_version != trt_version:
-        problems.append(f"it was built with TensorRT {sidecar.tensorrt_version}, this machine has TensorRT {trt_version}")
-    if sidecar.compute_capability != gpu.compute_capability or sidecar.gpu_name != gpu.name:
-        problems.append(
-            f"it was built for {sidecar.gpu_name} (compute capability {sidecar.compute_capability}), "
-            f"this machine has {gpu.name} (compute capability {gpu.compute_capability})"
-        )
-    if problems:
-        raise AcmixDeployError(
-            f"refusing to load {engine}: " + "; ".join(problems)
-            + ". TensorRT engines only run where they were built: rebuild it here with 'acmix-deploy export --trt'"
-        )
-
-
 # ---------------------------------------------------------------------------------------------- build
 
 
@@ -267,16 +112,6 @@ class EngineBuild:
     seconds: float
     size_bytes: int
     timing_cache: Path | None
-
-
-_LOGGERS: dict[int, Any] = {}
-
-
-def trt_logger(trt):
-    """One logger per TensorRT module: TensorRT keeps a single global logger and warns about a second."""
-    if id(trt) not in _LOGGERS:
-        _LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
-    return _LOGGERS[id(trt)]
 
 
 def _fp32_constraints(trt, network) -> int:
@@ -367,9 +202,6 @@ def build_engine(
     is moved into place.  The timing cache is read before and written after the
     build, so later builds on the same GPU and TensorRT version reuse it.
     """
-    from .. import __version__
-    from ..pipeline import sha256_file
-
     if precision not in ("fp32", "fp16", "int8"):
         raise ConfigError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     if typing not in ("strong", "weak"):

@@ -34,11 +34,17 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import AcmixDeployError, ConfigError, ExportError
+from .. import __version__
+from ..artifacts.onnx import INPUT_NAME
+from ..artifacts.tensorrt import EngineSidecar, read_sidecar
+from ..errors import AcmixDeployError, ConfigError, EquivalenceError, ExportError
+from ..pipeline import prepare_deploy
+from ..util import normalize_imgsz, require, sha256_file
+from .onnx import export_onnx, merge_conv_groups_on
 
 __all__ = ["TritonModelConfig", "TritonOutput", "TritonRepoExport", "check_model_name", "engine_model_config",
            "build_triton_repository", "export_triton_repository", "find_engines", "model_config_text", "write_model_dir", "write_onnx_file_repository",
@@ -197,8 +203,6 @@ def write_onnx_repository(
     ``output_names`` names the outputs of a model with several (see :func:`export_onnx`); the config
     lists every output of the exported graph.
     """
-    from .onnx import INPUT_NAME, export_onnx, merge_conv_groups_on
-
     check_model_name(name)
     if max_batch < 1:
         raise ConfigError(f"--max-batch must be positive for a dynamic-batch ONNX model, got {max_batch}")
@@ -242,8 +246,6 @@ def write_onnx_file_repository(
     ``max_batch_size: 0`` and full-shape dims (Triton then never batches).
     The file must load in ONNX Runtime and have one input; every output is listed.
     """
-    from .util import require
-
     check_model_name(name)
     if max_batch < 1:
         raise ConfigError(f"--max-batch must be positive, got {max_batch}")
@@ -304,8 +306,6 @@ def _graph_outputs(graph, batched: bool) -> tuple[TritonOutput, ...]:
 
 
 def _onnx_outputs(path: Path, batched: bool = True) -> tuple[TritonOutput, ...]:
-    from .util import require
-
     onnx = require("onnx", "onnx")
     return _graph_outputs(onnx.load(str(path), load_external_data=False).graph, batched)
 
@@ -317,8 +317,7 @@ def _onnx_output_dims(path: Path) -> tuple[int, ...]:
 
 def _torch_check(model, input_size, record: dict, tol: float = 1e-4) -> Callable[[Path], None]:
     def check(tmp: Path) -> None:
-        from ..compare import compare_runners, random_inputs
-        from ..errors import EquivalenceError
+        from ..compare import compare_runners, random_inputs  # verification sits above the exporters
         from ..runtime import OrtRunner, TorchRunner
 
         rows = compare_runners(TorchRunner(model, name="torch:deploy"), [OrtRunner(tmp)],
@@ -349,9 +348,6 @@ def export_triton_repository(
     ``imgsz`` is an int (a square) or ``(height, width)``; ``output_names`` names the outputs of a
     checkpoint's model with several (an ONNX file or engines keep the names they have).
     """
-    from .. import __version__
-    from ..pipeline import normalize_imgsz, prepare_deploy, sha256_file
-
     src = Path(src)
     imgsz = normalize_imgsz(imgsz)
     if max_batch is not None and max_batch < 1:
@@ -425,31 +421,29 @@ def find_engines(path: str | os.PathLike) -> list[Path]:
     return [path]
 
 
-def _engine_outputs(engine: Path, meta: dict) -> tuple[TritonOutput, ...]:
+def _engine_outputs(engine: Path, meta: EngineSidecar) -> tuple[TritonOutput, ...]:
     """Every output of an engine, dims without batch: from the sidecar (``output_shapes``, or ``output_shape``
     of a single-output engine), else from the source ONNX found next to the engine."""
-    names = list(meta.get("output_names") or [meta["output_name"]])
+    names = meta.all_output_names
 
     def dims_of(shape, what: str) -> tuple[int, ...]:
         if not isinstance(shape, list) or len(shape) < 1 or not all(isinstance(d, int) for d in shape[1:]):
             raise ExportError(f"{engine.name}: sidecar {what} must be a list [N, ...] of ints, got {shape!r}")
         return tuple(shape[1:])
 
-    shapes = meta.get("output_shapes")
+    shapes = meta.output_shapes
     if shapes is not None:  # the full shapes, batch axis first (any value there)
         if not isinstance(shapes, list) or len(shapes) != len(names):
             raise ExportError(f"{engine.name}: sidecar output_shapes must give one shape per output {names}, "
                               f"got {shapes!r}")
         return tuple(TritonOutput(n, dims_of(sh, "output_shapes")) for n, sh in zip(names, shapes))
-    if "output_shape" in meta and len(names) == 1:
-        shape = meta["output_shape"]
+    if meta.output_shape is not None and len(names) == 1:
+        shape = meta.output_shape
         if not isinstance(shape, list) or len(shape) < 2:
             raise ExportError(f"{engine.name}: sidecar output_shape must be a list [N, ...] of ints, got {shape!r}")
         return (TritonOutput(names[0], dims_of(shape, "output_shape")),)
-    digest = meta.get("onnx_sha256")
+    digest = meta.onnx_sha256
     if digest:
-        from ..pipeline import sha256_file
-
         for candidate in sorted(engine.parent.glob("*.onnx")):
             if sha256_file(candidate) == digest:
                 found = _onnx_outputs(candidate)
@@ -463,7 +457,7 @@ def _engine_outputs(engine: Path, meta: dict) -> tuple[TritonOutput, ...]:
     )
 
 
-def _engine_output_dims(engine: Path, meta: dict) -> tuple[int, ...]:
+def _engine_output_dims(engine: Path, meta: EngineSidecar) -> tuple[int, ...]:
     """The first output's dims without the batch axis (see :func:`_engine_outputs`)."""
     return _engine_outputs(engine, meta)[0].dims
 
@@ -471,26 +465,25 @@ def _engine_output_dims(engine: Path, meta: dict) -> tuple[int, ...]:
 def engine_model_config(engines: list[Path], name: str, max_batch: int | None = None, instances: int = 1,
                         max_queue_delay_us: int = 1000) -> tuple[TritonModelConfig, dict[Path, str]]:
     """The config for one or more engines (one per compute capability) and the file name each gets in ``1/``."""
-    from ..runtime.loader import read_engine_sidecar
-
-    metas = {e: read_engine_sidecar(e) for e in engines}
+    metas = {e: read_sidecar(e) for e in engines}
     first_engine, first = engines[0], metas[engines[0]]
     for e, m in metas.items():
-        for key in ("input_name", "output_names"):
-            if m[key] != first[key]:
-                raise ConfigError(f"{e.name} has {key} {m[key]!r} but {first_engine.name} has {first[key]!r}; "
+        for key, mine, theirs in (("input_name", m.input_name, first.input_name),
+                                  ("output_names", m.all_output_names, first.all_output_names)):
+            if mine != theirs:
+                raise ConfigError(f"{e.name} has {key} {mine!r} but {first_engine.name} has {theirs!r}; "
                                   "one model directory holds one model")
-    profiles = [p for m in metas.values() for p in m["profiles"]]
+    profiles = [p for m in metas.values() for p in m.profiles]
     chw_min = [min(p["min"][i] for p in profiles) for i in range(1, 4)]
     chw_max = [max(p["max"][i] for p in profiles) for i in range(1, 4)]
     input_dims = tuple(lo if lo == hi else -1 for lo, hi in zip(chw_min, chw_max))
     # Triton sends any batch from 1 to max_batch_size: every engine must cover 1..its max.
     engine_max = []
     for e, m in metas.items():
-        lo = min(p["min"][0] for p in m["profiles"])
+        lo = m.min_batch
         if lo > 1:
             raise ConfigError(f"{e.name}: its optimization profiles start at batch {lo}; Triton needs batch 1 to work")
-        engine_max.append(max(p["max"][0] for p in m["profiles"]))
+        engine_max.append(m.max_batch)
     max_batch_size = min(engine_max)
     if max_batch is not None:
         if max_batch < 1:
@@ -509,7 +502,7 @@ def engine_model_config(engines: list[Path], name: str, max_batch: int | None = 
         filenames[first_engine] = "model.plan"
     else:
         for e, m in metas.items():
-            cc = str(m.get("compute_capability") or "")
+            cc = str(m.compute_capability or "")
             if not cc or not all(part.isdigit() for part in cc.split(".")):
                 raise ConfigError(f"{e.name}: its sidecar has no compute_capability like '8.6'; "
                                   "several engines are told apart by it")
@@ -518,7 +511,7 @@ def engine_model_config(engines: list[Path], name: str, max_batch: int | None = 
                 raise ConfigError(f"{e.name} and {other.name} are both built for compute capability {cc}; keep one")
             filenames[e] = cc_map[cc] = f"model.sm{cc.replace('.', '')}.plan"
     cfg = TritonModelConfig(
-        name=name, platform="tensorrt_plan", input_name=first["input_name"], output_name=outputs[0].name,
+        name=name, platform="tensorrt_plan", input_name=first.input_name, output_name=outputs[0].name,
         input_dims=input_dims, output_dims=outputs[0].dims, max_batch_size=max_batch_size,
         preferred_batch_sizes=tuple(opt), max_queue_delay_us=max_queue_delay_us, instance_kind="KIND_GPU",
         instance_count=instances, cc_model_filenames=cc_map,
@@ -543,14 +536,16 @@ def write_engine_repository(engines: str | os.PathLike | list, repo: str | os.Pa
             shutil.copyfile(src, version_dir / fn)
             out.append(version_dir / fn)
         (version_dir / "engines.json").write_text(json.dumps(
-            {fn: {"source": src.name, **_sidecar(src)} for src, fn in filenames.items()}, indent=2))
+            {fn: _engine_record(src) for src, fn in filenames.items()}, indent=2))
         return out
 
     model_dir, files = write_model_dir(repo, name, text, fill, force=force)
     return TritonRepoExport(Path(repo), model_dir, cfg, text, files, time.perf_counter() - t0)
 
 
-def _sidecar(engine: Path) -> dict:
-    from ..runtime.loader import read_engine_sidecar
-
-    return read_engine_sidecar(engine)
+def _engine_record(engine: Path) -> dict:
+    """What ``1/engines.json`` says about one plan: its sidecar, ``source`` the engine file it was copied from
+    and ``built_from`` the sidecar's own ``source`` (the checkpoint the engine was built from)."""
+    record = asdict(read_sidecar(engine))
+    record["built_from"] = record.pop("source")
+    return {**record, "source": engine.name}

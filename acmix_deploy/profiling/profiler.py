@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import AcmixDeployError, ConfigError
+from ..util import check_device, normalize_imgsz, sha256_file
 from .fingerprint import device_fingerprint
 from .stats import summarize
 
@@ -73,8 +74,6 @@ class ProfileSettings:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be positive, got {self.threads}")
-        from ..pipeline import check_device, normalize_imgsz
-
         normalize_imgsz(self.imgsz)  # ConfigError for anything but a positive int or (height, width)
         check_device(self.device)
 
@@ -260,8 +259,6 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
 
     A model with several outputs is timed producing all of them (every backend runs the whole graph).
     """
-    from ..pipeline import normalize_imgsz, sha256_file
-
     settings.validate()
     imgsz = normalize_imgsz(settings.imgsz)
 

@@ -16,9 +16,9 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..util import atomic_write
 from ..errors import AcmixDeployError
-from ..exporters.util import require
+from ..util import require
 
 __all__ = ["save_json", "save_csv", "load_report", "merged_rows", "markdown_table", "plot_reports", "device_label",
            "CSV_COLUMNS"]

@@ -7,13 +7,13 @@ The package returns the model's output structure (a tensor, nested tuples, a dic
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..artifacts.aoti import read_aoti_metadata
 from ..errors import AcmixDeployError, InputShapeError
 from ..outputs import flatten_outputs
 from .base import check_single_output, single_output
@@ -35,22 +35,17 @@ class AotiRunner:
             self.metadata = dict(self.model.get_metadata())
         except Exception:  # packages from other writers may carry none
             self.metadata = {}
-        compiled_for = self.metadata.get("acmix_deploy.device")
+        recorded = read_aoti_metadata(self.metadata, path.name)
+        compiled_for = recorded.device
         device = device or compiled_for or "cpu"
         if compiled_for and device != compiled_for:
             raise AcmixDeployError(f"{path.name} was compiled for {compiled_for}; it cannot run on {device}")
         self.device = torch.device(device)
         self.name = f"aoti:{device}"
-        size = self.metadata.get("acmix_deploy.input_size")
         # (-1, C, H, W) when the package records its input size, else None
-        self.input_shape = [-1, *map(int, size.split(","))] if size else None
-        self.min_batch = int(self.metadata.get("acmix_deploy.min_batch", 1))
-        self.max_batch = int(self.metadata["acmix_deploy.max_batch"]) if "acmix_deploy.max_batch" in self.metadata else None
-        try:  # packages written before several outputs were supported record none: one output, "logits"
-            names = json.loads(self.metadata.get("acmix_deploy.output_names", "null"))
-        except json.JSONDecodeError:
-            names = None
-        self.output_names: list[str] | None = names if isinstance(names, list) else None
+        self.input_shape = [-1, *recorded.input_size] if recorded.input_size else None
+        self.min_batch, self.max_batch = recorded.min_batch, recorded.max_batch
+        self.output_names: list[str] | None = recorded.output_names
 
     @torch.inference_mode()
     def infer_outputs(self, x: np.ndarray) -> list[np.ndarray]:

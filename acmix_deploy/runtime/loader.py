@@ -5,7 +5,7 @@ Dispatch is by suffix:
 =================  ===========================================================
 ``.onnx``          :class:`OrtRunner` (names and shapes read from the session)
 ``.pt2``           :class:`AotiRunner` (AOTInductor package)
-``.engine/.plan``  ``TrtRunner`` (imported lazily; names and batch range from
+``.engine/.plan``  :class:`TrtRunner` (TensorRT itself imported on use; names and batch range from
                    the ``X.engine.json`` sidecar written next to the engine)
 ``.pth/.pt``       :class:`TorchRunner` over the deploy form (a training
                    checkpoint is folded first, with a check)
@@ -27,11 +27,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AcmixDeployError, ConfigError
-from ..outputs import SINGLE_OUTPUT_NAME
-from .base import run_outputs
+import torch
 
-__all__ = ["BACKENDS", "LoadedModel", "TensorSpec", "open_runner", "read_engine_sidecar"]
+from ..artifacts.onnx import INPUT_NAME
+from ..artifacts.tensorrt import read_sidecar
+from ..errors import AcmixDeployError, ConfigError
+from ..models import create_model
+from ..outputs import SINGLE_OUTPUT_NAME
+from ..pipeline import default_input_size, prepare_deploy
+from ..util import normalize_imgsz
+from .aoti import AotiRunner
+from .base import run_outputs
+from .onnxruntime import OrtRunner
+from .tensorrt import TrtRunner
+from .torch import TorchRunner
+
+__all__ = ["BACKENDS", "LoadedModel", "TensorSpec", "backend_for", "open_runner"]
 
 # backend name -> the suffixes it opens
 BACKENDS: dict[str, tuple[str, ...]] = {
@@ -114,35 +125,8 @@ class LoadedModel:
         return tuple(self.input.shape)  # type: ignore[return-value]
 
 
-def read_engine_sidecar(engine: str | os.PathLike) -> dict:
-    """The JSON sidecar ``X.engine.json`` of a TensorRT engine ``X.engine``, checked for the keys we use."""
-    from ..exporters.tensorrt import load_sidecar_json, sidecar_path
-
-    meta = load_sidecar_json(engine)  # the lenient part: only the keys a runner or Triton config needs
-    sidecar = sidecar_path(engine)
-    missing = [k for k in ("input_name", "profiles") if k not in meta]
-    if "output_name" not in meta and "output_names" not in meta:  # output_names: sidecars of several outputs
-        missing.append("output_name")
-    if missing:
-        raise AcmixDeployError(f"{sidecar} lacks key(s) {', '.join(missing) or 'all'}")
-    names = meta.get("output_names") or [meta["output_name"]]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names) \
-            or len(set(names)) != len(names):
-        raise AcmixDeployError(f"{sidecar}: 'output_names' must be a list of unique non-empty strings, got {names!r}")
-    meta = {**meta, "output_names": names, "output_name": meta.get("output_name", names[0])}
-    profiles = meta["profiles"]
-    try:
-        ok = bool(profiles) and all(
-            len(p[k]) == 4 and all(isinstance(d, int) and d > 0 for d in p[k]) for p in profiles for k in ("min", "opt", "max")
-        )
-    except (TypeError, KeyError):
-        ok = False
-    if not ok:
-        raise AcmixDeployError(f"{sidecar}: 'profiles' must be a list of {{min, opt, max}} NCHW shapes of positive ints")
-    return meta
-
-
-def _backend_for(path: Path, backend: str | None) -> str:
+def backend_for(path: Path, backend: str | None = None) -> str:
+    """The backend that runs ``path`` (by its suffix, :data:`BACKENDS`), or ``backend`` checked against it."""
     suffix = path.suffix.lower()
     by_suffix = next((b for b, suffixes in BACKENDS.items() if suffix in suffixes), None)
     if backend is None:
@@ -176,8 +160,6 @@ def open_runner(
     ``imgsz`` (an int for a square, or ``(height, width)``) sets the input size of checkpoints and of
     AOTInductor packages that record none; exported files keep the size they were exported with.
     """
-    from ..pipeline import normalize_imgsz
-
     imgsz = normalize_imgsz(imgsz)  # a bad value is refused before any file is read
     path = Path(path)
     if not path.exists():
@@ -186,14 +168,12 @@ def open_runner(
         raise AcmixDeployError(f"model {path} is a directory; give a model file (.onnx, .pt2, .engine, .pth)")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be positive, got {threads}")
-    backend = _backend_for(path, backend)
+    backend = backend_for(path, backend)
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"device must be cpu or cuda, got {device!r}")
     min_batch, max_batch = 1, None
 
     if backend == "onnxruntime":
-        from .onnxruntime import OrtRunner
-
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else None
         runner = OrtRunner(path, providers=providers, threads=threads)
         inp = runner.session.get_inputs()[0]
@@ -206,34 +186,21 @@ def open_runner(
         if -1 in chw:
             raise AcmixDeployError(f"{path.name}: input {inp.name} has dynamic C/H/W {inp.shape}; a fixed image size is needed")
     elif backend == "tensorrt":
-        meta = read_engine_sidecar(path)
-        import torch
-
+        sidecar = read_sidecar(path)  # read once: the runner gets it, not the path to read again
         # TensorRT without a usable CUDA device crashes the process on deserialization: refuse first.
         if not torch.cuda.is_available():
             raise AcmixDeployError(f"cannot run TensorRT engine {path.name}: no CUDA GPU is visible on this machine")
-        try:
-            from .tensorrt import TrtRunner
-        except ImportError as exc:
-            raise AcmixDeployError(
-                f"cannot run TensorRT engine {path.name}: the TensorRT runner is unavailable ({exc}); "
-                "install TensorRT on a machine with an NVIDIA GPU (pip install \"acmix-deploy[trt]\")"
-            ) from None
         if device != "cuda":
             device = "cuda"  # an engine only runs on the GPU it was built for
-        runner = TrtRunner(path, device=device)
+        runner = TrtRunner(path, device=device, sidecar=sidecar)
         # The runner executes optimization profile 0: advertise its range, not the union of all profiles.
-        profile = meta["profiles"][0]
+        profile = sidecar.profiles[0]
         min_batch, max_batch = profile["min"][0], profile["max"][0]
         chw = tuple(profile["opt"][1:])
-        input_name, names = meta["input_name"], list(meta["output_names"])
+        input_name, names = sidecar.input_name, sidecar.all_output_names
     else:
-        from ..exporters.onnx import INPUT_NAME
-
         input_name, names = INPUT_NAME, None  # None: the naming rule on what the model returns (see below)
         if backend == "aoti":
-            from .aoti import AotiRunner
-
             runner = AotiRunner(path, device)
             names = runner.output_names
             if runner.input_shape is not None:  # packages written by acmix-deploy record their input
@@ -242,14 +209,8 @@ def open_runner(
             elif arch is None:
                 raise ConfigError(f"{path.name} records no input size; give --arch (and --imgsz)")
             else:
-                from ..models import create_model
-                from ..pipeline import default_input_size
-
                 chw = default_input_size(create_model(arch, deploy=True), imgsz)
         else:
-            from ..pipeline import prepare_deploy
-            from .torch import TorchRunner
-
             prep = prepare_deploy(path, arch, imgsz, model_def=model_def, model_args=model_args)
             chw = prep.input_size
             runner = TorchRunner(prep.deploy, name=f"torch:deploy:{device}", device=device)

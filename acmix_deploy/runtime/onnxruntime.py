@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AcmixDeployError
-from ..exporters.util import require
+from ..util import require
 from .base import check_single_output
 
 

@@ -1,7 +1,7 @@
 """TensorRT runner: one engine file and its sidecar, run on the CUDA GPU with torch-owned buffers.
 
 The sidecar is checked before the plan is touched (see
-:func:`acmix_deploy.exporters.tensorrt.check_sidecar`): an engine built for
+:func:`acmix_deploy.artifacts.tensorrt.check_sidecar`): an engine built for
 another GPU model or TensorRT version is refused with both named, instead of
 failing inside TensorRT.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AcmixDeployError, InputShapeError
-from ..exporters.tensorrt import (EngineSidecar, check_sidecar, current_gpu, read_sidecar, require_tensorrt,
+from ..artifacts.tensorrt import (EngineSidecar, check_sidecar, current_gpu, read_sidecar, require_tensorrt,
                                   trt_logger)
 from .base import check_single_output
 

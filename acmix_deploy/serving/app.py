@@ -42,7 +42,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError
-from ..exporters.util import require
+from ..util import require
 from .batching import DynamicBatcher
 from .metrics import ServerMetrics
 from ..runtime.base import run_outputs
