@@ -228,7 +228,8 @@ class _Prepared:
                           validate=self.validator(OrtRunner, "onnx vs torch (deploy form)", rows), fp16=fp16_graph,
                           int8_calibration=self.calibration,
                           calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
-                          merge_conv_groups=merge_conv_groups_for(opts), output_names=opts.output_names)
+                          merge_conv_groups=merge_conv_groups_for(opts), output_names=opts.output_names,
+                          for_tensorrt=opts.fmt == "engine")
         if len(res.output_names) > 1:
             self.say(f"ONNX outputs: {', '.join(res.output_names)}")
         self.say(f"ONNX: {res.nodes} nodes, {opts.precision}, validated with ONNX Runtime; wrote {res.path} "

@@ -38,7 +38,7 @@ from ..modules.acmix import ACmixDeploy, conv_group_merge, merged_conv_groups
 from ..outputs import flatten_outputs, output_names as name_outputs
 from ..util import atomic_write, require
 from .precision import convert_fp16, quantize_int8
-from .trt_ops import TENSORRT_ONNX_OPS
+from .trt_ops import TENSORRT_ONNX_OPS, TENSORRT_VERSION
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "OnnxExport", "export_onnx", "merge_conv_groups_on", "op_histogram",
            "unsupported_ops"]
@@ -82,8 +82,19 @@ def op_histogram(model_proto) -> dict[str, int]:
 
 
 def unsupported_ops(model_proto) -> list[str]:
-    """Operators TensorRT's ONNX parser does not accept (custom domains included)."""
+    """Operators TensorRT 10's ONNX parser does not accept (custom domains included)."""
     return sorted(op for op in op_histogram(model_proto) if op not in TENSORRT_ONNX_OPS)
+
+
+def _check_tensorrt_ops(bad: list[str], what: str, enforce: bool) -> None:
+    """Refuse (``enforce``: the graph is for TensorRT) or warn about operators TensorRT 10 cannot parse."""
+    if not bad:
+        return
+    text = (f"the {what} uses operator(s) TensorRT {TENSORRT_VERSION}'s ONNX parser does not support: "
+            f"{', '.join(bad)}")
+    if enforce:
+        raise ExportError(text + "; replace the module(s) that produce them, or export for ONNX Runtime")
+    warnings.warn(text + " (fine for ONNX Runtime; a TensorRT engine cannot be built from it)", stacklevel=3)
 
 
 def _trace(model: nn.Module, x: torch.Tensor, opset: int, dynamic: bool, names: list[str],
@@ -116,6 +127,7 @@ def export_onnx(
     calibration_cache: str | os.PathLike | None = None,
     merge_conv_groups: bool = True,
     output_names: list[str] | None = None,
+    for_tensorrt: bool = False,
 ) -> OnnxExport:
     """Export ``model`` (eval mode, CPU, float32) to ``path``.
 
@@ -129,6 +141,9 @@ def export_onnx(
     flattened tensor); by default they follow :func:`acmix_deploy.outputs.output_names`.  The names are
     recorded in the metadata as ``acmix_deploy.output_names`` (a JSON list), and, for a single output,
     also as ``acmix_deploy.output_name`` as in files written before several outputs were supported.
+    ``for_tensorrt``: the graph is meant for TensorRT's ONNX parser (an engine build); an operator outside
+    its support matrix (:mod:`.trt_ops`, TensorRT 10) is then an :class:`ExportError`.  Otherwise such an
+    operator only warns (a ``UserWarning``): ONNX Runtime runs it.
     """
     onnx = require("onnx", "onnx")
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -158,11 +173,7 @@ def export_onnx(
     if traced != names:  # e.g. the model returns one tensor twice: the tracer gives it one graph output
         raise ExportError(f"the exported graph has outputs {traced}, expected {names}; return each output "
                           "tensor once (clone a tensor returned twice)")
-    bad = unsupported_ops(proto)
-    if bad:
-        raise ExportError(
-            f"the exported graph uses operator(s) TensorRT's ONNX parser does not support: {', '.join(bad)}"
-        )
+    _check_tensorrt_ops(unsupported_ops(proto), "exported graph", for_tensorrt)
     meta = {
         INPUT_NAME_KEY: INPUT_NAME,
         INPUT_SHAPE_KEY: json.dumps(["batch" if dynamic else batch, *input_size]),
@@ -197,9 +208,7 @@ def export_onnx(
             finally:
                 fp32_tmp.unlink(missing_ok=True)
             quantized = onnx.load(tmp)
-            bad_q = unsupported_ops(quantized)
-            if bad_q:
-                raise ExportError(f"the quantized graph uses operator(s) TensorRT does not support: {', '.join(bad_q)}")
+            _check_tensorrt_ops(unsupported_ops(quantized), "quantized graph", for_tensorrt)
             final["proto"] = quantized
         if validate is not None:
             validate(Path(tmp))
