@@ -37,8 +37,8 @@ def test_round_trip_training_and_deploy(tmp_path, trained):
     deploy = ad.reparameterize_model(trained)
     dpath = ad.save_checkpoint(deploy, tmp_path / "d.pth")
     raw = torch.load(dpath, weights_only=True)
-    assert set(raw) == {"format_version", "arch", "arch_args", "deploy", "state_dict", "meta"}
-    assert raw["deploy"] is True
+    assert set(raw) == {"format_version", "arch", "arch_args", "deploy", "state_dict", "meta", "input_size"}
+    assert raw["deploy"] is True and list(raw["input_size"]) == list(deploy.default_cfg["input_size"])
     assert _same_outputs(deploy, ad.load_checkpoint(dpath))
 
 
