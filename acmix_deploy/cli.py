@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a check failed (outputs differ beyond tolerance),
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -48,7 +49,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Not a terminal (a pipe, a log, CI): 160 columns unless COLUMNS says otherwise, so that tables are not squeezed.
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 err_console = Console(stderr=True)
 
 
@@ -69,6 +71,41 @@ def _safe(text) -> str:
 def _fail(exc: Exception, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {_safe(exc)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _print_table(table: Table) -> None:
+    """Print ``table`` without ever cutting a number ("1234.…").
+
+    Columns whose cells are single tokens (numbers, names, flags) never wrap; text columns wrap between words
+    and fold long words.  When the tokens do not fit the console even so, the borders get lighter, and
+    then the table is printed wider than the console (a narrow terminal wraps the lines; logs keep them).
+    """
+    from rich import box
+
+    table.expand = False
+    widths = []
+    for column in table.columns:
+        cells = [c.plain if hasattr(c, "plain") else str(c) for c in column._cells]
+        column.overflow = "fold"
+        if all(" " not in c for c in cells):
+            column.no_wrap = True
+            widths.append(max([len(str(column.header)), *map(len, cells)]))
+        else:
+            widths.append(min(12, max([len(w) for c in cells for w in c.split()] or [1])))
+
+    def need() -> int:
+        pad = table.padding[1] + table.padding[3] if len(table.padding) == 4 else 2 * table.padding[-1]
+        borders = 0 if table.box is None else len(widths) + 1 - (0 if table.show_edge else 2)
+        return sum(widths) + pad * len(widths) + borders
+
+    if need() > console.width:
+        table.box, table.show_edge = box.SIMPLE_HEAD, False
+    width = need()
+    if width <= console.width:
+        console.print(table)
+    else:
+        Console(file=console.file, width=width, color_system=console.color_system,
+                force_terminal=console.is_terminal).print(table)
 
 
 def _human(n: float) -> str:
@@ -99,9 +136,11 @@ def list_models_cmd(pattern: Optional[str] = typer.Argument(None, help="Shell-st
 
     table = Table("architecture", "description")
     for name in list_models(pattern):
-        doc = (model_entrypoint(name).__doc__ or "").strip().splitlines()[0]
-        table.add_row(name, doc)
-    console.print(table)
+        doc = ((model_entrypoint(name).__doc__ or "").strip().splitlines() or [""])[0]
+        # Sphinx roles and literals read as plain text: ":func:`acmix_resnet_tiny`" -> "acmix_resnet_tiny"
+        doc = re.sub(r":[a-z]+(?::[a-z]+)?:`~?([^`]*)`", r"\1", doc).replace("``", "")
+        table.add_row(name, escape(doc))
+    _print_table(table)
 
 
 @app.command()
@@ -141,7 +180,7 @@ def info(
         table.add_row(_safe(f"meta.{key}"), _safe(value))
     for note in loaded.notes:
         table.add_row("note", _safe(note))
-    console.print(table)
+    _print_table(table)
 
 
 def _imgsz(values: Optional[list[int]]):
@@ -255,7 +294,7 @@ def reparam(
         if diff.first_divergence:
             table.add_row("first diverging module", "", _safe(diff.first_divergence))
         table.add_row("check time", "", f"{check_s:.2f} s")
-    console.print(table)
+    _print_table(table)
     if diff is not None and diff.rel_float64 is not None and diff.within(tol):
         console.print(
             f"[yellow]note:[/] the float32 relative error {diff.rel:.3g} is above --tol {tol:g}, but the fold redone in "
@@ -317,7 +356,7 @@ def _reparam_pickle(ckpt, out, code_path, size_arg, check, batch, tol, seed, all
                       str(len(f.report.leftovers)), escape(f.diff.output or "") if f.diff else "", rel)
         if f.diff is not None and not f.diff.rel <= tol:
             failed.append(f"{f.key}: relative error {f.diff.rel:.3g}")
-    console.print(table)
+    _print_table(table)
     if failed:
         err_console.print(f"[bold red]check failed:[/] {escape('; '.join(failed))} above --tol {tol:g}; nothing written")
         raise typer.Exit(1)
@@ -434,8 +473,11 @@ def export(
     try:
         with console.status(doing) as status:
             def log(msg: str) -> None:
-                if fmt != "triton":  # the repository is summarised below, as its config
-                    console.print(escape(msg), highlight=False)
+                # The repository is summarised below, as its config.  The file written is said once, by the
+                # last line below: the exporter's "...; wrote PATH ..." / "AOTInductor: wrote PATH ..." lose that part.
+                text = re.sub(r"[;:] wrote .*$", "", msg, flags=re.S)
+                if fmt != "triton" and " " in text:
+                    console.print(escape(text), highlight=False)
                 status.update(doing)
 
             res = export_model(ckpt, opts, log)
@@ -449,14 +491,14 @@ def export(
         _fail(exc)
     except EquivalenceError as exc:
         if getattr(exc, "rows", None):
-            console.print(_comparison_table(exc.title, exc.rows))
+            _print_table(_comparison_table(exc.title, exc.rows))
         _fail(exc, code=1)
     except AcmixDeployError as exc:
         _fail(exc)
     if res.fmt == "triton":
         _print_triton(res.artifact)
         return
-    console.print(_comparison_table(res.title, res.rows))
+    _print_table(_comparison_table(res.title, res.rows))
     o = res.options
     if res.fmt in ("onnx", "engine"):
         onnx_res = res.onnx or res.artifact
@@ -494,7 +536,7 @@ def formats() -> None:
         install = escape(f'pip install "acmix-deploy[{f.extra}]"') if f.extra else "(base install)"
         table.add_row(f.name, f"--format {f.name}" + (f" / {f.flag}" if f.flag else ""), f.suffix, f.needs, install,
                       f.description)
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -541,7 +583,7 @@ def compare(
         rows = compare_runners(reference, candidates, random_inputs(prep.input_size, tuple(batch), seed))
     except AcmixDeployError as exc:
         _fail(exc)
-    console.print(_comparison_table(f"against {reference.name}, input {'x'.join(map(str, prep.input_size))}", rows))
+    _print_table(_comparison_table(f"against {reference.name}, input {'x'.join(map(str, prep.input_size))}", rows))
     worst_row = max(rows, key=lambda r: r.diff.rel if r.diff.rel == r.diff.rel else float("inf"))  # NaN fails
     worst = worst_row.diff.rel
     if not worst <= tol:
@@ -562,7 +604,7 @@ def _render_profile(report: dict) -> None:
         table.add_row(r["backend"], r["form"], str(r["batch"]), f"{r['mean_ms']:.2f}", f"{r['std_ms']:.2f}",
                       f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
                       f"{r['throughput_per_s']:.1f}", peak)
-    console.print(table)
+    _print_table(table)
     for row in report.get("compare_forms", []):
         console.print(f"[bold]training / deploy[/] ({row['backend']}, batch {row['batch']}, medians): "
                       f"{row['training_over_deploy']:.2f}x")
@@ -572,7 +614,7 @@ def _render_profile(report: dict) -> None:
             lt.add_column(col, justify="left" if col == "operator" else "right")
         for op in ops:
             lt.add_row(escape(op["name"]), str(op["calls"]), f"{op['ms_per_run']:.3f}", f"{op['percent']:.1f}")
-        console.print(lt)
+        _print_table(lt)
     for note in report.get("notes", []):
         console.print(f"[dim]note: {note}[/]")
 
@@ -697,7 +739,7 @@ def report(
         for r in merged_rows(loaded):
             table.add_row(r["device"], str(r["arch"]), r["backend"], r.get("form") or "", str(r["batch"]),
                           f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_per_s']:.1f}")
-        console.print(table)
+        _print_table(table)
         _write_merged(loaded, csv_out=csv_out, plot_out=plot_out, markdown_out=markdown_out)
     except AcmixDeployError as exc:
         _fail(exc)
@@ -765,7 +807,7 @@ def demo(
             continue
         speed = f"{t_tr / t_dep:.2f}x faster" if t_dep <= t_tr else f"{t_dep / t_tr:.2f}x slower"
         table.add_row(f"p50 latency, {backend}, batch {b}", f"{t_tr:.2f} ms", f"{t_dep:.2f} ms ({speed})")
-    console.print(table)
+    _print_table(table)
     same = "identical" if res.predictions_identical else "[bold red]DIFFERENT[/]"
     console.print(
         f"held-out predictions, training vs deploy form: {same}; logits max abs diff "

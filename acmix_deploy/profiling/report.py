@@ -38,11 +38,27 @@ def save_json(report: dict, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
 
 
+def _report_labels(reports: list[dict]) -> list[tuple[str, str]]:
+    """``(device, model)`` label of each report, unique: reports that share both (two runs on one machine) get
+    their file name (``load_report`` records it) or their position appended to the device, so that their rows
+    stay apart in tables and their series in plots (one series per label, not one zig-zag)."""
+    base = []
+    for rep in reports:
+        arch = rep["model"].get("arch") or Path(rep["model"].get("path", "?")).name
+        base.append((device_label(rep["device"]), str(arch)))
+    labels = []
+    for i, (rep, (dev, arch)) in enumerate(zip(reports, base)):
+        if base.count((dev, arch)) > 1:
+            dev = f"{dev}, {rep.get('_source') or f'report {i + 1}'}"
+        labels.append((dev, arch))
+    if len(set(labels)) < len(labels):  # the same file given twice: positions decide
+        labels = [(f"{dev} #{i + 1}", arch) for i, (dev, arch) in enumerate(labels)]
+    return labels
+
+
 def merged_rows(reports: list[dict]) -> list[dict]:
     rows = []
-    for rep in reports:
-        dev = device_label(rep["device"])
-        arch = rep["model"].get("arch") or Path(rep["model"].get("path", "?")).name
+    for rep, (dev, arch) in zip(reports, _report_labels(reports)):
         for r in rep["results"]:
             rows.append({"device": dev, "arch": arch, **{k: r.get(k) for k in CSV_COLUMNS if k in r}})
     return rows
@@ -71,6 +87,7 @@ def load_report(path: str | os.PathLike) -> dict:
         missing = [k for k in REQUIRED_ROW if k not in row]
         if missing:
             raise AcmixDeployError(f"{path}: result {i} lacks {', '.join(missing)}")
+    rep["_source"] = str(path)  # not part of the format: tells apart reports that share device and model
     return rep
 
 
