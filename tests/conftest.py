@@ -39,3 +39,17 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 def _threads():
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="session")
+def onnx_model(tmp_path_factory):
+    """acmix_resnet_tiny (5 classes, random weights and BatchNorm statistics) exported to ONNX at 3x32x32:
+    the model the serving tests run."""
+    import acmix_deploy as ad
+    from acmix_deploy.exporters.onnx import export_onnx
+    from acmix_deploy.testing import randomize_model
+
+    model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=5), 3).eval()
+    path = tmp_path_factory.mktemp("serve") / "tiny.onnx"
+    export_onnx(ad.reparameterize_model(model), path, (3, 32, 32))
+    return path

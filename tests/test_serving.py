@@ -30,7 +30,6 @@ pytest.importorskip("onnxruntime", reason="the served model runs in ONNX Runtime
 
 import acmix_deploy as ad  # noqa: E402
 from acmix_deploy.errors import ConfigError  # noqa: E402
-from acmix_deploy.exporters import export_onnx  # noqa: E402
 from acmix_deploy.runtime.loader import open_runner  # noqa: E402
 from acmix_deploy.serving import ServeSettings, ServingClient, bind_socket, build_server, create_app  # noqa: E402
 from acmix_deploy.serving.client import ServingError  # noqa: E402
@@ -43,14 +42,6 @@ REL = 1e-6
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-@pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory) -> Path:
-    model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=5), 3).eval()
-    path = tmp_path_factory.mktemp("serve") / "tiny.onnx"
-    export_onnx(ad.reparameterize_model(model), path, (3, 32, 32))
-    return path
 
 
 class ServerThread:

@@ -32,10 +32,7 @@ pytest.importorskip("fastapi", reason="serving needs fastapi")
 pytest.importorskip("uvicorn", reason="serving needs uvicorn")
 pytest.importorskip("onnxruntime", reason="the served model runs in ONNX Runtime")
 
-import acmix_deploy as ad  # noqa: E402
-from acmix_deploy.exporters import export_onnx  # noqa: E402
 from acmix_deploy.runtime.loader import open_runner  # noqa: E402
-from acmix_deploy.testing import randomize_model  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny"
@@ -45,14 +42,6 @@ RSS_BOUND_BYTES = 1536 << 20
 LET_GO_SLACK_S = 2.5
 EXIT_BOUND_S = 8.0
 READ_TIMEOUT_S, BODY_TIMEOUT_S = 1.0, 3.0
-
-
-@pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory) -> Path:
-    model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=5), 3).eval()
-    path = tmp_path_factory.mktemp("faults") / "tiny.onnx"
-    export_onnx(ad.reparameterize_model(model), path, (3, 32, 32))
-    return path
 
 
 @pytest.fixture(scope="module")
