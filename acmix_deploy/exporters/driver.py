@@ -22,7 +22,7 @@ from typing import Any, Callable
 from ..errors import AcmixDeployError, ConfigError, EquivalenceError
 
 __all__ = ["ExportOptions", "ExportResult", "build_aoti", "build_engine_file", "build_onnx", "export_model",
-           "merge_conv_groups_for", "output_path"]
+           "cpu_target_for", "output_path"]
 
 Log = Callable[[str], None]
 
@@ -150,14 +150,14 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     return replace(resolved, output=out), profile
 
 
-def merge_conv_groups_for(opts: ExportOptions) -> bool:
-    """Whether the ONNX graph of this export gets ACmix's conv path in 16-channel groups (``onnx.merge_conv_groups_on``).
+def cpu_target_for(opts: ExportOptions) -> str | None:
+    """The ``cpu_isa`` the ONNX graph of this export is shaped for (:func:`.onnx.cpu_target`), or None.
 
     Only an ONNX file exported for the CPU; a TensorRT engine (and the ONNX file kept beside it) runs on the GPU.
     """
-    from .onnx import merge_conv_groups_on
+    from .onnx import cpu_target
 
-    return opts.fmt == "onnx" and merge_conv_groups_on(opts.device)
+    return cpu_target(opts.device) if opts.fmt == "onnx" else None
 
 
 def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) -> ExportResult:
@@ -228,7 +228,7 @@ class _Prepared:
                           validate=self.validator(OrtRunner, "onnx vs torch (deploy form)", rows), fp16=fp16_graph,
                           int8_calibration=self.calibration,
                           calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
-                          merge_conv_groups=merge_conv_groups_for(opts), output_names=opts.output_names,
+                          cpu_isa=cpu_target_for(opts), output_names=opts.output_names,
                           for_tensorrt=opts.fmt == "engine")
         if len(res.output_names) > 1:
             self.say(f"ONNX outputs: {', '.join(res.output_names)}")

@@ -44,7 +44,7 @@ from ..artifacts.tensorrt import EngineSidecar, read_sidecar
 from ..errors import AcmixDeployError, ConfigError, EquivalenceError, ExportError
 from ..pipeline import prepare_deploy
 from ..util import normalize_imgsz, require, sha256_file
-from .onnx import export_onnx, merge_conv_groups_on
+from .onnx import cpu_target, export_onnx
 
 __all__ = ["TritonModelConfig", "TritonOutput", "TritonRepoExport", "check_model_name", "engine_model_config",
            "build_triton_repository", "export_triton_repository", "find_engines", "model_config_text", "write_model_dir", "write_onnx_file_repository",
@@ -218,7 +218,7 @@ def write_onnx_repository(
         onnx_path = version_dir / "model.onnx"
         holder["onnx"] = export_onnx(model, onnx_path, input_size, batch=1, dynamic=True, opset=opset,
                                      simplify=simplify, metadata=metadata, validate=validate,
-                                     merge_conv_groups=merge_conv_groups_on(device), output_names=output_names)
+                                     cpu_isa=cpu_target(device), output_names=output_names)
         outputs = _onnx_outputs(onnx_path, batched=True)
         holder["cfg"] = cfg = TritonModelConfig(
             name=name, platform="onnxruntime_onnx", input_name=INPUT_NAME, output_name=outputs[0].name,
