@@ -52,3 +52,41 @@ def test_device_fingerprint_records_the_isa():
 
     fp = device_fingerprint("cpu", 2)
     assert fp["cpu_isa"] in CPU_ISAS and isinstance(fp["isa_flags"], list)
+
+
+def test_export_options_take_a_cpu_isa(tmp_path):
+    from acmix_deploy.exporters import FORMATS, ExportOptions, OptionNotApplicable, validate_options
+    from acmix_deploy.exporters.driver import cpu_target_for, resolve_options
+
+    assert "cpu_isa" in FORMATS["onnx"].accepted and "cpu_isa" in FORMATS["triton"].accepted
+    with pytest.raises(OptionNotApplicable, match="cpu_isa"):  # an engine's graph is for the GPU
+        validate_options("engine", ExportOptions(fmt="engine", cpu_isa="avx2"))
+    assert cpu_target_for(ExportOptions(fmt="onnx", cpu_isa="avx2")) == "avx2"
+    ckpt = tmp_path / "m.pth"
+    ckpt.write_bytes(b"")
+    with pytest.raises(ConfigError, match="cpu_isa must be auto or one of"):
+        resolve_options(ckpt, ExportOptions(fmt="onnx", cpu_isa="avx3"))
+    with pytest.raises(ConfigError, match="compact groups"):
+        resolve_options(ckpt, ExportOptions(fmt="onnx", cpu_isa="avx2", device="cuda"))
+
+
+def test_cli_export_for_a_named_isa(tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from typer.testing import CliRunner
+
+    import acmix_deploy as ad
+    from acmix_deploy.cli import app
+    from acmix_deploy.testing import randomize_model
+
+    ckpt = ad.save_checkpoint(randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=4), 0).eval(),
+                              tmp_path / "t.pth")
+    out = tmp_path / "avx2.onnx"
+    res = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(out), "--cpu-isa", "avx2"])
+    assert res.exit_code == 0, res.output
+    assert "shaped for ONNX Runtime on avx2 CPUs" in res.output
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta["acmix_deploy.cpu_isa"] == "avx2"
+    assert meta["acmix_deploy.conv_path_groups"] in ("merged into 8-channel groups", "compact")
+    res = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "x.onnx"), "--cpu-isa", "sse9"])
+    assert res.exit_code == 2 and "sse9" in res.output and not (tmp_path / "x.onnx").exists()

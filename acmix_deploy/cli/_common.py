@@ -145,5 +145,5 @@ FLAGS = {
     "min_top1": "--min-top1", "seed": "--seed", "workspace_gb": "--workspace", "timing_cache": "--timing-cache",
     "opt_level": "--opt-level", "trt_typing": "--trt-weak-typing", "output_names": "--output-names",
     "engine": "--engine", "instances": "--instances", "model_name": "--name",
-    "max_queue_delay_us": "--max-queue-delay-us", "force": "--force",
+    "max_queue_delay_us": "--max-queue-delay-us", "force": "--force", "cpu_isa": "--cpu-isa",
 }
