@@ -259,7 +259,7 @@ def reparam_pickled(
     """Fold every module of a pickled model or training container (TRUSTED: unpickling runs code) and write it back.
 
     See :func:`acmix_deploy.user_model.fold_pickled`.  Each module's check compares every output against
-    ``tol``; a failure raises :class:`EquivalenceError`, foldable modules left raise :class:`IncompleteFoldError`
+    ``tol`` (judged in float64 where float32 rounding alone exceeds it, see :meth:`OutputDiff.within`); a failure raises :class:`EquivalenceError`, foldable modules left raise :class:`IncompleteFoldError`
     unless ``allow_partial``; nothing is written then, and the error's ``result`` holds the folds.  A dict
     container gets an ``acmix_deploy`` entry (who folded it, when, the source's sha256).
     """
@@ -269,10 +269,10 @@ def reparam_pickled(
     _stage(on_stage, f"unpickling {path} (trusted)")
     obj = load_pickled(path, [str(p) for p in code_paths or []])
     _stage(on_stage, "folding every module in the file")
-    folded, folds = fold_pickled(obj, imgsz, check=check, batch=batch, seed=seed)
+    folded, folds = fold_pickled(obj, imgsz, check=check, batch=batch, seed=seed, tol=tol)
     kept = [str(k) for k in obj if k not in {f.key for f in folds}] if isinstance(obj, dict) else []
     result = PickledReparamResult(path, out, folds, kept, tol)
-    failed = [f"{f.key}: relative error {f.diff.rel:.3g}" for f in folds if f.diff is not None and not f.diff.rel <= tol]
+    failed = [f"{f.key}: {f.diff.summary()}" for f in folds if f.diff is not None and not f.diff.within(tol)]
     if failed:
         exc = EquivalenceError(f"check failed: {'; '.join(failed)} above {{tol}} {tol:g}; nothing written",
                                params=["tol"])

@@ -131,9 +131,20 @@ def _render_pickled(res) -> None:
     table = Table(title=f"{_safe(res.source.name)}: modules folded")
     for col in ("entry", "dtype", "adopted", "BN via graph", "left", "worst output", "relative error"):
         table.add_column(col, justify="left" if col in ("entry", "dtype", "worst output") else "right")
+    notes = []
     for f in res.folds:
         _render_report(f.report, f" in {f.key}")
         rel = "" if f.diff is None else f"{f.diff.rel:.3g}"
+        if f.diff is not None and f.diff.rel_float64 is not None:
+            rel += f" (float64: {f.diff.rel_float64:.3g})"
         table.add_row(_safe(f.key), f.dtype, str(len(f.report.adopted)), str(len(f.report.pairs)),
                       str(len(f.report.leftovers)), escape(f.diff.output or "") if f.diff else "", rel)
+        if f.diff is not None and f.diff.rel_float64 is not None and f.diff.within(res.tol):
+            notes.append(f"[yellow]note:[/] {_safe(f.key)}: the float32 relative error {f.diff.rel:.3g} is above "
+                         f"--tol {res.tol:g}, but the fold redone in float64 agrees to {f.diff.rel_float64:.3g} and the "
+                         "float32 deploy form is as close to the float64 result as the training form itself "
+                         f"({f.diff.rounding_float32[1]:.3g} vs {f.diff.rounding_float32[0]:.3g}): the gap is the "
+                         "network's own float32 rounding, not the fold")
     _print_table(table)
+    for note in notes:
+        console.print(note, highlight=False)
