@@ -330,13 +330,23 @@ def _module_entries(obj: Any) -> list[str | None]:
     return []
 
 
-def fold_pickled(obj: Any, imgsz=None, check: bool = True, batch: int = 2, seed: int = 0
+def _fold64(module: nn.Module) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # leftovers are reported through the ReparamReport
+        return reparameterize(module, inplace=True)[0]
+
+
+def fold_pickled(obj: Any, imgsz=None, check: bool = True, batch: int = 2, seed: int = 0, tol: float | None = 1e-5
                  ) -> tuple[Any, list[PickledFold]]:
     """Fold every module of an unpickled object; returns the object with the folded modules in place.
 
     A bare module is replaced; in a dict container every ``nn.Module`` value is folded and every other entry is
     kept as it is.  Each module is folded in float64 and cast back to its stored dtype and device; with
-    ``check`` the float32 forms of both are compared on every output.
+    ``check`` the float32 forms of both are compared on every output, judged as state-dict checkpoints are
+    (:func:`acmix_deploy.analysis.check_equivalence` with ``tol``): where the float32 figure exceeds ``tol``,
+    the fold is redone on a float64 copy of the training form and compared there, so a network whose own
+    float32 rounding exceeds ``tol`` is not mistaken for a wrong fold.  Accept a fold with
+    ``fold.diff.within(tol)``.
     """
     keys = _module_entries(obj)
     if not keys:
@@ -358,7 +368,7 @@ def fold_pickled(obj: Any, imgsz=None, check: bool = True, batch: int = 2, seed:
             ref = copy.deepcopy(module).to("cpu", torch.float32).eval()
             cand = copy.deepcopy(deploy).to(torch.float32).eval()
             size = user_input_size(ref, imgsz)
-            diff = check_equivalence(ref, cand, size, batch=batch, seed=seed)
+            diff = check_equivalence(ref, cand, size, batch=batch, seed=seed, tol=tol, fold=_fold64)
         deploy = deploy.to(device=device, dtype=dtype).train(training)
         folds.append(PickledFold("<file>" if key is None else str(key), str(dtype).replace("torch.", ""), report, diff))
         if key is None:

@@ -23,7 +23,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = SINGLE_OUTPUT_NAME  # the output of a single-output model
 METADATA_PREFIX = "acmix_deploy."
 # Keys whose values are JSON (the rest are plain strings).
-JSON_KEYS = frozenset({"input_shape", "output_names", "valid_hw"})
+JSON_KEYS = frozenset({"input_shape", "output_names", "export_cpu", "valid_hw"})
 
 # The keys the exporter itself writes (callers add their own, e.g. arch, source, source_sha256).
 INPUT_NAME_KEY = METADATA_PREFIX + "input_name"
@@ -31,11 +31,13 @@ INPUT_SHAPE_KEY = METADATA_PREFIX + "input_shape"  # JSON ["batch" | N, C, H, W]
 OUTPUT_NAME_KEY = METADATA_PREFIX + "output_name"  # single-output models only
 OUTPUT_NAMES_KEY = METADATA_PREFIX + "output_names"  # JSON list, every output in order
 PRECISION_KEY = METADATA_PREFIX + "precision"
-CONV_PATH_GROUPS_KEY = METADATA_PREFIX + "conv_path_groups"
 # Graphs with dynamic height and width: "true", and the sizes they take (JSON of artifacts.spatial.SpatialRule:
 # {"multiple": [mh, mw], "min": [h, w], "rule": "<in words>"}).
 DYNAMIC_HW_KEY = METADATA_PREFIX + "dynamic_hw"
 VALID_HW_KEY = METADATA_PREFIX + "valid_hw"
+CONV_PATH_GROUPS_KEY = METADATA_PREFIX + "conv_path_groups"  # "compact" or "merged into N-channel groups"
+CPU_ISA_KEY = METADATA_PREFIX + "cpu_isa"  # the CPU level a graph for ONNX Runtime's CPU kernels was shaped for
+EXPORT_CPU_KEY = METADATA_PREFIX + "export_cpu"  # JSON: the exporting machine (model, isa, flags, threads, machine)
 
 
 def metadata_key(name: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from ..errors import AcmixDeployError, ConfigError, EquivalenceError
 
 __all__ = ["ExportOptions", "ExportResult", "build_aoti", "build_engine_file", "build_onnx", "export_model",
-           "merge_conv_groups_for", "output_path"]
+           "cpu_target_for", "output_path"]
 
 Log = Callable[[str], None]
 
@@ -56,6 +56,8 @@ class ExportOptions:
     opt_level: int = 3
     trt_typing: str = "strong"
     output_names: list[str] | None = None  # one name per output tensor [acmix_deploy.outputs' rule]
+    # The CPU level an ONNX graph for ONNX Runtime on the CPU is shaped for (util.CPU_ISAS; auto: this machine's).
+    cpu_isa: str = "auto"
     # Triton model repositories (--format triton); ``output`` is then the repository folder.
     engine: str = "onnx"  # onnx: a checkpoint (exported) or a .onnx file; trt: engine file(s) + sidecars
     instances: int = 1
@@ -92,7 +94,7 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     """Check every option against the others and fill the format's defaults; returns (opts, profile)."""
     from . import FORMATS
     from ..pipeline import check_output_path
-    from ..util import check_device, normalize_imgsz
+    from ..util import check_device, normalize_imgsz, resolve_cpu_isa
     from .onnx import MAX_OPSET, MIN_OPSET
     from .tensorrt import engine_profiles
 
@@ -120,6 +122,11 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
             raise ConfigError(f"--output-names must be unique non-empty names, got {list(opts.output_names)}")
     if opts.trt_typing not in ("strong", "weak"):
         raise ConfigError(f"TensorRT typing must be strong or weak, got {opts.trt_typing!r}")
+    if opts.cpu_isa != "auto":
+        resolve_cpu_isa(opts.cpu_isa)  # ConfigError for an unknown level
+        if opts.device != "cpu" or (opts.fmt == "triton" and opts.engine != "onnx"):
+            raise ConfigError(f"cpu_isa {opts.cpu_isa!r} shapes an ONNX graph for ONNX Runtime on the CPU; "
+                              "a graph for a GPU keeps the compact groups (leave cpu_isa at auto)")
     tol = opts.tol if opts.tol is not None else 2e-2 if opts.fp16 else 1.0 if opts.int8 else 1e-4
     min_top1 = opts.min_top1 if opts.min_top1 is not None else 0.9 if opts.int8 else 0.99
     profile = None
@@ -153,14 +160,14 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     return replace(resolved, output=out), profile
 
 
-def merge_conv_groups_for(opts: ExportOptions) -> bool:
-    """Whether the ONNX graph of this export gets ACmix's conv path in 16-channel groups (``onnx.merge_conv_groups_on``).
+def cpu_target_for(opts: ExportOptions) -> str | None:
+    """The ``cpu_isa`` the ONNX graph of this export is shaped for (:func:`.onnx.cpu_target`), or None.
 
     Only an ONNX file exported for the CPU; a TensorRT engine (and the ONNX file kept beside it) runs on the GPU.
     """
-    from .onnx import merge_conv_groups_on
+    from .onnx import cpu_target
 
-    return opts.fmt == "onnx" and merge_conv_groups_on(opts.device)
+    return cpu_target(opts.device, opts.cpu_isa) if opts.fmt == "onnx" else None
 
 
 def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None) -> ExportResult:
@@ -231,7 +238,7 @@ class _Prepared:
                           validate=self.validator(OrtRunner, "onnx vs torch (deploy form)", rows), fp16=fp16_graph,
                           int8_calibration=self.calibration,
                           calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
-                          merge_conv_groups=merge_conv_groups_for(opts), output_names=opts.output_names,
+                          cpu_isa=cpu_target_for(opts), output_names=opts.output_names,
                           for_tensorrt=opts.fmt == "engine", dynamic_hw=opts.dynamic_hw)
         if len(res.output_names) > 1:
             self.say(f"ONNX outputs: {', '.join(res.output_names)}")

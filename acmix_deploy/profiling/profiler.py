@@ -322,7 +322,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                 raise ConfigError(f"{path.name} has a static batch of {fixed_batch}; profile --batch {fixed_batch}")
         else:
             from ..exporters import export_onnx
-            from ..exporters.onnx import merge_conv_groups_on
+            from ..exporters.onnx import cpu_target
             from ..pipeline import prepare_deploy
 
             prep = prepare_deploy(path, settings.arch, imgsz, check=False, model_def=settings.model_def,
@@ -346,7 +346,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                         notes.append("onnxruntime runs the deploy form (exported from the folded model)")
                     onnx_path = Path(tmpdir.name) / "deploy.onnx"
                     export_onnx(prep.deploy, onnx_path, input_size,
-                                merge_conv_groups=merge_conv_groups_on(settings.device))
+                                cpu_isa=cpu_target(settings.device))
                     onnx_paths["deploy"] = onnx_path
                     targets.append(_ort_target(onnx_path, "deploy", settings.device, settings.threads))
                     continue

@@ -1,0 +1,59 @@
+"""``serve``: a model over HTTP with the KServe v2 / Triton inference protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import AcmixDeployError
+from ._common import _fail, _imgsz, _safe, console
+
+
+def serve(
+    model: Path = typer.Argument(..., help="Model: .onnx, .pt2, .engine/.plan, or a checkpoint."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the URLs (default: the file's stem)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="TCP port (0: a free one)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="onnxruntime, aoti, tensorrt, torch (default: by suffix)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Most rows merged into one batch (1: no batching)."),
+    batch_timeout_ms: float = typer.Option(2.0, "--batch-timeout-ms", help="Longest wait to fill a batch."),
+    workers: int = typer.Option(1, "--workers", help="Batches run at once (inference threads)."),
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body; larger ones get 413."),
+    max_inflight_mb: float = typer.Option(512.0, "--max-inflight-mb", help="Request bodies held at once; above: 503."),
+    max_decodes: int = typer.Option(2, "--max-decodes", help="Requests decompressed / parsed at once (threads)."),
+    max_connections: int = typer.Option(256, "--max-connections", help="Open connections; further ones get 503."),
+    read_timeout_s: float = typer.Option(10.0, "--read-timeout-s", help="Deadline for headers and each body chunk."),
+    body_timeout_s: float = typer.Option(60.0, "--body-timeout-s", help="Deadline for a whole request body (408)."),
+    keep_alive_s: float = typer.Option(5.0, "--keep-alive-s", help="Idle keep-alive connections closed after this."),
+    graceful_timeout_s: float = typer.Option(30.0, "--graceful-timeout-s", help="SIGTERM: longest wait for requests in flight."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads per batch."),
+    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (bare state dicts, .pt2)."),
+    imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help="Input size of checkpoints and .pt2 packages: N or H W."),
+    model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own model: FILE.py:FACTORY or package.module:FACTORY (a moved definition, or a bare state dict)."),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help="Keyword arguments of the factory, as a JSON object."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve a model over HTTP with the KServe v2 / Triton inference protocol (dynamic batching, /metrics)."""
+    from ..serving.app import ServeSettings, serve as run_server
+
+    settings = ServeSettings(name=name or model.name.split(".")[0], host=host, port=port, max_batch=max_batch,
+                             batch_timeout_ms=batch_timeout_ms, workers=workers, max_body_mb=max_body_mb,
+                             max_inflight_mb=max_inflight_mb, max_decodes=max_decodes, max_connections=max_connections,
+                             read_timeout_s=read_timeout_s, body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s,
+                             graceful_timeout_s=graceful_timeout_s)
+
+    def announce(loaded, address) -> None:
+        console.print(f"serving {_safe(loaded.path.name)} as {_safe(repr(settings.name))} ({loaded.runner.name}; input "
+                      f"{loaded.input.name} -1x{'x'.join(map(str, loaded.input.shape))}) on "
+                      f"http://{address[0]}:{address[1]}/v2/models/{settings.name}", highlight=False, soft_wrap=True)
+
+    try:
+        if not model.exists():
+            raise AcmixDeployError(f"model {model} does not exist")
+        run_server(model, settings, backend=backend, device=device, arch=arch, imgsz=_imgsz(imgsz), threads=threads,
+                   log_level=log_level, on_ready=announce, model_def=model_def, model_args=model_args)
+    except AcmixDeployError as exc:
+        _fail(exc)
