@@ -278,3 +278,22 @@ def test_export_model_validates_a_second_size(tmp_path):
     assert read_onnx_metadata(tmp_path / "m.onnx")["dynamic_hw"] == "true"
     with pytest.raises(ConfigError, match="--static"):
         export_model(ckpt, ExportOptions(output=tmp_path / "s.onnx", dynamic_hw=True, dynamic=False))
+
+
+def test_cli_export_dynamic_hw_and_its_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from acmix_deploy.cli import app
+
+    cli = CliRunner()
+    model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=3), 9).eval()
+    ckpt = ad.save_checkpoint(model, tmp_path / "train.pth")
+    out = tmp_path / "m.onnx"
+    result = cli.invoke(app, ["export", str(ckpt), "-o", str(out), "--dynamic-hw"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "input Nx3xHxW" in text and "height and width multiples of 8, at least 16" in text
+    result = cli.invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "s.onnx"), "--dynamic-hw", "--static"])
+    assert result.exit_code == 2 and "--static" in result.output and "Traceback" not in result.output
+    result = cli.invoke(app, ["export", str(ckpt), "--format", "aoti", "--dynamic-hw"])
+    assert result.exit_code == 2 and "--dynamic-hw" in result.output

@@ -311,9 +311,18 @@ class DynamicHaloSpec:
 
 
 def make_dynamic_halo_spec(plan: HaloPlan, kernel: int, stride: int, head_dim: int) -> DynamicHaloSpec:
-    """The size-independent part of ``plan`` (built at the export size), for :func:`dynamic_halo_attention`."""
+    """The size-independent part of ``plan`` (built at the export size), for :func:`dynamic_halo_attention`.
+
+    The dynamic graph cuts the blocks into runs of equal length, the last one padded with copies of the
+    last block; the group count is chosen so that, at the traced size, runs are at most a quarter longer
+    than the plan's groups and the fewest copies are computed (49 blocks in 9 groups would take 54 slots
+    in runs of 6; runs of 7 take 49).
+    """
+    tiles, r0 = plan.tiles, -(-plan.tiles // len(plan.query_chunks))
+    runs = range(r0, -(-5 * r0 // 4) + 1)
+    run = min(runs, key=lambda r: (-(-tiles // r) * r - tiles, abs(r - r0)))
     return DynamicHaloSpec(kernel=kernel, stride=stride, heads=plan.heads, head_dim=head_dim, tile=plan.tile,
-                           groups=len(plan.query_chunks), mask=plan.mask, row_identity=plan.row_identity,
+                           groups=-(-tiles // run), mask=plan.mask, row_identity=plan.row_identity,
                            map_index=plan.map_index)
 
 
