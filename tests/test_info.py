@@ -80,3 +80,12 @@ def test_cli_info_engine_reads_the_sidecar(tmp_path):
     engine.with_name("m.engine.json").unlink()
     res = runner.invoke(app, ["info", str(engine)], env=WIDE)
     assert res.exit_code == 2 and "has no sidecar" in res.output and "Traceback" not in res.output
+    assert "rebuild the engine (export, --format engine)" in " ".join(res.output.split())  # the library says fmt
+
+
+def test_sidecar_errors_name_the_parameter(tmp_path):
+    from acmix_deploy.artifacts.tensorrt import read_sidecar
+
+    with pytest.raises(AcmixDeployError, match=r"rebuild the engine \(export, fmt engine\)") as info:
+        read_sidecar(tmp_path / "x.engine")
+    assert info.value.params == ("fmt",)
