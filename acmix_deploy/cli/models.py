@@ -41,6 +41,9 @@ def info(
             if arch is not None:
                 raise AcmixDeployError("--arch applies to checkpoints; an ONNX model describes itself")
             _info_onnx(path)
+        elif suffix == ".pt2":
+            raise AcmixDeployError(f"{path.name} is an AOTInductor package; info describes checkpoints, ONNX models "
+                                   "and TensorRT engines (compare and profile run .pt2 packages)")
         elif suffix in (".engine", ".plan"):
             if arch is not None:
                 raise AcmixDeployError("--arch applies to checkpoints; an engine's sidecar describes it")
