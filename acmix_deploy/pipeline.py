@@ -172,11 +172,16 @@ def reparam_checkpoint(
     tol: float = 1e-5,
     seed: int = 0,
     allow_partial: bool = False,
+    trust_pickle: bool = False,
+    code_paths: list[str | os.PathLike] | None = None,
     on_stage: Callable[[str], None] | None = None,
-) -> ReparamResult:
+) -> ReparamResult | PickledReparamResult:
     """Fold a training checkpoint, check every output of both forms, and write the deploy checkpoint atomically.
 
-    ``output`` defaults to :func:`default_deploy_path`.  A file that already holds the deploy form is left
+    With ``trust_pickle`` the file is a pickled model or training container, unpickled (running its code,
+    with ``code_paths`` on the import path) and folded by :func:`reparam_pickled`, whose result is returned;
+    ``arch``, ``model_def`` and ``model_args`` do not apply then.  ``output`` defaults to
+    :func:`default_deploy_path`.  A file that already holds the deploy form is left
     alone (``written`` None).  With ``check``, both forms run on the same random input of ``batch`` rows
     (``seed``) at the model's input size (``imgsz`` replaces height and width); a relative error above
     ``tol`` that the float64 check does not clear (see :meth:`OutputDiff.within`) raises
@@ -185,6 +190,17 @@ def reparam_checkpoint(
     ``on_stage`` is told what is being done ("reading ...", "folding", "checking ...") as it starts.
     The written file records its source (name and sha256) and the check's figures in its ``meta``.
     """
+    if trust_pickle:
+        given = [name for name, value in (("arch", arch), ("model_def", model_def), ("model_args", model_args))
+                 if value is not None]
+        if given:
+            names = ", ".join("{" + g + "}" for g in given)
+            raise ConfigError(f"{names} {'does' if len(given) == 1 else 'do'} not apply with {{trust_pickle}}: the "
+                              "pickled file holds its model", params=[*given, "trust_pickle"])
+        return reparam_pickled(path, output, code_paths=code_paths, imgsz=imgsz, check=check, batch=batch, tol=tol,
+                               seed=seed, allow_partial=allow_partial, on_stage=on_stage)
+    if code_paths:
+        raise ConfigError("{code_paths} only applies with {trust_pickle}", params=["code_paths", "trust_pickle"])
     path = Path(path)
     out = Path(output) if output is not None else default_deploy_path(path)
     check_output_path(out, path)

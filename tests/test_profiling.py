@@ -146,10 +146,10 @@ def test_profile_seconds_mode_and_torch_layers(ckpts):
     "kw,match",
     [
         (dict(backends=("tensorflow",)), "unknown backend"),
-        (dict(iters=0), "--iters must be at least 1"),
-        (dict(seconds=0.0), "--seconds must be positive"),
+        (dict(iters=0), "^iters must be at least 1"),
+        (dict(seconds=0.0), "^seconds must be positive"),
         (dict(batches=(0,)), "batch sizes must be positive"),
-        (dict(warmup=-1), "--warmup"),
+        (dict(warmup=-1), "^warmup must be"),
         (dict(device="tpu"), "cpu or cuda"),
     ],
 )

@@ -281,7 +281,7 @@ def test_moved_and_changed_definition(deploy_ckpt, workdir, tmp_path):
     backup = src.read_bytes()
     try:
         src.rename(workdir / "gone.py")
-        with pytest.raises(ad.CheckpointError, match="no longer exists.*--model-def"):
+        with pytest.raises(ad.CheckpointError, match="no longer exists.*model_def"):
             ad.read_checkpoint(moved)
         loaded = ad.read_checkpoint(moved, model_def=f"{workdir / 'gone.py'}:yolo_acmix")
         assert ad.is_deploy(loaded.model)

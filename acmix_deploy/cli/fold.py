@@ -44,22 +44,18 @@ def reparam(
     seed: int = typer.Option(0, "--seed", help="Seed of the random check input."),
 ) -> None:
     """Fold a training checkpoint (registry model, your own model, or a trusted pickle), check it, write it atomically."""
-    from ..pipeline import reparam_checkpoint, reparam_pickled
+    from ..pipeline import reparam_checkpoint
 
     size_arg = _safe_imgsz(imgsz)
-    if code_path and not trust_pickle:
-        _fail(AcmixDeployError("--code-path only applies with --trust-pickle"))
-    settings = dict(imgsz=size_arg, check=check, batch=batch, tol=tol, seed=seed, allow_partial=allow_partial)
     try:
         with console.status("reading") as status:
             def on_stage(text: str) -> None:
                 status.update(_safe(text))
 
-            if trust_pickle:
-                res = reparam_pickled(ckpt, output, code_paths=code_path, on_stage=on_stage, **settings)
-            else:
-                res = reparam_checkpoint(ckpt, output, arch=arch, model_def=model_def, model_args=model_args,
-                                         on_stage=on_stage, **settings)
+            res = reparam_checkpoint(ckpt, output, arch=arch, model_def=model_def, model_args=model_args,
+                                     imgsz=size_arg, check=check, batch=batch, tol=tol, seed=seed,
+                                     allow_partial=allow_partial, trust_pickle=trust_pickle, code_paths=code_path,
+                                     on_stage=on_stage)
     except (EquivalenceError, IncompleteFoldError) as exc:
         # Nothing was written; show what was measured, then why (exit 1: a check failed).
         if getattr(exc, "result", None) is not None:
