@@ -37,6 +37,7 @@ class ExportOptions:
     imgsz: int | tuple[int, int] | None = None  # a square, or (height, width)
     batch: int = 1
     dynamic: bool = True
+    dynamic_hw: bool = False  # height and width dynamic too (ONNX, engine); validated at a second size
     opset: int = 17
     min_batch: int | None = None
     opt_batch: int | None = None
@@ -108,6 +109,8 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         raise ConfigError("--int8 needs calibration data: --calib digits, --calib data.npy or --calib images/")
     if opts.batch < 1:
         raise ConfigError(f"--batch must be positive, got {opts.batch}")
+    if opts.dynamic_hw and not opts.dynamic:
+        raise ConfigError("--dynamic-hw makes batch, height and width dynamic; it cannot be combined with --static")
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise ConfigError(f"--opset {opts.opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
     imgsz = normalize_imgsz(opts.imgsz)  # ConfigError for anything but a positive int or (height, width)
@@ -236,9 +239,13 @@ class _Prepared:
                           int8_calibration=self.calibration,
                           calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
                           cpu_isa=cpu_target_for(opts), output_names=opts.output_names,
-                          for_tensorrt=opts.fmt == "engine")
+                          for_tensorrt=opts.fmt == "engine", dynamic_hw=opts.dynamic_hw)
         if len(res.output_names) > 1:
             self.say(f"ONNX outputs: {', '.join(res.output_names)}")
+        if res.spatial_rule is not None:
+            sizes = sorted({tuple(x.shape[2:]) for x in self.inputs})
+            self.say(f"dynamic height and width: {res.spatial_rule.describe()}; validated at "
+                     f"{', '.join(f'{h}x{w}' for h, w in sizes)}")
         self.say(f"ONNX: {res.nodes} nodes, {opts.precision}, validated with ONNX Runtime; wrote {res.path} "
                  f"({res.size_bytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
         return res
@@ -282,6 +289,14 @@ def _prepare(ckpt: Path, opts: ExportOptions, say: Log) -> _Prepared:
         # A quantized model is judged on real data (up to 64 images): random noise says little about its
         # accuracy, and top-1 agreement needs more than a few samples.
         inputs = [calibration[: min(64, top)]]
+    if opts.dynamic_hw:
+        from .dynamic_hw import derive_spatial_rule
+
+        # The graph is proved at a second size too: the smallest valid height (reflection reaches furthest
+        # into the map there) and a different width (non-square), batch 1 and 2.
+        rule = derive_spatial_rule(prep.deploy, prep.input_size)
+        other = (prep.input_size[0], *rule.example(*prep.input_size[1:]))
+        inputs += random_inputs(other, tuple(sorted({1, min(2, top)})), opts.seed + 1)
     meta = {
         "arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": ckpt.name,
         "source_sha256": sha256_file(ckpt), "package_version": __version__,
