@@ -297,3 +297,113 @@ def test_cli_export_dynamic_hw_and_its_errors(tmp_path):
     assert result.exit_code == 2 and "--static" in result.output and "Traceback" not in result.output
     result = cli.invoke(app, ["export", str(ckpt), "--format", "aoti", "--dynamic-hw"])
     assert result.exit_code == 2 and "--dynamic-hw" in result.output
+
+
+# ----------------------------------------------------------------------------- TensorRT profiles, sidecar, Triton
+
+
+def test_shape_profiles_from_trtexec_spelling():
+    from acmix_deploy.exporters.tensorrt import BatchProfile, ShapeProfile, parse_shape, shape_profile
+
+    assert parse_shape("1x3x224x224", "--min-shape") == (1, 3, 224, 224)
+    assert parse_shape("images:8x3x640X384", "--max-shape") == (8, 3, 640, 384)
+    p = shape_profile(BatchProfile(1, 4, 8), (3, 224, 224), "1x3x128x128", None, "8x3x640x640", dynamic_hw=True)
+    assert p == ShapeProfile((1, 3, 128, 128), (4, 3, 224, 224), (8, 3, 640, 640))
+    assert (p.min, p.opt, p.max, p.dynamic_hw) == (1, 4, 8, True)
+    assert p.covers((2, 3, 160, 608)) and not p.covers((2, 3, 672, 224)) and not p.covers((9, 3, 224, 224))
+    # Without --dynamic-hw the shapes only give the batches (the batch profile already holds them).
+    fixed = shape_profile(BatchProfile(2, 2, 16), (3, 32, 32), "2x3x32x32", None, "16x3x32x32")
+    assert fixed.shapes() == ((2, 3, 32, 32), (2, 3, 32, 32), (16, 3, 32, 32)) and not fixed.dynamic_hw
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(min_shape="1x3x224"), "NxCxHxW"),
+    (dict(min_shape="1x3x224x224x1"), "NxCxHxW"),
+    (dict(min_shape="1x3xax224"), "integers"),
+    (dict(min_shape="0x3x224x224"), "positive"),
+    (dict(min_shape="input:1x3x224x224"), "names input 'input'"),
+    (dict(min_shape="1x1x128x128", max_shape="8x1x640x640", dynamic_hw=True), "has 1 channels; the model takes 3"),
+    (dict(min_shape="1x3x640x640", max_shape="8x3x128x128", dynamic_hw=True), "height must satisfy min <= opt <= max"),
+    (dict(min_shape="1x3x128x128", opt_shape="1x3x160x160", max_shape="8x3x160x160", dynamic_hw=True),
+     "export size 224x224"),
+    (dict(min_shape="1x3x128x128", dynamic_hw=True), "need the spatial range"),
+    (dict(min_shape="1x3x128x128", max_shape="8x3x224x224"), "add --dynamic-hw"),
+])
+def test_shape_profile_errors(kwargs, message):
+    from acmix_deploy.exporters.tensorrt import BatchProfile, shape_profile
+
+    with pytest.raises(ConfigError, match=message):
+        shape_profile(BatchProfile(1, 1, 8), (3, 224, 224), **kwargs)
+
+
+def test_profile_corners_must_be_valid_sizes():
+    from acmix_deploy.exporters.tensorrt import ShapeProfile, check_profile_sizes
+
+    rule = SpatialRule((32, 32), (128, 128))
+    check_profile_sizes(ShapeProfile((1, 3, 128, 128), (1, 3, 224, 224), (8, 3, 640, 640)), rule)
+    with pytest.raises(ConfigError, match=r"--max-shape 8x3x650x640: .*multiples of 32"):
+        check_profile_sizes(ShapeProfile((1, 3, 128, 128), (1, 3, 224, 224), (8, 3, 650, 640)), rule)
+    with pytest.raises(ConfigError, match=r"--min-shape 1x3x96x128"):
+        check_profile_sizes(ShapeProfile((1, 3, 96, 128), (1, 3, 224, 224), (8, 3, 640, 640)), rule)
+
+
+def test_engine_build_records_the_ranges_in_sidecar_and_triton_config(tmp_path, monkeypatch):
+    from acmix_deploy.artifacts.tensorrt import GpuInfo, read_sidecar
+    from acmix_deploy.exporters import tensorrt as trt_export
+    from acmix_deploy.exporters.tensorrt import ShapeProfile, build_engine
+    from acmix_deploy.exporters.triton_repository import write_engine_repository
+
+    from .test_tensorrt import fake_tensorrt
+
+    monkeypatch.setattr(trt_export, "current_gpu", lambda index=0: GpuInfo("NVIDIA H200", "9.0"))
+    trt = fake_tensorrt("10.13.0.35")
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"graph")
+    profile = ShapeProfile((1, 3, 128, 128), (4, 3, 224, 224), (8, 3, 640, 384))
+    rule = SpatialRule((32, 32), (128, 128))
+    build_engine(onnx_path, tmp_path / "m.engine", (3, 224, 224), profile, trt=trt, output_shape=[-1, 10],
+                 timing_cache=tmp_path / "cache", valid_hw=rule.to_json())
+    side = read_sidecar(tmp_path / "m.engine")
+    assert side.profiles == [{"min": [1, 3, 128, 128], "opt": [4, 3, 224, 224], "max": [8, 3, 640, 384]}]
+    assert side.dynamic_hw and SpatialRule.from_json(side.valid_hw) == rule
+    res = write_engine_repository(tmp_path / "m.engine", tmp_path / "repo", "m")
+    text = res.config_text
+    assert "dims: [ 3, -1, -1 ]" in text
+    assert ('parameters { key: "acmix_deploy.input_shapes" value: { string_value: '
+            '"m.engine: 1x3x128x128 / 4x3x224x224 / 8x3x640x384" } }') in text
+    assert 'key: "acmix_deploy.valid_hw" value: { string_value: "height and width multiples of 32, at least 128" }' in text
+    try:
+        from .test_triton_repo import load_model_config_pb2, parse
+
+        cfg = parse(load_model_config_pb2(), text)  # Triton's own schema reads it
+    except (ImportError, OSError) as exc:  # the schema needs protobuf and the vendored .proto
+        pytest.skip(f"Triton's config schema unavailable: {exc}")
+    assert cfg.parameters["acmix_deploy.valid_hw"].string_value.startswith("height and width")
+
+
+def test_onnx_triton_repository_records_the_rule(tiny_dynamic, tmp_path):
+    from acmix_deploy.exporters.triton_repository import write_onnx_file_repository
+
+    _, path, res = tiny_dynamic
+    repo = write_onnx_file_repository(path, tmp_path / "repo", "tiny")
+    assert "dims: [ 3, -1, -1 ]" in repo.config_text
+    assert f'string_value: "{res.spatial_rule.describe()}"' in repo.config_text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trt", "--dynamic-hw"], "give --min-shape and --max-shape"),
+    (["--trt", "--dynamic-hw", "--min-shape", "1x3x64x64", "--max-shape", "8x3x32x32"], "impossible shape range"),
+    (["--trt", "--min-shape", "1x3x64"], "NxCxHxW"),
+    (["--trt", "--min-shape", "2x3x32x32", "--min-batch", "1"], "give the batch once"),
+    (["--min-shape", "1x3x32x32"], "--min-shape does not apply to --format onnx"),
+])
+def test_cli_shape_range_errors(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from acmix_deploy.cli import app
+
+    model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=3), 1).eval()
+    ckpt = ad.save_checkpoint(model, tmp_path / "t.pth")
+    result = CliRunner().invoke(app, ["export", str(ckpt), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output

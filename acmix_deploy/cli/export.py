@@ -33,6 +33,11 @@ def export(
     max_batch: Optional[int] = typer.Option(
         None, "--max-batch", help="Largest batch (default: aoti 256; engine max(32, --opt-batch); Triton's max_batch_size: "
         "8 for --engine onnx, the engines' profile for --engine trt)."),
+    min_shape: Optional[str] = typer.Option(None, "--min-shape", help="TensorRT profile as a whole shape NxCxHxW (trtexec's "
+                                            "spelling): smallest batch and, with --dynamic-hw, smallest size."),
+    opt_shape: Optional[str] = typer.Option(None, "--opt-shape", help="TensorRT profile: the shape tuned for (default: "
+                                            "--opt-batch at --imgsz)."),
+    max_shape: Optional[str] = typer.Option(None, "--max-shape", help="TensorRT profile: largest batch and size."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (AOTInductor compiles for this device)."),
     cpu_isa: str = typer.Option(
@@ -78,7 +83,8 @@ def export(
     opts = ExportOptions(
         fmt=fmt, output=output, arch=arch, model_def=model_def, model_args=model_args, imgsz=size_arg, batch=batch,
         dynamic=dynamic, dynamic_hw=dynamic_hw, opset=opset,
-        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, device=device, simplify=simplify, fp16=fp16,
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, min_shape=min_shape, opt_shape=opt_shape,
+        max_shape=max_shape, device=device, simplify=simplify, fp16=fp16,
         int8=int8, calib=calib, calib_limit=calib_limit, tol=tol, min_top1=min_top1, seed=seed,
         workspace_gb=workspace, timing_cache=timing_cache, opt_level=opt_level,
         trt_typing="weak" if weak_typing else "strong", output_names=names,
@@ -136,7 +142,12 @@ def export(
         console.print(f"AOTInductor package for {res.artifact.device}, {span}")
     if res.fmt == "engine":
         p = res.artifact.sidecar.profiles[0]
-        console.print(f"TensorRT profile: batch {p['min'][0]} / {p['opt'][0]} / {p['max'][0]} (min / opt / max)")
+        if p["min"][2:] != p["max"][2:]:
+            spell = "x".join
+            console.print(f"TensorRT profile: {spell(map(str, p['min']))} / {spell(map(str, p['opt']))} / "
+                          f"{spell(map(str, p['max']))} (min / opt / max)")
+        else:
+            console.print(f"TensorRT profile: batch {p['min'][0]} / {p['opt'][0]} / {p['max'][0]} (min / opt / max)")
     art = res.artifact
     console.print(f"wrote {_safe(art.path)} ({art.size_bytes / 1e6:.1f} MB) in {art.seconds:.1f} s")
 
