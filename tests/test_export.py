@@ -226,7 +226,8 @@ def test_cli_export_aoti_and_compare(train_ckpt, tmp_path):
     from acmix_deploy.runtime.loader import open_runner
 
     spec = open_runner(out)
-    assert (spec.input.shape, spec.min_batch, spec.max_batch, spec.output.shape) == ((3, 32, 32), 1, 8, (6,))
+    assert (spec.input_spec.shape, spec.batch_range, spec.output_spec.shape) == (("batch", 3, 32, 32), (1, 8), ("batch", 6))
+    assert spec.backend == "aoti" and spec.device == "cpu"
     with pytest.raises(AcmixDeployError, match="was compiled for cpu; it cannot run on cuda"):
         from acmix_deploy.runtime import AotiRunner
 

@@ -22,7 +22,8 @@ from acmix_deploy.compare import Comparison, compare_runners, random_inputs
 from acmix_deploy.errors import AcmixDeployError, ConfigError, EquivalenceError
 from acmix_deploy.outputs import named_outputs
 from acmix_deploy.runtime import OrtRunner, TorchRunner
-from acmix_deploy.runtime.loader import LoadedModel, TensorSpec, open_runner
+from acmix_deploy.runtime import TensorSpec
+from acmix_deploy.runtime.loader import open_runner
 from acmix_deploy.testing import randomize_model
 
 from .conftest import TOL_F32
@@ -158,17 +159,18 @@ def test_infer_refuses_a_model_with_several_outputs(nested_onnx):
         assert len(runner.infer_outputs(x)) == 4
 
 
-def test_loaded_model_lists_every_output(nested_onnx):
-    _, path, _ = nested_onnx
+def test_runner_specs_list_every_output(nested_onnx):
+    model, path, _ = nested_onnx
+    f32 = np.float32
+    want = (TensorSpec("output0", ("batch", 5), f32), TensorSpec("output1", ("batch", 6, 32, 48), f32),
+            TensorSpec("output2", ("batch", 6, 16, 24), f32), TensorSpec("output3", ("batch", 6, 8, 12), f32))
     loaded = open_runner(path)
-    assert loaded.outputs == [TensorSpec("output0", "FP32", (5,)), TensorSpec("output1", "FP32", (6, 32, 48)),
-                              TensorSpec("output2", "FP32", (6, 16, 24)), TensorSpec("output3", "FP32", (6, 8, 12))]
-    assert loaded.input == TensorSpec("images", "FP32", SIZE)
-    with pytest.raises(AcmixDeployError, match="has 4 outputs .*use .outputs"):
-        loaded.output
-    one = LoadedModel(runner=None, backend="torch", platform="pytorch", path=path, input=loaded.input,
-                      output=TensorSpec("logits", "FP32", (5,)))
-    assert one.output == one.outputs[0] and one.output_names == ["logits"]
+    assert loaded.output_specs == want and loaded.output_names == NESTED_NAMES
+    assert loaded.input_specs == (TensorSpec("images", ("batch", *SIZE), f32),)
+    with pytest.raises(AcmixDeployError, match="has 4 outputs .*output_spec returns a single output: use output_specs"):
+        loaded.output_spec
+    # The torch runner of the same model: the same specs, from a run on zeros.
+    assert TorchRunner(model, input_size=SIZE).output_specs == want
     with pytest.raises(ConfigError):
         open_runner(path, imgsz=(32, 0))
 
@@ -371,7 +373,9 @@ def test_aoti_package_returns_every_output(tmp_path):
     with pytest.raises(AcmixDeployError, match="2 outputs"):
         runner.infer(np.zeros((1, *SIZE), np.float32))
     loaded = open_runner(res.path)
-    assert loaded.outputs == [TensorSpec("scores", "FP32", (5,)), TensorSpec("boxes", "FP32", (96, 6))]
+    assert loaded.output_specs == (TensorSpec("scores", ("batch", 5), np.float32),
+                                   TensorSpec("boxes", ("batch", 96, 6), np.float32))
+    assert loaded.batch_range == (1, 4) and loaded.input_spec == TensorSpec("images", ("batch", *SIZE), np.float32)
 
 
 # ------------------------------------------------------------------------------------------------ profile
@@ -404,7 +408,7 @@ def test_cli_output_names_on_a_registry_model(tmp_path):
     res = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(out), "--output-names", "probs"])
     assert res.exit_code == 0, res.output
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["probs"]
-    assert open_runner(out).output == TensorSpec("probs", "FP32", (4,))
+    assert open_runner(out).output_spec == TensorSpec("probs", ("batch", 4), np.float32)
     bad = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "b.onnx"), "--output-names", "a,b"])
     assert bad.exit_code == 2 and "gives 2 name(s), but the model returns 1 tensor(s)" in " ".join(bad.output.split())
     assert not (tmp_path / "b.onnx").exists()
@@ -436,7 +440,7 @@ def test_cli_chain_for_a_user_detector_checkpoint(tmp_path):
     res = cli.invoke(app, ["export", str(deploy), "-o", str(onnx_path), "--output-names", "p3,p4,p5"])
     assert res.exit_code == 0, res.output
     assert [o.name for o in onnx.load(str(onnx_path)).graph.output] == ["p3", "p4", "p5"]
-    assert [o.shape for o in open_runner(onnx_path).outputs] == [(7, 16, 20), (7, 8, 10), (7, 4, 5)]
+    assert [o.item_shape for o in open_runner(onnx_path).output_specs] == [(7, 16, 20), (7, 8, 10), (7, 4, 5)]
     res = cli.invoke(app, ["compare", str(deploy), str(onnx_path)], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert all(name in res.output for name in ("p3", "p4", "p5"))
