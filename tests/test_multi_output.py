@@ -220,8 +220,9 @@ def _validator(model, tol=1e-4):
     """The check a Triton repository runs on its exported file when given no other: every output against
     ``model`` in torch, the worst must pass."""
     from acmix_deploy.exporters.triton_repository import _torch_check
+    from acmix_deploy.verify import verify_artifact
 
-    return _torch_check(model, SIZE, {}, tol)
+    return _torch_check(verify_artifact, model, SIZE, {}, tol)
 
 
 def test_validation_passes_and_fails_on_one_wrong_output(tmp_path):
@@ -240,9 +241,11 @@ def test_validation_passes_and_fails_on_one_wrong_output(tmp_path):
 def test_export_driver_validation_fails_on_one_wrong_output(tmp_path, monkeypatch):
     """The driver's validator (export_model), with the checkpoint step replaced by the in-memory model, and ONNX
     Runtime returning one head perturbed: the export fails with the rows, names the output, writes nothing."""
+    import acmix_deploy.exporters.driver as driver
     import acmix_deploy.pipeline as pipeline
-    import acmix_deploy.runtime as runtime
-    from acmix_deploy.exporters import ExportOptions, export_model
+    import acmix_deploy.verify as verify
+    from acmix_deploy import export_model
+    from acmix_deploy.exporters import ExportOptions
 
     model = make()
     model.default_cfg = {"input_size": SIZE}
@@ -253,14 +256,14 @@ def test_export_driver_validation_fails_on_one_wrong_output(tmp_path, monkeypatc
     def fake_prepare(path, arch=None, imgsz=None, **kw):
         return pipeline.Prepared(Loaded(), None, model, SIZE, 0.0, None)
 
-    monkeypatch.setattr(pipeline, "prepare_deploy", fake_prepare)
+    monkeypatch.setattr(driver, "prepare_deploy", fake_prepare)
     ckpt = tmp_path / "det.pth"
     ckpt.write_bytes(b"stand-in: prepare_deploy is replaced")
     res = export_model(ckpt, ExportOptions(output=tmp_path / "ok.onnx", output_names=["cls", "p3", "p4", "p5"]))
     assert {r.output for r in res.rows} == {"cls", "p3", "p4", "p5"} and res.artifact.output_names[0] == "cls"
 
-    real = runtime.OrtRunner
-    monkeypatch.setattr(runtime, "OrtRunner", lambda p, *a, **k: _Tampered(real(p, *a, **k), 2))
+    real = verify.OrtRunner
+    monkeypatch.setattr(verify, "OrtRunner", lambda p, *a, **k: _Tampered(real(p, *a, **k), 2))
     with pytest.raises(EquivalenceError, match="output p4 differs") as err:
         export_model(ckpt, ExportOptions(output=tmp_path / "bad.onnx", output_names="cls,p3,p4,p5"))
     assert not (tmp_path / "bad.onnx").exists()
@@ -280,8 +283,10 @@ def test_triton_config_lists_every_output(tmp_path):
     from .test_triton_repo import load_model_config_pb2
 
     pb2 = load_model_config_pb2()
+    from acmix_deploy.verify import verify_artifact
+
     res = write_onnx_repository(make(), tmp_path / "repo", "det", SIZE, max_batch=4,
-                                output_names=["cls", "p3", "p4", "p5"])
+                                output_names=["cls", "p3", "p4", "p5"], verify=verify_artifact)
     cfg = text_format.Parse((res.model_dir / "config.pbtxt").read_text(), pb2.ModelConfig())
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
         ("cls", pb2.TYPE_FP32, [5]), ("p3", pb2.TYPE_FP32, [6, 32, 48]), ("p4", pb2.TYPE_FP32, [6, 16, 24]),

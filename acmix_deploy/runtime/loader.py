@@ -139,13 +139,13 @@ def open_runner(
             raise AcmixDeployError(f"cannot run TensorRT engine {path.name}: no CUDA GPU is visible on this machine")
         runner = TrtRunner(path, device="cuda", sidecar=sidecar)  # an engine runs on the GPU it was built for
     elif backend == "aoti":
-        # Packages written by acmix-deploy record their input size; for others it comes from --arch/--imgsz.
-        size = input_size
-        if size is None and arch is not None:
-            size = default_input_size(create_model(arch, deploy=True), imgsz)
-        runner = AotiRunner(path, device, input_size=size)
-        if not runner.records_input_size and size is None:
-            raise ConfigError(f"{path.name} records no input size; give --arch (and --imgsz)")
+        runner = AotiRunner(path, device, input_size=input_size)
+        if not runner.records_input_size and input_size is None:
+            # Packages written by acmix-deploy record their input size; for others it comes from --arch/--imgsz
+            # (the package is loaded again with it: rare, and cheaper than building a model for every package).
+            if arch is None:
+                raise ConfigError(f"{path.name} records no input size; give --arch (and --imgsz)")
+            runner = AotiRunner(path, device, input_size=default_input_size(create_model(arch, deploy=True), imgsz))
     else:
         prep = prepare_deploy(path, arch, imgsz, model_def=model_def, model_args=model_args)
         device = device or "cpu"
