@@ -41,6 +41,7 @@ _LAZY = {
     "UnknownArchitectureError": "errors",
     "create_model": "models",
     "list_models": "models",
+    "ModelFamily": "models",
     "register_model": "models",
     "ACmix": "modules",
     "ACmixDeploy": "modules",
@@ -65,7 +66,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         InputShapeError,
         UnknownArchitectureError,
     )
-    from .models import create_model, list_models, register_model
+    from .models import ModelFamily, create_model, list_models, register_model
     from .modules import ACmix, ACmixDeploy
     from .reparam import foldable_leftovers, is_deploy, reparameterize_model
     from .runtime import open_runner

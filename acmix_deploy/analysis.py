@@ -1,4 +1,4 @@
-"""Model statistics (parameters, MACs) and output comparison.
+"""Model statistics (parameters, MACs, blocks) and output comparison.
 
 Error metric used across the project: for a reference output ``a`` and a
 candidate ``b``, ``max_abs = max|a - b|`` and ``rel = max_abs / max|a|``
@@ -16,13 +16,45 @@ import torch
 import torch.nn as nn
 
 from .errors import AcmixDeployError, InputShapeError
+from .modules import (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded,
+                      XVolution, XVolutionDeploy)
 from .outputs import flatten_outputs, output_names
 
-__all__ = ["count_parameters", "count_macs", "OutputDiff", "compare_outputs", "compare_all_outputs", "check_equivalence"]
+__all__ = ["count_parameters", "count_macs", "ModelSummary", "summarize_model", "OutputDiff", "compare_outputs",
+           "compare_all_outputs", "check_equivalence"]
+
+# Block kind -> the classes that are one block of that kind, training and deploy forms alike.
+BLOCK_KINDS: dict[str, tuple[type[nn.Module], ...]] = {
+    "ACmix": (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded),
+    "X-volution": (XVolution, XVolutionDeploy),
+}
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class ModelSummary:
+    """What :func:`summarize_model` counts in a network."""
+
+    parameters: int
+    blocks: dict[str, int]  # block kind (see BLOCK_KINDS) -> modules of that kind, every kind listed
+    tensors: int  # entries of the state dict
+    tensor_groups: dict[str, int]  # first component of the state-dict keys ("stem", "layer1", ...) -> entries
+    input_size: tuple[int, ...] | None  # the recorded (C, H, W), when the model has a default_cfg
+
+
+def summarize_model(model: nn.Module) -> ModelSummary:
+    """Parameters, ACmix / X-volution blocks (either form), state-dict entries per top-level name, input size."""
+    sd = model.state_dict()
+    groups: dict[str, int] = {}
+    for key in sd:
+        groups[key.split(".")[0]] = groups.get(key.split(".")[0], 0) + 1
+    blocks = {kind: sum(isinstance(m, classes) for m in model.modules()) for kind, classes in BLOCK_KINDS.items()}
+    cfg = getattr(model, "default_cfg", None)
+    size = tuple(cfg["input_size"]) if isinstance(cfg, dict) and cfg.get("input_size") else None
+    return ModelSummary(count_parameters(model), blocks, len(sd), groups, size)
 
 
 @torch.no_grad()
@@ -154,7 +186,7 @@ def _run(model: nn.Module, x: torch.Tensor, which: str):
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputShapeError(
             f"{which} model cannot run on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {first[:300]}. "
-            "Choose an input size the network takes (imgsz; CLI: --imgsz N or --imgsz H W)") from None
+            "Choose an input size the network takes ({imgsz}: N for N x N, or H W)", params=["imgsz"]) from None
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ stripped.  Files are never unpickled beyond tensors and plain containers.
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import os
 import pickle
 import re
@@ -28,7 +29,7 @@ import torch.nn as nn
 
 from . import __version__
 from .errors import CheckpointError
-from .models import create_model, list_models, model_entrypoint
+from .models import create_model, infer_model_args, is_deploy_state_dict, list_models, model_entrypoint
 from .modules.acmix import check_deploy_layout
 from .reparam import is_deploy
 from .user_model import read_user_checkpoint
@@ -119,9 +120,9 @@ def _torch_load(path: Path) -> Any:
                 f"{path} holds pickled Python objects, not only tensors and plain containers ({what}), and is "
                 "refused for safety: a full model or a training container such as torch.save(model) or Ultralytics' {'model': ...} "
                 "writes, and unpickling it would run code from the file. If you trust the file, "
-                "fold it as it is with trust_pickle=True (CLI: acmix-deploy reparam --trust-pickle, plus "
-                "--code-path DIR for the code its classes live in); or save a state dict, "
-                "torch.save(model.state_dict(), 'weights.pth'), and give the model's code with --model-def"
+                "fold it as it is with reparam and {trust_pickle} ({code_paths} for the directories its "
+                "classes' code lives in); or save a state dict, torch.save(model.state_dict(), 'weights.pth'), and give "
+                "the model's code with {model_def}", params=["trust_pickle", "code_paths", "model_def"]
             ) from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {first}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError,
@@ -174,8 +175,6 @@ _DEFAULT_INT_LIMIT = 4096
 def validate_arch_args(arch: str, arch_args: Any, sd: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Refuse recorded architecture arguments that are not the entrypoint's, have the wrong type or range,
     or disagree with the state dict's tensor shapes, before any model is built from them."""
-    import inspect
-
     if not isinstance(arch_args, dict):
         raise CheckpointError(f"{path}: 'arch_args' is {_describe(arch_args)}, not a dict of arguments")
     params = inspect.signature(model_entrypoint(arch)).parameters
@@ -198,7 +197,7 @@ def validate_arch_args(arch: str, arch_args: Any, sd: dict[str, torch.Tensor], p
                 raise CheckpointError(f"{path}: recorded argument {key}={value!r:.60} is not a boolean")
         elif not isinstance(value, (int, float, str, bool, type(None))):
             raise CheckpointError(f"{path}: recorded argument {key} is {_describe(value)}, not a plain value")
-    shapes = _infer_arch_args(arch, sd)
+    shapes = infer_model_args(arch, sd)
     for key, value in arch_args.items():
         if key in shapes and shapes[key] != value:
             raise CheckpointError(f"{path}: recorded argument {key}={value} disagrees with the state dict, whose "
@@ -238,57 +237,6 @@ def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return sd
 
 
-def _infer_arch_args(arch: str, sd: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """num_classes and in_chans from the classifier and stem shapes, where the arch takes them."""
-    import inspect
-
-    params = inspect.signature(model_entrypoint(arch)).parameters
-    args: dict[str, Any] = {}
-    fc = sd.get("fc.weight")
-    if "num_classes" in params and fc is not None and fc.dim() == 2:
-        args["num_classes"] = int(fc.shape[0])
-    stem = sd.get("conv1.weight")
-    if "in_chans" in params and stem is not None and stem.dim() == 4:
-        args["in_chans"] = int(stem.shape[1])
-    if "patch_embed.proj.weight" in sd:
-        args.update(_infer_swin_args(params, sd))
-    return args
-
-
-def _infer_swin_args(params, sd: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Swin layout: classes from ``head``, channels and patch from ``patch_embed.proj``, window
-    from the largest relative position table ((2w-1)^2 rows) or deploy attention bias (N = w*w),
-    image size from a stage-0 shift mask or deploy attention bias (nW windows of w*w tokens)
-    or a stage-0 deploy bias map (C, H, W)."""
-    import math
-
-    args: dict[str, Any] = {}
-    head, proj = sd.get("head.weight"), sd["patch_embed.proj.weight"]
-    if "num_classes" in params and head is not None and head.dim() == 2:
-        args["num_classes"] = int(head.shape[0])
-    if proj.dim() != 4:
-        return args
-    if "in_chans" in params:
-        args["in_chans"] = int(proj.shape[1])
-    windows = [(math.isqrt(v.shape[0]) + 1) // 2 for k, v in sd.items()
-               if k.endswith("attn.relative_position_bias_table") and v.dim() == 2]
-    windows += [math.isqrt(v.shape[-1]) for k, v in sd.items() if k.endswith("attn.attn_bias") and v.dim() == 4]
-    if "window_size" in params and windows:
-        args["window_size"] = max(windows)
-    if "img_size" in params:
-        # (nW, N, N) shift mask or (nW, nh, N, N) deploy attention bias of a shifted stage-0 block
-        shifted = [v for k, v in sd.items() if k.startswith("layers.0.") and
-                   ((k.endswith(".attn_mask") and v.dim() == 3) or (k.endswith(".attn_bias") and v.dim() == 4))
-                   and v.shape[0] > 1]
-        bias_map = sd.get("layers.0.blocks.0.attn.conv_bias")
-        if shifted:
-            res = math.isqrt(shifted[0].shape[0]) * math.isqrt(shifted[0].shape[-1])
-            args["img_size"] = res * int(proj.shape[-1])
-        elif bias_map is not None and bias_map.dim() == 3:
-            args["img_size"] = int(bias_map.shape[-1]) * int(proj.shape[-1])
-    return args
-
-
 def _check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str, form: str) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
@@ -305,7 +253,7 @@ def _check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
             parts.append(f"{len(unexpected)} unexpected key(s): {some(unexpected)}")
         raise CheckpointError(
             f"{path} does not match architecture {arch} ({form} form): " + "; ".join(parts)
-            + ". Is --arch right for this file?"
+            + ". Is {arch} right for this file?", params=["arch"]
         )
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
@@ -345,7 +293,7 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def:
         if arch is not None and stored_arch is not None and arch != stored_arch:
             raise CheckpointError(
                 f"{path} was saved as architecture {stored_arch!r}, but {arch!r} was asked for; "
-                "drop --arch or pass the stored one"
+                "drop {arch} or pass the stored one", params=["arch"]
             )
         arch = stored_arch or arch
         arch_args = obj.get("arch_args") or {}
@@ -380,13 +328,11 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def:
         if arch is None:
             raise CheckpointError(
                 f"{path} is a bare state dict that does not say which architecture it belongs to; "
-                f"pass it with --arch (known: {', '.join(list_models())})"
+                f"pass it with {{arch}} (known: {', '.join(list_models())})", params=["arch"]
             )
         sd = _strip_prefix(sd, "module.")
-        deploy = any(k.endswith(".qkv.weight") for k in sd) and not any(k.endswith(".rate1") for k in sd)
-        # X-volution: the deploy form has the folded PSSA weights (mix) and no branch BatchNorms.
-        deploy = deploy or (any(k.endswith(".mix.weight") for k in sd) and not any(".bn_pssa." in k for k in sd))
-        arch_args = _infer_arch_args(arch, sd)
+        deploy = is_deploy_state_dict(arch, sd)  # the family knows its deploy form's keys
+        arch_args = infer_model_args(arch, sd)
         if arch_args:
             notes.append("inferred from tensor shapes: " + ", ".join(f"{k}={v}" for k, v in arch_args.items()))
     model_entrypoint(arch)  # raises UnknownArchitectureError listing the known ones

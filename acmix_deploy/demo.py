@@ -50,7 +50,7 @@ class DemoConfig:
 
     def validate(self) -> None:
         if self.arch not in DEMO_ARCHS:
-            raise ConfigError(f"the demo trains one of {', '.join(DEMO_ARCHS)}; got --arch {self.arch!r}")
+            raise ConfigError(f"the demo trains one of {', '.join(DEMO_ARCHS)}; got {{arch}} {self.arch!r}", params=["arch"])
 
 
 @dataclass
@@ -242,7 +242,8 @@ def _export_and_predict(deploy: nn.Module, deploy_ckpt: Path, cfg: DemoConfig, x
     from .runtime import OrtRunner
 
     path = cfg.out_dir / "digits_deploy.onnx"
-    export_onnx(deploy, path, (1, cfg.imgsz, cfg.imgsz), metadata={"source": deploy_ckpt.name})
+    export_onnx(deploy, path, (1, cfg.imgsz, cfg.imgsz), metadata={"source": deploy_ckpt.name},
+                cpu_isa="auto")
     runner = OrtRunner(path)
     logits = torch.cat([torch.from_numpy(runner.infer(x_test[i : i + 256].numpy())) for i in range(0, len(x_test), 256)])
     return path, logits

@@ -1,4 +1,5 @@
-"""Helpers every layer may use: optional imports, atomic file writes, file digests, argument checks.
+"""Helpers every layer may use: optional imports, atomic file writes, file digests, argument checks,
+the CPU's instruction-set level.
 
 This module sits directly above :mod:`acmix_deploy.errors` and imports nothing else of the package,
 so that folds, checkpoints, artifacts, exporters and runtimes can all build on it.
@@ -9,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import platform
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -19,7 +22,8 @@ import torch
 
 from .errors import ConfigError, MissingDependencyError, OutputError
 
-__all__ = ["atomic_write", "check_device", "normalize_imgsz", "random_inputs", "require", "sha256_file"]
+__all__ = ["CPU_ISAS", "CpuInfo", "atomic_write", "check_device", "cpu_isa_level", "detect_cpu", "normalize_imgsz",
+           "random_inputs", "require", "resolve_cpu_isa", "sha256_file"]
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -109,9 +113,9 @@ def sha256_file(path: str | os.PathLike) -> str:
 def check_device(device: str) -> None:
     """Refuse a device other than cpu/cuda, and cuda where torch sees no GPU."""
     if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+        raise ConfigError(f"{{device}} must be cpu or cuda, got {device!r}", params=["device"])
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+        raise ConfigError("{device} cuda was asked for, but torch sees no CUDA GPU on this machine", params=["device"])
 
 
 def normalize_imgsz(imgsz) -> tuple[int, int] | None:
@@ -137,3 +141,86 @@ def random_inputs(input_size: tuple[int, ...], batches: tuple[int, ...], seed: i
     ``input_size``), the same for the same ``seed``: the inputs every equivalence check runs."""
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(b, *input_size, generator=gen).numpy() for b in batches]
+
+
+# Instruction-set levels that change which graph is fastest on a CPU, best first.  ONNX Runtime's MLAS picks its
+# float kernels by them (onnxruntime/core/mlas/lib/platform.cpp): AVX-512F (with the OS saving its state) gives
+# 16-float NCHWc blocks, AVX2 + FMA 8-float blocks; "generic" is everything else (SSE-only x86, ARM, ...).
+CPU_ISAS = ("avx512", "avx2", "generic")
+# /proc/cpuinfo flags worth recording with a measurement (vector width, FMA, dot-product and matrix units).
+_RECORDED_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                   "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU a graph is exported or measured on: its name, ISA level (:data:`CPU_ISAS`), flags, threads."""
+
+    model: str
+    isa: str
+    flags: tuple[str, ...]
+    threads: int
+    machine: str  # platform.machine(): x86_64, aarch64, ...
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "flags": list(self.flags)}
+
+
+def cpu_isa_level(flags, machine: str = "x86_64") -> str:
+    """The :data:`CPU_ISAS` level of a CPU with these /proc/cpuinfo ``flags``."""
+    flags = set(flags)
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "generic"
+    if "avx512f" in flags:
+        return "avx512"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    return "generic"
+
+
+def _proc_cpuinfo() -> tuple[str | None, list[str] | None]:
+    model = flags = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key in ("flags", "Features") and flags is None:  # x86 / ARM spelling
+                    flags = value.split()
+                if model is not None and flags is not None:
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def detect_cpu(threads: int | None = None) -> CpuInfo:
+    """The CPU this process runs on.
+
+    Linux: the model name and flags of /proc/cpuinfo (the flags the kernel reports are those the OS
+    supports, AVX-512 state saving included).  Elsewhere: torch's own dispatch level
+    (``torch.backends.cpu.get_cpu_capability()``: ``AVX512``, ``AVX2``, ...) and no flags.
+    ``threads`` defaults to torch's intra-op thread count.
+    """
+    machine = platform.machine() or "unknown"
+    model, flags = _proc_cpuinfo()
+    if flags is not None:
+        isa = cpu_isa_level(flags, machine)
+        recorded = tuple(f for f in _RECORDED_FLAGS if f in set(flags))
+    else:
+        capability = torch.backends.cpu.get_cpu_capability().upper()
+        isa = {"AVX512": "avx512", "AVX2": "avx2"}.get(capability, "generic")
+        recorded = ()
+    return CpuInfo(model=model or platform.processor() or machine, isa=isa, flags=recorded,
+                   threads=int(threads or torch.get_num_threads()), machine=machine)
+
+
+def resolve_cpu_isa(cpu_isa: str) -> str:
+    """``"auto"`` -> this machine's level (:func:`detect_cpu`); a level of :data:`CPU_ISAS` stays; else ConfigError."""
+    if cpu_isa == "auto":
+        return detect_cpu().isa
+    if cpu_isa not in CPU_ISAS:
+        raise ConfigError(f"cpu_isa must be auto or one of {', '.join(CPU_ISAS)}, got {cpu_isa!r}")
+    return cpu_isa

@@ -50,7 +50,7 @@ from acmix_deploy.profiling import device_fingerprint
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PAUSE_S, interleaved, load_average, write_json  # noqa: E402
+from common import PAUSE_S, interleaved, load_average, machine, write_json  # noqa: E402
 
 MEMORY_PROBE = r"""
 import sys, torch, acmix_deploy as ad
@@ -148,6 +148,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also torch.compile'd models (minutes of compilation)")
     ap.add_argument("--tf32", action="store_true",
                     help="cuda: let float32 convolutions and products use TF32 (off by default: float32 means float32)")
+    ap.add_argument("--cpu-isa", default="auto", choices=("auto", "avx512", "avx2", "generic", "none"),
+                    help="the CPU level the deploy ONNX graph is shaped for (acmix_deploy.util.CPU_ISAS; auto: this "
+                         "machine's; none: the compact graph a plain torch.onnx.export gives)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -158,7 +161,11 @@ def main() -> None:
     if cuda:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     load_before = load_average()
+    onnx_groups = None
     print(f"load average (1, 5, 15 min): {load_before}", flush=True)
+    at_start = machine(args.threads)
+    print(f"machine: {at_start['cpu']['model']} ({at_start['cpu']['isa']}), {at_start['logical_cpus']} logical CPUs, "
+          f"{args.threads} threads; {at_start['uptime']}", flush=True)
 
     train = randomize_model(ad.create_model("acmix_resnet50"), 0).eval()
     deploy = ad.reparameterize_model(train)
@@ -185,8 +192,11 @@ def main() -> None:
             from acmix_deploy.runtime import OrtRunner
 
             tmp = Path(tempfile.mkdtemp(prefix="acmix-bench-"))
-            export_onnx(deploy, tmp / "deploy.onnx", size)
-            export_onnx(plain, tmp / "plain.onnx", size)
+            cpu_isa = None if args.cpu_isa == "none" else args.cpu_isa
+            onnx_groups = export_onnx(deploy, tmp / "deploy.onnx", size, cpu_isa=cpu_isa).metadata.get(
+                "acmix_deploy.conv_path_groups")
+            export_onnx(plain, tmp / "plain.onnx", size, cpu_isa=cpu_isa)
+            print(f"deploy ONNX graph for cpu_isa={args.cpu_isa}: conv path {onnx_groups}", flush=True)
             runners["onnxruntime"] = {
                 "acmix_deploy": OrtTarget(OrtRunner(tmp / "deploy.onnx", threads=args.threads)),
                 "resnet50": OrtTarget(OrtRunner(tmp / "plain.onnx", threads=args.threads)),
@@ -271,7 +281,8 @@ def main() -> None:
     load_after = load_average()
     print(f"load average after (1, 5, 15 min): {load_after}")
     if args.json:
-        device = device_fingerprint(args.device, args.threads)
+        device = {**device_fingerprint(args.device, args.threads), "machine_at_start": at_start,
+                  "machine_at_end": machine(args.threads)}
         device.pop("acmix_attention", None)  # per row here ("attention"), not one value for the run
         if cuda:
             device["tf32"] = args.tf32
@@ -292,7 +303,7 @@ def main() -> None:
                                    "times: medians; interleaved rounds with rotating start",
                       "attention_core": "blocked halo matmuls, tile by traffic count (4x4 on 56/28 maps, 7x7 on 14/7); "
                                         "'torch triton' rows: the fused Triton kernel (kernels/window_attention_triton.py)",
-                      "onnx_conv_path": "groups merged to 16-channel groups (modules.acmix.conv_group_merge)",
+                      "onnx_cpu_isa": args.cpu_isa, "onnx_conv_path": onnx_groups,
                       "deploy_layout": DEPLOY_LAYOUT},
             "load_average": {"before": load_before, "after": load_after},
             "exactness_rel_vs_training": exactness,

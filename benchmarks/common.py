@@ -101,6 +101,21 @@ def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def machine(threads: int | None = None) -> dict:
+    """What every result records about the machine: CPU model, ISA level and flags, threads, load, uptime."""
+    import platform
+    import subprocess
+
+    from acmix_deploy.util import detect_cpu
+
+    try:
+        uptime = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        uptime = None
+    return {"cpu": detect_cpu(threads).as_dict(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "load_average": load_average(), "uptime": uptime}
+
+
 def write_json(report: dict, path: Path) -> None:
     """Write a result file atomically (temp file, then rename)."""
     path = Path(path)

@@ -122,7 +122,7 @@ def main() -> None:
         if not cuda:
             t0 = time.perf_counter()
             path = Path(tmp.name) / f"{form}.onnx"
-            export_onnx(model, path, size, batch=1, dynamic=True)
+            export_onnx(model, path, size, batch=1, dynamic=True, cpu_isa="auto")
             build_s[f"onnx {form}"] = round(time.perf_counter() - t0, 1)
             targets[("onnxruntime", form)] = ort_target(path, args.threads)
             print(f"exported {form} form to ONNX in {build_s[f'onnx {form}']} s", flush=True)

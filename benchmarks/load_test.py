@@ -165,7 +165,7 @@ def export_tiny(folder: Path, arch: str) -> Path:
 
     model = randomize_model(ad.create_model(arch, num_classes=10), 0).eval()
     path = folder / f"{arch}.onnx"
-    export_onnx(ad.reparameterize_model(model), path, (3, 32, 32))
+    export_onnx(ad.reparameterize_model(model), path, (3, 32, 32), cpu_isa="auto")
     return path
 
 

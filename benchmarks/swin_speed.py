@@ -74,7 +74,7 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="acmix-swin-bench-"))
         runners["onnxruntime"] = {}
         for name, m in forms.items():
-            res = export_onnx(m, tmp / f"{name}.onnx", size)
+            res = export_onnx(m, tmp / f"{name}.onnx", size, cpu_isa="auto")
             export_s[name] = {"seconds": round(res.seconds, 1), "nodes": res.nodes}
             runners["onnxruntime"][name] = OrtRunner(res.path, threads=args.threads).infer
         print(f"exports: {export_s}", flush=True)

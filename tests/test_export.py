@@ -11,8 +11,8 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 import acmix_deploy as ad
-from acmix_deploy.errors import AcmixDeployError, ExportError, MissingDependencyError
-from acmix_deploy.modules.acmix import ACmix, ACmixDeploy, conv_group_merge
+from acmix_deploy.errors import AcmixDeployError, ConfigError, ExportError, MissingDependencyError
+from acmix_deploy.modules.acmix import ACmix, ACmixDeploy, merged_conv_groups
 from acmix_deploy.modules.window_attention import TRANSPOSE_BY_PRODUCT_MAX_DIM
 from acmix_deploy.testing import randomize_model
 
@@ -27,8 +27,9 @@ from acmix_deploy.compare import compare_runners, random_inputs  # noqa: E402
 from acmix_deploy.exporters import export_onnx, unsupported_ops  # noqa: E402
 from acmix_deploy.exporters.trt_ops import TENSORRT_ONNX_OPS  # noqa: E402
 from acmix_deploy.exporters import ExportOptions  # noqa: E402
-from acmix_deploy.exporters.driver import merge_conv_groups_for  # noqa: E402
-from acmix_deploy.util import require  # noqa: E402
+from acmix_deploy.exporters.driver import cpu_target_for  # noqa: E402
+from acmix_deploy.exporters.onnx import conv_group_merge  # noqa: E402
+from acmix_deploy.util import detect_cpu, require  # noqa: E402
 from acmix_deploy.runtime import OrtRunner, TorchRunner  # noqa: E402
 
 runner = CliRunner()
@@ -65,27 +66,66 @@ def test_deploy_graph_has_no_unfold_and_only_tensorrt_ops(tmp_path):
     assert res.op_histogram["MatMul"] == 2 * res.op_histogram["Softmax"] + by_product
 
 
-@pytest.mark.parametrize("heads,head_dim,merge", [(4, 16, 4), (4, 8, 4), (4, 6, 1), (8, 4, 2), (2, 16, 1),
-                                                  (16, 2, 1)])
-def test_conv_group_merge_rule(heads, head_dim, merge):
-    # Merged groups have a multiple of 16 output channels (h per original group), at most 4 groups per merge.
-    assert conv_group_merge(heads, head_dim) == merge
+@pytest.mark.parametrize("heads,head_dim,avx512,avx2", [(4, 16, 4, 2), (4, 8, 4, 2), (4, 6, 1, 2), (8, 4, 2, 1),
+                                                         (2, 16, 1, 4), (16, 2, 1, 1), (2, 2, 1, 1), (1, 8, 1, 1)])
+def test_conv_group_merge_rule(heads, head_dim, avx512, avx2):
+    # Merged groups have whole NCHWc blocks of output channels (h per original group): 16 with AVX-512, 8 with
+    # AVX2, at most 4 groups per merge; none for generic CPUs and GPUs (None).
+    assert conv_group_merge(heads, head_dim, "avx512") == avx512
+    assert conv_group_merge(heads, head_dim, "avx2") == avx2
+    assert conv_group_merge(heads, head_dim, "generic") == conv_group_merge(heads, head_dim, None) == 1
 
 
-@pytest.mark.parametrize("heads,out_planes,stride,merged_groups", [(4, 32, 1, 2), (4, 32, 2, 2), (8, 64, 1, 4)])
-def test_export_merges_the_conv_path_groups(tmp_path, heads, out_planes, stride, merged_groups):
+def _conv_path_node(proto):
+    grouped = [n for n in proto.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(grouped) <= 1  # the conv path (a merge down to one group has no group attribute)
+    return grouped
+
+
+def test_plain_torch_onnx_export_gives_the_compact_groups():
+    # No export policy in the module: outside merged_conv_groups (what a user calling torch.onnx.export gets)
+    # the conv path keeps its head_dim groups; inside, the merge the caller asks for.
+    import io
+    import warnings
+
+    deploy = randomize_model(ACmix(16, 32, kernel_att=3, head=4), 0).eval().fuse()
+    x = torch.randn(1, 16, 9, 9)
+
+    def groups(proto):
+        return [a.i for n in _conv_path_node(proto) for a in n.attribute if a.name == "group"]
+
+    def export():
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about the index tables entering as constants
+            torch.onnx.export(deploy, (x,), buf, dynamo=False, opset_version=17)
+        return onnx.load_from_string(buf.getvalue())
+
+    assert groups(export()) == [8]
+    with merged_conv_groups(lambda h, d: 2):
+        assert groups(export()) == [4]
+        with torch.inference_mode():  # eager runs the merged weights too: the same function
+            assert rel_error(deploy.conv_path(deploy.qkv(x)), deploy._conv_path(deploy.qkv(x))) < 1e-6
+    assert groups(export()) == [8]  # the setting does not leak out of the block
+
+
+@pytest.mark.parametrize("heads,out_planes,stride,isa,merged_groups",
+                         [(4, 32, 1, "avx512", 2), (4, 32, 2, "avx512", 2), (8, 64, 1, "avx512", 4),
+                          (4, 32, 1, "avx2", 4), (4, 32, 2, "avx2", 4)])
+def test_export_merges_the_conv_path_groups(tmp_path, heads, out_planes, stride, isa, merged_groups):
     train = randomize_model(ACmix(24, out_planes, kernel_att=5, head=heads, stride=stride), 3).eval()
     deploy = train.fuse()
     d = out_planes // heads
-    assert deploy.conv_path.groups == d and d // conv_group_merge(heads, d) == merged_groups
+    assert deploy.conv_path.groups == d and d // conv_group_merge(heads, d, isa) == merged_groups
     size = (13, 11) if stride == 1 else (14, 10)  # odd sizes; the official stride 2 needs even ones
     x = torch.randn(3, 24, *size)
     with torch.inference_mode():
         ref = train(x)
         eager = deploy(x)  # eager torch keeps the compact groups
     assert rel_error(ref, eager) < 1e-5
-    for merge, groups in ((False, d), (True, merged_groups)):  # compact first: the setting must not leak
-        res = export_onnx(deploy, tmp_path / f"b{merge}.onnx", (24, *size), merge_conv_groups=merge)
+    block = {"avx512": 16, "avx2": 8}[isa]
+    for merge, groups in ((None, d), (isa, merged_groups)):  # compact first: the setting must not leak
+        res = export_onnx(deploy, tmp_path / f"b{merge}.onnx", (24, *size), cpu_isa=merge)
         proto = onnx.load(res.path)
         inits = {t.name: t for t in proto.graph.initializer}
         grouped = [n for n in proto.graph.node if n.op_type == "Conv"
@@ -94,17 +134,27 @@ def test_export_merges_the_conv_path_groups(tmp_path, heads, out_planes, stride,
         assert [a.i for a in grouped[0].attribute if a.name == "group"] == [groups]
         assert list(inits[grouped[0].input[1]].dims) == [out_planes, 3 * out_planes // groups, 3, 3]
         meta = {p.key: p.value for p in proto.metadata_props}
-        assert meta["acmix_deploy.conv_path_groups"] == ("merged into 16-channel groups" if merge else "compact")
+        assert meta["acmix_deploy.conv_path_groups"] == (f"merged into {block}-channel groups" if merge else "compact")
+        assert meta.get("acmix_deploy.cpu_isa") == merge
+        if merge:
+            assert json.loads(meta["acmix_deploy.export_cpu"])["isa"] in ("avx512", "avx2", "generic")
         out = torch.from_numpy(OrtRunner(res.path).infer(x.numpy()))
         assert rel_error(ref, out) < 1e-5
     assert deploy.conv_path.groups == d  # the module itself is untouched by the export
 
 
-@pytest.mark.parametrize("fmt,device,merged", [("onnx", "cpu", True), ("onnx", "cuda", False), ("engine", "cuda", False),
-                                               ("aoti", "cpu", False)])
-def test_conv_groups_are_merged_only_for_onnx_runtime_on_the_cpu(fmt, device, merged):
+@pytest.mark.parametrize("fmt,device,target", [("onnx", "cpu", "auto"), ("onnx", "cuda", None), ("engine", "cuda", None),
+                                               ("aoti", "cpu", None)])
+def test_conv_groups_are_merged_only_for_onnx_runtime_on_the_cpu(fmt, device, target):
     # The TensorRT engine (and the ONNX file kept beside it) and ONNX files for a GPU keep the compact groups.
-    assert merge_conv_groups_for(ExportOptions(fmt=fmt, device=device)) is merged
+    assert cpu_target_for(ExportOptions(fmt=fmt, device=device)) == target
+
+
+def test_export_onnx_refuses_an_unknown_cpu_isa(tmp_path):
+    deploy = ad.create_model("resnet_tiny", deploy=True)
+    with pytest.raises(ConfigError, match="cpu_isa"):
+        export_onnx(deploy, tmp_path / "m.onnx", (3, 32, 32), cpu_isa="sse9")
+    assert list(tmp_path.iterdir()) == []
 
 
 class _UsesDet(nn.Module):  # Det is "N" in TensorRT 10's ONNX operator matrix (IsInf, refused by 8.4, is "Y")
@@ -169,7 +219,10 @@ def test_cli_export_and_compare(train_ckpt, tmp_path):
     proto = onnx.load(out)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["acmix_deploy.source"] == "train.pth" and len(meta["acmix_deploy.source_sha256"]) == 64
-    assert meta["acmix_deploy.conv_path_groups"] == "merged into 16-channel groups"  # an ONNX file for the CPU
+    isa = detect_cpu().isa  # an ONNX file for the CPU is shaped for the exporting machine's by default
+    assert meta["acmix_deploy.cpu_isa"] == isa
+    assert meta["acmix_deploy.conv_path_groups"] == {"avx512": "merged into 16-channel groups",
+                                                     "avx2": "merged into 8-channel groups"}.get(isa, "compact")
     result = runner.invoke(app, ["compare", str(path), str(out), "--batch", "1", "--batch", "2"])
     assert result.exit_code == 0, result.output
     assert "torch:training" in result.output and "torch:deploy" in result.output and "model.onnx" in result.output

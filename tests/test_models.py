@@ -51,6 +51,40 @@ def test_num_classes_and_in_chans():
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
 
 
+def test_each_family_reads_its_own_state_dicts():
+    """Argument inference and deploy detection come from the model's family, filtered by what it takes."""
+    from pathlib import Path
+
+    from acmix_deploy.models import infer_model_args, is_deploy_state_dict, model_family
+
+    tiny = _random_model("acmix_resnet_tiny", num_classes=7, in_chans=2)
+    xvol = _random_model("xvolution_resnet_tiny", num_classes=4)
+    swin = ad.create_model("acmix_swin_micro", num_classes=5, img_size=64, window_size=4).eval()
+    assert [model_family(n).name for n in ("acmix_resnet_tiny", "resnet50", "acmix_swin_micro")] == \
+        ["resnet", "resnet", "swin_acmix"]
+    assert infer_model_args("acmix_resnet_tiny", tiny.state_dict()) == {"num_classes": 7, "in_chans": 2}
+    assert infer_model_args("acmix_swin_micro", swin.state_dict()) == {"num_classes": 5, "in_chans": 3,
+                                                                       "window_size": 4, "img_size": 64}
+    assert infer_model_args("acmix_swin_micro", ad.reparameterize_model(swin).state_dict())["img_size"] == 64
+    assert infer_model_args("resnet50", swin.state_dict()) == {}  # another family's keys mean nothing here
+    for name, model in (("acmix_resnet_tiny", tiny), ("xvolution_resnet_tiny", xvol), ("acmix_swin_micro", swin)):
+        assert not is_deploy_state_dict(name, model.state_dict())
+        assert is_deploy_state_dict(name, ad.reparameterize_model(model).state_dict())
+    source = (Path(ad.__file__).parent / "checkpoint.py").read_text()
+    assert not any(key in source for key in ("patch_embed", "rate1", "bn_pssa", "fc.weight"))
+
+
+def test_resnet_blocks_hold_no_folding_code_of_their_own():
+    """The pass folds ResNets from the graph; a block's own fold would repeat its dispatch."""
+    from acmix_deploy.models import resnet
+
+    assert not hasattr(resnet, "fuse_pair")
+    assert not any(hasattr(cls, m) for cls in (resnet.Bottleneck, resnet.ResNet)
+                   for m in ("fuse", "reparameterize", "switch_to_deploy"))
+    model = _random_model("acmix_resnet_tiny")
+    assert not model.deploy and ad.reparameterize_model(model).deploy
+
+
 def _random_model(name: str, seed: int = 0, **kw) -> nn.Module:
     return randomize_model(ad.create_model(name, **kw), seed).eval()
 

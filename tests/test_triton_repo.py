@@ -35,8 +35,10 @@ from acmix_deploy.exporters.triton_repository import (
     write_engine_repository,
     write_model_dir,
 )
-from acmix_deploy.modules.acmix import ACmixDeploy, conv_group_merge
+from acmix_deploy.exporters.onnx import NCHWC_BLOCK, conv_group_merge
+from acmix_deploy.modules.acmix import ACmixDeploy
 from acmix_deploy.testing import randomize_model
+from acmix_deploy.util import detect_cpu
 
 pytest.importorskip("onnxruntime", reason="the ONNX repository is validated with ONNX Runtime")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'acmix-deploy[onnx]')")
@@ -112,7 +114,8 @@ def test_onnx_repository_layout_and_config(onnx_repo, tiny, pb2):
 
 
 def test_conv_path_groups_follow_the_instance_kind(onnx_repo, tiny, tmp_path, pb2):
-    # CPU instances (ONNX Runtime's CPU kernels) get the 16-channel conv-path groups; GPU instances the compact ones.
+    # CPU instances (ONNX Runtime's CPU kernels) get conv-path groups merged for the exporting machine's ISA;
+    # GPU instances the compact ones.
     def groups(model_onnx):  # what the metadata says, and the conv path groups the graph has
         proto = onnx.load(model_onnx)
         conv_groups = {a.i for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute
@@ -122,9 +125,14 @@ def test_conv_path_groups_follow_the_instance_kind(onnx_repo, tiny, tmp_path, pb
     path, model = tiny
     blocks = [m for m in ad.reparameterize_model(model).modules() if isinstance(m, ACmixDeploy)]
     compact = {m.head_dim for m in blocks} - {1}  # a conv of 1 group has no group attribute above 1
-    merged = {m.head_dim // conv_group_merge(m.head, m.head_dim) for m in blocks} - {1}
-    assert merged != compact
-    assert groups(onnx_repo / "acmix" / "1" / "model.onnx") == ("merged into 16-channel groups", merged)
+    isa = detect_cpu().isa
+    merged = {m.head_dim // conv_group_merge(m.head, m.head_dim, isa) for m in blocks} - {1}
+    if isa in NCHWC_BLOCK:
+        assert merged != compact
+        assert groups(onnx_repo / "acmix" / "1" / "model.onnx") == (f"merged into {NCHWC_BLOCK[isa]}-channel groups",
+                                                                     merged)
+    else:
+        assert groups(onnx_repo / "acmix" / "1" / "model.onnx") == ("compact", compact)
     res = runner.invoke(app, ["export", str(path), "--format", "triton", "-o", str(tmp_path / "gpu"),
                               "--name", "acmix", "--device", "cuda"])
     assert res.exit_code == 0, res.output

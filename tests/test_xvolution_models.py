@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 import acmix_deploy as ad
 from acmix_deploy.cli import app
-from acmix_deploy.models.resnet import Bottleneck, ResNet, fuse_pair
+from acmix_deploy.models.resnet import Bottleneck, ResNet
 from acmix_deploy.modules import XVolution, XVolutionDeploy
+from acmix_deploy.reparam import reparameterize
 from acmix_deploy.testing import randomize_model
 
 from .conftest import TOL_F32, TOL_F64, rel_error as _rel
@@ -100,7 +101,19 @@ def test_a_wrong_fold_is_caught_at_network_level():
         assert _rel(model(x), deploy(x)) > 1e-6
 
 
-def test_bottleneck_reparameterize_and_fuse_pair_with_a_following_batchnorm():
+class _XVolutionThenBn(nn.Module):
+    """An X-volution followed by a BatchNorm held as attributes (a bn2 kept after it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.op = XVolution(6, 7, stride=2)
+        self.bn = nn.BatchNorm2d(7)
+
+    def forward(self, x):
+        return self.bn(self.op(x))
+
+
+def test_bottleneck_and_an_xvolution_with_a_following_batchnorm_fold_through_the_walker():
     torch.manual_seed(0)
     block = randomize_model(Bottleneck(32, 8, stride=2, mixer="xvolution",
                                        downsample=nn.Sequential(nn.Conv2d(32, 32, 1, 2, bias=False),
@@ -108,21 +121,21 @@ def test_bottleneck_reparameterize_and_fuse_pair_with_a_following_batchnorm():
     x = torch.randn(2, 32, 11, 9, dtype=torch.float64)
     with torch.no_grad():
         ref = block(x)
-        block.reparameterize()  # the block alone, without the walker
-        assert isinstance(block.conv2, XVolutionDeploy) and ad.is_deploy(block)
-        assert _rel(ref, block(x)) <= TOL_F64
+        deploy = ad.reparameterize_model(block)  # the block alone, as the root of the pass
+        assert isinstance(deploy.conv2, XVolutionDeploy) and ad.is_deploy(deploy)
+        assert all(isinstance(getattr(deploy, n), nn.Identity) for n in ("bn1", "bn2", "bn3"))
+        assert isinstance(deploy.downsample[1], nn.Identity) and deploy.downsample[0].bias is not None
+        assert _rel(ref, deploy(x)) <= TOL_F64
 
-    # An X-volution followed by a BatchNorm (a bn2 kept after it): the BatchNorm folds into the deploy form.
-    parent = nn.Module()
-    parent.op = XVolution(6, 7, stride=2)
-    parent.bn = nn.BatchNorm2d(7)
-    randomize_model(parent, 4).eval().double()
+    # The BatchNorm after an X-volution folds into the deploy form.
+    parent = randomize_model(_XVolutionThenBn(), 4).eval().double()
     x = torch.randn(3, 6, 9, 10, dtype=torch.float64)
     with torch.no_grad():
-        ref = parent.bn(parent.op(x))
-        fuse_pair(parent, "op", "bn")
-        assert isinstance(parent.op, XVolutionDeploy) and isinstance(parent.bn, nn.Identity)
-        assert _rel(ref, parent.op(x)) <= TOL_F64
+        ref = parent(x)
+        deploy, report = reparameterize(parent)
+        assert report.pairs == [("op", "bn")]
+        assert isinstance(deploy.op, XVolutionDeploy) and isinstance(deploy.bn, nn.Identity)
+        assert _rel(ref, deploy(x)) <= TOL_F64
 
 
 def test_sequential_walker_folds_xvolution_with_batchnorm():

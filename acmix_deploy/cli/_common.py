@@ -54,8 +54,16 @@ def _safe(text) -> str:
     return escape(_CONTROL.sub("?", _ANSI_SEQUENCE.sub("?", str(text))))
 
 
+def flag(param: str) -> str:
+    """The option that sets library parameter ``param``: :data:`FLAGS`, :data:`OTHER_FLAGS`, else ``--`` and the
+    name with dashes."""
+    return FLAGS.get(param) or OTHER_FLAGS.get(param) or "--" + param.replace("_", "-")
+
+
 def _fail(exc: Exception, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {_safe(exc)}", highlight=False, soft_wrap=True)
+    """Print ``exc`` (its parameters spelled as this command line's flags) and exit with ``code``."""
+    text = exc.spell(flag) if isinstance(exc, AcmixDeployError) else str(exc)
+    err_console.print(f"[bold red]error:[/] {_safe(text)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -145,5 +153,7 @@ FLAGS = {
     "min_top1": "--min-top1", "seed": "--seed", "workspace_gb": "--workspace", "timing_cache": "--timing-cache",
     "opt_level": "--opt-level", "trt_typing": "--trt-weak-typing", "output_names": "--output-names",
     "engine": "--engine", "instances": "--instances", "model_name": "--name",
-    "max_queue_delay_us": "--max-queue-delay-us", "force": "--force",
+    "max_queue_delay_us": "--max-queue-delay-us", "force": "--force", "cpu_isa": "--cpu-isa",
 }
+# Parameters of the other commands whose flag is not ``--`` + the name with dashes.
+OTHER_FLAGS = {"code_paths": "--code-path", "fmt": "--format"}

@@ -32,6 +32,9 @@ def export(
         "8 for --engine onnx, the engines' profile for --engine trt)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (AOTInductor compiles for this device)."),
+    cpu_isa: str = typer.Option(
+        "auto", "--cpu-isa", help="ONNX for ONNX Runtime on the CPU: the instruction set the graph is shaped for, "
+        "auto (this machine's), avx512, avx2 or generic (ACmix's convolution path in 16-, 8-channel or compact groups)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim."),
     fp16: bool = typer.Option(False, "--fp16", help="Float16 graph, attention (softmax, mask, logits) kept in float32."),
     int8: bool = typer.Option(False, "--int8", help="Int8 Q/DQ convolutions, calibrated on --calib."),
@@ -78,6 +81,7 @@ def export(
         workspace_gb=workspace, timing_cache=timing_cache, opt_level=opt_level,
         trt_typing="weak" if weak_typing else "strong", output_names=names,
         engine=engine, instances=instances, model_name=model_name, max_queue_delay_us=queue_delay_us, force=force,
+        cpu_isa=cpu_isa,
     )
     doing = (f"writing a Triton model repository from {_safe(ckpt)}" if fmt == "triton"
              else f"exporting {_safe(ckpt)} to {_safe(fmt)}")
@@ -117,6 +121,10 @@ def export(
         shape = "x".join(["N" if o.dynamic else str(o.batch), *map(str, res.input_size)])
         precision = {"fp16": "fp16 (attention fp32)", "int8": "int8 Q/DQ (attention fp32)"}.get(o.precision, "fp32")
         console.print(f"graph: {onnx_res.nodes} nodes, opset {onnx_res.opset}, {precision}, input {shape}; ops: {ops}")
+        isa = onnx_res.metadata.get("acmix_deploy.cpu_isa")
+        if isa is not None:
+            groups = onnx_res.metadata.get("acmix_deploy.conv_path_groups")
+            console.print(f"shaped for ONNX Runtime on {isa} CPUs" + (f" (ACmix conv path {groups})" if groups else ""))
     if res.fmt == "aoti":
         span = f"batch 1..{res.artifact.max_batch}" if o.dynamic else f"batch {o.batch}"
         console.print(f"AOTInductor package for {res.artifact.device}, {span}")

@@ -25,25 +25,22 @@ from ..artifacts.onnx import INPUT_NAME
 from ..errors import AcmixDeployError, ConfigError, EquivalenceError
 from ..outputs import flatten_outputs
 from ..pipeline import check_output_path, prepare_deploy
-from ..util import check_device, normalize_imgsz, random_inputs, sha256_file
+from ..util import check_device, normalize_imgsz, random_inputs, resolve_cpu_isa, sha256_file
 from .aoti import export_aoti
 from .calibration import load_calibration
-from .onnx import MAX_OPSET, MIN_OPSET, export_onnx, merge_conv_groups_on
+from .onnx import MAX_OPSET, MIN_OPSET, cpu_target, export_onnx
 from .options import ExportOptions, ExportResult, Log, Verify
 from .tensorrt import build_engine, engine_profiles, require_tensorrt
 
-__all__ = ["build_aoti", "build_engine_file", "build_onnx", "merge_conv_groups_for", "resolve_options"]
+__all__ = ["build_aoti", "build_engine_file", "build_onnx", "cpu_target_for", "resolve_options"]
 
 
 def resolve_options(ckpt: Path, opts: ExportOptions):
     """Check every option against the others and fill the format's defaults; returns (opts, profile).
 
-    ``opts.output`` is set (the format table's :func:`~acmix_deploy.exporters.formats.export_model` fills
+    ``opts.output`` must be set (the format table's :func:`~acmix_deploy.exporters.formats.export_model` fills
     the default from the format's suffix).
     """
-    if opts.output is None:
-        raise ConfigError("no output path: export through acmix_deploy.exporters.export_model, which gives the "
-                          "format's default")
     # Which option applies to which format is validate_options' (the table's) decision; here: values.
     if opts.fp16 and opts.int8:
         raise ConfigError("choose one of --fp16 and --int8")
@@ -64,6 +61,11 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
             raise ConfigError(f"--output-names must be unique non-empty names, got {list(opts.output_names)}")
     if opts.trt_typing not in ("strong", "weak"):
         raise ConfigError(f"TensorRT typing must be strong or weak, got {opts.trt_typing!r}")
+    if opts.cpu_isa != "auto":
+        resolve_cpu_isa(opts.cpu_isa)  # ConfigError for an unknown level
+        if opts.device != "cpu" or (opts.fmt == "triton" and opts.engine != "onnx"):
+            raise ConfigError(f"cpu_isa {opts.cpu_isa!r} shapes an ONNX graph for ONNX Runtime on the CPU; "
+                              "a graph for a GPU keeps the compact groups (leave cpu_isa at auto)")
     tol = opts.tol if opts.tol is not None else 2e-2 if opts.fp16 else 1.0 if opts.int8 else 1e-4
     min_top1 = opts.min_top1 if opts.min_top1 is not None else 0.9 if opts.int8 else 0.99
     profile = None
@@ -92,16 +94,19 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         raise AcmixDeployError(f"checkpoint {ckpt} does not exist")
     resolved = replace(opts, tol=tol, min_top1=min_top1, max_batch=max_batch, device=device, imgsz=imgsz,
                        output_names=output_names)
+    if resolved.output is None:
+        raise ConfigError("no output path: export through acmix_deploy.exporters.export_model, which gives the "
+                          "format's default")
     check_output_path(resolved.output, ckpt)
     return resolved, profile
 
 
-def merge_conv_groups_for(opts: ExportOptions) -> bool:
-    """Whether the ONNX graph of this export gets ACmix's conv path in 16-channel groups (``onnx.merge_conv_groups_on``).
+def cpu_target_for(opts: ExportOptions) -> str | None:
+    """The ``cpu_isa`` the ONNX graph of this export is shaped for (:func:`.onnx.cpu_target`), or None.
 
     Only an ONNX file exported for the CPU; a TensorRT engine (and the ONNX file kept beside it) runs on the GPU.
     """
-    return opts.fmt == "onnx" and merge_conv_groups_on(opts.device)
+    return cpu_target(opts.device, opts.cpu_isa) if opts.fmt == "onnx" else None
 
 
 @dataclass
@@ -153,7 +158,7 @@ class _Prepared:
                           validate=self.validator("onnx", "onnx vs torch (deploy form)", rows), fp16=fp16_graph,
                           int8_calibration=self.calibration,
                           calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
-                          merge_conv_groups=merge_conv_groups_for(opts), output_names=opts.output_names,
+                          cpu_isa=cpu_target_for(opts), output_names=opts.output_names,
                           for_tensorrt=opts.fmt == "engine")
         if len(res.output_names) > 1:
             self.say(f"ONNX outputs: {', '.join(res.output_names)}")

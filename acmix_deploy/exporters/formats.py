@@ -28,7 +28,7 @@ _ONNX_OPTIONS = frozenset({"batch", "dynamic", "opset", "simplify", "max_batch",
 _TRT_BUILDER_OPTIONS = frozenset({"min_batch", "opt_batch", "workspace_gb", "timing_cache", "opt_level", "trt_typing"})
 _AOTI_OPTIONS = frozenset({"batch", "dynamic", "max_batch", "tol", "seed"})
 _TRITON_OPTIONS = frozenset({"opset", "simplify", "max_batch", "engine", "instances", "model_name",
-                             "max_queue_delay_us", "force"})
+                             "max_queue_delay_us", "force", "cpu_isa"})
 
 
 class OptionNotApplicable(ConfigError):
@@ -61,7 +61,7 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat(
             "onnx", ".onnx", "onnx, onnxruntime, onnxslim", "onnx",
             "ONNX graph of the deploy form (dynamic batch), simplified, validated with ONNX Runtime",
-            build_onnx, _ONNX_OPTIONS,
+            build_onnx, _ONNX_OPTIONS | {"cpu_isa"},
         ),
         ExportFormat(
             "aoti", ".pt2", "torch >= 2.6 and a C++ compiler (CUDA for --device cuda)", "",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import math
 import os
 import time
 import warnings
@@ -31,29 +32,56 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, INPUT_NAME, INPUT_NAME_KEY, INPUT_SHAPE_KEY, OUTPUT_NAME,
-                              OUTPUT_NAME_KEY, OUTPUT_NAMES_KEY, PRECISION_KEY, encode_metadata)
+from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, EXPORT_CPU_KEY, INPUT_NAME, INPUT_NAME_KEY,
+                              INPUT_SHAPE_KEY, OUTPUT_NAME, OUTPUT_NAME_KEY, OUTPUT_NAMES_KEY, PRECISION_KEY,
+                              encode_metadata)
 from ..errors import ConfigError, ExportError
-from ..modules.acmix import ACmixDeploy, conv_group_merge, merged_conv_groups
+from ..modules.acmix import ACmixDeploy, merged_conv_groups
 from ..outputs import flatten_outputs, output_names as name_outputs
-from ..util import atomic_write, require
+from ..util import atomic_write, detect_cpu, require, resolve_cpu_isa
 from .precision import convert_fp16, quantize_int8
 from .trt_ops import TENSORRT_ONNX_OPS, TENSORRT_VERSION
 
-__all__ = ["MAX_OPSET", "MIN_OPSET", "OnnxExport", "export_onnx", "merge_conv_groups_on", "op_histogram",
-           "unsupported_ops"]
+__all__ = ["MAX_GROUP_MERGE", "MAX_OPSET", "MIN_OPSET", "NCHWC_BLOCK", "OnnxExport", "conv_group_merge",
+           "cpu_target", "export_onnx", "op_histogram", "unsupported_ops"]
 
 MIN_OPSET, MAX_OPSET = 13, 20
 
+# ONNX Runtime's CPU provider runs a convolution in its blocked (NCHWc) kernels only when every group has whole
+# blocks of input and output channels; otherwise im2col and small products.  The block is MLAS's NchwcBlockSize
+# (onnxruntime/core/mlas/lib/platform.cpp): 16 floats where AVX-512F is usable, 8 with AVX2/FMA3.  ACmix's
+# convolution path has head_dim groups of 3h -> h channels (12 -> 4 for 4 heads), so a graph for ONNX Runtime
+# on the CPU merges the fewest neighbouring groups that make whole blocks (``merged_conv_groups``): 4 with
+# AVX-512 (48 -> 16), 2 with AVX2 (24 -> 8); a merge of m does m times the multiply-adds, the added ones with
+# exact zeros.  ACmix-ResNet-50 deploy / plain ResNet-50 in ONNX Runtime, 2 threads, interleaved, on AVX-512:
+# 1.51x / 1.53x (batch 1 / 8) compact, 1.46x / 1.47x with 16-channel groups; 32-channel groups lost (batch 8
+# 1.60x); see docs/deploy_attention.md.  "generic" CPUs and GPUs get the compact groups, and so does torch
+# itself (oneDNN ran the merged form slower).
+NCHWC_BLOCK = {"avx512": 16, "avx2": 8}
+MAX_GROUP_MERGE = 4
 
-def merge_conv_groups_on(device: str) -> bool:
-    """Whether an ONNX graph meant to run on ``device`` gets ACmix's conv path in 16-channel groups.
 
-    They are for ONNX Runtime's CPU kernels, where they were measured (``modules.acmix.conv_group_merge``);
-    graphs for a GPU (ONNX Runtime's CUDA provider, TensorRT) keep the compact groups, a quarter of the
-    multiply-adds.  Every exporter that chooses asks here.
+def conv_group_merge(heads: int, head_dim: int, cpu_isa: str | None) -> int:
+    """How many of ACmix's ``head_dim`` conv-path groups (``3h -> h`` channels) a graph for ``cpu_isa`` runs as one.
+
+    ``cpu_isa`` is a level of :data:`acmix_deploy.util.CPU_ISAS`, or None for a graph not meant for ONNX
+    Runtime's CPU kernels (compact groups).
     """
-    return device == "cpu"
+    block = NCHWC_BLOCK.get(cpu_isa)
+    if block is None:
+        return 1
+    factor = block // math.gcd(block, heads)
+    return factor if 1 < factor <= MAX_GROUP_MERGE and head_dim % factor == 0 else 1
+
+
+def cpu_target(device: str, cpu_isa: str = "auto") -> str | None:
+    """The ``cpu_isa`` of :func:`export_onnx` for a graph meant to run on ``device`` with ONNX Runtime.
+
+    A CPU gets the merged conv-path groups for ``cpu_isa`` (``auto``: the exporting machine's); a GPU (ONNX
+    Runtime's CUDA provider, TensorRT) gets None: the compact groups, the fewest multiply-adds.  Every
+    exporter that chooses asks here.
+    """
+    return cpu_isa if device == "cpu" else None
 
 
 @dataclass
@@ -125,7 +153,7 @@ def export_onnx(
     fp16: bool = False,
     int8_calibration=None,
     calibration_cache: str | os.PathLike | None = None,
-    merge_conv_groups: bool = True,
+    cpu_isa: str | None = None,
     output_names: list[str] | None = None,
     for_tensorrt: bool = False,
 ) -> OnnxExport:
@@ -134,9 +162,12 @@ def export_onnx(
     ``validate(tmp_path)`` runs on the complete file before it is renamed onto
     ``path``; if it raises, nothing is written.  ``fp16=True`` converts the graph
     to float16 with the attention kept in float32 (see :mod:`.precision`).
-    ``merge_conv_groups`` merges ACmix's convolution-path groups into 16-channel
-    ones for ONNX Runtime's CPU kernels (:func:`acmix_deploy.modules.acmix.conv_group_merge`);
-    the TensorRT export turns it off.
+    ``cpu_isa`` shapes the graph for ONNX Runtime on a CPU of that level (``auto``: this machine's,
+    :func:`acmix_deploy.util.detect_cpu`; or ``avx512``, ``avx2``, ``generic``): ACmix's convolution-path
+    groups are merged into whole NCHWc blocks (:func:`conv_group_merge`).  None (the default) keeps the
+    compact groups, as a plain ``torch.onnx.export`` does: the graph for GPUs and TensorRT.  The metadata
+    records the level (``acmix_deploy.cpu_isa``), the exporting machine (``acmix_deploy.export_cpu``) and
+    the groups (``acmix_deploy.conv_path_groups``).
     ``output_names`` names the outputs of a model that returns several tensors (one unique name per
     flattened tensor); by default they follow :func:`acmix_deploy.outputs.output_names`.  The names are
     recorded in the metadata as ``acmix_deploy.output_names`` (a JSON list), and, for a single output,
@@ -150,6 +181,7 @@ def export_onnx(
         raise ConfigError(f"--opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (17 is the default)")
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
+    isa = None if cpu_isa is None else resolve_cpu_isa(cpu_isa)
     path = Path(path)
     t0 = time.perf_counter()
     model = model.eval()
@@ -159,7 +191,7 @@ def export_onnx(
         out = model(x)  # surface input-size errors before tracing, with their own message
         names = name_outputs(out, output_names)  # ConfigError for a wrong count or duplicate names
         ranks = [t.dim() for t in flatten_outputs(out)]
-        with merged_conv_groups(merge_conv_groups):
+        with merged_conv_groups(None if isa is None else (lambda h, d: conv_group_merge(h, d, isa))):
             proto = onnx.load_from_string(_trace(model, x, opset, dynamic, names, ranks))
     onnx.checker.check_model(proto)
     if simplify:
@@ -184,10 +216,13 @@ def export_onnx(
             else "int8 Q/DQ (Conv, Gemm; attention in fp32)" if int8_calibration is not None else "fp32"
         ),
     }
+    if isa is not None:
+        meta[CPU_ISA_KEY] = isa
+        meta[EXPORT_CPU_KEY] = json.dumps(detect_cpu().as_dict())
     acmix_blocks = [m for m in model.modules() if isinstance(m, ACmixDeploy)]
     if acmix_blocks:
-        merged = merge_conv_groups and any(conv_group_merge(m.head, m.head_dim) > 1 for m in acmix_blocks)
-        meta[CONV_PATH_GROUPS_KEY] = "merged into 16-channel groups" if merged else "compact"
+        merged = any(conv_group_merge(m.head, m.head_dim, isa) > 1 for m in acmix_blocks)
+        meta[CONV_PATH_GROUPS_KEY] = f"merged into {NCHWC_BLOCK[isa]}-channel groups" if merged else "compact"
     meta.update(encode_metadata(metadata or {}))
     del proto.metadata_props[:]
     for key, value in meta.items():

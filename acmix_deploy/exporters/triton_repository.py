@@ -44,7 +44,7 @@ from ..artifacts.tensorrt import EngineSidecar, read_sidecar
 from ..errors import AcmixDeployError, ConfigError, EquivalenceError, ExportError
 from ..pipeline import prepare_deploy
 from ..util import normalize_imgsz, random_inputs, require, sha256_file
-from .onnx import export_onnx, merge_conv_groups_on
+from .onnx import cpu_target, export_onnx
 from .options import ExportResult, Verify
 
 __all__ = ["TritonModelConfig", "TritonOutput", "TritonRepoExport", "check_model_name", "engine_model_config",
@@ -194,7 +194,7 @@ def write_onnx_repository(
     model, repo: str | os.PathLike, name: str, input_size: tuple[int, int, int], max_batch: int = 8,
     device: str = "cpu", instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17,
     simplify: bool = True, metadata: dict | None = None, validate: Callable[[Path], None] | None = None,
-    force: bool = False, output_names: list[str] | None = None, verify: Verify | None = None,
+    force: bool = False, output_names: list[str] | None = None, cpu_isa: str = "auto", verify: Verify | None = None,
 ) -> TritonRepoExport:
     """Export ``model`` (deploy form) to ``REPO/NAME/1/model.onnx`` with a dynamic batch axis, plus its config.
 
@@ -203,7 +203,8 @@ def write_onnx_repository(
     :class:`~acmix_deploy.exporters.options.Verify`) compares the ONNX model with ``model`` in torch
     (relative error <= 1e-4 at batches 1 and 2, every output).  One of the two is required.
     ``output_names`` names the outputs of a model with several (see :func:`export_onnx`); the config
-    lists every output of the exported graph.
+    lists every output of the exported graph.  CPU instances get the graph shaped for ``cpu_isa`` (``auto``:
+    this machine's level; name the Triton machine's when it differs), GPU instances the compact one.
     """
     check_model_name(name)
     if max_batch < 1:
@@ -223,7 +224,7 @@ def write_onnx_repository(
         onnx_path = version_dir / "model.onnx"
         holder["onnx"] = export_onnx(model, onnx_path, input_size, batch=1, dynamic=True, opset=opset,
                                      simplify=simplify, metadata=metadata, validate=validate,
-                                     merge_conv_groups=merge_conv_groups_on(device), output_names=output_names)
+                                     cpu_isa=cpu_target(device, cpu_isa), output_names=output_names)
         outputs = _onnx_outputs(onnx_path, batched=True)
         holder["cfg"] = cfg = TritonModelConfig(
             name=name, platform="onnxruntime_onnx", input_name=INPUT_NAME, output_name=outputs[0].name,
@@ -350,7 +351,7 @@ def export_triton_repository(
     arch: str | None = None, imgsz: int | tuple[int, int] | None = None, max_batch: int | None = None,
     device: str = "cpu", instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17, simplify: bool = True,
     force: bool = False, output_names: list[str] | None = None, model_def: str | None = None,
-    model_args: str | dict | None = None, verify: Verify | None = None,
+    model_args: str | dict | None = None, cpu_isa: str = "auto", verify: Verify | None = None,
 ) -> TritonRepoExport:
     """``acmix-deploy export --format triton``: one model directory in ``repo`` from ``src``.
 
@@ -399,7 +400,7 @@ def export_triton_repository(
             "source_sha256": sha256_file(src), "package_version": __version__}
     return write_onnx_repository(prep.deploy, repo, name, prep.input_size, max_batch=onnx_max_batch, device=device,
                                  opset=opset, simplify=simplify, metadata=meta, output_names=output_names,
-                                 verify=verify, **common)
+                                 cpu_isa=cpu_isa, verify=verify, **common)
 
 
 def build_triton_repository(src: Path, opts, say: Callable[[str], None], verify: Verify) -> ExportResult:
@@ -416,7 +417,8 @@ def build_triton_repository(src: Path, opts, say: Callable[[str], None], verify:
                                    imgsz=opts.imgsz, max_batch=opts.max_batch, device=opts.device,
                                    instances=opts.instances, max_queue_delay_us=opts.max_queue_delay_us,
                                    opset=opts.opset, simplify=opts.simplify, force=opts.force, output_names=names,
-                                   model_def=opts.model_def, model_args=opts.model_args, verify=verify)
+                                   model_def=opts.model_def, model_args=opts.model_args, cpu_isa=opts.cpu_isa,
+                                   verify=verify)
     say(f"wrote Triton model {res.config.name!r} in {res.repo} ({res.seconds:.1f} s)")
     dims = tuple(res.config.input_dims)
     return ExportResult("triton", res.model_dir, res, [], "triton repository", opts, opts.arch or "",

@@ -17,24 +17,24 @@ sample the output grid, see ``docs/xvolution.md`` choice 6).  ``mixers``
 chooses the operator per stage, so a backbone states exactly which stages use
 X-volution (the paper's best ImageNet setting: stage 3 only).
 
-Every block knows its deploy form: ``reparameterize()`` folds each
-Conv+BatchNorm pair into one convolution, each ACmix+BatchNorm pair into
-:class:`~acmix_deploy.modules.ACmixDeploy` and each X-volution (with a
-following BatchNorm, where one is present) into
-:class:`~acmix_deploy.modules.XVolutionDeploy`; folded BatchNorms become
-``nn.Identity`` so that the remaining module names stay those of the
-training form.  ``deploy=True`` builds that structure directly.
+The blocks hold no folding code of their own: :func:`acmix_deploy.reparameterize_model` finds every
+Conv+BatchNorm and ACmix+BatchNorm pair in the traced graph and folds it (into one convolution, into
+:class:`~acmix_deploy.modules.ACmixDeploy`), and each X-volution folds its branch BatchNorms itself
+(``fuse()``, into :class:`~acmix_deploy.modules.XVolutionDeploy`); folded BatchNorms become
+``nn.Identity`` so that the remaining module names stay those of the training form.  ``deploy=True``
+builds that structure directly.
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..fold import fuse_conv_bn
 from ..modules import ACmix, ACmixDeploy, XVolution, XVolutionDeploy
-from .registry import register_model
+from .registry import ModelFamily, register_model
 
 __all__ = ["Bottleneck", "ResNet", "MIXERS"]
 
@@ -42,24 +42,6 @@ MIXERS = ("acmix", "conv", "xvolution")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def fuse_pair(parent: nn.Module, op_name: str, bn_name: str) -> None:
-    """Replace ``parent.op_name`` by its fusion with ``parent.bn_name`` and the BN by Identity."""
-    op, bn = getattr(parent, op_name), getattr(parent, bn_name)
-    if isinstance(op, XVolution) and not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-        setattr(parent, op_name, op.fuse())  # its branch BatchNorms fold on their own
-        return
-    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-        return  # already folded
-    if isinstance(op, nn.Conv2d):
-        fused = fuse_conv_bn(op, bn)
-    elif isinstance(op, (ACmix, XVolution)):
-        fused = op.fuse(bn)
-    else:
-        raise ConfigError(f"cannot fold {type(bn).__name__} into {type(op).__name__}")
-    setattr(parent, op_name, fused)
-    setattr(parent, bn_name, nn.Identity())
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, deploy: bool = False) -> nn.Conv2d:
@@ -113,12 +95,6 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
         self.stride = stride
 
-    def reparameterize(self) -> None:
-        for op, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
-            fuse_pair(self, op, bn)
-        if self.downsample is not None:
-            fuse_pair(self.downsample, "0", "1")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -164,7 +140,6 @@ class ResNet(nn.Module):
         for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        self.deploy = deploy
         stem_width = stem_width or widths[0]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=deploy)
@@ -213,10 +188,10 @@ class ResNet(nn.Module):
             if isinstance(m, ACmix):
                 m.reset_parameters()  # rates 0.5 and the shift kernels of dep_conv
 
-    def reparameterize(self) -> None:
-        """Fold the stem's BatchNorm; blocks fold themselves (see :func:`reparameterize_model`)."""
-        fuse_pair(self, "conv1", "bn1")
-        self.deploy = True
+    @property
+    def deploy(self) -> bool:
+        """True when folded: no BatchNorm and no training-form ACmix or X-volution is left."""
+        return not any(isinstance(m, (nn.modules.batchnorm._BatchNorm, ACmix, XVolution)) for m in self.modules())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -235,25 +210,46 @@ def _resnet(layers, mixer="acmix", deploy=False, input_size=224, **kwargs) -> Re
     return model
 
 
-@register_model
+def infer_args(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``num_classes`` from the classifier ``fc`` and ``in_chans`` from the stem ``conv1``."""
+    args: dict[str, Any] = {}
+    fc, stem = sd.get("fc.weight"), sd.get("conv1.weight")
+    if fc is not None and fc.dim() == 2:
+        args["num_classes"] = int(fc.shape[0])
+    if stem is not None and stem.dim() == 4:
+        args["in_chans"] = int(stem.shape[1])
+    return args
+
+
+def is_deploy(sd: Mapping[str, torch.Tensor]) -> bool:
+    """The deploy form of ACmix blocks keeps ``qkv`` but not ``rate1``; that of X-volution blocks has the
+    folded shift-product weights ``mix`` and no branch BatchNorm ``bn_pssa``."""
+    acmix = any(k.endswith(".qkv.weight") for k in sd) and not any(k.endswith(".rate1") for k in sd)
+    return acmix or (any(k.endswith(".mix.weight") for k in sd) and not any(".bn_pssa." in k for k in sd))
+
+
+FAMILY = ModelFamily("resnet", infer_args=infer_args, is_deploy=is_deploy)
+
+
+@register_model(family=FAMILY)
 def acmix_resnet26(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -> ResNet:
     """ACmix-ResNet-26: stages [1, 2, 4, 1] (the SASA ResNet-26 layout), 224x224."""
     return _resnet((1, 2, 4, 1), num_classes=num_classes, in_chans=in_chans, deploy=deploy)
 
 
-@register_model
+@register_model(family=FAMILY)
 def acmix_resnet38(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -> ResNet:
     """ACmix-ResNet-38: stages [2, 3, 5, 2] (the SASA ResNet-38 layout), 224x224."""
     return _resnet((2, 3, 5, 2), num_classes=num_classes, in_chans=in_chans, deploy=deploy)
 
 
-@register_model
+@register_model(family=FAMILY)
 def acmix_resnet50(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -> ResNet:
     """ACmix-ResNet-50: stages [3, 4, 6, 3], ACmix(width, width, 7, 4, 3, stride), 224x224."""
     return _resnet((3, 4, 6, 3), num_classes=num_classes, in_chans=in_chans, deploy=deploy)
 
 
-@register_model
+@register_model(family=FAMILY)
 def resnet50(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -> ResNet:
     """Plain ResNet-50 (torchvision v1.5 layout) with the same widths, for comparison."""
     return _resnet((3, 4, 6, 3), mixer="conv", num_classes=num_classes, in_chans=in_chans, deploy=deploy)
@@ -262,7 +258,7 @@ def resnet50(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -
 _TINY = dict(widths=(16, 32, 64, 128), stem="small", input_size=32)
 
 
-@register_model
+@register_model(family=FAMILY)
 def acmix_resnet_tiny(
     num_classes: int = 10, in_chans: int = 3, k_att: int = 7, head: int = 4, deploy: bool = False
 ) -> ResNet:
@@ -271,7 +267,7 @@ def acmix_resnet_tiny(
                    deploy=deploy, **_TINY)
 
 
-@register_model
+@register_model(family=FAMILY)
 def resnet_tiny(num_classes: int = 10, in_chans: int = 3, deploy: bool = False) -> ResNet:
     """The plain-convolution counterpart of :func:`acmix_resnet_tiny`."""
     return _resnet((1, 1, 1, 1), mixer="conv", num_classes=num_classes, in_chans=in_chans, deploy=deploy, **_TINY)
@@ -281,13 +277,13 @@ def resnet_tiny(num_classes: int = 10, in_chans: int = 3, deploy: bool = False) 
 _XVOLUTION_STAGE3 = ("conv", "conv", "xvolution", "conv")
 
 
-@register_model
+@register_model(family=FAMILY)
 def xvolution_resnet50(num_classes: int = 1000, in_chans: int = 3, deploy: bool = False) -> ResNet:
     """X-volution-ResNet-50: X-volution replaces the 3x3 conv+BN of all 6 stage-3 blocks, 224x224."""
     return _resnet((3, 4, 6, 3), mixers=_XVOLUTION_STAGE3, num_classes=num_classes, in_chans=in_chans, deploy=deploy)
 
 
-@register_model
+@register_model(family=FAMILY)
 def xvolution_resnet_tiny(num_classes: int = 10, in_chans: int = 3, deploy: bool = False) -> ResNet:
     """A small X-volution-ResNet for 32x32: stages [1, 1, 2, 1], X-volution in stage 3 (stride 2 and 1), widths 16-128."""
     return _resnet((1, 1, 2, 1), mixers=_XVOLUTION_STAGE3, num_classes=num_classes, in_chans=in_chans,

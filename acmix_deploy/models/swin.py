@@ -27,6 +27,9 @@ model is built (``img_size``): the deploy form's constants depend on it.
 
 from __future__ import annotations
 
+import math
+from typing import Any, Mapping
+
 import torch
 import torch.nn as nn
 
@@ -38,7 +41,7 @@ from ..modules.swin_acmix import (
     choose_conv_fold,
     shifted_window_mask,
 )
-from .registry import register_model
+from .registry import ModelFamily, register_model
 
 __all__ = ["SwinTransformerACmix", "SwinACmixBlock", "PatchMerging", "PatchEmbed", "stage_windows"]
 
@@ -342,7 +345,51 @@ def _swin(deploy: bool, **kwargs) -> SwinTransformerACmix:
     return SwinTransformerACmix(deploy=deploy, **kwargs)
 
 
-@register_model
+def infer_args(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Constructor arguments from a Swin-ACmix state dict's shapes (training or deploy form).
+
+    Classes from ``head``, channels from ``patch_embed.proj``, the window from the largest relative
+    position table ((2w-1)^2 rows) or deploy attention bias (N = w*w tokens), the image size from a
+    stage-0 shift mask or deploy attention bias (nW windows of w*w tokens, times the patch size) or else
+    a stage-0 deploy bias map (C, H, W).
+    """
+    proj = sd.get("patch_embed.proj.weight")
+    if proj is None:
+        return {}
+    args: dict[str, Any] = {}
+    head = sd.get("head.weight")
+    if head is not None and head.dim() == 2:
+        args["num_classes"] = int(head.shape[0])
+    if proj.dim() != 4:
+        return args
+    args["in_chans"] = int(proj.shape[1])
+    windows = [(math.isqrt(v.shape[0]) + 1) // 2 for k, v in sd.items()
+               if k.endswith("attn.relative_position_bias_table") and v.dim() == 2]
+    windows += [math.isqrt(v.shape[-1]) for k, v in sd.items() if k.endswith("attn.attn_bias") and v.dim() == 4]
+    if windows:
+        args["window_size"] = max(windows)
+    # (nW, N, N) shift mask or (nW, nh, N, N) deploy attention bias of a shifted stage-0 block
+    shifted = [v for k, v in sd.items() if k.startswith("layers.0.") and
+               ((k.endswith(".attn_mask") and v.dim() == 3) or (k.endswith(".attn_bias") and v.dim() == 4))
+               and v.shape[0] > 1]
+    bias_map = sd.get("layers.0.blocks.0.attn.conv_bias")
+    if shifted:
+        res = math.isqrt(shifted[0].shape[0]) * math.isqrt(shifted[0].shape[-1])
+        args["img_size"] = res * int(proj.shape[-1])
+    elif bias_map is not None and bias_map.dim() == 3:
+        args["img_size"] = int(bias_map.shape[-1]) * int(proj.shape[-1])
+    return args
+
+
+def is_deploy(sd: Mapping[str, torch.Tensor]) -> bool:
+    """The deploy attention keeps ``qkv`` but has folded ``rate1``/``rate2`` away."""
+    return any(k.endswith(".qkv.weight") for k in sd) and not any(k.endswith(".rate1") for k in sd)
+
+
+FAMILY = ModelFamily("swin_acmix", infer_args=infer_args, is_deploy=is_deploy)
+
+
+@register_model(family=FAMILY)
 def acmix_swin_tiny(
     num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, window_size: int = 7,
     conv_fold: str = "factored", deploy: bool = False,
@@ -352,7 +399,7 @@ def acmix_swin_tiny(
                  embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), conv_fold=conv_fold)
 
 
-@register_model
+@register_model(family=FAMILY)
 def acmix_swin_small(
     num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, window_size: int = 7,
     conv_fold: str = "factored", deploy: bool = False,
@@ -362,7 +409,7 @@ def acmix_swin_small(
                  embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), conv_fold=conv_fold)
 
 
-@register_model
+@register_model(family=FAMILY)
 def acmix_swin_micro(
     num_classes: int = 10, in_chans: int = 3, img_size: int = 32, window_size: int = 4,
     conv_fold: str = "factored", deploy: bool = False,

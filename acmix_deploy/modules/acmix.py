@@ -15,8 +15,8 @@ function with
    offset ``-W_p loc`` of the keys, ``W_p`` being ``conv_p``'s weight),
 3. one grouped ``kc x kc`` convolution for the whole convolution path
    (``fc``, ``dep_conv``, ``rate2`` and the BatchNorm folded), reading q/k/v
-   (the exported ONNX graph merges its groups into 16-channel ones, which
-   ONNX Runtime's blocked convolution kernels need; see ``conv_group_merge``),
+   (an exporter may ask for neighbouring groups merged into one, the same
+   function with zeros added, see ``merged_conv_groups``),
 4. an add.
 
 The softmax attention itself is data dependent and is *not* turned into a
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -38,8 +38,7 @@ from ..errors import CheckpointError, ConfigError, InputShapeError
 from ..kernels.window_attention_triton import triton_window_attention, use_triton
 from .window_attention import HaloPlan, halo_attention, make_halo_plan
 
-__all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout", "conv_group_merge",
-           "merged_conv_groups"]
+__all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout", "merged_conv_groups"]
 
 
 def coordinate_grid(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -282,39 +281,28 @@ def acmix_deploy_params(m: ACmix, bn: nn.modules.batchnorm._BatchNorm | None = N
 # layout 2 has 3C rows in head-dimension-major order and the buffer ``pos_weight``.
 DEPLOY_LAYOUT = 2
 
-# The exported graph merges neighbouring groups of the convolution path so that every group has a multiple of
-# CONV_GROUP_BLOCK input and output channels.  ONNX Runtime's CPU provider runs a convolution in its blocked
-# (NCHWc) layout only when the groups are whole blocks of 16 channels (AVX-512; a multiple of AVX2's 8 too);
-# the conv path's own groups have 3h inputs and h outputs (12 and 4 for the usual 4 heads), which it runs
-# through im2col and 4-row products.  Merged 4 groups at a time (48 -> 16 channels, block-diagonal weight:
-# 4x the multiply-adds, the added ones with exact zeros), ACmix-ResNet-50 with ONNX Runtime on 2 threads, deploy
-# / plain ResNet-50 interleaved in one run, 21 rounds: batch 1 1.507x -> 1.459x, batch 8 1.525x -> 1.467x.
-# torch eager (oneDNN) runs the merged form slower (1.52x -> 1.59x at batch 1), so only ONNX export merges.
-CONV_GROUP_BLOCK = 16
-MAX_GROUP_MERGE = 4  # measured with 4; 8 (32-channel groups) lost: batch 8 1.47x -> 1.60x
-
-
-def conv_group_merge(heads: int, head_dim: int) -> int:
-    """How many of the convolution path's ``head_dim`` groups (``3h -> h`` channels) the ONNX graph merges."""
-    factor = CONV_GROUP_BLOCK // math.gcd(CONV_GROUP_BLOCK, heads)
-    return factor if 1 < factor <= MAX_GROUP_MERGE and head_dim % factor == 0 else 1
-
-
-_MERGE_IN_EXPORT = contextvars.ContextVar("acmix_merge_conv_groups", default=True)
+# Set only inside ``merged_conv_groups``: how many neighbouring conv-path groups to run as one.
+_GROUP_MERGE: contextvars.ContextVar[Callable[[int, int], int] | None] = contextvars.ContextVar(
+    "acmix_conv_group_merge", default=None)
 
 
 @contextlib.contextmanager
-def merged_conv_groups(enabled: bool):
-    """Whether ONNX export inside this block merges the convolution path's groups (default: yes).
+def merged_conv_groups(merge: Callable[[int, int], int] | None):
+    """Inside this block, ``ACmixDeploy`` runs its convolution path with ``merge(head, head_dim)`` groups as one.
 
-    The merge is for ONNX Runtime's CPU kernels, where it was measured; exports for TensorRT (and
-    for GPU Triton repositories) keep the compact groups, which do a quarter of the multiply-adds.
+    The convolution path is a grouped convolution of ``head_dim`` groups of ``3h -> h`` channels; merging
+    ``m`` neighbouring groups gives ``head_dim / m`` groups of ``3hm -> hm`` channels with a block-diagonal
+    weight (:func:`acmix_deploy.fold.merge_conv_groups`): the same function, ``m`` times the multiply-adds,
+    the added ones with exact zeros.  Some backends run the wider groups faster; which merge suits which
+    backend and CPU is the exporter's decision (``acmix_deploy.exporters.onnx``).  Outside such a block, and
+    with ``merge=None`` or a merge of 1, the compact groups run: a plain ``torch.onnx.export`` of a deploy
+    model gives the compact graph.
     """
-    token = _MERGE_IN_EXPORT.set(bool(enabled))
+    token = _GROUP_MERGE.set(merge)
     try:
         yield
     finally:
-        _MERGE_IN_EXPORT.reset(token)
+        _GROUP_MERGE.reset(token)
 
 
 def check_deploy_layout(state_dict, source: str = "state dict") -> None:
@@ -435,10 +423,11 @@ class ACmixDeploy(nn.Module):
         return b * self.head * per_head
 
     def _conv_path(self, qkv: torch.Tensor) -> torch.Tensor:
-        """The convolution path; in ONNX export with its groups merged (``CONV_GROUP_BLOCK``, ``merged_conv_groups``)."""
+        """The convolution path; with its groups merged inside :func:`merged_conv_groups`."""
         conv = self.conv_path
-        merge = conv_group_merge(self.head, self.head_dim)
-        if merge == 1 or not torch.onnx.is_in_onnx_export() or not _MERGE_IN_EXPORT.get():
+        rule = _GROUP_MERGE.get()
+        merge = 1 if rule is None else rule(self.head, self.head_dim)
+        if merge == 1:
             return conv(qkv)
         weight = fold.merge_conv_groups(conv.weight, conv.groups, merge)  # folded into a constant by the export
         return F.conv2d(qkv, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups // merge)

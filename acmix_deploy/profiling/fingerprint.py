@@ -11,6 +11,8 @@ import socket
 
 import torch
 
+from ..util import detect_cpu
+
 __all__ = ["device_fingerprint", "cpu_model"]
 
 
@@ -44,9 +46,12 @@ def device_fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
     from .. import __version__
     from ..kernels.window_attention_triton import attention_backend, triton_available
 
+    cpu = detect_cpu(threads)
     fp = {
         "device": device,
         "cpu": cpu_model(),
+        "cpu_isa": cpu.isa,  # the level graphs are shaped for (acmix_deploy.util.CPU_ISAS)
+        "isa_flags": list(cpu.flags),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": _cpu_affinity(),
         "threads": threads or torch.get_num_threads(),

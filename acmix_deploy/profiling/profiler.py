@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ..errors import AcmixDeployError, ConfigError
 from ..exporters import export_onnx
-from ..exporters.onnx import merge_conv_groups_on
+from ..exporters.onnx import cpu_target
 from ..pipeline import prepare_deploy
 from ..runtime import OrtRunner, Runner
 from ..runtime.loader import EXPORTED, backend_for, open_runner
@@ -72,13 +72,13 @@ class ProfileSettings:
             raise ConfigError(f"batch sizes must be positive, got {list(self.batches)}")
         if self.seconds is not None:
             if not self.seconds > 0:
-                raise ConfigError(f"--seconds must be positive, got {self.seconds}")
+                raise ConfigError(f"{{seconds}} must be positive, got {self.seconds}", params=["seconds"])
         elif self.iters is None or self.iters < 1:
-            raise ConfigError(f"--iters must be at least 1, got {self.iters}")
+            raise ConfigError(f"{{iters}} must be at least 1, got {self.iters}", params=["iters"])
         if self.warmup < 0:
-            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
+            raise ConfigError(f"{{warmup}} must be >= 0, got {self.warmup}", params=["warmup"])
         if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be positive, got {self.threads}")
+            raise ConfigError(f"{{threads}} must be positive, got {self.threads}", params=["threads"])
         normalize_imgsz(self.imgsz)  # ConfigError for anything but a positive int or (height, width)
         check_device(self.device)
 
@@ -311,7 +311,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                         notes.append("onnxruntime runs the deploy form (exported from the folded model)")
                     onnx_path = Path(tmpdir.name) / "deploy.onnx"
                     export_onnx(prep.deploy, onnx_path, input_size,
-                                merge_conv_groups=merge_conv_groups_on(settings.device))
+                                cpu_isa=cpu_target(settings.device))
                     onnx_paths["deploy"] = onnx_path
                     targets.append(_file_target(onnx_path, "onnxruntime", "deploy", settings))
                     continue

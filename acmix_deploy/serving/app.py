@@ -564,6 +564,7 @@ def serve(model_path, settings: ServeSettings, backend: str | None = None, devic
     """Load ``model_path``, bind ``settings.host:settings.port``, serve until SIGTERM / SIGINT."""
     require("fastapi", "serve")
     require("uvicorn", "serve")
+    require("prometheus_client", "serve")
     settings.validate()
     sock = bind_socket(settings.host, settings.port)  # fail on a taken port before loading the model
     try:
