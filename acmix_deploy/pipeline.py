@@ -73,6 +73,12 @@ class Prepared:
     leftovers: list = field(default_factory=list)  # reparam.Leftover: what could have been folded and was not
 
 
+def _check_fold(training: nn.Module, deploy: nn.Module, input_size, batch: int, seed: int, tol: float) -> OutputDiff:
+    """Every output of both forms on one random input; past ``tol`` in float32, the fold redone in float64 decides."""
+    return check_equivalence(training, deploy, input_size, batch=batch, seed=seed, tol=tol,
+                             fold=lambda m: reparameterize(m)[0])
+
+
 def prepare_deploy(
     path: str | os.PathLike,
     arch: str | None = None,
@@ -100,8 +106,7 @@ def prepare_deploy(
     fold_seconds = time.perf_counter() - t0
     diff = None
     if check:
-        diff = check_equivalence(loaded.model, deploy, input_size, batch=batch, seed=seed, tol=tol,
-                                 fold=lambda m: reparameterize(m)[0])
+        diff = _check_fold(loaded.model, deploy, input_size, batch, seed, tol)
         if not diff.within(tol):
             raise EquivalenceError(f"the folded model differs from the training form: {diff.summary(tol)}")
     return Prepared(loaded, loaded.model, deploy, input_size, fold_seconds, diff, report.leftovers)
@@ -219,8 +224,7 @@ def reparam_checkpoint(
     if check:
         _stage(on_stage, f"checking every output of both forms at {'x'.join(map(str, input_size))}")
         t1 = time.perf_counter()
-        result.diff = check_equivalence(model, result.deploy, input_size, batch=batch, seed=seed, tol=tol,
-                                        fold=lambda m: reparameterize(m)[0])
+        result.diff = _check_fold(model, result.deploy, input_size, batch, seed, tol)
         result.check_seconds = time.perf_counter() - t1
     result.params = (count_parameters(model), count_parameters(result.deploy))
     result.macs = (count_macs(model, input_size), count_macs(result.deploy, input_size))

@@ -83,6 +83,12 @@ def test_cli_info_engine_reads_the_sidecar(tmp_path):
     assert "rebuild the engine (export, --format engine)" in " ".join(res.output.split())  # the library says fmt
 
 
+def test_cli_info_pt2_says_what_it_reads(tmp_path):
+    (tmp_path / "m.pt2").write_bytes(b"PK")
+    res = runner.invoke(app, ["info", str(tmp_path / "m.pt2")], env=WIDE)
+    assert res.exit_code == 2 and "AOTInductor package" in res.output and "corrupt" not in res.output
+
+
 def test_sidecar_errors_name_the_parameter(tmp_path):
     from acmix_deploy.artifacts.tensorrt import read_sidecar
 

@@ -324,7 +324,7 @@ def fake_engine_module(profile, shapes: dict, dtypes: dict) -> types.ModuleType:
 @pytest.mark.parametrize("profile,input_shape,batch_range", [
     (((1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32)), ("batch", 3, 32, 32), (1, 8)),
     (((2, 3, 32, 32), (2, 3, 32, 32), (2, 3, 32, 32)), (2, 3, 32, 32), (2, 2)),  # one batch size: a fixed axis
-    (((1, 3, 32, 32), (4, 3, 48, 48), (8, 3, 64, 64)), ("batch", 3, None, None), (1, 8)),  # dynamic H and W
+    (((1, 3, 32, 32), (4, 3, 48, 48), (8, 3, 64, 64)), ("batch", 3, "height", "width"), (1, 8)),  # dynamic H, W
 ])
 def test_trt_runner_specs_come_from_the_engine(tmp_path, monkeypatch, profile, input_shape, batch_range):
     """TrtRunner's specs (no TensorRT or GPU here): the input and batch range from optimization profile 0,
@@ -354,6 +354,10 @@ def test_trt_runner_specs_come_from_the_engine(tmp_path, monkeypatch, profile, i
         runner.infer_outputs(np.zeros((batch_range[0], 1, 32, 32), np.float32))
     with pytest.raises(AcmixDeployError, match="2 outputs"):
         runner.infer(np.zeros((batch_range[0], 3, 32, 32), np.float32))
+    if input_shape[2] == "height":  # the size must lie in the profile too
+        with pytest.raises(InputShapeError, match=r"size 16x48 is outside the engine's optimization profile "
+                                                  r"32x32\.\.64x64"):
+            runner.infer_outputs(np.zeros((1, 3, 16, 48), np.float32))
 
 
 @pytest.fixture

@@ -21,13 +21,13 @@ from ..util import require
 
 __all__ = ["INPUT_NAME", "JSON_KEYS", "METADATA_PREFIX", "OUTPUT_NAME", "SINGLE_OUTPUT_NAME", "OnnxSummary",
            "TensorSummary", "decode_metadata", "describe_onnx",
-           "encode_metadata", "metadata_key", "read_onnx_metadata"]
+           "encode_metadata", "metadata_key", "read_onnx_metadata", "spatial_rule"]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = SINGLE_OUTPUT_NAME  # the output of a single-output model
 METADATA_PREFIX = "acmix_deploy."
 # Keys whose values are JSON (the rest are plain strings).
-JSON_KEYS = frozenset({"input_shape", "output_names", "export_cpu"})
+JSON_KEYS = frozenset({"input_shape", "output_names", "export_cpu", "valid_hw"})
 
 # The keys the exporter itself writes (callers add their own, e.g. arch, source, source_sha256).
 INPUT_NAME_KEY = METADATA_PREFIX + "input_name"
@@ -35,6 +35,10 @@ INPUT_SHAPE_KEY = METADATA_PREFIX + "input_shape"  # JSON ["batch" | N, C, H, W]
 OUTPUT_NAME_KEY = METADATA_PREFIX + "output_name"  # single-output models only
 OUTPUT_NAMES_KEY = METADATA_PREFIX + "output_names"  # JSON list, every output in order
 PRECISION_KEY = METADATA_PREFIX + "precision"
+# Graphs with dynamic height and width: "true", and the sizes they take (JSON of artifacts.spatial.SpatialRule:
+# {"multiple": [mh, mw], "min": [h, w], "rule": "<in words>"}).
+DYNAMIC_HW_KEY = METADATA_PREFIX + "dynamic_hw"
+VALID_HW_KEY = METADATA_PREFIX + "valid_hw"
 CONV_PATH_GROUPS_KEY = METADATA_PREFIX + "conv_path_groups"  # "compact" or "merged into N-channel groups"
 CPU_ISA_KEY = METADATA_PREFIX + "cpu_isa"  # the CPU level a graph for ONNX Runtime's CPU kernels was shaped for
 EXPORT_CPU_KEY = METADATA_PREFIX + "export_cpu"  # JSON: the exporting machine (model, isa, flags, threads, machine)
@@ -78,6 +82,15 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as exc:  # onnx raises DecodeError, OSError and others for bad files
         raise AcmixDeployError(f"cannot read ONNX model {path}: {exc}") from None
     return decode_metadata({p.key: p.value for p in proto.metadata_props})
+
+
+def spatial_rule(meta: dict[str, Any]):
+    """The :class:`~acmix_deploy.artifacts.spatial.SpatialRule` of decoded metadata, or None for a graph with a
+    fixed height and width."""
+    from .spatial import SpatialRule
+
+    value = meta.get("valid_hw")
+    return None if value is None else SpatialRule.from_json(value)
 
 
 # ------------------------------------------------------------------------------------------- describing a file

@@ -114,6 +114,9 @@ class EngineSidecar:
     package_version: str = ""
     created: str = ""
     source: dict[str, Any] = field(default_factory=dict)
+    # Engines with dynamic height and width: the sizes the graph takes (artifacts.spatial.SpatialRule's JSON);
+    # the ranges themselves are the profiles'.
+    valid_hw: dict[str, Any] | None = None
     format: str = SIDECAR_FORMAT
     format_version: int = SIDECAR_VERSION
 
@@ -129,6 +132,11 @@ class EngineSidecar:
     @property
     def min_batch(self) -> int:
         return min(p["min"][0] for p in self.profiles)
+
+    @property
+    def dynamic_hw(self) -> bool:
+        """Whether a profile spans several heights or widths."""
+        return any(p["min"][2:] != p["max"][2:] for p in self.profiles)
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:

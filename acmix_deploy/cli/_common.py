@@ -147,8 +147,8 @@ def _comparison_table(title: str, rows) -> Table:
 # ExportOptions field -> the flag of ``acmix-deploy export`` that sets it (for errors naming a parameter).
 FLAGS = {
     "output": "--output", "arch": "--arch", "model_def": "--model-def", "model_args": "--model-args",
-    "imgsz": "--imgsz", "batch": "--batch", "dynamic": "--static", "opset": "--opset", "min_batch": "--min-batch",
-    "opt_batch": "--opt-batch", "max_batch": "--max-batch", "device": "--device", "simplify": "--no-simplify",
+    "imgsz": "--imgsz", "batch": "--batch", "dynamic": "--static", "dynamic_hw": "--dynamic-hw", "opset": "--opset", "min_batch": "--min-batch",
+    "opt_batch": "--opt-batch", "min_shape": "--min-shape", "opt_shape": "--opt-shape", "max_shape": "--max-shape", "max_batch": "--max-batch", "device": "--device", "simplify": "--no-simplify",
     "fp16": "--fp16", "int8": "--int8", "calib": "--calib", "calib_limit": "--calib-limit", "tol": "--tol",
     "min_top1": "--min-top1", "seed": "--seed", "workspace_gb": "--workspace", "timing_cache": "--timing-cache",
     "opt_level": "--opt-level", "trt_typing": "--trt-weak-typing", "output_names": "--output-names",

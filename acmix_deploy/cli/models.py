@@ -33,14 +33,21 @@ def info(
                                 "or TensorRT engine (.engine/.plan, read from its sidecar)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture, for checkpoints that do not record it."),
 ) -> None:
-    """Describe a model file: a checkpoint's architecture, form, parameters and keys; an ONNX graph's inputs,
-    outputs, opset, metadata and operators; a TensorRT engine's build record."""
+    """Describe a checkpoint, an ONNX model or a TensorRT engine.
+
+    A checkpoint: architecture, form, parameters, blocks and keys.  An ONNX model: inputs and outputs (symbolic
+    axes by name), opset, producer, metadata and operators.  An engine: its sidecar (GPU, TensorRT version,
+    precision, profiles), read without TensorRT.
+    """
     suffix = path.suffix.lower()
     try:
         if suffix == ".onnx":
             if arch is not None:
                 raise AcmixDeployError("--arch applies to checkpoints; an ONNX model describes itself")
             _info_onnx(path)
+        elif suffix == ".pt2":
+            raise AcmixDeployError(f"{path.name} is an AOTInductor package; info describes checkpoints, ONNX models "
+                                   "and TensorRT engines (compare and profile run .pt2 packages)")
         elif suffix in (".engine", ".plan"):
             if arch is not None:
                 raise AcmixDeployError("--arch applies to checkpoints; an engine's sidecar describes it")

@@ -39,10 +39,16 @@ class ExportOptions:
     imgsz: int | tuple[int, int] | None = None  # a square, or (height, width)
     batch: int = 1
     dynamic: bool = True
+    dynamic_hw: bool = False  # height and width dynamic too (ONNX, engine); validated at a second size
     opset: int = 17
     min_batch: int | None = None
     opt_batch: int | None = None
     max_batch: int | None = None  # [aoti 256, engine max(32, opt_batch)]
+    # TensorRT optimization profile as whole shapes, trtexec's NxCxHxW (str) or 4 ints; with dynamic_hw the
+    # height and width range (min and max needed).  Not given: the batch profile at --imgsz.
+    min_shape: str | tuple[int, ...] | None = None
+    opt_shape: str | tuple[int, ...] | None = None
+    max_shape: str | tuple[int, ...] | None = None
     device: str = "cpu"
     simplify: bool = True
     fp16: bool = False

@@ -16,6 +16,7 @@ from typing import Callable, ClassVar, Union
 
 import numpy as np
 
+from ..artifacts.spatial import SpatialRule
 from ..errors import AcmixDeployError, InputShapeError
 from ..outputs import SINGLE_OUTPUT_NAME
 
@@ -70,7 +71,9 @@ class Runner(abc.ABC):
     Subclasses call ``super().__init__`` with what their file records and implement :meth:`_infer_impl`
     (and, where timing needs the input placed first, :meth:`_prepare_impl`).  ``output_specs`` may be
     left ``None`` at construction (a torch module records nothing): they are then read from one run on
-    zeros at the smallest batch, when the input's sample shape is fixed.
+    zeros at the smallest batch, when the input's sample shape is fixed.  ``spatial_rule`` is the
+    height x width an artifact with dynamic height and width promises (:mod:`acmix_deploy.artifacts.spatial`);
+    other sizes are refused before they run.
     """
 
     backend: ClassVar[str] = ""  # "torch", "onnxruntime", "aoti", "tensorrt" (the loader's suffix table)
@@ -78,7 +81,7 @@ class Runner(abc.ABC):
 
     def __init__(self, name: str, device: str, input_specs: tuple[TensorSpec, ...] | list[TensorSpec],
                  output_specs: tuple[TensorSpec, ...] | list[TensorSpec] | None = None,
-                 batch_range: tuple[int, int | None] = (1, None)):
+                 batch_range: tuple[int, int | None] = (1, None), spatial_rule: SpatialRule | None = None):
         lo, hi = batch_range
         if lo < 1 or (hi is not None and hi < lo):
             raise AcmixDeployError(f"{name}: batch range {lo}..{hi} is empty or starts below 1")
@@ -89,6 +92,7 @@ class Runner(abc.ABC):
         self._input_specs = tuple(input_specs)
         self._output_specs = tuple(output_specs) if output_specs is not None else None
         self.batch_range: tuple[int, int | None] = (int(lo), None if hi is None else int(hi))
+        self.spatial_rule = spatial_rule
 
     # -- what it takes and returns -------------------------------------------------------------------
 
@@ -151,7 +155,7 @@ class Runner(abc.ABC):
 
     def check_input(self, x: np.ndarray) -> None:
         """Refuse a batch the model cannot take: wrong rank, a fixed axis of another size, a batch outside
-        :attr:`batch_range`."""
+        :attr:`batch_range`, a height x width outside :attr:`spatial_rule`."""
         spec = self.input_spec
         if not isinstance(x, np.ndarray):
             raise InputShapeError(f"{self.name} takes a NumPy array, got {type(x).__name__}")
@@ -161,6 +165,8 @@ class Runner(abc.ABC):
         if not (lo <= x.shape[0] and (hi is None or x.shape[0] <= hi)):
             span = f"{lo}.." if hi is None else f"{lo}..{hi}"
             raise InputShapeError(f"batch {x.shape[0]} is outside {self.batch_range_name} {span}")
+        if self.spatial_rule is not None:
+            self.spatial_rule.check(*x.shape[-2:], what=self.name)
 
     def warm_up(self) -> list[np.ndarray]:
         """Run one batch of zeros at the smallest batch, check the outputs against the specs and fill what

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts.onnx import decode_metadata, spatial_rule
 from ..errors import AcmixDeployError
 from ..util import require
 from .base import Runner, TensorSpec
@@ -72,8 +73,10 @@ class OrtRunner(Runner):
         batch = inputs[0].shape[0]
         batch_range = (batch, batch) if isinstance(batch, int) and batch > 0 else (1, None)
         gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        # A graph with dynamic height and width records the sizes it takes; others fix them in the input shape.
+        rule = spatial_rule(decode_metadata(self.session.get_modelmeta().custom_metadata_map))
         super().__init__(f"onnxruntime:{self.providers[0].replace('ExecutionProvider', '')}",
-                         "cuda" if gpu else "cpu", inputs, outputs, batch_range)
+                         "cuda" if gpu else "cpu", inputs, outputs, batch_range, spatial_rule=rule)
 
     @property
     def input_shape(self) -> list:

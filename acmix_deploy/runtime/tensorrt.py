@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AcmixDeployError
+from ..artifacts.spatial import SpatialRule
+from ..errors import AcmixDeployError, InputShapeError
 from ..artifacts.tensorrt import (EngineSidecar, check_sidecar, current_gpu, read_sidecar, require_tensorrt,
                                   trt_logger)
 from .base import BATCH_AXIS, Runner, TensorSpec
@@ -79,8 +80,14 @@ class TrtRunner(Runner):
         }
         lo, _opt, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
         lo, hi = [int(d) for d in lo], [int(d) for d in hi]
+        self.profile_shapes = (tuple(lo), tuple(hi))
+        # An engine with dynamic height and width: the sizes its graph takes, from the sidecar.
+        valid = getattr(self.sidecar, "valid_hw", None) if self.sidecar is not None else None
         batch = lo[0] if lo[0] == hi[0] else BATCH_AXIS
-        input_spec = TensorSpec(self.input_name, (batch, *(a if a == b else None for a, b in zip(lo[1:], hi[1:]))),
+        # An axis whose profile range is not one size is dynamic, named as the ONNX export names it.
+        names = ("channels", "height", "width")
+        input_spec = TensorSpec(self.input_name, (batch, *(a if a == b else names[i] if i < 3 else None
+                                                           for i, (a, b) in enumerate(zip(lo[1:], hi[1:])))),
                                 np.float32)
         output_specs = []
         for name in outputs:
@@ -91,10 +98,19 @@ class TrtRunner(Runner):
             output_specs.append(TensorSpec(name, tuple(dims), numpy_dtype))
         self._device = torch.device(device)
         self._torch = torch
-        super().__init__(f"tensorrt:{gpu.name}", device, [input_spec], output_specs, (lo[0], hi[0]))
+        super().__init__(f"tensorrt:{gpu.name}", device, [input_spec], output_specs, (lo[0], hi[0]),
+                         spatial_rule=SpatialRule.from_json(valid) if valid else None)
         # One execution context holds the bound shapes and addresses: calls from several threads
         # (a server with --workers > 1) take turns.
         self._lock = threading.Lock()
+
+    def check_input(self, x: np.ndarray) -> None:
+        """The base checks, and the height x width inside optimization profile 0's range."""
+        super().check_input(x)
+        (*_, h_lo, w_lo), (*_, h_hi, w_hi) = self.profile_shapes
+        if not (h_lo <= x.shape[-2] <= h_hi and w_lo <= x.shape[-1] <= w_hi):
+            raise InputShapeError(f"size {x.shape[-2]}x{x.shape[-1]} is outside the engine's optimization profile "
+                                  f"{h_lo}x{w_lo}..{h_hi}x{w_hi}")
 
     def _prepare_impl(self, x: np.ndarray):
         """Copy ``x`` to the GPU, bind input and output buffers, and return ``run``.
