@@ -49,7 +49,9 @@ def verify_artifact(kind: str, path: str | os.PathLike, model: nn.Module, inputs
     :class:`~acmix_deploy.errors.EquivalenceError`.  Judging the rows (tolerances) is the caller's."""
     path = Path(path)
     candidate = _artifact_runner(kind, path, device, sidecar)
-    reference = TorchRunner(model, name="torch:deploy", device=device, input_size=tuple(inputs[0].shape[1:]))
+    # The sample axes all inputs share are fixed; one that varies (a dynamic-H/W export's second size) is open.
+    sample = tuple(d if all(x.shape[i + 1] == d for x in inputs) else None for i, d in enumerate(inputs[0].shape[1:]))
+    reference = TorchRunner(model, name="torch:deploy", device=device, input_size=sample)
     return compare_runners(reference, [candidate], inputs)
 
 

@@ -22,14 +22,14 @@ class TorchRunner(Runner):
     What the model returns (a tensor, a nested tuple/list, a dict) is flattened with
     :func:`acmix_deploy.outputs.flatten_outputs`, the order the ONNX export uses, and named by that
     module's rule.  ``input_size`` (C, H, W) fixes the sample shape (then the output specs come from a run
-    on zeros when first asked for); without it the input is ``(N, ?, ?, ?)`` and the outputs are known
-    after the first run.
+    on zeros when first asked for; None in it leaves that axis open); without it the input is
+    ``(N, ?, ?, ?)`` and the outputs are known after the first run.
     """
 
     backend = "torch"
 
     def __init__(self, model: nn.Module, name: str = "torch", device: str = "cpu",
-                 input_size: tuple[int, ...] | None = None):
+                 input_size: tuple[int | None, ...] | None = None):
         self.model = model.eval().to(device)
         self._device = torch.device(device)
         self._names: list[str] | None = None
