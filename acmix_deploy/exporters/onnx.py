@@ -37,6 +37,7 @@ from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, EXPORT_CPU_KEY,
                               encode_metadata)
 from ..errors import ConfigError, ExportError
 from ..modules.acmix import ACmixDeploy, merged_conv_groups
+from ..modules.window_attention import softmax_floor
 from ..outputs import flatten_outputs, output_names as name_outputs
 from ..util import atomic_write, detect_cpu, require, resolve_cpu_isa
 from .precision import convert_fp16, quantize_int8
@@ -59,6 +60,10 @@ MIN_OPSET, MAX_OPSET = 13, 20
 # itself (oneDNN ran the merged form slower).
 NCHWC_BLOCK = {"avx512": 16, "avx2": 8}
 MAX_GROUP_MERGE = 4
+# ONNX Runtime's CPU softmax is slow on the attention's masked (-inf) logits on Intel CPUs (subnormal
+# intermediates in its exp, handled in microcode); a graph for the CPU raises every logit to at least 30 below
+# its row's largest (modules.window_attention.softmax_floor: < 1.6e-11 relative, no exp below e^-30).
+SOFTMAX_FLOOR_MARGIN = 30.0
 
 
 def conv_group_merge(heads: int, head_dim: int, cpu_isa: str | None) -> int:
@@ -191,7 +196,8 @@ def export_onnx(
         out = model(x)  # surface input-size errors before tracing, with their own message
         names = name_outputs(out, output_names)  # ConfigError for a wrong count or duplicate names
         ranks = [t.dim() for t in flatten_outputs(out)]
-        with merged_conv_groups(None if isa is None else (lambda h, d: conv_group_merge(h, d, isa))):
+        with merged_conv_groups(None if isa is None else (lambda h, d: conv_group_merge(h, d, isa))), \
+                softmax_floor(None if isa is None else SOFTMAX_FLOOR_MARGIN):
             proto = onnx.load_from_string(_trace(model, x, opset, dynamic, names, ranks))
     onnx.checker.check_model(proto)
     if simplify:

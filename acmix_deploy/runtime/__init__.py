@@ -13,6 +13,7 @@ from __future__ import annotations
 from .aoti import AotiRunner
 from .base import Runner
 from .onnxruntime import OrtRunner
+from .openvino import OpenVinoRunner
 from .torch import TorchRunner
 
-__all__ = ["AotiRunner", "Runner", "OrtRunner", "TorchRunner"]
+__all__ = ["AotiRunner", "OpenVinoRunner", "Runner", "OrtRunner", "TorchRunner"]
