@@ -1,4 +1,4 @@
-"""Model statistics (parameters, MACs) and output comparison.
+"""Model statistics (parameters, MACs, blocks) and output comparison.
 
 Error metric used across the project: for a reference output ``a`` and a
 candidate ``b``, ``max_abs = max|a - b|`` and ``rel = max_abs / max|a|``
@@ -14,59 +14,126 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import AcmixDeployError, InputShapeError
+from .foreign import acmix_structure, build_acmix, is_ours
+from .modules import (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded,
+                      XVolution, XVolutionDeploy)
 from .outputs import flatten_outputs, output_names
 
-__all__ = ["count_parameters", "count_macs", "OutputDiff", "compare_outputs", "compare_all_outputs", "check_equivalence"]
+__all__ = ["count_parameters", "count_macs", "ModelSummary", "summarize_model", "OutputDiff", "compare_outputs",
+           "compare_all_outputs", "check_equivalence"]
+
+# Block kind -> the classes that are one block of that kind, training and deploy forms alike.
+BLOCK_KINDS: dict[str, tuple[type[nn.Module], ...]] = {
+    "ACmix": (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded),
+    "X-volution": (XVolution, XVolutionDeploy),
+}
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@dataclass
+class ModelSummary:
+    """What :func:`summarize_model` counts in a network."""
+
+    parameters: int
+    blocks: dict[str, int]  # block kind (see BLOCK_KINDS) -> modules of that kind, every kind listed
+    tensors: int  # entries of the state dict
+    tensor_groups: dict[str, int]  # first component of the state-dict keys ("stem", "layer1", ...) -> entries
+    input_size: tuple[int, ...] | None  # the recorded (C, H, W), when the model has a default_cfg
+
+
+def summarize_model(model: nn.Module) -> ModelSummary:
+    """Parameters, ACmix / X-volution blocks (either form), state-dict entries per top-level name, input size."""
+    sd = model.state_dict()
+    groups: dict[str, int] = {}
+    for key in sd:
+        groups[key.split(".")[0]] = groups.get(key.split(".")[0], 0) + 1
+    blocks = {kind: sum(isinstance(m, classes) for m in model.modules()) for kind, classes in BLOCK_KINDS.items()}
+    cfg = getattr(model, "default_cfg", None)
+    size = tuple(cfg["input_size"]) if isinstance(cfg, dict) and cfg.get("input_size") else None
+    return ModelSummary(count_parameters(model), blocks, len(sd), groups, size)
+
+
+def _attention_counts(model: nn.Module) -> dict[nn.Module, Callable[[torch.Size], int]]:
+    """Modules whose attention core FlopCounterMode cannot see, with the function that counts it.
+
+    This package's operators state it (``attention_macs``); a foreign copy of the official ACmix
+    (:func:`acmix_deploy.foreign.acmix_structure`) is counted as this package's ``ACmix`` with the same
+    hyper-parameters, built on the meta device (no memory, no weights).
+    """
+    counts: dict[nn.Module, Callable[[torch.Size], int]] = {}
+    for m in model.modules():
+        if callable(getattr(type(m), "attention_macs", None)):
+            counts[m] = m.attention_macs
+        elif not is_ours(m):
+            hparams, _ = acmix_structure(m)
+            if hparams is not None:
+                with torch.device("meta"):
+                    counts[m] = build_acmix(hparams).attention_macs
+    return counts
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) -> int:
     """Multiply-accumulates of one forward pass at ``(batch, *input_size)``.
 
-    Counts convolutions and linear layers exactly, and the attention cores of
-    ACmix modules through their ``attention_macs`` method; element-wise ops,
-    pooling and normalisation are not counted.
+    :class:`torch.utils.flop_counter.FlopCounterMode` counts the matrix products torch runs
+    (convolutions, linear layers, ``matmul``/``bmm``, scaled-dot-product attention) at 2 FLOPs per
+    multiply-accumulate; element-wise operations, pooling and normalisation are not counted.  It cannot see
+    attention cores written as broadcast products and sums (ACmix's training form, X-volution's shift
+    products), and it would count a deploy core's index-gathering matrix products as arithmetic.  So every
+    attention operator (this package's, through ``attention_macs``, and pasted copies of the official ACmix)
+    is counted as its sub-modules, as FlopCounterMode sees them, plus its attention count in place of the
+    matrix products its own ``forward`` runs outside sub-modules.
     """
-    total = 0
+    attention = _attention_counts(model)
+    counter = FlopCounterMode(display=False)
+    frames: list[list[int]] = []  # per running attention operator: [total FLOPs at entry, FLOPs of its children]
+    child_starts: list[int] = []
+    replaced = 0  # FLOPs run by attention operators' own forward (outside children), replaced by their count
+    attention_total = 0
     hooks = []
 
-    def conv_hook(m: nn.Conv2d, inp, out):
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += out.numel() * (m.in_channels // m.groups) * kh * kw
+    def enter(m, args):
+        frames.append([counter.get_total_flops(), 0])
 
-    def linear_hook(m: nn.Linear, inp, out):
-        nonlocal total
-        total += out.numel() * m.in_features
+    def leave(m, args, out):
+        nonlocal replaced, attention_total
+        start, children = frames.pop()
+        replaced += counter.get_total_flops() - start - children
+        attention_total += attention[m](args[0].shape)
 
-    def attention_hook(m, inp, out):
-        nonlocal total
-        total += m.attention_macs(inp[0].shape)
+    def child_enter(m, args):
+        child_starts.append(counter.get_total_flops())
 
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-        if callable(getattr(type(m), "attention_macs", None)):
-            hooks.append(m.register_forward_hook(attention_hook))
+    def child_leave(m, args, out):
+        if frames:
+            frames[-1][1] += counter.get_total_flops() - child_starts[-1]
+        child_starts.pop()
+
+    for m in attention:
+        hooks.append(m.register_forward_pre_hook(enter))
+        hooks.append(m.register_forward_hook(leave))
+        for child in m.children():
+            hooks.append(child.register_forward_pre_hook(child_enter))
+            hooks.append(child.register_forward_hook(child_leave))
     param = next(model.parameters(), None)
     x = torch.zeros(batch, *input_size, dtype=param.dtype if param is not None else torch.float32)
     was_training = model.training
     model.eval()
     try:
-        _run(model, x, "the")
+        with counter:
+            _run(model, x, "the")
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    return total
+    return (counter.get_total_flops() - replaced) // 2 + attention_total
 
 
 @dataclass
@@ -154,7 +221,7 @@ def _run(model: nn.Module, x: torch.Tensor, which: str):
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputShapeError(
             f"{which} model cannot run on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {first[:300]}. "
-            "Choose an input size the network takes (imgsz; CLI: --imgsz N or --imgsz H W)") from None
+            "Choose an input size the network takes ({imgsz}: N for N x N, or H W)", params=["imgsz"]) from None
 
 
 @torch.no_grad()

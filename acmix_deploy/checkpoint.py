@@ -120,9 +120,9 @@ def _torch_load(path: Path) -> Any:
                 f"{path} holds pickled Python objects, not only tensors and plain containers ({what}), and is "
                 "refused for safety: a full model or a training container such as torch.save(model) or Ultralytics' {'model': ...} "
                 "writes, and unpickling it would run code from the file. If you trust the file, "
-                "fold it as it is with trust_pickle=True (CLI: acmix-deploy reparam --trust-pickle, plus "
-                "--code-path DIR for the code its classes live in); or save a state dict, "
-                "torch.save(model.state_dict(), 'weights.pth'), and give the model's code with --model-def"
+                "fold it as it is with reparam and {trust_pickle} ({code_paths} for the directories its "
+                "classes' code lives in); or save a state dict, torch.save(model.state_dict(), 'weights.pth'), and give "
+                "the model's code with {model_def}", params=["trust_pickle", "code_paths", "model_def"]
             ) from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {first}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError,
@@ -253,7 +253,7 @@ def _check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
             parts.append(f"{len(unexpected)} unexpected key(s): {some(unexpected)}")
         raise CheckpointError(
             f"{path} does not match architecture {arch} ({form} form): " + "; ".join(parts)
-            + ". Is --arch right for this file?"
+            + ". Is {arch} right for this file?", params=["arch"]
         )
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
@@ -293,7 +293,7 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def:
         if arch is not None and stored_arch is not None and arch != stored_arch:
             raise CheckpointError(
                 f"{path} was saved as architecture {stored_arch!r}, but {arch!r} was asked for; "
-                "drop --arch or pass the stored one"
+                "drop {arch} or pass the stored one", params=["arch"]
             )
         arch = stored_arch or arch
         arch_args = obj.get("arch_args") or {}
@@ -328,7 +328,7 @@ def read_checkpoint(path: str | os.PathLike, arch: str | None = None, model_def:
         if arch is None:
             raise CheckpointError(
                 f"{path} is a bare state dict that does not say which architecture it belongs to; "
-                f"pass it with --arch (known: {', '.join(list_models())})"
+                f"pass it with {{arch}} (known: {', '.join(list_models())})", params=["arch"]
             )
         sd = _strip_prefix(sd, "module.")
         deploy = is_deploy_state_dict(arch, sd)  # the family knows its deploy form's keys

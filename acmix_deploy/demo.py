@@ -50,7 +50,7 @@ class DemoConfig:
 
     def validate(self) -> None:
         if self.arch not in DEMO_ARCHS:
-            raise ConfigError(f"the demo trains one of {', '.join(DEMO_ARCHS)}; got --arch {self.arch!r}")
+            raise ConfigError(f"the demo trains one of {', '.join(DEMO_ARCHS)}; got {{arch}} {self.arch!r}", params=["arch"])
 
 
 @dataclass

@@ -4,13 +4,40 @@ Every error a user can cause (a bad file, a wrong architecture, an input the
 operator cannot take) is an :class:`AcmixDeployError` with a message that says
 what is wrong and what to do; the CLI prints the message and exits with code 2
 instead of showing a traceback.
+
+A message that names a parameter of the caller (``imgsz``, ``tol``, ``device``) writes it as a field,
+``{imgsz}``, and lists it in ``params``: ``str(exc)`` reads ``imgsz``, the Python spelling, and a front end
+that spells its parameters otherwise (the CLI: ``--imgsz``) renders the same error with :meth:`~AcmixDeployError.spell`.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Iterable, Mapping
+
 
 class AcmixDeployError(Exception):
-    """Base class of all errors that carry a message meant for the user."""
+    """Base class of all errors that carry a message meant for the user.
+
+    ``params`` are the parameter names the message refers to as ``{name}`` fields (only those fields are
+    replaced, so other braces in a message stay as they are).
+    """
+
+    def __init__(self, *args, params: Iterable[str] = ()):
+        self.params = tuple(params)
+        self.template = str(args[0]) if args else ""
+        if self.params and args:
+            args = (self.spell(),) + args[1:]
+        super().__init__(*args)
+
+    def spell(self, names: Mapping[str, str] | Callable[[str], str] | None = None) -> str:
+        """The message with each parameter written as ``names`` spells it (default: the parameter's own name)."""
+        if not self.params:
+            return str(self)
+        lookup = names if callable(names) else (lambda p: (names or {}).get(p, p))
+        text = self.template
+        for param in self.params:
+            text = text.replace("{" + param + "}", lookup(param))
+        return text
 
 
 class ConfigError(AcmixDeployError, ValueError):
@@ -34,6 +61,10 @@ class UnknownArchitectureError(AcmixDeployError, KeyError):
 
 class EquivalenceError(AcmixDeployError):
     """A deploy model whose outputs differ from the training form beyond tolerance."""
+
+
+class IncompleteFoldError(AcmixDeployError):
+    """A fold that left foldable modules in place, refused unless the caller allows a partial fold."""
 
 
 class MissingDependencyError(AcmixDeployError, ImportError):

@@ -67,19 +67,26 @@ def _replace(parent: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
+def _absorb(op: nn.Module, bn: nn.BatchNorm2d) -> nn.Module | None:
+    """``op`` followed by ``bn`` as one module (a convolution with bias, an ACmix / X-volution deploy form),
+    or None when ``op`` cannot absorb a BatchNorm.  The one place that says which operator folds how."""
+    if type(op) is nn.Conv2d:  # exactly: a subclass may have its own forward
+        return fuse_conv_bn(op, bn)
+    if isinstance(op, (ACmix, XVolution)):
+        return op.fuse(bn)
+    return None
+
+
 def _fuse_sequential(seq: nn.Sequential) -> None:
     names = list(seq._modules)
     for a, b in zip(names, names[1:]):
         op, bn = seq._modules[a], seq._modules[b]
         if not isinstance(bn, nn.BatchNorm2d):
             continue
-        if type(op) is nn.Conv2d:
-            _replace(seq, a, fuse_conv_bn(op, bn))
-        elif isinstance(op, (ACmix, XVolution)):
-            _replace(seq, a, op.fuse(bn))
-        else:
-            continue
-        _replace(seq, b, nn.Identity())
+        fused = _absorb(op, bn)
+        if fused is not None:
+            _replace(seq, a, fused)
+            _replace(seq, b, nn.Identity())
 
 
 def _reparameterize_in_place(module: nn.Module) -> None:
@@ -175,7 +182,9 @@ class ReparamReport:
 def _fold_pairs(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
     for op_path, bn_path in pairs:
         op, bn = model.get_submodule(op_path), model.get_submodule(bn_path)
-        new = fuse_conv_bn(op, bn) if type(op) is nn.Conv2d else op.fuse(bn)
+        new = _absorb(op, bn)
+        if new is None:  # a recorded plan that does not fit this model definition
+            raise ValueError(f"{op_path} ({type(op).__name__}) cannot absorb the BatchNorm {bn_path}")
         carry_attributes(op, new)
         replace_module(model, op_path, new)
         ident = nn.Identity()

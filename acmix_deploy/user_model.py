@@ -2,15 +2,15 @@
 
 Two ways in, with different trust:
 
-* **A model definition** (``--model-def FILE.py:FACTORY`` or ``package.module:FACTORY``, with
-  ``--model-args JSON``): the user's code builds the network, the weights come from a state dict read with
+* **A model definition** (``model_def="FILE.py:FACTORY"`` or ``"package.module:FACTORY"``, with
+  ``model_args``, a dict or JSON): the user's code builds the network, the weights come from a state dict read with
   ``torch.load(weights_only=True)`` (bare, or under ``model``/``state_dict``/``ema``/``model_state_dict``),
   loaded strictly.  The deploy checkpoint records the definition (the reference as given, the resolved file,
   the factory, its arguments, the file's sha256) and the fold plan; every later command rebuilds the deploy
   model from that record: import, build, redo the recorded structure changes, load the folded weights strictly.
 * **A pickled full model** (``torch.save(model)``, or training containers such as Ultralytics'
   ``{"model": DetectionModel, "ema": ..., "epoch": ...}``): unpickling runs code from the file, so it is refused
-  unless the caller says ``trust_pickle=True`` (CLI ``--trust-pickle``); then every module in it is folded (in
+  unless the caller says ``trust_pickle=True``; then every module in it is folded (in
   float64, cast back to its stored dtype) and the container is written back with its other entries kept.
 """
 
@@ -250,7 +250,7 @@ def _record_model_def(rec: Any, override: str | None, source: str, notes: list[s
         if not Path(path).is_file():
             raise CheckpointError(
                 f"{source} was folded from the model definition {rec['ref']} ({path}), which no longer exists; "
-                "pass its new place with model_def (CLI: --model-def FILE.py:FACTORY)")
+                "pass its new place with {model_def} (FILE.py:FACTORY)", params=["model_def"])
         md = ModelDef(rec["ref"], rec["factory"], dict(args), path=path, sha256=sha256_file(path))
         recorded_sha = rec.get("sha256")
         if recorded_sha and md.sha256 != recorded_sha:
@@ -307,7 +307,7 @@ def load_pickled(path: str | os.PathLike, code_paths: list[str] | None = None) -
     except (ModuleNotFoundError, AttributeError) as exc:
         raise CheckpointError(
             f"{path} names a class that cannot be imported ({exc}); put the code that defines it on the "
-            "import path (code_paths; CLI: --code-path DIR)") from None
+            "import path ({code_paths})", params=["code_paths"]) from None
     except Exception as exc:
         raise CheckpointError(f"{path} could not be unpickled: {type(exc).__name__}: {exc}") from None
 
@@ -330,13 +330,23 @@ def _module_entries(obj: Any) -> list[str | None]:
     return []
 
 
-def fold_pickled(obj: Any, imgsz=None, check: bool = True, batch: int = 2, seed: int = 0
+def _fold64(module: nn.Module) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # leftovers are reported through the ReparamReport
+        return reparameterize(module, inplace=True)[0]
+
+
+def fold_pickled(obj: Any, imgsz=None, check: bool = True, batch: int = 2, seed: int = 0, tol: float | None = 1e-5
                  ) -> tuple[Any, list[PickledFold]]:
     """Fold every module of an unpickled object; returns the object with the folded modules in place.
 
     A bare module is replaced; in a dict container every ``nn.Module`` value is folded and every other entry is
     kept as it is.  Each module is folded in float64 and cast back to its stored dtype and device; with
-    ``check`` the float32 forms of both are compared on every output.
+    ``check`` the float32 forms of both are compared on every output, judged as state-dict checkpoints are
+    (:func:`acmix_deploy.analysis.check_equivalence` with ``tol``): where the float32 figure exceeds ``tol``,
+    the fold is redone on a float64 copy of the training form and compared there, so a network whose own
+    float32 rounding exceeds ``tol`` is not mistaken for a wrong fold.  Accept a fold with
+    ``fold.diff.within(tol)``.
     """
     keys = _module_entries(obj)
     if not keys:
@@ -358,7 +368,7 @@ def fold_pickled(obj: Any, imgsz=None, check: bool = True, batch: int = 2, seed:
             ref = copy.deepcopy(module).to("cpu", torch.float32).eval()
             cand = copy.deepcopy(deploy).to(torch.float32).eval()
             size = user_input_size(ref, imgsz)
-            diff = check_equivalence(ref, cand, size, batch=batch, seed=seed)
+            diff = check_equivalence(ref, cand, size, batch=batch, seed=seed, tol=tol, fold=_fold64)
         deploy = deploy.to(device=device, dtype=dtype).train(training)
         folds.append(PickledFold("<file>" if key is None else str(key), str(dtype).replace("torch.", ""), report, diff))
         if key is None:

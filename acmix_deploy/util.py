@@ -113,9 +113,9 @@ def sha256_file(path: str | os.PathLike) -> str:
 def check_device(device: str) -> None:
     """Refuse a device other than cpu/cuda, and cuda where torch sees no GPU."""
     if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+        raise ConfigError(f"{{device}} must be cpu or cuda, got {device!r}", params=["device"])
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+        raise ConfigError("{device} cuda was asked for, but torch sees no CUDA GPU on this machine", params=["device"])
 
 
 def normalize_imgsz(imgsz) -> tuple[int, int] | None:

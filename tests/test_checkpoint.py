@@ -71,7 +71,7 @@ def test_foreign_state_dicts(tmp_path, trained, wrapper, prefix):
 def test_bare_state_dict_needs_arch(tmp_path, trained):
     path = tmp_path / "bare.pth"
     torch.save(trained.state_dict(), path)
-    with pytest.raises(CheckpointError, match="pass it with --arch .*acmix_resnet50"):
+    with pytest.raises(CheckpointError, match="pass it with arch .*acmix_resnet50"):
         read_checkpoint(path)
 
 
@@ -85,7 +85,7 @@ def test_unknown_arch(tmp_path, trained):
 def test_wrong_arch_names_missing_and_unexpected_keys(tmp_path, trained):
     path = tmp_path / "bare.pth"
     torch.save(trained.state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"missing key\(s\): layer2.1.conv1.weight.*Is --arch right"):
+    with pytest.raises(CheckpointError, match=r"missing key\(s\): layer2.1.conv1.weight.*Is arch right"):
         read_checkpoint(path, arch="acmix_resnet26")
     with pytest.raises(CheckpointError, match=r"unexpected key\(s\): .*rate1"):
         read_checkpoint(path, arch="resnet_tiny")

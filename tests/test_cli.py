@@ -74,6 +74,7 @@ def test_reparam_wrong_arch(train_ckpt, tmp_path):
 
 def test_reparam_check_failure_exits_1_and_writes_nothing(train_ckpt, tmp_path, monkeypatch):
     """A fold that is really wrong (one weight perturbed) fails in float32 and in float64: exit 1, no file."""
+    import acmix_deploy.pipeline as pipeline_mod
     import acmix_deploy.reparam as reparam_mod
 
     real = reparam_mod.reparameterize
@@ -85,6 +86,7 @@ def test_reparam_check_failure_exits_1_and_writes_nothing(train_ckpt, tmp_path, 
         return deploy, report
 
     monkeypatch.setattr(reparam_mod, "reparameterize", broken)
+    monkeypatch.setattr(pipeline_mod, "reparameterize", broken)  # the name reparam_checkpoint calls
     path, _ = train_ckpt
     out = tmp_path / "o.pth"
     result = runner.invoke(app, ["reparam", str(path), "-o", str(out)])

@@ -28,12 +28,37 @@ from acmix_deploy.testing import randomize_model
 runner = CliRunner()
 
 
-def test_percentiles_match_numpy_linear_definition():
+def _type7(sorted_values, q):
+    """The definition the statistics are documented with (Hyndman & Fan type 7), written out: rank
+    q/100 * (n - 1), linear interpolation between the two closest ranks."""
+    pos = q / 100 * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
+
+
+def test_numpy_linear_percentiles_and_std_agree_with_the_written_definitions():
+    """summarize() uses numpy.percentile(method="linear") and std(ddof=1); both equal the definitions in the
+    docs written out by hand, on samples of 1..200 runs in any order, ties included."""
+    from acmix_deploy.profiling.stats import PERCENTILE_METHOD
+
+    assert PERCENTILE_METHOD == "linear"
     rng = np.random.default_rng(0)
-    for n in (1, 2, 7, 100):
-        xs = sorted(rng.exponential(size=n).tolist())
-        for q in (0, 50, 90, 95, 99, 100):
-            assert math.isclose(percentile(xs, q), float(np.percentile(xs, q)), rel_tol=1e-12)
+    for n in (1, 2, 3, 7, 10, 101, 200):
+        xs = rng.exponential(size=n).round(2).tolist()  # rounding makes ties
+        ordered = sorted(xs)
+        s = summarize(xs, batch=4)
+        for q in (0, 1, 50, 90, 95, 99, 99.9, 100):
+            assert math.isclose(percentile(xs, q), _type7(ordered, q), rel_tol=1e-12, abs_tol=1e-15)
+        for q in (50, 90, 95, 99):
+            assert math.isclose(s[f"p{q}_ms"], _type7(ordered, q), rel_tol=1e-12, abs_tol=1e-15)
+        mean = sum(xs) / n
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+        assert math.isclose(s["mean_ms"], mean, rel_tol=1e-12) and math.isclose(s["std_ms"], std, rel_tol=1e-9,
+                                                                                abs_tol=1e-15)
+        assert (s["min_ms"], s["max_ms"]) == (ordered[0], ordered[-1])
+    with pytest.raises(ValueError, match="in \\[0, 100\\]"):
+        percentile([1.0], 101)
 
 
 def test_summarize_known_values():
@@ -121,10 +146,10 @@ def test_profile_seconds_mode_and_torch_layers(ckpts):
     "kw,match",
     [
         (dict(backends=("tensorflow",)), "unknown backend"),
-        (dict(iters=0), "--iters must be at least 1"),
-        (dict(seconds=0.0), "--seconds must be positive"),
+        (dict(iters=0), "^iters must be at least 1"),
+        (dict(seconds=0.0), "^seconds must be positive"),
         (dict(batches=(0,)), "batch sizes must be positive"),
-        (dict(warmup=-1), "--warmup"),
+        (dict(warmup=-1), "^warmup must be"),
         (dict(device="tpu"), "cpu or cuda"),
     ],
 )

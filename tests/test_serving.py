@@ -81,8 +81,12 @@ def server(loaded):
 
 
 def metric_values(text: str) -> dict[str, float]:
-    """Parse Prometheus text: ``name{labels} value`` lines; comments must be HELP/TYPE."""
+    """Parse Prometheus text: ``name{labels} value`` lines; comments must be HELP/TYPE.
+
+    Keys are ``name{label="value",...}`` with the labels in alphabetical order (their order carries no
+    meaning in the format)."""
     sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
+    label = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
     values = {}
     for line in text.strip().splitlines():
         if line.startswith("#"):
@@ -90,7 +94,10 @@ def metric_values(text: str) -> dict[str, float]:
             continue
         m = sample.match(line)
         assert m, f"not a Prometheus sample line: {line!r}"
-        values[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(label.findall(m.group(2) or "")))
+        key = m.group(1) + (f"{{{labels}}}" if labels else "")
+        assert key not in values, f"sample {key} appears twice"
+        values[key] = float(m.group(3))
     return values
 
 
@@ -352,7 +359,7 @@ def test_failures_are_counted(server):
     before = metric_values(httpx.get(server.url + "/metrics").text)
     httpx.post(server.url + f"/v2/models/{NAME}/infer", content=b"nope")
     after = metric_values(httpx.get(server.url + "/metrics").text)
-    key = f'acmix_inference_failures_total{{model="{NAME}",code="400"}}'
+    key = f'acmix_inference_failures_total{{code="400",model="{NAME}"}}'
     assert after[key] == before.get(key, 0) + 1
     fail = f'acmix_inference_requests_total{{model="{NAME}",outcome="failure"}}'
     assert after[fail] == before[fail] + 1
@@ -384,7 +391,7 @@ def test_internal_failure_is_500_for_that_request_only(loaded):
         assert httpx.get(srv.url + "/v2/health/ready").status_code == 200
         assert rel_err(client.infer(NAME, X1), loaded.runner.infer(X1)) <= REL
         values = metric_values(httpx.get(srv.url + "/metrics").text)
-        assert values[f'acmix_inference_failures_total{{model="{NAME}",code="500"}}'] == 1
+        assert values[f'acmix_inference_failures_total{{code="500",model="{NAME}"}}'] == 1
 
 
 def test_batch_outside_model_range_is_refused(loaded):
@@ -441,6 +448,61 @@ def test_metrics_text_parses(server):
         buckets, count = histogram(values, name)
         counts = [v for _, v in buckets]
         assert counts == sorted(counts) and buckets[-1][0] == math.inf and buckets[-1][1] == count and count >= 1
+
+
+def test_server_metrics_series_and_values():
+    """Every series /metrics has always exposed, with its value after known events; no other series
+    (prometheus_client's *_created timestamps are left out); HELP and TYPE before each family."""
+    from acmix_deploy.serving.metrics import LATENCY_BUCKETS_S, ServerMetrics
+
+    m = ServerMetrics("tiny", max_batch=8)
+    m.request_done(200, 0.003)
+    m.request_done(200, 0.2)
+    m.request_done(400, 0.1)
+    m.request_done(503, 0.1)
+    m.request_done(400, 0.1)
+    m.batch_executed(3, [0.001, 0.02, 0.02])
+    m.batch_executed(1, [0.5])
+    m.inflight = 2
+    m.client_disconnected()
+    m.connection_refused()
+    m.connection_refused()
+    text = m.render()
+    values = metric_values(text)
+    lab = 'model="tiny"'
+    expected = {
+        f'acmix_inference_requests_total{{{lab},outcome="success"}}': 2,
+        f'acmix_inference_requests_total{{{lab},outcome="failure"}}': 3,
+        f'acmix_inference_failures_total{{code="400",{lab}}}': 2,
+        f'acmix_inference_failures_total{{code="503",{lab}}}': 1,
+        f"acmix_inference_request_duration_seconds_count{{{lab}}}": 2,
+        f"acmix_inference_queue_duration_seconds_count{{{lab}}}": 4,
+        f"acmix_inference_batch_size_count{{{lab}}}": 2,
+        f"acmix_inference_batch_size_sum{{{lab}}}": 4,
+        f"acmix_inference_inflight_requests{{{lab}}}": 2,
+        f"acmix_client_disconnects_total{{{lab}}}": 1,
+        f"acmix_connections_refused_total{{{lab}}}": 2,
+        f"acmix_header_timeouts_total{{{lab}}}": 0,
+    }
+    for key, value in expected.items():
+        assert values[key] == value, key
+    assert math.isclose(values[f"acmix_inference_request_duration_seconds_sum{{{lab}}}"], 0.203)
+    assert math.isclose(values[f"acmix_inference_queue_duration_seconds_sum{{{lab}}}"], 0.541)
+    buckets, _ = histogram(values, "acmix_inference_queue_duration_seconds")
+    assert [b for b, _ in buckets] == [*LATENCY_BUCKETS_S, math.inf]
+    assert dict(buckets)[0.001] == 1 and dict(buckets)[0.025] == 3 and dict(buckets)[0.5] == 4
+    assert [b for b, _ in histogram(values, "acmix_inference_batch_size")[0]] == [
+        1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, math.inf]
+    families = ["acmix_inference_requests_total", "acmix_inference_failures_total",
+                "acmix_inference_request_duration_seconds", "acmix_inference_queue_duration_seconds",
+                "acmix_inference_batch_size", "acmix_inference_inflight_requests", "acmix_client_disconnects_total",
+                "acmix_connections_refused_total", "acmix_header_timeouts_total"]
+    assert re.findall(r"^# TYPE (\S+) ", text, re.M) == families
+    series = {k.split("{")[0] for k in values}
+    assert not any(name.endswith("_created") for name in series)
+    # requests 2 + failures 2, two latency histograms (14 buckets + sum + count), batch size (12 + 2), the gauge,
+    # three counters
+    assert len(values) == 4 + 2 * 16 + 14 + 1 + 3
 
 
 # -- settings and CLI -------------------------------------------------------------------------------------------------

@@ -225,10 +225,14 @@ def test_batchnorm_whose_input_is_used_elsewhere_is_left():
         assert torch.equal(net(x), deploy(x))
 
 
-def test_registry_models_fold_as_before():
+def test_registry_models_fold_through_the_graph():
+    """ResNet blocks hold no folding code: every BatchNorm is found after its producer in the traced graph."""
     model = randomize_model(ad.create_model("acmix_resnet_tiny")).eval()
     deploy, report = reparameterize(model)
-    assert report.adopted == [] and report.pairs == [] and report.leftovers == [] and ad.is_deploy(deploy)
+    assert report.adopted == [] and report.leftovers == [] and ad.is_deploy(deploy)
+    assert {("conv1", "bn1"), ("layer1.0.conv2", "layer1.0.bn2"), ("layer2.0.downsample.0", "layer2.0.downsample.1")
+            } <= set(report.pairs)
+    assert len(report.pairs) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 # ------------------------------------------------------------------------------------------------------- files
@@ -277,7 +281,7 @@ def test_moved_and_changed_definition(deploy_ckpt, workdir, tmp_path):
     backup = src.read_bytes()
     try:
         src.rename(workdir / "gone.py")
-        with pytest.raises(ad.CheckpointError, match="no longer exists.*--model-def"):
+        with pytest.raises(ad.CheckpointError, match="no longer exists.*model_def"):
             ad.read_checkpoint(moved)
         loaded = ad.read_checkpoint(moved, model_def=f"{workdir / 'gone.py'}:yolo_acmix")
         assert ad.is_deploy(loaded.model)
@@ -364,6 +368,58 @@ def test_trust_pickle_round_trip_keeps_the_container(tmp_path, yolo):
         with torch.no_grad():
             for r, o in zip(flatten_outputs(yolo(x)), flatten_outputs(m.float()(x))):
                 assert rel_error(r, o) < 5e-3  # the weights are stored in float16, as they came
+
+
+def _badly_conditioned_net() -> nn.Sequential:
+    """Conv-BN-ReLU-Conv-BN whose first convolution adds 3e4 that its BatchNorm removes again: in float32 the
+    training form loses ~1e-3 of its signal to that cancellation; the folded convolution never forms the 3e4."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2),
+                        nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        net[0].bias.fill_(3e4)
+        net[1].running_mean.fill_(3e4)
+        net[1].running_var.uniform_(0.5, 2)
+        net[4].running_mean.uniform_(-1, 1)
+        net[4].running_var.uniform_(0.5, 2)
+    return net
+
+
+def test_trust_pickle_check_judges_in_float64_where_float32_rounding_exceeds_tol(tmp_path):
+    """The pickled path judges as the state-dict path does: float32 above tol, float64 exact, deploy no worse."""
+    from acmix_deploy.user_model import fold_pickled
+
+    obj = {"model": _badly_conditioned_net(), "epoch": 1}
+    _, folds = fold_pickled(obj, 20, tol=1e-5)
+    diff = folds[0].diff
+    assert diff.rel > 1e-4  # the training form's own float32 rounding (observed 8e-4)
+    assert diff.rel_float64 < 1e-10 and diff.within(1e-5)  # the algebra (observed 1.6e-12)
+    assert diff.rounding_float32[1] < 1e-6 < diff.rounding_float32[0]  # the folded form is the accurate one
+    _, folds = fold_pickled(obj, 20, tol=None)
+    assert folds[0].diff.rel_float64 is None and not folds[0].diff.within(1e-5)  # float32 alone would refuse it
+
+    torch.save(obj, tmp_path / "last.pt")
+    res = runner.invoke(app, ["reparam", str(tmp_path / "last.pt"), "--trust-pickle", "--imgsz", "20"])
+    assert res.exit_code == 0, res.output
+    assert "float64" in res.output and "own float32 rounding" in " ".join(res.output.split())
+    out = torch.load(tmp_path / "last.deploy.pt", weights_only=False)
+    assert out["epoch"] == 1 and ad.is_deploy(out["model"])
+
+
+def test_trust_pickle_check_still_refuses_a_wrong_fold(tmp_path, monkeypatch):
+    import acmix_deploy.user_model as um
+
+    def off_by_a_little(model, inplace=False, plan=None):
+        deploy, report = reparameterize(model, inplace=inplace, plan=plan)
+        with torch.no_grad():
+            deploy[3].bias.add_(1e-2)  # a fold error far above the tolerance, in float32 and float64 alike
+        return deploy, report
+
+    monkeypatch.setattr(um, "reparameterize", off_by_a_little)
+    torch.save({"model": _badly_conditioned_net()}, tmp_path / "last.pt")
+    res = runner.invoke(app, ["reparam", str(tmp_path / "last.pt"), "--trust-pickle", "--imgsz", "20"])
+    assert res.exit_code == 1 and "check failed" in res.output and "in float64" in res.output
+    assert not (tmp_path / "last.deploy.pt").exists()
 
 
 # --------------------------------------------------------------------------------------------- deployment

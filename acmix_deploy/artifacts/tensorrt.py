@@ -114,6 +114,9 @@ class EngineSidecar:
     package_version: str = ""
     created: str = ""
     source: dict[str, Any] = field(default_factory=dict)
+    # Engines with dynamic height and width: the sizes the graph takes (artifacts.spatial.SpatialRule's JSON);
+    # the ranges themselves are the profiles'.
+    valid_hw: dict[str, Any] | None = None
     format: str = SIDECAR_FORMAT
     format_version: int = SIDECAR_VERSION
 
@@ -129,6 +132,11 @@ class EngineSidecar:
     @property
     def min_batch(self) -> int:
         return min(p["min"][0] for p in self.profiles)
+
+    @property
+    def dynamic_hw(self) -> bool:
+        """Whether a profile spans several heights or widths."""
+        return any(p["min"][2:] != p["max"][2:] for p in self.profiles)
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:
@@ -152,7 +160,7 @@ def read_sidecar(engine: str | os.PathLike) -> EngineSidecar:
     if not path.is_file():
         raise AcmixDeployError(
             f"engine {engine} has no sidecar {path.name}: it records the GPU and TensorRT version the engine was "
-            "built for; rebuild the engine with 'acmix-deploy export --trt'"
+            "built for; rebuild the engine (export, {fmt} engine)", params=["fmt"]
         )
     try:
         data = json.loads(path.read_text())
@@ -160,7 +168,7 @@ def read_sidecar(engine: str | os.PathLike) -> EngineSidecar:
         raise AcmixDeployError(f"cannot read engine sidecar {path}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise AcmixDeployError(f"{path} is not an acmix-deploy engine sidecar (its 'format' is not "
-                               f"{SIDECAR_FORMAT!r}); rebuild the engine with 'acmix-deploy export --trt'")
+                               f"{SIDECAR_FORMAT!r}); rebuild the engine (export, {{fmt}} engine)", params=["fmt"])
     if not isinstance(data.get("format_version", 0), int) or data.get("format_version", 0) > SIDECAR_VERSION:
         raise AcmixDeployError(
             f"{path} has sidecar format {data.get('format_version')}, newer than this acmix-deploy understands "
@@ -199,5 +207,6 @@ def check_sidecar(sidecar: EngineSidecar, trt_version: str, gpu: GpuInfo, engine
     if problems:
         raise AcmixDeployError(
             f"refusing to load {engine}: " + "; ".join(problems)
-            + ". TensorRT engines only run where they were built: rebuild it here with 'acmix-deploy export --trt'"
+            + ". TensorRT engines only run where they were built: rebuild it here (export, {fmt} engine)",
+            params=["fmt"]
         )

@@ -54,8 +54,16 @@ def _safe(text) -> str:
     return escape(_CONTROL.sub("?", _ANSI_SEQUENCE.sub("?", str(text))))
 
 
+def flag(param: str) -> str:
+    """The option that sets library parameter ``param``: :data:`FLAGS`, :data:`OTHER_FLAGS`, else ``--`` and the
+    name with dashes."""
+    return FLAGS.get(param) or OTHER_FLAGS.get(param) or "--" + param.replace("_", "-")
+
+
 def _fail(exc: Exception, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {_safe(exc)}", highlight=False, soft_wrap=True)
+    """Print ``exc`` (its parameters spelled as this command line's flags) and exit with ``code``."""
+    text = exc.spell(flag) if isinstance(exc, AcmixDeployError) else str(exc)
+    err_console.print(f"[bold red]error:[/] {_safe(text)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -139,11 +147,13 @@ def _comparison_table(title: str, rows) -> Table:
 # ExportOptions field -> the flag of ``acmix-deploy export`` that sets it (for errors naming a parameter).
 FLAGS = {
     "output": "--output", "arch": "--arch", "model_def": "--model-def", "model_args": "--model-args",
-    "imgsz": "--imgsz", "batch": "--batch", "dynamic": "--static", "opset": "--opset", "min_batch": "--min-batch",
-    "opt_batch": "--opt-batch", "max_batch": "--max-batch", "device": "--device", "simplify": "--no-simplify",
+    "imgsz": "--imgsz", "batch": "--batch", "dynamic": "--static", "dynamic_hw": "--dynamic-hw", "opset": "--opset", "min_batch": "--min-batch",
+    "opt_batch": "--opt-batch", "min_shape": "--min-shape", "opt_shape": "--opt-shape", "max_shape": "--max-shape", "max_batch": "--max-batch", "device": "--device", "simplify": "--no-simplify",
     "fp16": "--fp16", "int8": "--int8", "calib": "--calib", "calib_limit": "--calib-limit", "tol": "--tol",
     "min_top1": "--min-top1", "seed": "--seed", "workspace_gb": "--workspace", "timing_cache": "--timing-cache",
     "opt_level": "--opt-level", "trt_typing": "--trt-weak-typing", "output_names": "--output-names",
     "engine": "--engine", "instances": "--instances", "model_name": "--name",
     "max_queue_delay_us": "--max-queue-delay-us", "force": "--force", "cpu_isa": "--cpu-isa",
 }
+# Parameters of the other commands whose flag is not ``--`` + the name with dashes.
+OTHER_FLAGS = {"code_paths": "--code-path", "fmt": "--format"}

@@ -25,11 +25,19 @@ def export(
     model_args: Optional[str] = typer.Option(None, "--model-args", help="Keyword arguments of the factory, as a JSON object."),
     batch: int = typer.Option(1, "--batch", help="Batch size of the example input (the fixed batch with --static)."),
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch axis."),
+    dynamic_hw: bool = typer.Option(
+        False, "--dynamic-hw", help="Height and width dynamic too (ONNX, TensorRT): one graph for every valid size "
+        "(recorded in the metadata; see docs/dynamic_shapes.md); --imgsz is the size it is traced and tuned at."),
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help="TensorRT profile: smallest batch (default: 1)."),
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="TensorRT profile: batch tuned for (default: --batch)."),
     max_batch: Optional[int] = typer.Option(
         None, "--max-batch", help="Largest batch (default: aoti 256; engine max(32, --opt-batch); Triton's max_batch_size: "
         "8 for --engine onnx, the engines' profile for --engine trt)."),
+    min_shape: Optional[str] = typer.Option(None, "--min-shape", help="TensorRT profile as a whole shape NxCxHxW (trtexec's "
+                                            "spelling): smallest batch and, with --dynamic-hw, smallest size."),
+    opt_shape: Optional[str] = typer.Option(None, "--opt-shape", help="TensorRT profile: the shape tuned for (default: "
+                                            "--opt-batch at --imgsz)."),
+    max_shape: Optional[str] = typer.Option(None, "--max-shape", help="TensorRT profile: largest batch and size."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (AOTInductor compiles for this device)."),
     cpu_isa: str = typer.Option(
@@ -74,8 +82,9 @@ def export(
     # Which option applies to which format is the format table's decision (exporters.validate_options).
     opts = ExportOptions(
         fmt=fmt, output=output, arch=arch, model_def=model_def, model_args=model_args, imgsz=size_arg, batch=batch,
-        dynamic=dynamic, opset=opset,
-        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, device=device, simplify=simplify, fp16=fp16,
+        dynamic=dynamic, dynamic_hw=dynamic_hw, opset=opset,
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, min_shape=min_shape, opt_shape=opt_shape,
+        max_shape=max_shape, device=device, simplify=simplify, fp16=fp16,
         int8=int8, calib=calib, calib_limit=calib_limit, tol=tol, min_top1=min_top1, seed=seed,
         workspace_gb=workspace, timing_cache=timing_cache, opt_level=opt_level,
         trt_typing="weak" if weak_typing else "strong", output_names=names,
@@ -117,9 +126,13 @@ def export(
     if res.fmt in ("onnx", "engine"):
         onnx_res = res.onnx or res.artifact
         ops = ", ".join(f"{op} {n}" for op, n in onnx_res.op_histogram.items())
-        shape = "x".join(["N" if o.dynamic else str(o.batch), *map(str, res.input_size)])
+        hw = ("H", "W") if o.dynamic_hw else tuple(map(str, res.input_size[1:]))
+        shape = "x".join(["N" if o.dynamic else str(o.batch), str(res.input_size[0]), *hw])
         precision = {"fp16": "fp16 (attention fp32)", "int8": "int8 Q/DQ (attention fp32)"}.get(o.precision, "fp32")
         console.print(f"graph: {onnx_res.nodes} nodes, opset {onnx_res.opset}, {precision}, input {shape}; ops: {ops}")
+        if onnx_res.spatial_rule is not None:
+            console.print(f"dynamic height and width: {onnx_res.spatial_rule.describe()} (traced and tuned at "
+                          f"{res.input_size[1]}x{res.input_size[2]})")
         isa = onnx_res.metadata.get("acmix_deploy.cpu_isa")
         if isa is not None:
             groups = onnx_res.metadata.get("acmix_deploy.conv_path_groups")
@@ -129,7 +142,12 @@ def export(
         console.print(f"AOTInductor package for {res.artifact.device}, {span}")
     if res.fmt == "engine":
         p = res.artifact.sidecar.profiles[0]
-        console.print(f"TensorRT profile: batch {p['min'][0]} / {p['opt'][0]} / {p['max'][0]} (min / opt / max)")
+        if p["min"][2:] != p["max"][2:]:
+            spell = "x".join
+            console.print(f"TensorRT profile: {spell(map(str, p['min']))} / {spell(map(str, p['opt']))} / "
+                          f"{spell(map(str, p['max']))} (min / opt / max)")
+        else:
+            console.print(f"TensorRT profile: batch {p['min'][0]} / {p['opt'][0]} / {p['max'][0]} (min / opt / max)")
     art = res.artifact
     console.print(f"wrote {_safe(art.path)} ({art.size_bytes / 1e6:.1f} MB) in {art.seconds:.1f} s")
 

@@ -23,9 +23,10 @@ __all__ = ["AotiExport", "ExportFormat", "ExportOptions", "ExportResult", "FORMA
 
 # Options every format accepts: where the model comes from, where the artifact goes, which device.
 COMMON_OPTIONS = frozenset({"output", "arch", "model_def", "model_args", "imgsz", "device", "output_names"})
-_ONNX_OPTIONS = frozenset({"batch", "dynamic", "opset", "simplify", "max_batch", "fp16", "int8", "calib",
+_ONNX_OPTIONS = frozenset({"batch", "dynamic", "dynamic_hw", "opset", "simplify", "max_batch", "fp16", "int8", "calib",
                            "calib_limit", "tol", "min_top1", "seed"})
-_TRT_BUILDER_OPTIONS = frozenset({"min_batch", "opt_batch", "workspace_gb", "timing_cache", "opt_level", "trt_typing"})
+_TRT_BUILDER_OPTIONS = frozenset({"min_batch", "opt_batch", "workspace_gb", "timing_cache", "opt_level", "trt_typing",
+                                  "min_shape", "opt_shape", "max_shape"})
 _AOTI_OPTIONS = frozenset({"batch", "dynamic", "max_batch", "tol", "seed"})
 _TRITON_OPTIONS = frozenset({"opset", "simplify", "max_batch", "engine", "instances", "model_name",
                              "max_queue_delay_us", "force", "cpu_isa"})

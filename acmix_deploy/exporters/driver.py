@@ -37,10 +37,16 @@ class ExportOptions:
     imgsz: int | tuple[int, int] | None = None  # a square, or (height, width)
     batch: int = 1
     dynamic: bool = True
+    dynamic_hw: bool = False  # height and width dynamic too (ONNX, engine); validated at a second size
     opset: int = 17
     min_batch: int | None = None
     opt_batch: int | None = None
     max_batch: int | None = None  # [aoti 256, engine max(32, opt_batch)]
+    # TensorRT optimization profile as whole shapes, trtexec's NxCxHxW (str) or 4 ints; with dynamic_hw the
+    # height and width range (min and max needed).  Not given: the batch profile at --imgsz.
+    min_shape: str | tuple[int, ...] | None = None
+    opt_shape: str | tuple[int, ...] | None = None
+    max_shape: str | tuple[int, ...] | None = None
     device: str = "cpu"
     simplify: bool = True
     fp16: bool = False
@@ -95,7 +101,7 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     from ..pipeline import check_output_path
     from ..util import check_device, normalize_imgsz, resolve_cpu_isa
     from .onnx import MAX_OPSET, MIN_OPSET
-    from .tensorrt import engine_profiles
+    from .tensorrt import engine_profiles, parse_shape
 
     if opts.fmt not in FORMATS:
         raise ConfigError(f"unknown format {opts.fmt!r}; available: {', '.join(FORMATS)}")
@@ -108,6 +114,8 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         raise ConfigError("--int8 needs calibration data: --calib digits, --calib data.npy or --calib images/")
     if opts.batch < 1:
         raise ConfigError(f"--batch must be positive, got {opts.batch}")
+    if opts.dynamic_hw and not opts.dynamic:
+        raise ConfigError("--dynamic-hw makes batch, height and width dynamic; it cannot be combined with --static")
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise ConfigError(f"--opset {opts.opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
     imgsz = normalize_imgsz(opts.imgsz)  # ConfigError for anything but a positive int or (height, width)
@@ -128,7 +136,24 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     min_top1 = opts.min_top1 if opts.min_top1 is not None else 0.9 if opts.int8 else 0.99
     profile = None
     if opts.fmt == "engine":
-        profile = engine_profiles(opts.batch, opts.dynamic, opts.min_batch, opts.opt_batch, opts.max_batch)
+        shapes = {k: parse_shape(v, f"--{k}-shape") for k, v in
+                  (("min", opts.min_shape), ("opt", opts.opt_shape), ("max", opts.max_shape)) if v is not None}
+        for key, value in shapes.items():  # a shape's batch counts as that batch option (checked with the others)
+            given = getattr(opts, f"{key}_batch")
+            if given is not None and given != value[0]:
+                raise ConfigError(f"--{key}-shape says batch {value[0]} and --{key}-batch says {given}; "
+                                  "give the batch once")
+        if opts.dynamic_hw and not ("min" in shapes and "max" in shapes):
+            raise ConfigError("--dynamic-hw engines need the spatial range: give --min-shape and --max-shape "
+                              "(NxCxHxW, e.g. --min-shape 1x3x128x128 --max-shape 8x3x640x640)")
+        if len(shapes) >= 2:  # the order of what was given, before the model is read (the rest: _prepare)
+            for axis, label in enumerate(("batch", "channels", "height", "width")):
+                values = [shapes[k][axis] for k in ("min", "opt", "max") if k in shapes]
+                if values != sorted(values):
+                    raise ConfigError(f"impossible shape range: the {label} must satisfy min <= opt <= max, got "
+                                      + ", ".join(f"--{k}-shape {'x'.join(map(str, v))}" for k, v in shapes.items()))
+        profile = engine_profiles(opts.batch, opts.dynamic, *(shapes[k][0] if k in shapes else getattr(opts, f"{k}_batch")
+                                                               for k in ("min", "opt", "max")))
         max_batch = profile.max
         if opts.device != "cpu" and opts.device != "cuda":
             raise ConfigError(f"--device must be cpu or cuda, got {opts.device!r}")
@@ -236,9 +261,13 @@ class _Prepared:
                           int8_calibration=self.calibration,
                           calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
                           cpu_isa=cpu_target_for(opts), output_names=opts.output_names,
-                          for_tensorrt=opts.fmt == "engine")
+                          for_tensorrt=opts.fmt == "engine", dynamic_hw=opts.dynamic_hw)
         if len(res.output_names) > 1:
             self.say(f"ONNX outputs: {', '.join(res.output_names)}")
+        if res.spatial_rule is not None:
+            sizes = sorted({tuple(x.shape[2:]) for x in self.inputs})
+            self.say(f"dynamic height and width: {res.spatial_rule.describe()}; validated at "
+                     f"{', '.join(f'{h}x{w}' for h, w in sizes)}")
         self.say(f"ONNX: {res.nodes} nodes, {opts.precision}, validated with ONNX Runtime; wrote {res.path} "
                  f"({res.size_bytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
         return res
@@ -282,6 +311,23 @@ def _prepare(ckpt: Path, opts: ExportOptions, say: Log) -> _Prepared:
         # A quantized model is judged on real data (up to 64 images): random noise says little about its
         # accuracy, and top-1 agreement needs more than a few samples.
         inputs = [calibration[: min(64, top)]]
+    rule = None
+    if opts.dynamic_hw:
+        from .dynamic_hw import derive_spatial_rule
+
+        # The graph is proved at a second size too: the smallest valid height (reflection reaches furthest
+        # into the map there) and a different width (non-square), batch 1 and 2.
+        rule = derive_spatial_rule(prep.deploy, prep.input_size)
+        other = (prep.input_size[0], *rule.example(*prep.input_size[1:]))
+        inputs += random_inputs(other, tuple(sorted({1, min(2, top)})), opts.seed + 1)
+    if opts.fmt == "engine" and (opts.dynamic_hw or any(v is not None for v in (opts.min_shape, opts.opt_shape,
+                                                                                 opts.max_shape))):
+        from .tensorrt import check_profile_sizes, shape_profile
+
+        profile = shape_profile(profile, prep.input_size, opts.min_shape, opts.opt_shape, opts.max_shape,
+                                opts.dynamic_hw)
+        if rule is not None:
+            check_profile_sizes(profile, rule)
     meta = {
         "arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": ckpt.name,
         "source_sha256": sha256_file(ckpt), "package_version": __version__,
@@ -328,13 +374,28 @@ def build_engine_file(ckpt: Path, opts: ExportOptions, say: Log) -> ExportResult
     rows: list = []
     batch_dim = -1 if profile.min != profile.max else profile.max
     shapes = [[batch_dim, *y.shape[1:]] for y in ctx.reference.infer_outputs(ctx.inputs[0][:1])]
+    engine_ctx = ctx
+    if getattr(profile, "dynamic_hw", False):
+        from dataclasses import replace as replace_field
+
+        from ..compare import random_inputs
+
+        # The engine is validated inside its profile: the inputs that lie in it, and its smallest shape
+        # (batch and size) and largest size (smallest batch).  Output axes that follow the size are -1.
+        c = ctx.prep.input_size[0]
+        corners = [random_inputs((c, *profile.min_shape[2:]), (profile.min,), opts.seed + 2)[0],
+                   random_inputs((c, *profile.max_shape[2:]), (profile.min,), opts.seed + 3)[0]]
+        engine_ctx = replace_field(ctx, inputs=[x for x in ctx.inputs if profile.covers(x.shape)] + corners)
+        small = ctx.reference.infer_outputs(corners[0])
+        shapes = [[d if d == e else -1 for d, e in zip(sh, [batch_dim, *y.shape[1:]])] for sh, y in zip(shapes, small)]
     artifact = build_engine(
         onnx_res.path, out, ctx.prep.input_size, profile, precision=opts.precision, typing=opts.trt_typing,
         workspace_gb=opts.workspace_gb, opt_level=opts.opt_level, timing_cache=opts.timing_cache,
         input_name=INPUT_NAME, output_name=onnx_res.output_names[0], output_names=onnx_res.output_names,
         source={"checkpoint": ckpt.name, "sha256": ctx.meta["source_sha256"], "arch": ctx.prep.loaded.arch},
-        validate=ctx.validator(lambda p, sidecar: TrtRunner(p, check=False, sidecar=sidecar), title, rows),
+        validate=engine_ctx.validator(lambda p, sidecar: TrtRunner(p, check=False, sidecar=sidecar), title, rows),
         output_shape=shapes[0], output_shapes=shapes,
+        valid_hw=onnx_res.spatial_rule.to_json() if onnx_res.spatial_rule is not None else None,
     )
     say(f"TensorRT {artifact.sidecar.tensorrt_version} on {artifact.sidecar.gpu_name}: wrote {artifact.path} "
         f"({artifact.size_bytes / 1e6:.1f} MB) and its sidecar in {artifact.seconds:.1f} s; timing cache "

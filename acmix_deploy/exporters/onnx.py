@@ -32,11 +32,12 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, EXPORT_CPU_KEY, INPUT_NAME, INPUT_NAME_KEY,
-                              INPUT_SHAPE_KEY, OUTPUT_NAME, OUTPUT_NAME_KEY, OUTPUT_NAMES_KEY, PRECISION_KEY,
-                              encode_metadata)
+from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, DYNAMIC_HW_KEY, EXPORT_CPU_KEY, INPUT_NAME,
+                              INPUT_NAME_KEY, INPUT_SHAPE_KEY, OUTPUT_NAME, OUTPUT_NAME_KEY, OUTPUT_NAMES_KEY,
+                              PRECISION_KEY, VALID_HW_KEY, encode_metadata)
+from ..artifacts.spatial import SpatialRule
 from ..errors import ConfigError, ExportError
-from ..modules.acmix import ACmixDeploy, merged_conv_groups
+from ..modules.acmix import ACmixDeploy, dynamic_spatial_export, merged_conv_groups
 from ..modules.window_attention import softmax_floor
 from ..outputs import flatten_outputs, output_names as name_outputs
 from ..util import atomic_write, detect_cpu, require, resolve_cpu_isa
@@ -104,6 +105,8 @@ class OnnxExport:
     int8: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
     output_names: list[str] = field(default_factory=lambda: [OUTPUT_NAME])  # every graph output, in order
+    dynamic_hw: bool = False
+    spatial_rule: SpatialRule | None = None  # the sizes a dynamic_hw graph takes
 
 
 def op_histogram(model_proto) -> dict[str, int]:
@@ -131,11 +134,15 @@ def _check_tensorrt_ops(bad: list[str], what: str, enforce: bool) -> None:
 
 
 def _trace(model: nn.Module, x: torch.Tensor, opset: int, dynamic: bool, names: list[str],
-           ranks: list[int]) -> bytes:
+           ranks: list[int], spatial_axes: list[dict[int, str]] | None = None) -> bytes:
     buf = io.BytesIO()
     axes = None
     if dynamic:  # every output with a leading axis has the batch axis (a 0-d output has none to mark)
         axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n, rank in zip(names, ranks) if rank >= 1}}
+    if spatial_axes is not None:  # dynamic height and width: the input's, and every output axis that follows them
+        axes[INPUT_NAME].update({2: "height", 3: "width"})
+        for n, extra in zip(names, spatial_axes):
+            axes.setdefault(n, {}).update(extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints taken from shapes
         torch.onnx.export(
@@ -161,6 +168,7 @@ def export_onnx(
     cpu_isa: str | None = None,
     output_names: list[str] | None = None,
     for_tensorrt: bool = False,
+    dynamic_hw: bool = False,
 ) -> OnnxExport:
     """Export ``model`` (eval mode, CPU, float32) to ``path``.
 
@@ -180,25 +188,43 @@ def export_onnx(
     ``for_tensorrt``: the graph is meant for TensorRT's ONNX parser (an engine build); an operator outside
     its support matrix (:mod:`.trt_ops`, TensorRT 10) is then an :class:`ExportError`.  Otherwise such an
     operator only warns (a ``UserWarning``): ONNX Runtime runs it.
+    ``dynamic_hw``: height and width are dynamic too (with the batch; ``dynamic`` must be on).  The sizes
+    the graph takes are derived from the model (:func:`.dynamic_hw.derive_spatial_rule`, a
+    :class:`ConfigError` for models that cannot have them, e.g. Swin-ACmix) and recorded in the metadata
+    (``acmix_deploy.dynamic_hw``, ``acmix_deploy.valid_hw``); output axes that change with the input size
+    are dynamic as well (named ``<output>_dim<axis>``).  ``input_size`` is the size the graph is traced and
+    tuned at (the attention core's tile and block groups are chosen for it).
     """
     onnx = require("onnx", "onnx")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ConfigError(f"--opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (17 is the default)")
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
+    if dynamic_hw and not dynamic:
+        raise ConfigError("dynamic height and width come with a dynamic batch axis; drop --static")
     isa = None if cpu_isa is None else resolve_cpu_isa(cpu_isa)
     path = Path(path)
     t0 = time.perf_counter()
     model = model.eval()
     param = next(model.parameters())
     x = torch.randn(batch, *input_size, dtype=param.dtype, device=param.device)
+    rule, spatial_axes = None, None
     with torch.no_grad():
         out = model(x)  # surface input-size errors before tracing, with their own message
         names = name_outputs(out, output_names)  # ConfigError for a wrong count or duplicate names
-        ranks = [t.dim() for t in flatten_outputs(out)]
-        with merged_conv_groups(None if isa is None else (lambda h, d: conv_group_merge(h, d, isa))), \
-                softmax_floor(None if isa is None else SOFTMAX_FLOOR_MARGIN):
-            proto = onnx.load_from_string(_trace(model, x, opset, dynamic, names, ranks))
+        flat = flatten_outputs(out)
+        ranks = [t.dim() for t in flat]
+        if dynamic_hw:
+            from .dynamic_hw import derive_spatial_rule
+
+            rule = derive_spatial_rule(model, input_size)
+            other = flatten_outputs(model(x.new_zeros(batch, input_size[0], *rule.example(*input_size[1:]))))
+            spatial_axes = [{axis: f"{name}_dim{axis}" for axis in range(1, t.dim()) if t.shape[axis] != u.shape[axis]}
+                            for name, t, u in zip(names, flat, other)]
+        merge = None if isa is None else (lambda h, d: conv_group_merge(h, d, isa))
+        floor = None if isa is None else SOFTMAX_FLOOR_MARGIN
+        with merged_conv_groups(merge), dynamic_spatial_export(dynamic_hw), softmax_floor(floor):
+            proto = onnx.load_from_string(_trace(model, x, opset, dynamic, names, ranks, spatial_axes))
     onnx.checker.check_model(proto)
     if simplify:
         onnxslim = require("onnxslim", "onnx")
@@ -214,7 +240,8 @@ def export_onnx(
     _check_tensorrt_ops(unsupported_ops(proto), "exported graph", for_tensorrt)
     meta = {
         INPUT_NAME_KEY: INPUT_NAME,
-        INPUT_SHAPE_KEY: json.dumps(["batch" if dynamic else batch, *input_size]),
+        INPUT_SHAPE_KEY: json.dumps(["batch" if dynamic else batch, input_size[0],
+                                     *(("height", "width") if dynamic_hw else input_size[1:])]),
         **({OUTPUT_NAME_KEY: names[0]} if len(names) == 1 else {}),
         OUTPUT_NAMES_KEY: json.dumps(names),
         PRECISION_KEY: (
@@ -222,6 +249,9 @@ def export_onnx(
             else "int8 Q/DQ (Conv, Gemm; attention in fp32)" if int8_calibration is not None else "fp32"
         ),
     }
+    if rule is not None:
+        meta[DYNAMIC_HW_KEY] = "true"
+        meta[VALID_HW_KEY] = json.dumps(rule.to_json())
     if isa is not None:
         meta[CPU_ISA_KEY] = isa
         meta[EXPORT_CPU_KEY] = json.dumps(detect_cpu().as_dict())
@@ -259,5 +289,6 @@ def export_onnx(
         path=path, seconds=time.perf_counter() - t0, size_bytes=path.stat().st_size,
         nodes=len(final["proto"].graph.node), op_histogram=op_histogram(final["proto"]), opset=opset, dynamic_batch=dynamic,
         input_shape=(batch, *input_size), simplified=simplify, fp16=fp16,
-        int8=int8_calibration is not None, metadata=meta, output_names=list(names),
+        int8=int8_calibration is not None, metadata=meta, output_names=list(names), dynamic_hw=dynamic_hw,
+        spatial_rule=rule,
     )

@@ -34,8 +34,8 @@ from ..artifacts.tensorrt import (EngineSidecar, GpuInfo, current_gpu, require_t
 from ..errors import AcmixDeployError, ConfigError, ExportError, MissingDependencyError
 from ..util import atomic_write, sha256_file
 
-__all__ = ["BatchProfile", "EngineBuild", "build_engine", "configure_builder", "default_timing_cache",
-           "engine_profiles", "trt_major"]
+__all__ = ["BatchProfile", "EngineBuild", "ShapeProfile", "build_engine", "check_profile_sizes", "configure_builder",
+           "default_timing_cache", "engine_profiles", "parse_shape", "shape_profile", "trt_major"]
 
 MIN_TRT_MAJOR = 10
 # Operators pinned to float32 in weakly typed (TensorRT 10 flag) builds: the attention's softmax and the
@@ -86,6 +86,121 @@ def engine_profiles(
     return BatchProfile(lo, opt, hi)
 
 
+@dataclass(frozen=True)
+class ShapeProfile:
+    """One optimization profile over whole NCHW shapes: the batch and, for a graph with dynamic height and
+    width, the spatial size.  ``min``/``opt``/``max`` are the batches, as in :class:`BatchProfile`."""
+
+    min_shape: tuple[int, int, int, int]
+    opt_shape: tuple[int, int, int, int]
+    max_shape: tuple[int, int, int, int]
+
+    @property
+    def min(self) -> int:
+        return self.min_shape[0]
+
+    @property
+    def opt(self) -> int:
+        return self.opt_shape[0]
+
+    @property
+    def max(self) -> int:
+        return self.max_shape[0]
+
+    @property
+    def dynamic_hw(self) -> bool:
+        return self.min_shape[2:] != self.max_shape[2:]
+
+    def shapes(self, input_size: tuple[int, int, int] | None = None) -> tuple[tuple[int, ...], ...]:
+        return self.min_shape, self.opt_shape, self.max_shape
+
+    def covers(self, shape) -> bool:
+        """Whether an NCHW input of ``shape`` lies inside the profile, axis by axis."""
+        return len(shape) == 4 and all(lo <= n <= hi for lo, n, hi in zip(self.min_shape, shape, self.max_shape))
+
+    @staticmethod
+    def spell(shape) -> str:
+        return "x".join(map(str, shape))
+
+
+_SHAPE_FLAGS = {"min": "--min-shape", "opt": "--opt-shape", "max": "--max-shape"}
+
+
+def parse_shape(value, flag: str, input_name: str = "images") -> tuple[int, int, int, int]:
+    """``NxCxHxW`` (trtexec's spelling, optionally ``images:NxCxHxW``), or a sequence of 4 ints."""
+    text = value
+    if isinstance(value, str):
+        name, sep, dims = value.strip().rpartition(":")
+        if sep and name != input_name:
+            raise ConfigError(f"{flag} {value!r} names input {name!r}; the model's input is {input_name!r}")
+        try:
+            value = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise ConfigError(f"{flag} must be NxCxHxW (integers, e.g. 1x3x224x224), got {text!r}") from None
+    if (not isinstance(value, (list, tuple)) or len(value) != 4
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in value)):
+        raise ConfigError(f"{flag} must be NxCxHxW, four positive integers (e.g. 1x3x224x224), got {text!r}")
+    return tuple(value)  # type: ignore[return-value]
+
+
+def shape_profile(
+    batches: BatchProfile, input_size: tuple[int, int, int], min_shape=None, opt_shape=None, max_shape=None,
+    dynamic_hw: bool = False, batch_given: tuple[bool, bool, bool] = (False, False, False),
+) -> ShapeProfile:
+    """The engine's optimization profile from ``--min/--opt/--max-shape`` and the batch profile.
+
+    Shapes not given follow the batch profile at the export size (``input_size``); with ``dynamic_hw`` a
+    missing ``--min-shape`` / ``--max-shape`` is an error (TensorRT needs the spatial range).  Checked
+    here, before any work: four positive dimensions, the model's channels, ``min <= opt <= max`` on
+    every axis, a fixed height and width without ``dynamic_hw``, no batch given twice (``--min-batch``
+    and ``--min-shape`` disagreeing: ``batch_given`` says which batch options were set), and the export
+    size (where the engine is validated) inside the range.  The valid-size rule of the model is checked
+    later, by :func:`check_profile_sizes`, once the model is read.
+    """
+    c, h, w = input_size
+    given = {"min": min_shape, "opt": opt_shape, "max": max_shape}
+    default = {"min": batches.min, "opt": batches.opt, "max": batches.max}
+    if dynamic_hw and (min_shape is None or max_shape is None):
+        raise ConfigError("--dynamic-hw engines need the spatial range: give --min-shape and --max-shape "
+                          f"(NxCxHxW, e.g. --min-shape 1x{c}x{h}x{w} --max-shape {batches.max}x{c}x{2 * h}x{2 * w}); "
+                          "--opt-shape defaults to the --imgsz size")
+    shapes = {}
+    for (key, value), was_given in zip(given.items(), batch_given):
+        if value is None:
+            shapes[key] = (default[key], c, h, w)
+            continue
+        shape = parse_shape(value, _SHAPE_FLAGS[key])
+        if shape[1] != c:
+            raise ConfigError(f"{_SHAPE_FLAGS[key]} {ShapeProfile.spell(shape)} has {shape[1]} channels; the model "
+                              f"takes {c}")
+        if was_given and shape[0] != default[key]:
+            raise ConfigError(f"{_SHAPE_FLAGS[key]} says batch {shape[0]} and --{key}-batch says {default[key]}; "
+                              "give the batch once")
+        shapes[key] = shape
+    lo, opt, hi = shapes["min"], shapes["opt"], shapes["max"]
+    for axis, label in enumerate(("batch", "channels", "height", "width")):
+        if not lo[axis] <= opt[axis] <= hi[axis]:
+            raise ConfigError(
+                f"impossible shape range: the {label} must satisfy min <= opt <= max, got --min-shape "
+                f"{ShapeProfile.spell(lo)}, --opt-shape {ShapeProfile.spell(opt)}, --max-shape {ShapeProfile.spell(hi)}")
+    profile = ShapeProfile(lo, opt, hi)
+    if not dynamic_hw and any(s[2:] != (h, w) for s in (lo, opt, hi)):
+        raise ConfigError(f"the shapes change the height or width (the graph is traced at {h}x{w}); add "
+                          "--dynamic-hw for an engine that takes several sizes")
+    if not lo[2] <= h <= hi[2] or not lo[3] <= w <= hi[3]:
+        raise ConfigError(f"the export size {h}x{w} (--imgsz, where the engine is validated) lies outside the shape "
+                          f"range {ShapeProfile.spell(lo)} .. {ShapeProfile.spell(hi)}")
+    return profile
+
+
+def check_profile_sizes(profile: ShapeProfile, rule) -> None:
+    """Refuse a profile whose corner sizes the model cannot take (``rule``: an ``artifacts.spatial.SpatialRule``)."""
+    for key, shape in (("min", profile.min_shape), ("opt", profile.opt_shape), ("max", profile.max_shape)):
+        if not rule.valid(*shape[2:]):
+            raise ConfigError(f"{_SHAPE_FLAGS[key]} {ShapeProfile.spell(shape)}: the model takes inputs whose "
+                              f"{rule.describe()}")
+
+
 # ----------------------------------------------------------------------------------------- environment
 
 
@@ -129,7 +244,8 @@ def _fp32_constraints(trt, network) -> int:
 
 
 def configure_builder(
-    trt, builder, onnx_bytes: bytes, input_name: str, input_size: tuple[int, int, int], profile: BatchProfile,
+    trt, builder, onnx_bytes: bytes, input_name: str, input_size: tuple[int, int, int],
+    profile: BatchProfile | ShapeProfile,
     precision: str, typing: str, workspace_bytes: int | None, opt_level: int, timing_cache_bytes: bytes,
 ):
     """Network, parser and builder config for one build (no GPU work yet).  Returns (network, config, parser)."""
@@ -176,7 +292,7 @@ def build_engine(
     onnx_path: str | os.PathLike,
     path: str | os.PathLike,
     input_size: tuple[int, int, int],
-    profile: BatchProfile,
+    profile: BatchProfile | ShapeProfile,
     precision: str = "fp32",
     typing: str = "strong",
     workspace_gb: float | None = None,
@@ -190,6 +306,7 @@ def build_engine(
     output_shape: list[int] | None = None,
     output_names: list[str] | None = None,
     output_shapes: list[list[int]] | None = None,
+    valid_hw: dict | None = None,
 ) -> EngineBuild:
     """Build a TensorRT engine from ``onnx_path`` and write it with its sidecar, atomically.
 
@@ -198,7 +315,9 @@ def build_engine(
     readers of the older single-output sidecar.
 
     ``precision`` says what the ONNX graph carries (``fp32``, ``fp16`` or ``int8``
-    Q/DQ).  ``validate(tmp_engine, sidecar)`` runs on the finished plan before it
+    Q/DQ).  ``profile`` is a batch range at ``input_size`` or whole NCHW shapes (:class:`ShapeProfile`,
+    height and width dynamic when its corners differ; ``valid_hw``, the graph's valid-size rule, is then
+    recorded in the sidecar).  ``validate(tmp_engine, sidecar)`` runs on the finished plan before it
     is moved into place.  The timing cache is read before and written after the
     build, so later builds on the same GPU and TensorRT version reuse it.
     """
@@ -267,6 +386,7 @@ def build_engine(
         onnx_sha256=sha256_file(onnx_path), build_seconds=round(build_seconds, 3), workspace_bytes=workspace,
         builder_optimization_level=opt_level, package_version=__version__,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), source=dict(source or {}),
+        valid_hw=dict(valid_hw) if valid_hw else None,
     )
     sidecar.engine_sha256 = hashlib.sha256(plan_bytes).hexdigest()
 

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..artifacts.onnx import INPUT_NAME
+from ..artifacts.onnx import INPUT_NAME, read_onnx_metadata, spatial_rule
+from ..artifacts.spatial import SpatialRule
 from ..artifacts.tensorrt import EngineSidecar, read_sidecar
 from ..errors import AcmixDeployError, ConfigError, EquivalenceError, ExportError
 from ..pipeline import prepare_deploy
@@ -83,6 +84,9 @@ class TritonModelConfig:
     default_model_filename: str | None = None
     # Every output of a model with several; empty: the one output (output_name, output_dims, FP32).
     outputs: tuple[TritonOutput, ...] = ()
+    # Model parameters (string values): for inputs with dynamic height and width, the shape ranges
+    # (acmix_deploy.input_shapes) and the valid-size rule (acmix_deploy.valid_hw).
+    parameters: dict[str, str] = field(default_factory=dict)
 
     @property
     def all_outputs(self) -> tuple[TritonOutput, ...]:
@@ -142,6 +146,10 @@ def model_config_text(cfg: TritonModelConfig) -> str:
             lines.append(f"  preferred_batch_size: {_dims(sorted(set(preferred)))}")
         lines += [f"  max_queue_delay_microseconds: {int(cfg.max_queue_delay_us)}", "}"]
     lines += ["instance_group [", "  {", f"    count: {cfg.instance_count}", f"    kind: {cfg.instance_kind}", "  }", "]"]
+    for key, value in sorted(cfg.parameters.items()):
+        if '"' in key + value or "\\" in key + value:
+            raise ConfigError(f"config parameter {key!r} = {value!r}: quotes and backslashes are not written")
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
     if cfg.cc_model_filenames:
         lines.append("cc_model_filenames [")
         entries = [f'  {{ key: "{cc}" value: "{fn}" }}' for cc, fn in sorted(cfg.cc_model_filenames.items())]
@@ -267,6 +275,10 @@ def write_onnx_file_repository(
 
     in_shape = _shape(inputs[0])
     dynamic = in_shape[0] == -1
+    parameters = {}
+    rule = spatial_rule(read_onnx_metadata(onnx_path))
+    if rule is not None:
+        parameters["acmix_deploy.valid_hw"] = rule.describe()
     outputs = _graph_outputs(graph, batched=dynamic)
     if dynamic:
         unbatched = [o.name for o in graph.output if not _shape(o) or _shape(o)[0] != -1]
@@ -279,6 +291,7 @@ def write_onnx_file_repository(
         max_batch_size=max_batch if dynamic else 0, preferred_batch_sizes=(max_batch,),
         max_queue_delay_us=max_queue_delay_us, instance_kind="KIND_GPU" if device == "cuda" else "KIND_CPU",
         instance_count=instances, outputs=outputs if len(outputs) > 1 or outputs[0].data_type != "TYPE_FP32" else (),
+        parameters=parameters,
     )
     text = model_config_text(cfg)
 
@@ -512,12 +525,21 @@ def engine_model_config(engines: list[Path], name: str, max_batch: int | None = 
                 other = next(x for x, fn in filenames.items() if fn == cc_map[cc])
                 raise ConfigError(f"{e.name} and {other.name} are both built for compute capability {cc}; keep one")
             filenames[e] = cc_map[cc] = f"model.sm{cc.replace('.', '')}.plan"
+    parameters = {}
+    if any(m.dynamic_hw for m in metas.values()):
+        spell = "x".join
+        parameters["acmix_deploy.input_shapes"] = "; ".join(
+            f"{e.name}: " + " / ".join(spell(map(str, p[k])) for k in ("min", "opt", "max"))
+            for e, m in metas.items() for p in m.profiles)
+        rules = {SpatialRule.from_json(m.valid_hw).describe() for m in metas.values() if m.valid_hw}
+        if rules:
+            parameters["acmix_deploy.valid_hw"] = "; ".join(sorted(rules))
     cfg = TritonModelConfig(
         name=name, platform="tensorrt_plan", input_name=first.input_name, output_name=outputs[0].name,
         input_dims=input_dims, output_dims=outputs[0].dims, max_batch_size=max_batch_size,
         preferred_batch_sizes=tuple(opt), max_queue_delay_us=max_queue_delay_us, instance_kind="KIND_GPU",
         instance_count=instances, cc_model_filenames=cc_map,
-        outputs=outputs if len(outputs) > 1 or outputs[0].data_type != "TYPE_FP32" else (),
+        outputs=outputs if len(outputs) > 1 or outputs[0].data_type != "TYPE_FP32" else (), parameters=parameters,
     )
     return cfg, filenames
 

@@ -36,9 +36,11 @@ import torch.nn.functional as F
 from .. import fold
 from ..errors import CheckpointError, ConfigError, InputShapeError
 from ..kernels.window_attention_triton import triton_window_attention, use_triton
-from .window_attention import HaloPlan, halo_attention, make_halo_plan
+from .window_attention import (HaloPlan, _recording, dynamic_halo_attention, dynamic_halo_tables, halo_attention,
+                               make_dynamic_halo_spec, make_halo_plan)
 
-__all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout", "merged_conv_groups"]
+__all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout", "dynamic_spatial_export",
+           "merged_conv_groups"]
 
 
 def coordinate_grid(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -305,6 +307,31 @@ def merged_conv_groups(merge: Callable[[int, int], int] | None):
         _GROUP_MERGE.reset(token)
 
 
+# None, or (during a dynamic export) the tables computed so far, by block input size at the traced size.
+_DYNAMIC_HW: contextvars.ContextVar[dict | None] = contextvars.ContextVar("acmix_dynamic_hw", default=None)
+
+
+@contextlib.contextmanager
+def dynamic_spatial_export(enabled: bool):
+    """Whether a graph recorded inside this block keeps height and width dynamic (default: no).
+
+    When on, :class:`ACmixDeploy` computes the attention core's index tables from the input's shape in
+    the graph (:func:`~acmix_deploy.modules.window_attention.dynamic_halo_attention`) instead of taking
+    them as constants of the traced size; the tile and the number of block groups are still chosen at
+    the traced size.  Eager execution is unaffected.
+
+    Blocks with the same input size at the traced size (and the same window, stride, tile and groups)
+    share one set of tables, computed from the first one's shape: every block's input is the image
+    divided by a fixed factor (``exporters.dynamic_hw.derive_spatial_rule`` checks that at two sizes),
+    so sizes equal at one valid size are equal at all.  Record one graph per ``with`` block.
+    """
+    token = _DYNAMIC_HW.set({} if enabled else None)
+    try:
+        yield
+    finally:
+        _DYNAMIC_HW.reset(token)
+
+
 def check_deploy_layout(state_dict, source: str = "state dict") -> None:
     """Refuse ACmix deploy tensors written with an older layout, with a clear message.
 
@@ -438,9 +465,19 @@ class ACmixDeploy(nn.Module):
         out = self._conv_path(qkv)
         if self.mode == "conv_only":
             return out
-        # Static spatial size: the plan's index tables are constants of the graph.
+        # Static spatial size: the plan's index tables are constants of the graph (the traced size); with
+        # dynamic_spatial_export they are computed in the graph from the shape, and only the tile and the
+        # number of groups come from the traced size.
         hh, ww = int(x.shape[-2]), int(x.shape[-1])
-        if use_triton(qkv):  # opt-in fused CUDA kernel (kernels/window_attention_triton.py); never while exporting
+        shared = _DYNAMIC_HW.get()
+        if shared is not None and _recording():
+            spec = make_dynamic_halo_spec(self.halo_plan(hh, ww, x.dtype, x.device), self.kernel_att, self.stride,
+                                          self.head_dim)
+            key = (hh, ww, spec.kernel, spec.stride, spec.tile, spec.groups, x.dtype)
+            if key not in shared:
+                shared[key] = dynamic_halo_tables(qkv, spec)
+            att = dynamic_halo_attention(qkv, self.pos_weight, spec, shared[key])
+        elif use_triton(qkv):  # opt-in fused CUDA kernel (kernels/window_attention_triton.py); never while exporting
             att = triton_window_attention(qkv, self.pos_weight, self.head, self.kernel_att, self.stride)
         else:
             att = halo_attention(qkv, self.pos_weight, self.halo_plan(hh, ww, x.dtype, x.device))

@@ -66,7 +66,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["HaloPlan", "make_halo_plan", "halo_attention", "choose_tile", "softmax_floor"]
+__all__ = ["DynamicHaloSpec", "DynamicHaloTables", "HaloPlan", "choose_tile", "dynamic_halo_attention", "halo_attention",
+           "dynamic_halo_tables", "make_dynamic_halo_spec", "make_halo_plan", "softmax_floor"]
 
 # Set only inside ``softmax_floor``: the margin below each row's largest logit that graph-spelled logits are
 # raised to (None: the plain softmax).
@@ -161,6 +162,7 @@ class HaloPlan:
     map_index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (h,) maps of the queries, keys, values
     query_chunks: tuple[torch.Tensor, ...]  # query_index split into groups of blocks
     key_chunks: tuple[torch.Tensor, ...]  # key_index split the same way
+    tile: tuple[int, int] = (0, 0)  # (T_y, T_x), the tile after clipping to the output
 
 
 def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
@@ -237,6 +239,7 @@ def make_halo_plan(
         map_index=tuple(index(ar(part * heads, (part + 1) * heads)) for part in range(3)),
         query_chunks=tuple(index(query_pos[a:z]) for a, z in zip(bounds[:-1], bounds[1:])),
         key_chunks=tuple(index(key_pos[a:z]) for a, z in zip(bounds[:-1], bounds[1:])),
+        tile=(ty, tx),
     )
 
 
@@ -314,3 +317,164 @@ def halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, plan: HaloPlan, 
     out = take(out.reshape(-1, heads, plan.tiles * plan.tile_pixels, d), plan.output_index)  # (b, h, Ho*Wo, d)
     h_out, w_out = plan.out_size
     return out.transpose(2, 3).reshape(-1, heads * d, h_out, w_out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dynamic spatial size: the index tables computed in the graph from the input's shape.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DynamicHaloSpec:
+    """What a graph with dynamic height and width fixes at export time: the tile and the number of groups.
+
+    The tables that depend on the size (halo, query and output indices, coordinates) are computed from
+    the input's shape by :func:`dynamic_halo_attention`; the mask depends only on the tile, the window and
+    the stride, so it stays a constant.  ``groups`` is the plan's group count at the export size: at every
+    size the blocks are cut into ``groups`` equal runs (the last run padded with copies of the last block,
+    computed and discarded), so the run length grows with the image while the graph stays one graph.
+    """
+
+    kernel: int
+    stride: int
+    heads: int
+    head_dim: int
+    tile: tuple[int, int]  # (T_y, T_x)
+    groups: int
+    mask: torch.Tensor  # (T_y * T_x, K_y * K_x)
+    row_identity: torch.Tensor | None
+    map_index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def make_dynamic_halo_spec(plan: HaloPlan, kernel: int, stride: int, head_dim: int) -> DynamicHaloSpec:
+    """The size-independent part of ``plan`` (built at the export size), for :func:`dynamic_halo_attention`.
+
+    The dynamic graph cuts the blocks into runs of equal length, the last one padded with copies of the
+    last block; the group count is chosen so that, at the traced size, runs are at most a quarter longer
+    than the plan's groups and the fewest copies are computed (49 blocks in 9 groups would take 54 slots
+    in runs of 6; runs of 7 take 49).
+    """
+    tiles, r0 = plan.tiles, -(-plan.tiles // len(plan.query_chunks))
+    runs = range(r0, -(-5 * r0 // 4) + 1)
+    run = min(runs, key=lambda r: (-(-tiles // r) * r - tiles, abs(r - r0)))
+    return DynamicHaloSpec(kernel=kernel, stride=stride, heads=plan.heads, head_dim=head_dim, tile=plan.tile,
+                           groups=-(-tiles // run), mask=plan.mask, row_identity=plan.row_identity,
+                           map_index=plan.map_index)
+
+
+def _reflect_dynamic(idx: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """:func:`_reflect` with tensor ops: ``(n-1) - |(n-1) - |i||`` reflects once at each edge, then clamp."""
+    last = n - 1
+    out = last - (last - idx.abs()).abs()
+    return torch.minimum(out.clamp(min=0), last)
+
+
+def _dynamic_index_tables(hh: torch.Tensor, ww: torch.Tensor, spec: DynamicHaloSpec):
+    """Index tables of one input size, from 0-d int64 tensors ``hh``, ``ww`` (traced into the graph).
+
+    The same arithmetic as :func:`make_halo_plan` with the tile fixed (every operand is non-negative, so
+    truncating division is floor division and exports as a plain ``Div``); returns ``(query_index,
+    key_index, output_index, out_h, out_w)`` with the query and key tables shaped ``(groups, run,
+    slots)``: ``groups * run >= tiles`` blocks, the block ids past the last one clamped to it.
+    """
+    s, ka, (ty, tx), g = spec.stride, spec.kernel, spec.tile, spec.groups
+    pad = (ka - 1) // 2
+    ky, kx = (ty - 1) * s + ka, (tx - 1) * s + ka
+    h_out = torch.div(hh - 1, s, rounding_mode="trunc") + 1
+    w_out = torch.div(ww - 1, s, rounding_mode="trunc") + 1
+    nty = torch.div(h_out + (ty - 1), ty, rounding_mode="trunc")
+    ntx = torch.div(w_out + (tx - 1), tx, rounding_mode="trunc")
+    dev = hh.device
+
+    def ar(n) -> torch.Tensor:
+        return torch.arange(n, dtype=torch.int64, device=dev)
+
+    rows = _reflect_dynamic(s * ty * ar(nty)[:, None] - pad + ar(ky)[None], hh)  # (nty, ky)
+    cols = _reflect_dynamic(s * tx * ar(ntx)[:, None] - pad + ar(kx)[None], ww)  # (ntx, kx)
+    key_pos = (rows[:, None, :, None] * ww + cols[None, :, None, :]).reshape(-1, ky * kx)
+    qr = torch.minimum(ty * ar(nty)[:, None] + ar(ty)[None], h_out - 1) * s
+    qc = torch.minimum(tx * ar(ntx)[:, None] + ar(tx)[None], w_out - 1) * s
+    query_pos = (qr[:, None, :, None] * ww + qc[None, :, None, :]).reshape(-1, ty * tx)
+
+    oy, ox = ar(h_out), ar(w_out)
+    by, bx = torch.div(oy, ty, rounding_mode="trunc"), torch.div(ox, tx, rounding_mode="trunc")
+    slot_y = by[:, None] * (ntx * (ty * tx)) + (oy - by * ty)[:, None] * tx
+    slot_x = bx[None, :] * (ty * tx) + (ox - bx * tx)[None, :]
+    output_index = (slot_y + slot_x).reshape(-1)
+
+    # Runs of equal length: block ids 0 .. groups * run - 1, those past the last block clamped to it.
+    tiles = nty * ntx
+    run = torch.div(tiles + (g - 1), g, rounding_mode="trunc")
+    ids = torch.minimum(ar(run * g), tiles - 1)
+    return (query_pos[ids].reshape(g, -1, ty * tx), key_pos[ids].reshape(g, -1, ky * kx), output_index,
+            h_out, w_out, run)
+
+
+def _dynamic_coords(hh: torch.Tensor, ww: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """ACmix's ``loc`` axes, ``linspace(-1, 1, n)`` as ``-1 + 2 i / max(n - 1, 1)`` (one element: ``-1``)."""
+    def axis(n: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(n, dtype=torch.int64, device=n.device).to(dtype)
+        return i * (2.0 / (n - 1).clamp(min=1).to(dtype)) - 1.0
+    return axis(ww), axis(hh)
+
+
+@dataclass(frozen=True)
+class DynamicHaloTables:
+    """The size-dependent tables of one block input size, computed in the graph (:func:`dynamic_halo_tables`)."""
+
+    query_index: tuple[torch.Tensor, ...]  # per group: (run, T_y * T_x)
+    key_index: tuple[torch.Tensor, ...]  # per group: (run, K_y * K_x)
+    output_index: torch.Tensor  # (H_out * W_out,)
+    out_size: tuple[torch.Tensor, torch.Tensor]  # 0-d: H_out, W_out
+    coords: torch.Tensor  # (H*W, 2): ACmix's loc of every input position (width, height coordinate)
+
+
+def dynamic_halo_tables(qkv: torch.Tensor, spec: DynamicHaloSpec) -> DynamicHaloTables:
+    """All tables :func:`dynamic_halo_attention` needs, from ``qkv``'s shape (one ``Shape`` node).
+
+    Blocks whose inputs always have the same size may share one result (``ACmixDeploy`` does so within
+    one export, see :func:`acmix_deploy.modules.acmix.dynamic_spatial_export`), which removes the index
+    arithmetic of all but the first of them from the graph.
+    """
+    shape = torch._shape_as_tensor(qkv)
+    hh, ww = shape[2], shape[3]
+    query_index, key_index, output_index, h_out, w_out, _ = _dynamic_index_tables(hh, ww, spec)
+    lw, lh = _dynamic_coords(hh, ww, qkv.dtype)
+    coords = torch.stack([lw[None, :] + lh[:, None] * 0, lh[:, None] + lw[None, :] * 0], -1).reshape(-1, 2)
+    # One Split per table (unbind) instead of a Gather per group.
+    return DynamicHaloTables(query_index.unbind(0), key_index.unbind(0), output_index, (h_out, w_out), coords)
+
+
+def dynamic_halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, spec: DynamicHaloSpec,
+                           tables: DynamicHaloTables | None = None) -> torch.Tensor:
+    """:func:`halo_attention` (graph spelling) with every size-dependent table computed from ``qkv``'s shape.
+
+    Used when a graph is recorded with dynamic height and width (``ACmixDeploy`` under
+    :func:`acmix_deploy.modules.acmix.dynamic_spatial_export`): the shape enters as ``Shape`` and the
+    tables as integer arithmetic on it (``Range``, ``Abs``, ``Min``/``Max``, ``Gather``), so one graph is
+    exact at every valid size.  Same algebra as the static plan: reflected halo indices into the unpadded
+    map, a mask of each pixel's own window, keys offset by ``-W_p loc``.  ``tables`` (default: computed
+    here) must be :func:`dynamic_halo_tables` of a tensor of ``qkv``'s height and width.
+    """
+    heads, d = spec.heads, spec.head_dim
+    if tables is None:
+        tables = dynamic_halo_tables(qkv, spec)
+    flat = qkv.flatten(2)  # (b, 3C, H*W)
+    if spec.row_identity is not None:
+        rows = torch.matmul(flat.reshape(flat.shape[0], d, -1).transpose(1, 2), spec.row_identity)
+        rows = rows.reshape(flat.shape[0], 3 * heads, -1, d)
+    else:
+        rows = flat.reshape(flat.shape[0], d, 3 * heads, -1).permute(0, 2, 3, 1)
+    q, k, v = (rows[:, maps] for maps in spec.map_index)
+    k = k - torch.matmul(tables.coords, pos_weight.t())  # k - W_p loc
+    floor = _SOFTMAX_FLOOR.get() if _recording() else None
+    outs = []
+    for qi, ki in zip(tables.query_index, tables.key_index):
+        logits = torch.matmul(q[:, :, qi], k[:, :, ki].transpose(-1, -2)) + spec.mask
+        if floor is not None:  # as in halo_attention: every row holds its own pixel's logit
+            logits = torch.maximum(logits, logits.amax(-1, keepdim=True) - floor)
+        outs.append(torch.matmul(torch.softmax(logits, dim=-1), v[:, :, ki]))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, 2)  # (b, h, groups * run, T*T, d)
+    out = out.reshape(out.shape[0], heads, -1, d)[:, :, tables.output_index]  # (b, h, Ho*Wo, d)
+    h_out, w_out = tables.out_size
+    return out.transpose(2, 3).reshape(out.shape[0], heads * d, h_out, w_out)

@@ -67,13 +67,13 @@ class ProfileSettings:
             raise ConfigError(f"batch sizes must be positive, got {list(self.batches)}")
         if self.seconds is not None:
             if not self.seconds > 0:
-                raise ConfigError(f"--seconds must be positive, got {self.seconds}")
+                raise ConfigError(f"{{seconds}} must be positive, got {self.seconds}", params=["seconds"])
         elif self.iters is None or self.iters < 1:
-            raise ConfigError(f"--iters must be at least 1, got {self.iters}")
+            raise ConfigError(f"{{iters}} must be at least 1, got {self.iters}", params=["iters"])
         if self.warmup < 0:
-            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
+            raise ConfigError(f"{{warmup}} must be >= 0, got {self.warmup}", params=["warmup"])
         if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be positive, got {self.threads}")
+            raise ConfigError(f"{{threads}} must be positive, got {self.threads}", params=["threads"])
         normalize_imgsz(self.imgsz)  # ConfigError for anything but a positive int or (height, width)
         check_device(self.device)
 

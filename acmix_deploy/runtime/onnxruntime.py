@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AcmixDeployError
+from ..artifacts.onnx import decode_metadata, spatial_rule
+from ..errors import AcmixDeployError, InputShapeError
 from ..util import require
 from .base import check_single_output
 
@@ -49,8 +50,15 @@ class OrtRunner:
         self.input_shape = self.session.get_inputs()[0].shape
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.name = f"onnxruntime:{self.providers[0].replace('ExecutionProvider', '')}"
+        # A graph with dynamic height and width records the sizes it takes; others fix them in the input shape.
+        self.spatial_rule = spatial_rule(decode_metadata(self.session.get_modelmeta().custom_metadata_map))
+        self._path = path
 
     def infer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        if self.spatial_rule is not None:
+            if np.ndim(x) != 4:
+                raise InputShapeError(f"{self._path.name} takes NCHW images, got an input of shape {np.shape(x)}")
+            self.spatial_rule.check(*np.shape(x)[2:], what=self._path.name)
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
 
     def infer(self, x: np.ndarray) -> np.ndarray:

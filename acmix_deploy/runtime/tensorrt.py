@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts.spatial import SpatialRule
 from ..errors import AcmixDeployError, InputShapeError
 from ..artifacts.tensorrt import (EngineSidecar, check_sidecar, current_gpu, read_sidecar, require_tensorrt,
                                   trt_logger)
@@ -70,7 +71,11 @@ class TrtRunner:
         self.output_name = outputs[0]  # kept for callers written before several outputs
         lo, _opt, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
-        self.input_shape = [-1 if lo[0] != hi[0] else int(lo[0]), *map(int, lo[1:])]
+        self.input_shape = [-1 if a != b else int(a) for a, b in zip(lo, hi)]
+        self.profile_shapes = (tuple(map(int, lo)), tuple(map(int, hi)))
+        # An engine with dynamic height and width: the sizes its graph takes, from the sidecar.
+        valid = getattr(self.sidecar, "valid_hw", None) if self.sidecar is not None else None
+        self.spatial_rule = SpatialRule.from_json(valid) if valid else None
         self._torch_dtype = {
             getattr(trt, k): v for k, v in (("float32", torch.float32), ("float16", torch.float16),
                                             ("int32", torch.int32), ("int64", torch.int64), ("int8", torch.int8),
@@ -92,12 +97,20 @@ class TrtRunner:
         copies stay outside the timing.
         """
         torch = self._torch
-        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
-            raise InputShapeError(f"the engine takes (N, {', '.join(map(str, self.input_shape[1:]))}), got {x.shape}")
+        fixed = self.input_shape[1:]
+        if x.ndim != 4 or any(d != -1 and d != n for d, n in zip(fixed, x.shape[1:])):
+            spelled = ", ".join("?" if d == -1 else str(d) for d in fixed)
+            raise InputShapeError(f"the engine takes (N, {spelled}), got {x.shape}")
         if not self.min_batch <= x.shape[0] <= self.max_batch:
             raise InputShapeError(
                 f"batch {x.shape[0]} is outside the engine's optimization profile {self.min_batch}..{self.max_batch}"
             )
+        (_, _, h_lo, w_lo), (_, _, h_hi, w_hi) = self.profile_shapes
+        if not (h_lo <= x.shape[2] <= h_hi and w_lo <= x.shape[3] <= w_hi):
+            raise InputShapeError(f"size {x.shape[2]}x{x.shape[3]} is outside the engine's optimization profile "
+                                  f"{h_lo}x{w_lo}..{h_hi}x{w_hi}")
+        if self.spatial_rule is not None:
+            self.spatial_rule.check(x.shape[2], x.shape[3], what="the engine")
         in_dtype = self._torch_dtype.get(self.engine.get_tensor_dtype(self.input_name), torch.float32)
         inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device).to(in_dtype).contiguous()
         self.context.set_input_shape(self.input_name, tuple(inp.shape))

@@ -553,6 +553,7 @@ def serve(model_path, settings: ServeSettings, backend: str | None = None, devic
     """Load ``model_path``, bind ``settings.host:settings.port``, serve until SIGTERM / SIGINT."""
     require("fastapi", "serve")
     require("uvicorn", "serve")
+    require("prometheus_client", "serve")
     from ..runtime.loader import open_runner
 
     settings.validate()
