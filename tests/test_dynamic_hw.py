@@ -408,3 +408,33 @@ def test_cli_shape_range_errors(tmp_path, args, message):
     result = CliRunner().invoke(app, ["export", str(ckpt), *args])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------------ serving
+
+
+def test_batcher_batches_only_requests_of_the_same_size():
+    import asyncio
+
+    from acmix_deploy.serving import DynamicBatcher
+
+    seen = []
+
+    def infer(x):
+        seen.append(tuple(x.shape))
+        return x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True)
+
+    async def scenario():
+        batcher = DynamicBatcher(infer, max_batch=8, timeout_s=0.3)
+        await batcher.start()
+        sizes = [(1, 16, 16), (1, 16, 24), (2, 16, 16), (1, 16, 24), (3, 24, 16), (1, 16, 16)]
+        xs = [np.full((n, 1, h, w), i, np.float32) for i, (n, h, w) in enumerate(sizes)]
+        outs = await asyncio.gather(*(batcher.submit(x) for x in xs))
+        await batcher.stop()
+        return xs, outs
+
+    xs, outs = asyncio.run(scenario())
+    for x, y in zip(xs, outs):  # every request gets its own rows back
+        assert np.array_equal(y, x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True))
+    # The first batch takes every 16x16 request (set-aside others wait); then the oldest set-aside size.
+    assert seen == [(4, 1, 16, 16), (2, 1, 16, 24), (3, 1, 24, 16)]

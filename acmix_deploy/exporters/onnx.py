@@ -38,6 +38,7 @@ from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, DYNAMIC_HW_KEY,
 from ..artifacts.spatial import SpatialRule
 from ..errors import ConfigError, ExportError
 from ..modules.acmix import ACmixDeploy, dynamic_spatial_export, merged_conv_groups
+from ..modules.window_attention import softmax_floor
 from ..outputs import flatten_outputs, output_names as name_outputs
 from ..util import atomic_write, detect_cpu, require, resolve_cpu_isa
 from .precision import convert_fp16, quantize_int8
@@ -60,6 +61,10 @@ MIN_OPSET, MAX_OPSET = 13, 20
 # itself (oneDNN ran the merged form slower).
 NCHWC_BLOCK = {"avx512": 16, "avx2": 8}
 MAX_GROUP_MERGE = 4
+# ONNX Runtime's CPU softmax is slow on the attention's masked (-inf) logits on Intel CPUs (subnormal
+# intermediates in its exp, handled in microcode); a graph for the CPU raises every logit to at least 30 below
+# its row's largest (modules.window_attention.softmax_floor: < 1.6e-11 relative, no exp below e^-30).
+SOFTMAX_FLOOR_MARGIN = 30.0
 
 
 def conv_group_merge(heads: int, head_dim: int, cpu_isa: str | None) -> int:
@@ -217,7 +222,8 @@ def export_onnx(
             spatial_axes = [{axis: f"{name}_dim{axis}" for axis in range(1, t.dim()) if t.shape[axis] != u.shape[axis]}
                             for name, t, u in zip(names, flat, other)]
         merge = None if isa is None else (lambda h, d: conv_group_merge(h, d, isa))
-        with merged_conv_groups(merge), dynamic_spatial_export(dynamic_hw):
+        floor = None if isa is None else SOFTMAX_FLOOR_MARGIN
+        with merged_conv_groups(merge), dynamic_spatial_export(dynamic_hw), softmax_floor(floor):
             proto = onnx.load_from_string(_trace(model, x, opset, dynamic, names, ranks, spatial_axes))
     onnx.checker.check_model(proto)
     if simplify:

@@ -16,8 +16,9 @@ from .aoti import AotiRunner
 from .base import BATCH_AXIS, Runner, TensorSpec
 from .loader import BACKENDS, EXPORTED, backend_for, open_runner
 from .onnxruntime import OrtRunner
+from .openvino import OpenVinoRunner
 from .tensorrt import TrtRunner
 from .torch import TorchRunner
 
-__all__ = ["AotiRunner", "BACKENDS", "BATCH_AXIS", "EXPORTED", "OrtRunner", "Runner", "TensorSpec", "TorchRunner",
-           "TrtRunner", "backend_for", "open_runner"]
+__all__ = ["AotiRunner", "BACKENDS", "BATCH_AXIS", "EXPORTED", "OpenVinoRunner", "OrtRunner", "Runner", "TensorSpec",
+           "TorchRunner", "TrtRunner", "backend_for", "open_runner"]

@@ -10,6 +10,11 @@ Semantics (the same as Triton's dynamic batcher with ``max_batch_size`` and
 * ``workers`` batches may run at once (one thread each; the event loop never
   runs a model).  With one worker, requests that arrive while a batch runs
   are merged into the next one without waiting further.
+* Only requests of the same size are batched together (a model with dynamic
+  height and width takes several; a batch is one array): a request of
+  another size met while collecting is set aside, in arrival order, and the
+  oldest set-aside request opens the next batch.  The collection still ends
+  when the batch is full or its delay is over.
 * A request with ``rows >= max_batch`` is run alone, as sent; ``max_batch=1``
   therefore turns batching off.  (The server refuses requests with more rows
   than its per-request limit, and ones the model cannot take, before they
@@ -51,6 +56,11 @@ class _Pending:
         return int(self.tensor.shape[0])
 
 
+def _shape_of(item: _Pending) -> tuple:
+    """What must agree for two requests to share a batch: everything but the row count."""
+    return tuple(item.tensor.shape[1:])
+
+
 class DynamicBatcher:
     def __init__(self, infer: Callable[[np.ndarray], "np.ndarray | list[np.ndarray]"], max_batch: int = 8,
                  timeout_s: float = 0.002,
@@ -71,7 +81,7 @@ class DynamicBatcher:
         self._slots: asyncio.Semaphore | None = None
         self._collector: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
-        self._held: _Pending | None = None
+        self._held: list[_Pending] = []  # taken from the queue, not yet batched (another size, or no room)
         self._collecting: list[_Pending] = []  # the batch being filled (failed on stop, not lost)
 
     async def start(self) -> None:
@@ -89,7 +99,7 @@ class DynamicBatcher:
                 pass
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        leftovers = [*self._collecting, *([self._held] if self._held else [])]
+        leftovers = [*self._collecting, *self._held]
         while self._queue is not None and not self._queue.empty():
             leftovers.append(self._queue.get_nowait())
         for item in leftovers:
@@ -105,19 +115,35 @@ class DynamicBatcher:
         await self._queue.put(item)
         return await item.future
 
-    async def _next(self, timeout: float | None) -> _Pending | None:
-        """The next waiting request whose client still waits; cancelled ones are dropped here, never run."""
+    async def _next(self, timeout: float | None, shape: tuple | None = None) -> _Pending | None:
+        """The oldest waiting request of ``shape`` (any, when None) whose client still waits.
+
+        Cancelled requests are dropped here, never run; requests of another shape met in the queue are set
+        aside for a later batch.
+        """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            item = await self._next_any(None if deadline is None else deadline - loop.time())
+            item = self._take_held(shape)
+            if item is None:
+                item = await self._next_any(None if deadline is None else deadline - loop.time())
+                if item is not None and shape is not None and _shape_of(item) != shape:
+                    self._held.append(item)
+                    if deadline is not None and deadline - loop.time() <= 0:
+                        return None
+                    continue
             if item is None or not item.future.done():
                 return item
 
+    def _take_held(self, shape: tuple | None) -> _Pending | None:
+        matching = [p for p in self._held if shape is None or _shape_of(p) == shape]
+        if not matching:
+            return None
+        item = min(matching, key=lambda p: p.enqueued)
+        self._held.remove(item)
+        return item
+
     async def _next_any(self, timeout: float | None) -> _Pending | None:
-        if self._held is not None:
-            item, self._held = self._held, None
-            return item
         if timeout is None:
             return await self._queue.get()
         if timeout <= 0:
@@ -143,11 +169,11 @@ class DynamicBatcher:
             self._collecting = batch
             deadline = loop.time() + self.timeout_s
             while rows < self.max_batch:
-                item = await self._next(deadline - loop.time())
+                item = await self._next(deadline - loop.time(), _shape_of(first))
                 if item is None:
                     break
                 if rows + item.rows > self.max_batch:
-                    self._held = item  # opens the next batch
+                    self._held.append(item)  # set aside; the oldest set-aside request opens the next batch
                     break
                 batch.append(item)
                 rows += item.rows
