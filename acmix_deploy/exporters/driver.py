@@ -61,7 +61,8 @@ class ExportOptions:
     opt_level: int = 3
     trt_typing: str = "strong"
     output_names: list[str] | None = None  # one name per output tensor [acmix_deploy.outputs' rule]
-    # The CPU level an ONNX graph for ONNX Runtime on the CPU is shaped for (util.CPU_ISAS; auto: this machine's).
+    # The CPU level an ONNX graph for ONNX Runtime on the CPU is shaped for (util.CPU_ISAS; auto: this machine's;
+    # none: the plain graph, e.g. for OpenVINO).
     cpu_isa: str = "auto"
     # Triton model repositories (--format triton); ``output`` is then the repository folder.
     engine: str = "onnx"  # onnx: a checkpoint (exported) or a .onnx file; trt: engine file(s) + sidecars
@@ -127,7 +128,7 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
             raise ConfigError(f"--output-names must be unique non-empty names, got {list(opts.output_names)}")
     if opts.trt_typing not in ("strong", "weak"):
         raise ConfigError(f"TensorRT typing must be strong or weak, got {opts.trt_typing!r}")
-    if opts.cpu_isa != "auto":
+    if opts.cpu_isa not in ("auto", "none"):
         resolve_cpu_isa(opts.cpu_isa)  # ConfigError for an unknown level
         if opts.device != "cpu" or (opts.fmt == "triton" and opts.engine != "onnx"):
             raise ConfigError(f"cpu_isa {opts.cpu_isa!r} shapes an ONNX graph for ONNX Runtime on the CPU; "
