@@ -161,6 +161,7 @@ class CpuInfo:
     flags: tuple[str, ...]
     threads: int
     machine: str  # platform.machine(): x86_64, aarch64, ...
+    vendor: str = "unknown"  # /proc/cpuinfo vendor_id: GenuineIntel, AuthenticAMD, ...
 
     def as_dict(self) -> dict:
         return {**asdict(self), "flags": list(self.flags)}
@@ -178,8 +179,8 @@ def cpu_isa_level(flags, machine: str = "x86_64") -> str:
     return "generic"
 
 
-def _proc_cpuinfo() -> tuple[str | None, list[str] | None]:
-    model = flags = None
+def _proc_cpuinfo() -> tuple[str | None, list[str] | None, str | None]:
+    model = flags = vendor = None
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -187,13 +188,15 @@ def _proc_cpuinfo() -> tuple[str | None, list[str] | None]:
                 key = key.strip()
                 if key == "model name" and model is None:
                     model = value.strip()
+                elif key == "vendor_id" and vendor is None:
+                    vendor = value.strip()
                 elif key in ("flags", "Features") and flags is None:  # x86 / ARM spelling
                     flags = value.split()
-                if model is not None and flags is not None:
+                if model is not None and flags is not None and vendor is not None:
                     break
     except OSError:
         pass
-    return model, flags
+    return model, flags, vendor
 
 
 def detect_cpu(threads: int | None = None) -> CpuInfo:
@@ -205,7 +208,7 @@ def detect_cpu(threads: int | None = None) -> CpuInfo:
     ``threads`` defaults to torch's intra-op thread count.
     """
     machine = platform.machine() or "unknown"
-    model, flags = _proc_cpuinfo()
+    model, flags, vendor = _proc_cpuinfo()
     if flags is not None:
         isa = cpu_isa_level(flags, machine)
         recorded = tuple(f for f in _RECORDED_FLAGS if f in set(flags))
@@ -214,7 +217,7 @@ def detect_cpu(threads: int | None = None) -> CpuInfo:
         isa = {"AVX512": "avx512", "AVX2": "avx2"}.get(capability, "generic")
         recorded = ()
     return CpuInfo(model=model or platform.processor() or machine, isa=isa, flags=recorded,
-                   threads=int(threads or torch.get_num_threads()), machine=machine)
+                   threads=int(threads or torch.get_num_threads()), machine=machine, vendor=vendor or "unknown")
 
 
 def resolve_cpu_isa(cpu_isa: str) -> str:

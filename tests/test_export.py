@@ -136,6 +136,7 @@ def test_export_merges_the_conv_path_groups(tmp_path, heads, out_planes, stride,
         meta = {p.key: p.value for p in proto.metadata_props}
         assert meta["acmix_deploy.conv_path_groups"] == (f"merged into {block}-channel groups" if merge else "compact")
         assert meta.get("acmix_deploy.cpu_isa") == merge
+        assert meta.get("acmix_deploy.softmax_floor") == ("row max - 30" if merge else None)
         if merge:
             assert json.loads(meta["acmix_deploy.export_cpu"])["isa"] in ("avx512", "avx2", "generic")
         out = torch.from_numpy(OrtRunner(res.path).infer(x.numpy()))

@@ -65,7 +65,7 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
             raise ConfigError(f"--output-names must be unique non-empty names, got {list(opts.output_names)}")
     if opts.trt_typing not in ("strong", "weak"):
         raise ConfigError(f"TensorRT typing must be strong or weak, got {opts.trt_typing!r}")
-    if opts.cpu_isa != "auto":
+    if opts.cpu_isa not in ("auto", "none"):
         resolve_cpu_isa(opts.cpu_isa)  # ConfigError for an unknown level
         if opts.device != "cpu" or (opts.fmt == "triton" and opts.engine != "onnx"):
             raise ConfigError(f"cpu_isa {opts.cpu_isa!r} shapes an ONNX graph for ONNX Runtime on the CPU; "

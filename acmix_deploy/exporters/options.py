@@ -63,7 +63,8 @@ class ExportOptions:
     opt_level: int = 3
     trt_typing: str = "strong"
     output_names: list[str] | None = None  # one name per output tensor [acmix_deploy.outputs' rule]
-    # The CPU level an ONNX graph for ONNX Runtime on the CPU is shaped for (util.CPU_ISAS; auto: this machine's).
+    # The CPU level an ONNX graph for ONNX Runtime on the CPU is shaped for (util.CPU_ISAS; auto: this machine's;
+    # none: the plain graph, e.g. for OpenVINO).
     cpu_isa: str = "auto"
     # Triton model repositories (--format triton); ``output`` is then the repository folder.
     engine: str = "onnx"  # onnx: a checkpoint (exported) or a .onnx file; trt: engine file(s) + sidecars

@@ -67,7 +67,7 @@ import numpy as np
 import torch
 
 __all__ = ["DynamicHaloSpec", "DynamicHaloTables", "HaloPlan", "choose_tile", "dynamic_halo_attention", "halo_attention",
-           "dynamic_halo_tables", "make_dynamic_halo_spec", "make_halo_plan", "softmax_floor"]
+           "dynamic_halo_tables", "make_dynamic_halo_spec", "make_halo_plan", "recorded_softmax_floor", "softmax_floor"]
 
 # Set only inside ``softmax_floor``: the margin below each row's largest logit that graph-spelled logits are
 # raised to (None: the plain softmax).
@@ -89,6 +89,12 @@ def softmax_floor(margin: float | None):
         yield
     finally:
         _SOFTMAX_FLOOR.reset(token)
+
+
+def recorded_softmax_floor() -> float | None:
+    """The margin of the enclosing :func:`softmax_floor` while a graph is being recorded, else None."""
+    return _SOFTMAX_FLOOR.get() if _recording() else None
+
 
 # Tile sizes considered by choose_tile (smaller tiles launch too many tiny products).
 TILE_CANDIDATES = range(3, 9)
