@@ -23,7 +23,7 @@ import torch
 from .errors import ConfigError, MissingDependencyError, OutputError
 
 __all__ = ["CPU_ISAS", "CpuInfo", "atomic_write", "check_device", "cpu_isa_level", "detect_cpu", "normalize_imgsz",
-           "require", "resolve_cpu_isa", "sha256_file"]
+           "random_inputs", "require", "resolve_cpu_isa", "sha256_file"]
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -136,6 +136,13 @@ def normalize_imgsz(imgsz) -> tuple[int, int] | None:
     return pair
 
 
+def random_inputs(input_size: tuple[int, ...], batches: tuple[int, ...], seed: int = 0) -> list:
+    """One float32 NumPy batch of standard-normal values per entry of ``batches`` (sample shape
+    ``input_size``), the same for the same ``seed``: the inputs every equivalence check runs."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, *input_size, generator=gen).numpy() for b in batches]
+
+
 # Instruction-set levels that change which graph is fastest on a CPU, best first.  ONNX Runtime's MLAS picks its
 # float kernels by them (onnxruntime/core/mlas/lib/platform.cpp): AVX-512F (with the OS saving its state) gives
 # 16-float NCHWc blocks, AVX2 + FMA 8-float blocks; "generic" is everything else (SSE-only x86, ARM, ...).
@@ -154,6 +161,7 @@ class CpuInfo:
     flags: tuple[str, ...]
     threads: int
     machine: str  # platform.machine(): x86_64, aarch64, ...
+    vendor: str = "unknown"  # /proc/cpuinfo vendor_id: GenuineIntel, AuthenticAMD, ...
 
     def as_dict(self) -> dict:
         return {**asdict(self), "flags": list(self.flags)}
@@ -171,8 +179,8 @@ def cpu_isa_level(flags, machine: str = "x86_64") -> str:
     return "generic"
 
 
-def _proc_cpuinfo() -> tuple[str | None, list[str] | None]:
-    model = flags = None
+def _proc_cpuinfo() -> tuple[str | None, list[str] | None, str | None]:
+    model = flags = vendor = None
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -180,13 +188,15 @@ def _proc_cpuinfo() -> tuple[str | None, list[str] | None]:
                 key = key.strip()
                 if key == "model name" and model is None:
                     model = value.strip()
+                elif key == "vendor_id" and vendor is None:
+                    vendor = value.strip()
                 elif key in ("flags", "Features") and flags is None:  # x86 / ARM spelling
                     flags = value.split()
-                if model is not None and flags is not None:
+                if model is not None and flags is not None and vendor is not None:
                     break
     except OSError:
         pass
-    return model, flags
+    return model, flags, vendor
 
 
 def detect_cpu(threads: int | None = None) -> CpuInfo:
@@ -198,7 +208,7 @@ def detect_cpu(threads: int | None = None) -> CpuInfo:
     ``threads`` defaults to torch's intra-op thread count.
     """
     machine = platform.machine() or "unknown"
-    model, flags = _proc_cpuinfo()
+    model, flags, vendor = _proc_cpuinfo()
     if flags is not None:
         isa = cpu_isa_level(flags, machine)
         recorded = tuple(f for f in _RECORDED_FLAGS if f in set(flags))
@@ -207,7 +217,7 @@ def detect_cpu(threads: int | None = None) -> CpuInfo:
         isa = {"AVX512": "avx512", "AVX2": "avx2"}.get(capability, "generic")
         recorded = ()
     return CpuInfo(model=model or platform.processor() or machine, isa=isa, flags=recorded,
-                   threads=int(threads or torch.get_num_threads()), machine=machine)
+                   threads=int(threads or torch.get_num_threads()), machine=machine, vendor=vendor or "unknown")
 
 
 def resolve_cpu_isa(cpu_isa: str) -> str:

@@ -54,7 +54,7 @@ from acmix_deploy.profiling import cpu_model  # noqa: E402
 from acmix_deploy.serving.client import ServingClient  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_json  # noqa: E402
+from common import machine, write_json  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MISMATCH_REL = 1e-5
@@ -365,7 +365,7 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     if args.json:
         report = {
-            "benchmark": "load_test", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "isa_flags": isa_flags(),
+            "benchmark": "load_test", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "isa_flags": isa_flags(), "machine": machine(),
             "hostile": args.hostile, "mismatch_rel_threshold": MISMATCH_REL,
             "model": str(model_path.name if model_path else args.url), "rows_per_request": args.rows,
             "concurrency": args.concurrency, "requests_per_round": args.requests, "rounds": args.rounds,

@@ -35,7 +35,7 @@ from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bind, interleaved, load_average, write_json  # noqa: E402
+from common import bind, interleaved, load_average, machine, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -111,6 +111,7 @@ def main() -> None:
             "torch": str(torch.__version__),
             "python": platform.python_version(),
             "acmix_deploy": ad.__version__,
+            "machine_at_end": machine(args.threads),  # CPU model, ISA level and flags, threads, uptime
         },
         "setup": {"input_size": list(size), "rounds": args.rounds, "warmup": args.warmup, "statistic": "times: medians; ratios: median of per-round paired ratios (benchmarks/common.py)"},
         "params": {name: ad.count_parameters(m) for name, m in forms.items()},

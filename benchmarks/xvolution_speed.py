@@ -38,7 +38,7 @@ from acmix_deploy.profiling import cpu_model
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bind, interleaved, write_json  # noqa: E402
+from common import bind, interleaved, machine, write_json  # noqa: E402
 
 FORMS = ("xvol_train", "xvol_deploy", "resnet50")
 
@@ -119,7 +119,7 @@ def main() -> None:
     if args.json:
         device = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": args.threads,
                   "torch": str(torch.__version__), "python": platform.python_version(),
-                  "acmix_deploy": ad.__version__}
+                  "acmix_deploy": ad.__version__, "machine": machine(args.threads)}
         if "onnxruntime" in runners:
             import onnxruntime
 

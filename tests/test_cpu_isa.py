@@ -62,6 +62,7 @@ def test_export_options_take_a_cpu_isa(tmp_path):
     with pytest.raises(OptionNotApplicable, match="cpu_isa"):  # an engine's graph is for the GPU
         validate_options("engine", ExportOptions(fmt="engine", cpu_isa="avx2"))
     assert cpu_target_for(ExportOptions(fmt="onnx", cpu_isa="avx2")) == "avx2"
+    assert cpu_target_for(ExportOptions(fmt="onnx", cpu_isa="none")) is None  # the plain graph, asked for
     ckpt = tmp_path / "m.pth"
     ckpt.write_bytes(b"")
     with pytest.raises(ConfigError, match="cpu_isa must be auto or one of"):
@@ -90,3 +91,17 @@ def test_cli_export_for_a_named_isa(tmp_path):
     assert meta["acmix_deploy.conv_path_groups"] in ("merged into 8-channel groups", "compact")
     res = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "x.onnx"), "--cpu-isa", "sse9"])
     assert res.exit_code == 2 and "sse9" in res.output and not (tmp_path / "x.onnx").exists()
+
+
+def test_softmax_floor_follows_the_target(monkeypatch):
+    import dataclasses
+
+    from acmix_deploy.exporters import onnx as onnx_exporter
+
+    assert onnx_exporter.softmax_floor_for(None) is None  # GPUs, TensorRT, plain exports
+    for isa in ("avx512", "avx2", "generic"):  # a named CPU: the floor (its vendor is not known)
+        assert onnx_exporter.softmax_floor_for(isa) == onnx_exporter.SOFTMAX_FLOOR_MARGIN
+    here = detect_cpu()
+    for vendor, floor in (("AuthenticAMD", None), ("GenuineIntel", onnx_exporter.SOFTMAX_FLOOR_MARGIN)):
+        monkeypatch.setattr(onnx_exporter, "detect_cpu", lambda v=vendor: dataclasses.replace(here, vendor=v))
+        assert onnx_exporter.softmax_floor_for("auto") == floor

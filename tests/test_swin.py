@@ -491,3 +491,30 @@ def test_onnx_export_matches_torch_and_profiles(tmp_path):
     assert result.exit_code == 0, result.output
     rep = json.loads(report.read_text())
     assert rep["results"] and all(math.isfinite(r["p50_ms"]) for r in rep["results"])
+
+
+def test_onnx_for_a_cpu_floors_the_softmax_of_shifted_blocks_only(tmp_path):
+    # Graphs for ONNX Runtime on a CPU raise the logits of shifted blocks (the -100 shift mask) to
+    # (row max - 30): the result moves by at most N e^-30 (4.6e-12 for 7x7, far less for these windows).
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxslim")
+    from acmix_deploy.exporters import export_onnx
+    from acmix_deploy.runtime import OrtRunner
+
+    train = micro(4, dtype=torch.float32)
+    deploy = ad.reparameterize_model(train)
+    shifted = sum(m.attn_bias.shape[0] > 1 for m in deploy.modules() if isinstance(m, WindowAttentionACmixDeploy))
+    assert shifted >= 1
+    x = torch.randn(3, 3, 32, 32)  # odd batch
+    with torch.no_grad():
+        ref = train(x).double()
+        eager = deploy(x)
+    outs = {}
+    for isa in (None, "avx512"):
+        res = export_onnx(deploy, tmp_path / f"{isa}.onnx", (3, 32, 32), cpu_isa=isa)
+        assert res.op_histogram.get("ReduceMax", 0) == (shifted if isa else 0)
+        outs[isa] = torch.from_numpy(OrtRunner(res.path).infer(x.numpy())).double()
+        assert float((outs[isa] - ref).abs().max() / ref.abs().max()) <= 1e-5
+    assert float((outs["avx512"] - outs[None]).abs().max() / ref.abs().max()) <= 1e-6
+    with torch.no_grad():
+        assert torch.equal(deploy(x), eager)  # eager torch never takes the floor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from acmix_deploy import fold
 from acmix_deploy.modules import halo_attention, make_halo_plan
 from acmix_deploy.modules.acmix import coordinate_grid
-from acmix_deploy.modules.window_attention import TRANSPOSE_BY_PRODUCT_MAX_DIM, choose_tile
+from acmix_deploy.modules.window_attention import TRANSPOSE_BY_PRODUCT_MAX_DIM, choose_tile, softmax_floor
 
 from .conftest import TOL_F32, TOL_F64
 
@@ -180,3 +181,50 @@ def test_export_records_the_graph_spelling(tmp_path, monkeypatch):
     seen.clear()
     export_onnx(block, tmp_path / "b.onnx", (16, 8, 8))
     assert True in seen  # the traced call (the exporter's eager reference and validation calls are False)
+
+
+@pytest.mark.parametrize("heads,d,ka,stride,size,batch,tile", [CASES[1], CASES[3], CASES[8], CASES[11]])
+def test_softmax_floor_stays_within_its_bound(heads, d, ka, stride, size, batch, tile):
+    # The floor raises logits to (row max - m): each probability moves by at most n e^-m (n logits per row).
+    # Large logits (scaled queries) give rows whose small terms the floor really raises.
+    q, k, v, conv_p = _inputs(heads, d, size, batch, torch.float64, 11)
+    plan = make_halo_plan(*size, ka, stride, heads, d, tile=tile, dtype=torch.float64)
+    qkv = head_dim_major(q * 20, k, v, heads)
+    w = conv_p.weight.reshape(d, 2)
+    with torch.no_grad():
+        plain = halo_attention(qkv, w, plan, graph=True)
+        with softmax_floor(30.0):
+            floored = halo_attention(qkv, w, plan, graph=True)
+            eager = halo_attention(qkv, w, plan)  # eager torch never takes the floor
+            with softmax_floor(2.0):  # a margin this small must show: the test can fail
+                coarse = halo_attention(qkv, w, plan, graph=True)
+        assert torch.equal(eager, halo_attention(qkv, w, plan))
+    bound = plan.halo_pixels * math.exp(-30.0) * float(v.abs().max())
+    assert float((floored - plain).abs().max()) <= bound
+    assert float((coarse - plain).abs().max()) > 1e-3 * float(plain.abs().max())
+    with pytest.raises(ValueError, match="positive"):
+        with softmax_floor(0.0):
+            pass
+
+
+def test_onnx_for_a_cpu_takes_the_softmax_floor(tmp_path):
+    # The exporter asks for the floor in graphs for ONNX Runtime's CPU kernels (cpu_isa), never otherwise,
+    # and the floored graph matches the training form as tightly as the plain one.
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from acmix_deploy.exporters import export_onnx
+    from acmix_deploy.modules.acmix import ACmix
+    from acmix_deploy.runtime import OrtRunner
+    from acmix_deploy.testing import randomize_model
+
+    train = randomize_model(ACmix(16, 32, 7, 4, 3, 2), 5).eval()
+    deploy = train.fuse()
+    x = torch.randn(3, 16, 14, 18)
+    with torch.no_grad():
+        ref = train(x).double()
+    for isa, floored in ((None, False), ("generic", True), ("avx512", True)):
+        res = export_onnx(deploy, tmp_path / f"{isa}.onnx", (16, 14, 18), cpu_isa=isa)
+        ops = {n.op_type for n in onnx.load(res.path).graph.node}
+        assert ("ReduceMax" in ops) is floored
+        out = torch.from_numpy(OrtRunner(res.path).infer(x.numpy())).double()
+        assert float((out - ref).abs().max() / ref.abs().max()) <= 1e-5

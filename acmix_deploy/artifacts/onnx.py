@@ -41,6 +41,7 @@ DYNAMIC_HW_KEY = METADATA_PREFIX + "dynamic_hw"
 VALID_HW_KEY = METADATA_PREFIX + "valid_hw"
 CONV_PATH_GROUPS_KEY = METADATA_PREFIX + "conv_path_groups"  # "compact" or "merged into N-channel groups"
 CPU_ISA_KEY = METADATA_PREFIX + "cpu_isa"  # the CPU level a graph for ONNX Runtime's CPU kernels was shaped for
+SOFTMAX_FLOOR_KEY = METADATA_PREFIX + "softmax_floor"  # "row max - 30" or "none" (graphs for a CPU)
 EXPORT_CPU_KEY = METADATA_PREFIX + "export_cpu"  # JSON: the exporting machine (model, isa, flags, threads, machine)
 
 

@@ -42,7 +42,8 @@ def export(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (AOTInductor compiles for this device)."),
     cpu_isa: str = typer.Option(
         "auto", "--cpu-isa", help="ONNX for ONNX Runtime on the CPU: the instruction set the graph is shaped for, "
-        "auto (this machine's), avx512, avx2 or generic (ACmix's convolution path in 16-, 8-channel or compact groups)."),
+        "auto (this machine's), avx512, avx2 or generic (ACmix's convolution path in 16-, 8-channel or compact groups, "
+        "softmax floor), or none: the plain graph (OpenVINO runs it fastest)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim."),
     fp16: bool = typer.Option(False, "--fp16", help="Float16 graph, attention (softmax, mask, logits) kept in float32."),
     int8: bool = typer.Option(False, "--int8", help="Int8 Q/DQ convolutions, calibrated on --calib."),
@@ -66,7 +67,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="Triton: replace an existing model directory."),
 ) -> None:
     """Export a model (folded first if needed), validate it against torch, write it atomically."""
-    from ..exporters import ExportOptions, OptionNotApplicable, export_model
+    from ..exporters import ExportOptions, OptionNotApplicable
+    from ..verify import export_model
 
     if trt:
         if fmt not in ("onnx", "engine"):

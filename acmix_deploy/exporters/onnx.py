@@ -32,19 +32,20 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, DYNAMIC_HW_KEY, EXPORT_CPU_KEY, INPUT_NAME,
+from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, SOFTMAX_FLOOR_KEY, DYNAMIC_HW_KEY, EXPORT_CPU_KEY, INPUT_NAME,
                               INPUT_NAME_KEY, INPUT_SHAPE_KEY, OUTPUT_NAME, OUTPUT_NAME_KEY, OUTPUT_NAMES_KEY,
                               PRECISION_KEY, VALID_HW_KEY, encode_metadata)
 from ..artifacts.spatial import SpatialRule
 from ..errors import ConfigError, ExportError
 from ..modules.acmix import ACmixDeploy, dynamic_spatial_export, merged_conv_groups
+from ..modules.window_attention import softmax_floor
 from ..outputs import flatten_outputs, output_names as name_outputs
 from ..util import atomic_write, detect_cpu, require, resolve_cpu_isa
 from .precision import convert_fp16, quantize_int8
 from .trt_ops import TENSORRT_ONNX_OPS, TENSORRT_VERSION
 
 __all__ = ["MAX_GROUP_MERGE", "MAX_OPSET", "MIN_OPSET", "NCHWC_BLOCK", "OnnxExport", "conv_group_merge",
-           "cpu_target", "export_onnx", "op_histogram", "unsupported_ops"]
+           "cpu_target", "export_onnx", "op_histogram", "softmax_floor_for", "unsupported_ops"]
 
 MIN_OPSET, MAX_OPSET = 13, 20
 
@@ -60,6 +61,19 @@ MIN_OPSET, MAX_OPSET = 13, 20
 # itself (oneDNN ran the merged form slower).
 NCHWC_BLOCK = {"avx512": 16, "avx2": 8}
 MAX_GROUP_MERGE = 4
+# ONNX Runtime's CPU softmax is slow on the attention's masked (-inf) logits on Intel CPUs (subnormal
+# intermediates in its exp, handled in microcode); a graph for the CPU raises every logit to at least 30 below
+# its row's largest (modules.window_attention.softmax_floor: < 1.6e-11 relative, no exp below e^-30).  On the
+# AMD EPYC where the graph was tuned the softmax was 3% of the deploy graph's ORT time without the floor (on an
+# Intel Xeon 29%), so a graph exported for this machine (auto) on an AMD CPU is left without it.
+SOFTMAX_FLOOR_MARGIN = 30.0
+
+
+def softmax_floor_for(cpu_isa: str | None) -> float | None:
+    """The softmax floor margin of a graph for ``cpu_isa`` (an :func:`export_onnx` argument), or None."""
+    if cpu_isa is None or (cpu_isa == "auto" and detect_cpu().vendor == "AuthenticAMD"):
+        return None
+    return SOFTMAX_FLOOR_MARGIN
 
 
 def conv_group_merge(heads: int, head_dim: int, cpu_isa: str | None) -> int:
@@ -78,11 +92,12 @@ def conv_group_merge(heads: int, head_dim: int, cpu_isa: str | None) -> int:
 def cpu_target(device: str, cpu_isa: str = "auto") -> str | None:
     """The ``cpu_isa`` of :func:`export_onnx` for a graph meant to run on ``device`` with ONNX Runtime.
 
-    A CPU gets the merged conv-path groups for ``cpu_isa`` (``auto``: the exporting machine's); a GPU (ONNX
-    Runtime's CUDA provider, TensorRT) gets None: the compact groups, the fewest multiply-adds.  Every
+    A CPU gets the graph shaped for ``cpu_isa`` (``auto``: the exporting machine's); a GPU (ONNX Runtime's
+    CUDA provider, TensorRT) gets None: the compact groups, the fewest multiply-adds.  ``cpu_isa="none"``
+    asks for the plain graph on the CPU too (for other CPU runtimes: OpenVINO runs it fastest).  Every
     exporter that chooses asks here.
     """
-    return cpu_isa if device == "cpu" else None
+    return cpu_isa if device == "cpu" and cpu_isa != "none" else None
 
 
 @dataclass
@@ -217,7 +232,8 @@ def export_onnx(
             spatial_axes = [{axis: f"{name}_dim{axis}" for axis in range(1, t.dim()) if t.shape[axis] != u.shape[axis]}
                             for name, t, u in zip(names, flat, other)]
         merge = None if isa is None else (lambda h, d: conv_group_merge(h, d, isa))
-        with merged_conv_groups(merge), dynamic_spatial_export(dynamic_hw):
+        floor = softmax_floor_for(cpu_isa)
+        with merged_conv_groups(merge), dynamic_spatial_export(dynamic_hw), softmax_floor(floor):
             proto = onnx.load_from_string(_trace(model, x, opset, dynamic, names, ranks, spatial_axes))
     onnx.checker.check_model(proto)
     if simplify:
@@ -248,6 +264,7 @@ def export_onnx(
         meta[VALID_HW_KEY] = json.dumps(rule.to_json())
     if isa is not None:
         meta[CPU_ISA_KEY] = isa
+        meta[SOFTMAX_FLOOR_KEY] = "none" if floor is None else f"row max - {floor:g}"
         meta[EXPORT_CPU_KEY] = json.dumps(detect_cpu().as_dict())
     acmix_blocks = [m for m in model.modules() if isinstance(m, ACmixDeploy)]
     if acmix_blocks:

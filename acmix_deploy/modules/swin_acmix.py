@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from .. import fold, fold_swin
 from ..errors import ConfigError, InputShapeError
+from .window_attention import recorded_softmax_floor
 
 __all__ = [
     "window_partition",
@@ -345,6 +346,12 @@ class WindowAttentionACmixDeploy(nn.Module):
         # Windows keep whole pixels (blocks of w * 3C values) together; then q|k|v, head, token, dim.
         t = window_partition(qkv, w).reshape(-1, n, 3, nh, d).permute(2, 0, 3, 1, 4)
         logits = (t[0] @ t[1].transpose(-2, -1)).reshape(-1, self.attn_bias.shape[0], nh, n, n) + self.attn_bias
+        floor = recorded_softmax_floor() if self.attn_bias.shape[0] > 1 else None
+        if floor is not None:
+            # Shifted blocks only: the -100 of the shift mask sends exp through subnormals, slow on Intel CPUs
+            # in ONNX Runtime; raising logits to (row max - m) moves the result by at most N e^-m relative
+            # (modules.window_attention.softmax_floor), 4.6e-12 for 7x7 windows and m = 30.
+            logits = torch.maximum(logits, logits.amax(-1, keepdim=True) - floor)
         att = logits.softmax(dim=-1).reshape(-1, nh, n, n)
         out = (att @ t[2]).transpose(1, 2).reshape(-1, n, c)  # (B * nW, N, C), channel head * d + i
         out = window_reverse(self.proj(out).reshape(-1, w, w, c), w, hh, ww)

@@ -39,23 +39,62 @@ Exactness, by construction:
   slots of its window (additive ``-inf`` elsewhere), so the softmax sees the
   same set of logits as the unfold form; only the summation order differs.
 
+Softmax floor (only when an exporter asks, :func:`softmax_floor`).  More than half of a block's logits
+are masked (``-inf``), and ONNX Runtime's CPU softmax computes ``exp`` of every one of them through
+subnormal intermediates, which Intel CPUs handle in slow microcode (an ``(8, 4, 10, 16, 100)`` softmax:
+1.5 ms finite, 8.1 ms half masked).  In a graph recorded inside ``softmax_floor(m)`` every logit is first
+raised to at least ``M - m``, ``M`` its row's largest.  A raised logit weighed at most ``e^-m`` of the
+largest term before and exactly that after, the normaliser is at least 1, so each probability moves by at
+most ``n e^-m`` for rows of ``n`` logits (the halo: 100-169 in ACmix-ResNet-50) and the output by that
+times the largest value: with ``m = 30``, ``169 e^-30 = 1.6e-11``, far below float32's rounding (6e-8).
+No ``exp`` argument is then below ``-m``.
+
 The blocks are processed in static groups of about ``CHUNK_BYTES`` of logits
 per image, so that a group's logits stay in cache from the first product to
 the second.
 
 Only standard operators are used (Transpose, Split, Sub, Gather, MatMul, Add,
-Softmax, Reshape), so the graph exports to ONNX and parses in TensorRT.
+Softmax, Reshape; ReduceMax and Max with the floor), so the graph exports to ONNX and parses in TensorRT.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["DynamicHaloSpec", "DynamicHaloTables", "HaloPlan", "choose_tile", "dynamic_halo_attention", "halo_attention", "dynamic_halo_tables",
-           "make_dynamic_halo_spec", "make_halo_plan"]
+__all__ = ["DynamicHaloSpec", "DynamicHaloTables", "HaloPlan", "choose_tile", "dynamic_halo_attention", "halo_attention",
+           "dynamic_halo_tables", "make_dynamic_halo_spec", "make_halo_plan", "recorded_softmax_floor", "softmax_floor"]
+
+# Set only inside ``softmax_floor``: the margin below each row's largest logit that graph-spelled logits are
+# raised to (None: the plain softmax).
+_SOFTMAX_FLOOR: contextvars.ContextVar[float | None] = contextvars.ContextVar("acmix_softmax_floor", default=None)
+
+
+@contextlib.contextmanager
+def softmax_floor(margin: float | None):
+    """Inside this block, graphs recorded from :func:`halo_attention` raise every logit to ``row max - margin``.
+
+    The same result within ``n e^-margin`` relative for rows of ``n`` logits (see the module docstring); for
+    backends whose ``exp`` is slow on the masked logits' subnormal intermediates.  Which backend gets it is
+    the exporter's decision; eager torch never uses it, and ``None`` (the default) records the plain softmax.
+    """
+    if margin is not None and not margin > 0:
+        raise ValueError(f"softmax floor margin must be positive, got {margin}")
+    token = _SOFTMAX_FLOOR.set(margin)
+    try:
+        yield
+    finally:
+        _SOFTMAX_FLOOR.reset(token)
+
+
+def recorded_softmax_floor() -> float | None:
+    """The margin of the enclosing :func:`softmax_floor` while a graph is being recorded, else None."""
+    return _SOFTMAX_FLOOR.get() if _recording() else None
+
 
 # Tile sizes considered by choose_tile (smaller tiles launch too many tiny products).
 TILE_CANDIDATES = range(3, 9)
@@ -271,11 +310,14 @@ def halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, plan: HaloPlan, 
     # by one Split: one operator per block instead of one per group.
     q_blocks = take(q, plan.query_index)  # (b, h, tiles, T*T, d)
     q_groups = q_blocks.split([len(c) for c in plan.query_chunks], dim=2) if len(plan.query_chunks) > 1 else (q_blocks,)
+    floor = _SOFTMAX_FLOOR.get() if graph else None
     outs = []
     for q_group, k_index in zip(q_groups, plan.key_chunks):
         # (b, h, blocks, T*T, d) x (b, h, blocks, K*K, d); the mask is added in place, which in
         # eager mode saves allocating (and paging in) one more logits buffer.
         logits = torch.matmul(q_group, take(k, k_index).transpose(-1, -2)).add_(plan.mask)
+        if floor is not None:  # every row holds its own pixel's logit, so its max is finite
+            logits = torch.maximum(logits, logits.amax(-1, keepdim=True) - floor)
         outs.append(torch.matmul(torch.softmax(logits, dim=-1), take(v, k_index)))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, 2)  # (b, h, tiles, T*T, d)
     out = take(out.reshape(-1, heads, plan.tiles * plan.tile_pixels, d), plan.output_index)  # (b, h, Ho*Wo, d)
@@ -450,9 +492,12 @@ def dynamic_halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, spec: Dy
         rows = flat.reshape(flat.shape[0], d, 3 * heads, -1).permute(0, 2, 3, 1)
     q, k, v = (rows[:, maps] for maps in spec.map_index)
     k = k - torch.matmul(tables.coords, pos_weight.t())  # k - W_p loc
+    floor = _SOFTMAX_FLOOR.get() if _recording() else None
     outs = []
     for qi, ki in zip(tables.query_index, tables.key_index):
         logits = torch.matmul(q[:, :, qi], k[:, :, ki].transpose(-1, -2)) + spec.mask
+        if floor is not None:  # as in halo_attention: every row holds its own pixel's logit
+            logits = torch.maximum(logits, logits.amax(-1, keepdim=True) - floor)
         outs.append(torch.matmul(torch.softmax(logits, dim=-1), v[:, :, ki]))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, 2)  # (b, h, groups * run, T*T, d)
     out = out.reshape(out.shape[0], heads, -1, d)[:, :, tables.output_index]  # (b, h, Ho*Wo, d)

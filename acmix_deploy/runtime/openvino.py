@@ -1,0 +1,71 @@
+"""OpenVINO runner: an ONNX file (or OpenVINO IR ``.xml``) compiled for the CPU, in float32.
+
+OpenVINO's CPU plugin chooses its inference precision from the CPU: bfloat16 where the CPU has AMX or
+AVX-512 BF16, float32 elsewhere.  bfloat16 keeps 8 bits of mantissa: on ACmix-ResNet-50 its logits differ
+from the float32 model by ~4e-3 relative (docs/deploy_attention.md), well beyond this package's export
+tolerance (1e-4).  The runner therefore asks for float32 (``INFERENCE_PRECISION_HINT``) unless told
+otherwise, so that it computes the function the file holds; ``precision=None`` keeps OpenVINO's default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AcmixDeployError, ConfigError
+from ..util import require
+from .base import BATCH_AXIS, Runner, TensorSpec
+
+__all__ = ["OpenVinoRunner"]
+
+PRECISIONS = ("f32", "bf16", "f16")
+
+
+def _spec(port) -> TensorSpec:
+    """A compiled model's input or output as a spec: a static axis its size, a dynamic one open (the first,
+    the batch axis, named)."""
+    dims = tuple(d.get_length() if d.is_static else BATCH_AXIS if i == 0 else None
+                 for i, d in enumerate(port.get_partial_shape()))
+    return TensorSpec(port.get_any_name(), dims, port.get_element_type().to_dtype())
+
+
+class OpenVinoRunner(Runner):
+    """One model compiled by OpenVINO for the CPU (``LATENCY`` hint, ``threads`` inference threads)."""
+
+    backend = "openvino"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str | None = "f32"):
+        ov = require("openvino", "openvino")
+        path = Path(path)
+        if not path.is_file():
+            raise AcmixDeployError(f"model {path} does not exist")
+        if precision is not None and precision not in PRECISIONS:
+            raise ConfigError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)} or None, got {precision!r}")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be positive, got {threads}")
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        core = ov.Core()
+        try:
+            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError and its own types for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AcmixDeployError(f"OpenVINO cannot load {path}: {first}") from None
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type: f32, bf16, f16
+        self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        inputs = [_spec(p) for p in compiled.inputs]
+        batch = inputs[0].shape[0] if inputs and inputs[0].shape else None
+        super().__init__("openvino:CPU", "cpu", inputs, [_spec(p) for p in compiled.outputs],
+                         (batch, batch) if isinstance(batch, int) else (1, None))
+
+    def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
+        self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        # Copies: the request's output buffers are reused by the next call.
+        return [np.array(self.request.get_output_tensor(i).data) for i in range(len(self.output_specs))]
