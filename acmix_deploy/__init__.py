@@ -7,6 +7,8 @@ Public API (timm-style)::
     deploy = ad.reparameterize_model(model.eval())
     ad.save_checkpoint(deploy, "deploy.pth")
     model = ad.load_checkpoint("deploy.pth")
+    ad.export_model("deploy.pth", ad.exporters.ExportOptions(fmt="onnx"))  # checked against torch, then written
+    runner = ad.open_runner("deploy.onnx")  # .onnx, .pt2, .engine, .pth: one runner interface
 
 The names below are imported on first use (PEP 562), so that ``import acmix_deploy`` and
 ``acmix-deploy --version`` do not pay for importing torch.
@@ -46,6 +48,9 @@ _LAZY = {
     "foldable_leftovers": "reparam",
     "is_deploy": "reparam",
     "reparameterize_model": "reparam",
+    "open_runner": "runtime",
+    "export_model": "verify",
+    "verify_artifact": "verify",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]
@@ -64,6 +69,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .models import ModelFamily, create_model, list_models, register_model
     from .modules import ACmix, ACmixDeploy
     from .reparam import foldable_leftovers, is_deploy, reparameterize_model
+    from .runtime import open_runner
+    from .verify import export_model, verify_artifact
 
 
 def __getattr__(name: str) -> Any:

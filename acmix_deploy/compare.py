@@ -8,18 +8,22 @@ check on the worst row).  Outputs are matched by position, the order of
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .analysis import OutputDiff, compare_outputs
-from .errors import AcmixDeployError, EquivalenceError
+from .errors import AcmixDeployError, ConfigError, EquivalenceError
 from .outputs import SINGLE_OUTPUT_NAME
-from .runtime import Runner
-from .runtime.base import run_outputs
+from .pipeline import prepare_deploy
+from .runtime import Runner, TorchRunner
+from .runtime.loader import EXPORTED, open_runner
+from .util import random_inputs
 
-__all__ = ["Comparison", "compare_runners", "random_inputs", "worst_rows"]
+__all__ = ["Comparison", "FileComparison", "compare_files", "compare_runners", "random_inputs", "worst_rows"]
 
 
 @dataclass
@@ -28,11 +32,6 @@ class Comparison:
     batch: int
     diff: OutputDiff
     output: str = SINGLE_OUTPUT_NAME  # which output of the model this row compares
-
-
-def random_inputs(input_size: tuple[int, ...], batches: tuple[int, ...], seed: int = 0) -> list[np.ndarray]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, *input_size, generator=gen).numpy() for b in batches]
 
 
 def _names(runner: Runner, count: int) -> list[str] | None:
@@ -69,6 +68,44 @@ def compare_runners(reference: Runner, candidates: list[Runner], inputs: list[np
     return rows
 
 
+@dataclass
+class FileComparison:
+    reference: str  # the reference runner's name
+    input_size: tuple[int, ...]  # (C, H, W) of the inputs
+    rows: list[Comparison]
+
+
+def compare_files(ckpt: str | os.PathLike, models: list[str | os.PathLike] | tuple = (), arch: str | None = None,
+                  imgsz: int | tuple[int, int] | None = None, batches: tuple[int, ...] = (1, 3), seed: int = 0,
+                  model_def: str | None = None, model_args: str | dict | None = None) -> FileComparison:
+    """``acmix-deploy compare``: the checkpoint's training form (else its deploy form) is the reference; its
+    deploy form (when folded here) and every exported file in ``models`` are compared against it on random
+    inputs, one batch per entry of ``batches``.
+
+    Exported files are opened by :func:`acmix_deploy.runtime.loader.open_runner` (its suffix table, exported
+    formats only), each on its own device; rows name them ``runner (file name)``.
+    """
+    batches = tuple(batches)
+    if not batches or any(b < 1 for b in batches):
+        raise ConfigError(f"batch sizes must be positive, got {list(batches)}")
+    prep = prepare_deploy(Path(ckpt), arch, imgsz, check=False, model_def=model_def, model_args=model_args)
+    if prep.training is not None:
+        reference = TorchRunner(prep.training, name="torch:training", input_size=prep.input_size)
+        candidates: list[Runner] = [TorchRunner(prep.deploy, name="torch:deploy", input_size=prep.input_size)]
+    else:
+        reference = TorchRunner(prep.deploy, name="torch:deploy", input_size=prep.input_size)
+        candidates = []
+    for path in models:
+        path = Path(path)
+        runner = open_runner(path, allowed=EXPORTED, input_size=prep.input_size)
+        runner.name = f"{runner.name} ({path.name})"
+        candidates.append(runner)
+    if not candidates:
+        raise AcmixDeployError("nothing to compare: give a training checkpoint or exported models")
+    rows = compare_runners(reference, candidates, random_inputs(prep.input_size, batches, seed))
+    return FileComparison(reference.name, tuple(prep.input_size), rows)
+
+
 def worst_rows(rows: list[Comparison]) -> list[Comparison]:
     """The row with the largest relative error per runner and batch (all outputs folded into one)."""
     worst: dict[tuple[str, int], Comparison] = {}
@@ -80,10 +117,10 @@ def worst_rows(rows: list[Comparison]) -> list[Comparison]:
 
 
 def _run(runner: Runner, x: np.ndarray) -> list[np.ndarray]:
-    """Every output of ``runner`` on ``x``, with a backend's own failure (a batch outside a static or profiled
-    range, a device mismatch) turned into one clear error."""
+    """Every output of ``runner`` on ``x``, with a backend's own failure (a device mismatch, a kernel that
+    refuses the shape) turned into one clear error."""
     try:
-        return run_outputs(runner, x)
+        return runner.infer_outputs(x)
     except AcmixDeployError:
         raise
     except Exception as exc:  # ONNX Runtime, AOTInductor and TensorRT raise their own types

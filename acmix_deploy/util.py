@@ -23,7 +23,7 @@ import torch
 from .errors import ConfigError, MissingDependencyError, OutputError
 
 __all__ = ["CPU_ISAS", "CpuInfo", "atomic_write", "check_device", "cpu_isa_level", "detect_cpu", "normalize_imgsz",
-           "require", "resolve_cpu_isa", "sha256_file"]
+           "random_inputs", "require", "resolve_cpu_isa", "sha256_file"]
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -134,6 +134,13 @@ def normalize_imgsz(imgsz) -> tuple[int, int] | None:
     if min(pair) < 1:
         raise ConfigError(f"imgsz must be positive, got {imgsz!r}")
     return pair
+
+
+def random_inputs(input_size: tuple[int, ...], batches: tuple[int, ...], seed: int = 0) -> list:
+    """One float32 NumPy batch of standard-normal values per entry of ``batches`` (sample shape
+    ``input_size``), the same for the same ``seed``: the inputs every equivalence check runs."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, *input_size, generator=gen).numpy() for b in batches]
 
 
 # Instruction-set levels that change which graph is fastest on a CPU, best first.  ONNX Runtime's MLAS picks its

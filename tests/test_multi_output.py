@@ -22,7 +22,8 @@ from acmix_deploy.compare import Comparison, compare_runners, random_inputs
 from acmix_deploy.errors import AcmixDeployError, ConfigError, EquivalenceError
 from acmix_deploy.outputs import named_outputs
 from acmix_deploy.runtime import OrtRunner, TorchRunner
-from acmix_deploy.runtime.loader import LoadedModel, TensorSpec, open_runner
+from acmix_deploy.runtime import TensorSpec
+from acmix_deploy.runtime.loader import open_runner
 from acmix_deploy.testing import randomize_model
 
 from .conftest import TOL_F32
@@ -158,17 +159,18 @@ def test_infer_refuses_a_model_with_several_outputs(nested_onnx):
         assert len(runner.infer_outputs(x)) == 4
 
 
-def test_loaded_model_lists_every_output(nested_onnx):
-    _, path, _ = nested_onnx
+def test_runner_specs_list_every_output(nested_onnx):
+    model, path, _ = nested_onnx
+    f32 = np.float32
+    want = (TensorSpec("output0", ("batch", 5), f32), TensorSpec("output1", ("batch", 6, 32, 48), f32),
+            TensorSpec("output2", ("batch", 6, 16, 24), f32), TensorSpec("output3", ("batch", 6, 8, 12), f32))
     loaded = open_runner(path)
-    assert loaded.outputs == [TensorSpec("output0", "FP32", (5,)), TensorSpec("output1", "FP32", (6, 32, 48)),
-                              TensorSpec("output2", "FP32", (6, 16, 24)), TensorSpec("output3", "FP32", (6, 8, 12))]
-    assert loaded.input == TensorSpec("images", "FP32", SIZE)
-    with pytest.raises(AcmixDeployError, match="has 4 outputs .*use .outputs"):
-        loaded.output
-    one = LoadedModel(runner=None, backend="torch", platform="pytorch", path=path, input=loaded.input,
-                      output=TensorSpec("logits", "FP32", (5,)))
-    assert one.output == one.outputs[0] and one.output_names == ["logits"]
+    assert loaded.output_specs == want and loaded.output_names == NESTED_NAMES
+    assert loaded.input_specs == (TensorSpec("images", ("batch", *SIZE), f32),)
+    with pytest.raises(AcmixDeployError, match="has 4 outputs .*output_spec returns a single output: use output_specs"):
+        loaded.output_spec
+    # The torch runner of the same model: the same specs, from a run on zeros.
+    assert TorchRunner(model, input_size=SIZE).output_specs == want
     with pytest.raises(ConfigError):
         open_runner(path, imgsz=(32, 0))
 
@@ -218,8 +220,9 @@ def _validator(model, tol=1e-4):
     """The check a Triton repository runs on its exported file when given no other: every output against
     ``model`` in torch, the worst must pass."""
     from acmix_deploy.exporters.triton_repository import _torch_check
+    from acmix_deploy.verify import verify_artifact
 
-    return _torch_check(model, SIZE, {}, tol)
+    return _torch_check(verify_artifact, model, SIZE, {}, tol)
 
 
 def test_validation_passes_and_fails_on_one_wrong_output(tmp_path):
@@ -238,9 +241,11 @@ def test_validation_passes_and_fails_on_one_wrong_output(tmp_path):
 def test_export_driver_validation_fails_on_one_wrong_output(tmp_path, monkeypatch):
     """The driver's validator (export_model), with the checkpoint step replaced by the in-memory model, and ONNX
     Runtime returning one head perturbed: the export fails with the rows, names the output, writes nothing."""
+    import acmix_deploy.exporters.driver as driver
     import acmix_deploy.pipeline as pipeline
-    import acmix_deploy.runtime as runtime
-    from acmix_deploy.exporters import ExportOptions, export_model
+    import acmix_deploy.verify as verify
+    from acmix_deploy import export_model
+    from acmix_deploy.exporters import ExportOptions
 
     model = make()
     model.default_cfg = {"input_size": SIZE}
@@ -251,14 +256,14 @@ def test_export_driver_validation_fails_on_one_wrong_output(tmp_path, monkeypatc
     def fake_prepare(path, arch=None, imgsz=None, **kw):
         return pipeline.Prepared(Loaded(), None, model, SIZE, 0.0, None)
 
-    monkeypatch.setattr(pipeline, "prepare_deploy", fake_prepare)
+    monkeypatch.setattr(driver, "prepare_deploy", fake_prepare)
     ckpt = tmp_path / "det.pth"
     ckpt.write_bytes(b"stand-in: prepare_deploy is replaced")
     res = export_model(ckpt, ExportOptions(output=tmp_path / "ok.onnx", output_names=["cls", "p3", "p4", "p5"]))
     assert {r.output for r in res.rows} == {"cls", "p3", "p4", "p5"} and res.artifact.output_names[0] == "cls"
 
-    real = runtime.OrtRunner
-    monkeypatch.setattr(runtime, "OrtRunner", lambda p, *a, **k: _Tampered(real(p, *a, **k), 2))
+    real = verify.OrtRunner
+    monkeypatch.setattr(verify, "OrtRunner", lambda p, *a, **k: _Tampered(real(p, *a, **k), 2))
     with pytest.raises(EquivalenceError, match="output p4 differs") as err:
         export_model(ckpt, ExportOptions(output=tmp_path / "bad.onnx", output_names="cls,p3,p4,p5"))
     assert not (tmp_path / "bad.onnx").exists()
@@ -278,8 +283,10 @@ def test_triton_config_lists_every_output(tmp_path):
     from .test_triton_repo import load_model_config_pb2
 
     pb2 = load_model_config_pb2()
+    from acmix_deploy.verify import verify_artifact
+
     res = write_onnx_repository(make(), tmp_path / "repo", "det", SIZE, max_batch=4,
-                                output_names=["cls", "p3", "p4", "p5"])
+                                output_names=["cls", "p3", "p4", "p5"], verify=verify_artifact)
     cfg = text_format.Parse((res.model_dir / "config.pbtxt").read_text(), pb2.ModelConfig())
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
         ("cls", pb2.TYPE_FP32, [5]), ("p3", pb2.TYPE_FP32, [6, 32, 48]), ("p4", pb2.TYPE_FP32, [6, 16, 24]),
@@ -371,7 +378,9 @@ def test_aoti_package_returns_every_output(tmp_path):
     with pytest.raises(AcmixDeployError, match="2 outputs"):
         runner.infer(np.zeros((1, *SIZE), np.float32))
     loaded = open_runner(res.path)
-    assert loaded.outputs == [TensorSpec("scores", "FP32", (5,)), TensorSpec("boxes", "FP32", (96, 6))]
+    assert loaded.output_specs == (TensorSpec("scores", ("batch", 5), np.float32),
+                                   TensorSpec("boxes", ("batch", 96, 6), np.float32))
+    assert loaded.batch_range == (1, 4) and loaded.input_spec == TensorSpec("images", ("batch", *SIZE), np.float32)
 
 
 # ------------------------------------------------------------------------------------------------ profile
@@ -404,7 +413,7 @@ def test_cli_output_names_on_a_registry_model(tmp_path):
     res = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(out), "--output-names", "probs"])
     assert res.exit_code == 0, res.output
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["probs"]
-    assert open_runner(out).output == TensorSpec("probs", "FP32", (4,))
+    assert open_runner(out).output_spec == TensorSpec("probs", ("batch", 4), np.float32)
     bad = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "b.onnx"), "--output-names", "a,b"])
     assert bad.exit_code == 2 and "gives 2 name(s), but the model returns 1 tensor(s)" in " ".join(bad.output.split())
     assert not (tmp_path / "b.onnx").exists()
@@ -436,7 +445,7 @@ def test_cli_chain_for_a_user_detector_checkpoint(tmp_path):
     res = cli.invoke(app, ["export", str(deploy), "-o", str(onnx_path), "--output-names", "p3,p4,p5"])
     assert res.exit_code == 0, res.output
     assert [o.name for o in onnx.load(str(onnx_path)).graph.output] == ["p3", "p4", "p5"]
-    assert [o.shape for o in open_runner(onnx_path).outputs] == [(7, 16, 20), (7, 8, 10), (7, 4, 5)]
+    assert [o.item_shape for o in open_runner(onnx_path).output_specs] == [(7, 16, 20), (7, 8, 10), (7, 4, 5)]
     res = cli.invoke(app, ["compare", str(deploy), str(onnx_path)], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert all(name in res.output for name in ("p3", "p4", "p5"))

@@ -14,7 +14,7 @@ pytest.importorskip("openvino", reason="openvino is not installed (pip install '
 pytest.importorskip("onnxslim", reason="the ONNX files are written by the exporter (pip install 'acmix-deploy[onnx]')")
 
 from acmix_deploy.exporters import export_onnx  # noqa: E402
-from acmix_deploy.runtime import OpenVinoRunner  # noqa: E402
+from acmix_deploy.runtime import OpenVinoRunner, TensorSpec  # noqa: E402
 
 # The package's export tolerance: float32 graphs reorder sums, nothing more (observed ~1e-6).
 TOL = 1e-4
@@ -34,7 +34,8 @@ def test_openvino_matches_the_training_form(tiny, isa):
     train, graphs = tiny
     runner = OpenVinoRunner(graphs[isa], threads=1)
     assert runner.precision == "f32" and runner.name == "openvino:CPU" and runner.output_names == ["logits"]
-    assert runner.input_shape[1:] == [3, 32, 32] and runner.input_shape[0] is None  # dynamic batch
+    assert runner.input_spec == TensorSpec("images", ("batch", 3, 32, 32), np.float32)  # dynamic batch
+    assert runner.output_specs == (TensorSpec("logits", ("batch", 7), np.float32),) and runner.batch_range == (1, None)
     for batch in (1, 3):  # one compiled model, two batch sizes
         x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)
         with torch.no_grad():

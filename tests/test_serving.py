@@ -30,6 +30,7 @@ pytest.importorskip("onnxruntime", reason="the served model runs in ONNX Runtime
 
 import acmix_deploy as ad  # noqa: E402
 from acmix_deploy.errors import ConfigError  # noqa: E402
+from acmix_deploy.runtime import Runner, TensorSpec  # noqa: E402
 from acmix_deploy.runtime.loader import open_runner  # noqa: E402
 from acmix_deploy.serving import ServeSettings, ServingClient, bind_socket, build_server, create_app  # noqa: E402
 from acmix_deploy.serving.client import ServingError  # noqa: E402
@@ -143,7 +144,7 @@ def test_infer_matches_runner(server, loaded, binary):
     x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
     y = ServingClient(server.url).infer(NAME, x, binary=binary, request_id="abc")
     assert y.shape == (3, 5) and y.dtype == np.float32
-    assert rel_err(y, loaded.runner.infer(x)) <= REL
+    assert rel_err(y, loaded.infer(x)) <= REL
 
 
 def test_infer_json_nested_data_and_request_id(server, loaded):
@@ -156,7 +157,7 @@ def test_infer_json_nested_data_and_request_id(server, loaded):
     assert out["id"] == "req-7" and out["model_name"] == NAME and out["model_version"] == "1"
     assert out["outputs"][0]["name"] == "logits" and out["outputs"][0]["shape"] == [1, 5]
     y = np.asarray(out["outputs"][0]["data"], dtype=np.float32).reshape(1, 5)
-    assert rel_err(y, loaded.runner.infer(x)) <= REL
+    assert rel_err(y, loaded.infer(x)) <= REL
 
 
 def test_gzip_request_body(server, loaded):
@@ -167,7 +168,7 @@ def test_gzip_request_body(server, loaded):
                    headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
     assert r.status_code == 200, r.text
     y = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, 5)
-    assert rel_err(y, loaded.runner.infer(x)) <= REL
+    assert rel_err(y, loaded.infer(x)) <= REL
 
 
 def test_tritonclient_http_binary_and_json(server, loaded):
@@ -179,7 +180,7 @@ def test_tritonclient_http_binary_and_json(server, loaded):
         meta = client.get_model_metadata(NAME)
         assert meta["inputs"][0]["shape"] == [-1, 3, 32, 32]
         x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
-        ref = loaded.runner.infer(x)
+        ref = loaded.infer(x)
         for binary_in in (True, False):
             for binary_out in (True, False, None):
                 inp = tritonhttp.InferInput("images", list(x.shape), "FP32")
@@ -214,7 +215,7 @@ def test_concurrent_requests_are_batched_and_exact(server, loaded):
         results = list(pool.map(one, range(len(xs))))
     for x, y in zip(xs, results):
         assert y.shape == (x.shape[0], 5)
-        assert rel_err(y, loaded.runner.infer(x)) <= REL
+        assert rel_err(y, loaded.infer(x)) <= REL
     count, rows = batch_executions(server.url)
     assert rows - before_rows == sum(sizes)
     assert count - before_count < len(xs), "no two requests were merged into one batch"
@@ -234,7 +235,7 @@ def test_request_above_max_batch_is_refused_naming_the_limit(server, loaded):
                    headers={"Inference-Header-Content-Length": str(len(head))})
     assert r.status_code == 400 and "limit of 8 rows" in r.json()["error"]
     y = ServingClient(server.url).infer(NAME, x[:8])
-    assert rel_err(y, loaded.runner.infer(x[:8])) <= REL
+    assert rel_err(y, loaded.infer(x[:8])) <= REL
 
 
 # -- bad input ------------------------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def test_bad_request_is_refused_and_server_keeps_serving(server, loaded, case):
     assert fragment in r.json()["error"]
     assert httpx.get(server.url + "/v2/health/ready").status_code == 200
     y = ServingClient(server.url).infer(NAME, X1)
-    assert rel_err(y, loaded.runner.infer(X1)) <= REL
+    assert rel_err(y, loaded.infer(X1)) <= REL
 
 
 def test_content_encoding_is_case_insensitive_and_nan_travels_as_in_triton(server, loaded):
@@ -326,7 +327,7 @@ def test_content_encoding_is_case_insensitive_and_nan_travels_as_in_triton(serve
                    headers={"Content-Encoding": "GZIP"})
     assert r.status_code == 200, r.text
     y = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(1, 5)
-    assert rel_err(y, loaded.runner.infer(x)) <= REL
+    assert rel_err(y, loaded.infer(x)) <= REL
     body = _json(data=None).replace(b"null", b"[NaN, Infinity, -Infinity" + b", 0.5" * 3069 + b"]")
     r = httpx.post(server.url + f"/v2/models/{NAME}/infer", content=body)
     assert r.status_code == 200, r.text
@@ -365,22 +366,24 @@ def test_failures_are_counted(server):
     assert after[fail] == before[fail] + 1
 
 
-class FlakyRunner:
-    """Delegates to a real runner, but raises on inputs whose first value is above 1e6."""
+class Delegate(Runner):
+    """A stand-in over a real runner's specs: its own batch range, and ``run`` (default: the real one)."""
 
-    def __init__(self, runner):
-        self.runner, self.name = runner, "flaky"
+    def __init__(self, inner: Runner, name: str = "delegate", run=None, batch_range=None):
+        self.backend, self.inner, self._run = inner.backend, inner, run or inner.infer_outputs
+        super().__init__(name, inner.device, inner.input_specs, inner.output_specs, batch_range or inner.batch_range)
 
-    def infer(self, x):
-        if x[0, 0, 0, 0] > 1e6:
-            raise RuntimeError("model exploded on this batch")
-        return self.runner.infer(x)
+    def _infer_impl(self, x):
+        return self._run(x)
 
 
 def test_internal_failure_is_500_for_that_request_only(loaded):
-    import dataclasses
+    def flaky_run(x):  # raises on inputs whose first value is above 1e6
+        if x[0, 0, 0, 0] > 1e6:
+            raise RuntimeError("model exploded on this batch")
+        return loaded.infer_outputs(x)
 
-    flaky = dataclasses.replace(loaded, runner=FlakyRunner(loaded.runner))
+    flaky = Delegate(loaded, "flaky", flaky_run)
     with ServerThread(flaky, ServeSettings(name=NAME, port=0, max_batch=1, batch_timeout_ms=0)) as srv:
         client = ServingClient(srv.url)
         bad = X1.copy()
@@ -389,15 +392,13 @@ def test_internal_failure_is_500_for_that_request_only(loaded):
             client.infer(NAME, bad)
         assert info.value.status == 500
         assert httpx.get(srv.url + "/v2/health/ready").status_code == 200
-        assert rel_err(client.infer(NAME, X1), loaded.runner.infer(X1)) <= REL
+        assert rel_err(client.infer(NAME, X1), loaded.infer(X1)) <= REL
         values = metric_values(httpx.get(srv.url + "/metrics").text)
         assert values[f'acmix_inference_failures_total{{code="500",model="{NAME}"}}'] == 1
 
 
 def test_batch_outside_model_range_is_refused(loaded):
-    import dataclasses
-
-    fixed = dataclasses.replace(loaded, min_batch=1, max_batch=2)  # e.g. a TensorRT profile of 1..2
+    fixed = Delegate(loaded, batch_range=(1, 2))  # e.g. a TensorRT profile of 1..2
     with ServerThread(fixed, ServeSettings(name=NAME, port=0)) as srv:
         r = httpx.post(srv.url + f"/v2/models/{NAME}/infer", content=_json(shape=[3, 3, 32, 32], data=[0.0] * 9216))
         assert r.status_code == 400 and "1..2" in r.json()["error"]
@@ -408,17 +409,12 @@ def test_batch_outside_model_range_is_refused(loaded):
 def test_merged_batches_stay_inside_model_range(loaded, lo, hi, sizes):
     """A static-batch model takes no merging and a bounded one (a TensorRT profile) caps it: concurrent
     requests that fit one by one must all succeed, never be merged into a batch the model rejects."""
-    import dataclasses
+    def strict_run(x):
+        if not lo <= x.shape[0] <= hi:
+            raise RuntimeError(f"batch {x.shape[0]} outside {lo}..{hi}")
+        return loaded.infer_outputs(x)
 
-    class StrictRunner:
-        name = "strict"
-
-        def infer(self, x):
-            if not lo <= x.shape[0] <= hi:
-                raise RuntimeError(f"batch {x.shape[0]} outside {lo}..{hi}")
-            return loaded.runner.infer(x)
-
-    strict = dataclasses.replace(loaded, runner=StrictRunner(), min_batch=lo, max_batch=hi)
+    strict = Delegate(loaded, "strict", strict_run, batch_range=(lo, hi))
     xs = [np.random.default_rng(i).standard_normal((n, 3, 32, 32)).astype(np.float32) for i, n in enumerate(sizes)]
     with ServerThread(strict, ServeSettings(name=NAME, port=0, max_batch=8, batch_timeout_ms=20)) as srv:
         barrier = threading.Barrier(len(xs))
@@ -432,7 +428,7 @@ def test_merged_batches_stay_inside_model_range(loaded, lo, hi, sizes):
         with concurrent.futures.ThreadPoolExecutor(len(xs)) as pool:
             results = list(pool.map(one, range(len(xs))))
     for x, y in zip(xs, results):
-        assert rel_err(y, loaded.runner.infer(x)) <= REL
+        assert rel_err(y, loaded.infer(x)) <= REL
 
 
 # -- metrics ----------------------------------------------------------------------------------------------------------
@@ -533,14 +529,15 @@ def test_open_runner_checkpoint_matches_torch(tmp_path):
     model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=3), 4).eval()
     path = ad.save_checkpoint(model, tmp_path / "train.pth")
     loaded = open_runner(path, imgsz=24)
-    assert loaded.backend == "torch" and loaded.input.shape == (3, 24, 24) and loaded.output.shape == (3,)
-    assert (loaded.input.name, loaded.output.name) == ("images", "logits")
+    assert loaded.backend == "torch" and loaded.batch_range == (1, None)
+    assert loaded.input_specs == (TensorSpec("images", ("batch", 3, 24, 24), np.float32),)
+    assert loaded.output_specs == (TensorSpec("logits", ("batch", 3), np.float32),)
     x = np.random.default_rng(6).standard_normal((2, 3, 24, 24)).astype(np.float32)
     import torch
 
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
-    assert rel_err(loaded.runner.infer(x), ref) <= 1e-5
+    assert rel_err(loaded.infer(x), ref) <= 1e-5
 
 
 def test_cli_serve_errors(tmp_path, onnx_model):
@@ -592,7 +589,7 @@ def test_sigterm_finishes_inflight_request(onnx_model, loaded):
             proc.send_signal(signal.SIGTERM)
             y = pending.result(timeout=30)
             waited = time.monotonic() - t0
-        assert rel_err(y, loaded.runner.infer(X1)) <= REL
+        assert rel_err(y, loaded.infer(X1)) <= REL
         assert waited >= 1.0  # it was answered after the signal, when its batching window closed
         # uvicorn re-raises the captured SIGTERM once it has shut down, so the status is the signal's
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
@@ -626,28 +623,40 @@ def test_open_runner_engine_without_gpu_is_refused(tmp_path, monkeypatch):
         open_runner(_engine_with_sidecar(tmp_path))
 
 
-def test_open_runner_engine_spec_comes_from_sidecar(tmp_path, monkeypatch, loaded):
-    """With a stand-in TrtRunner (no TensorRT here): names and batch range from the sidecar, output from a probe."""
+def test_open_runner_engine_reads_the_sidecar_once_and_completes_specs(tmp_path, monkeypatch, loaded):
+    """With a stand-in TrtRunner (no TensorRT here): open_runner hands it the sidecar it read (not the path to
+    read again), on the GPU; the warm-up fills the output dims the stand-in leaves open."""
     import torch
 
     from acmix_deploy.runtime import loader
 
     calls = []
 
-    class FakeTrtRunner:
-        def __init__(self, path, device="cuda", sidecar=None):
-            self.name, self.device = "tensorrt:fake", device
-            calls.append((Path(path).name, device))
+    class FakeTrtRunner(Runner):
+        backend = "tensorrt"
 
-        def infer(self, x):
-            return loaded.runner.infer(x)
+        def __init__(self, path, device="cuda", sidecar=None):
+            calls.append((Path(path).name, device, sidecar.input_name))
+            p = sidecar.profiles[0]
+            super().__init__("tensorrt:fake", device,
+                             [TensorSpec(sidecar.input_name, ("batch", *p["opt"][1:]), np.float32)],
+                             [TensorSpec(sidecar.all_output_names[0], ("batch", None), np.float32)],
+                             (p["min"][0], p["max"][0]))
+
+        def _infer_impl(self, x):
+            return loaded.infer_outputs(x)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(loader, "TrtRunner", FakeTrtRunner)
-    spec = open_runner(_engine_with_sidecar(tmp_path))
-    assert calls == [("m.engine", "cuda")]
-    assert (spec.input.name, spec.output.name, spec.input.shape, spec.output.shape) == ("input", "output", (3, 32, 32), (5,))
-    assert (spec.min_batch, spec.max_batch, spec.platform) == (1, 8, "tensorrt_plan")  # profile 0, the one TrtRunner executes
+    runner = open_runner(_engine_with_sidecar(tmp_path))
+    assert calls == [("m.engine", "cuda", "input")]
+    assert runner.input_specs == (TensorSpec("input", ("batch", 3, 32, 32), np.float32),)
+    assert runner.output_specs == (TensorSpec("output", ("batch", 5), np.float32),)
+    assert runner.batch_range == (1, 8)
+    with ServerThread(runner, ServeSettings(name=NAME, port=0)) as srv:
+        meta = httpx.get(srv.url + f"/v2/models/{NAME}").json()
+    assert meta["platform"] == "tensorrt_plan" and meta["outputs"] == [{"name": "output", "datatype": "FP32",
+                                                                         "shape": [-1, 5]}]
 
 
 def test_batcher_stop_fails_waiting_requests_instead_of_losing_them():

@@ -46,7 +46,7 @@ READ_TIMEOUT_S, BODY_TIMEOUT_S = 1.0, 3.0
 
 @pytest.fixture(scope="module")
 def reference(onnx_model):
-    return open_runner(onnx_model, threads=1).runner
+    return open_runner(onnx_model, threads=1)
 
 
 class Proc:

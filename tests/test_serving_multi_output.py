@@ -64,7 +64,7 @@ def url(loaded):
 
 
 def reference(loaded, x) -> dict[str, np.ndarray]:
-    return dict(zip(OUTPUTS, loaded.runner.infer_outputs(x)))
+    return dict(zip(OUTPUTS, loaded.infer_outputs(x)))
 
 
 def decode(r) -> list[tuple[str, np.ndarray, bool]]:

@@ -193,15 +193,18 @@ def test_decompression_bomb_stops_at_the_limit():
 fastapi = pytest.importorskip("fastapi", reason="serving needs fastapi")
 
 
-class _Doubler:
-    name = "numpy-doubler"
+def _doubler():
+    from acmix_deploy.runtime import Runner, TensorSpec
 
-    def infer(self, x):
-        with np.errstate(over="ignore"):  # 2 * 3e38 is inf, on both sides of the comparison
-            return (x.reshape(x.shape[0], -1) * 2).astype(np.float32)
+    class Doubler(Runner):
+        backend = "numpy"
 
-    def infer_outputs(self, x):
-        return [self.infer(x)]
+        def _infer_impl(self, x):
+            with np.errstate(over="ignore"):  # 2 * 3e38 is inf, on both sides of the comparison
+                return [(x.reshape(x.shape[0], -1) * 2).astype(np.float32)]
+
+    return Doubler("numpy-doubler", "cpu", [TensorSpec("images", ("batch", *IN_SHAPE), np.float32)],
+                   [TensorSpec("logits", ("batch", math.prod(IN_SHAPE)), np.float32)])
 
 
 @pytest.fixture(scope="module")
@@ -212,12 +215,9 @@ def client():
         warnings.simplefilter("ignore")  # starlette's note about httpx vs httpx2
         from starlette.testclient import TestClient
 
-    from acmix_deploy.runtime.loader import LoadedModel, TensorSpec
     from acmix_deploy.serving import ServeSettings, create_app
 
-    model = LoadedModel(_Doubler(), "numpy", "numpy", "m.npy", TensorSpec("images", "FP32", IN_SHAPE),
-                        output=TensorSpec("logits", "FP32", (math.prod(IN_SHAPE),)))
-    app = create_app(model, ServeSettings(name="m", max_batch=MAX_ROWS, batch_timeout_ms=0, max_body_mb=1,
+    app = create_app(_doubler(), ServeSettings(name="m", max_batch=MAX_ROWS, batch_timeout_ms=0, max_body_mb=1,
                                           max_inflight_mb=8))
     with TestClient(app, raise_server_exceptions=True) as c:
         yield c
@@ -255,4 +255,4 @@ def test_app_answer_equals_the_model_on_the_request(client, x, binary_in, binary
     out = json.loads(r.content[:n])["outputs"][0]
     got = (np.frombuffer(r.content, dtype="<f4", offset=n) if binary_out
            else np.asarray(out["data"], dtype=np.float32)).reshape(out["shape"])
-    np.testing.assert_array_equal(got, _Doubler().infer(x))
+    np.testing.assert_array_equal(got, _doubler().infer(x))

@@ -276,6 +276,90 @@ def test_parser_errors_are_reported():
         _configure(trt)
 
 
+# ------------------------------------------------------------------- runner against a stand-in engine
+
+
+def fake_engine_module(profile, shapes: dict, dtypes: dict) -> types.ModuleType:
+    """The stand-in ``tensorrt`` module with a runtime that deserializes to an engine of one input
+    (``images``, optimization profile 0 = ``profile``) and the outputs in ``shapes`` (engine order), each of
+    the TensorRT type named in ``dtypes`` (float32 when not named)."""
+    trt = fake_tensorrt("10.13.0.35")
+    trt.float16, trt.int32 = "float16", "int32"
+    trt.TensorIOMode = enum.Enum("TensorIOMode", ["INPUT", "OUTPUT"])
+    names = ["images", *shapes]
+
+    class Engine:
+        num_io_tensors = len(names)
+
+        def get_tensor_name(self, i):
+            return names[i]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if name == "images" else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_profile_shape(self, name, index):
+            assert (name, index) == ("images", 0)
+            return profile
+
+        def get_tensor_shape(self, name):
+            return shapes[name]
+
+        def get_tensor_dtype(self, name):
+            return getattr(trt, dtypes.get(name, "float32"))
+
+        def create_execution_context(self):
+            return object()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, plan):
+            return Engine()
+
+    trt.Runtime = Runtime
+    return trt
+
+
+@pytest.mark.parametrize("profile,input_shape,batch_range", [
+    (((1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32)), ("batch", 3, 32, 32), (1, 8)),
+    (((2, 3, 32, 32), (2, 3, 32, 32), (2, 3, 32, 32)), (2, 3, 32, 32), (2, 2)),  # one batch size: a fixed axis
+    (((1, 3, 32, 32), (4, 3, 48, 48), (8, 3, 64, 64)), ("batch", 3, "height", "width"), (1, 8)),  # dynamic H, W
+])
+def test_trt_runner_specs_come_from_the_engine(tmp_path, monkeypatch, profile, input_shape, batch_range):
+    """TrtRunner's specs (no TensorRT or GPU here): the input and batch range from optimization profile 0,
+    the outputs in the sidecar's order with the engine's shapes; float16 outputs are returned (so described)
+    as float32, integer outputs as they are.  Bad batches are refused before anything touches the GPU."""
+    from types import SimpleNamespace
+
+    from acmix_deploy.errors import InputShapeError
+    from acmix_deploy.runtime import TensorSpec, TrtRunner
+    from acmix_deploy.runtime import tensorrt as trt_runtime
+
+    trt = fake_engine_module(profile, {"boxes": (-1, 96, 6), "logits": (-1, 5)}, {"boxes": "float16", "logits": "int32"})
+    monkeypatch.setattr(trt_runtime, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_runtime, "current_gpu", lambda index=0: GpuInfo("NVIDIA H200", "9.0"))
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"PLAN")
+    runner = TrtRunner(engine, check=False, sidecar=SimpleNamespace(all_output_names=["logits", "boxes"]))
+    assert (runner.name, runner.backend, runner.device) == ("tensorrt:NVIDIA H200", "tensorrt", "cuda")
+    assert runner.input_specs == (TensorSpec("images", input_shape, np.float32),)
+    batch = input_shape[0]
+    assert runner.output_specs == (TensorSpec("logits", (batch, 5), np.int32),
+                                   TensorSpec("boxes", (batch, 96, 6), np.float32))
+    assert runner.batch_range == batch_range
+    with pytest.raises(InputShapeError, match=r"batch 9 is outside the engine's optimization profile"):
+        runner.infer_outputs(np.zeros((9, 3, 32, 32), np.float32))
+    with pytest.raises(InputShapeError, match="takes images of shape"):
+        runner.infer_outputs(np.zeros((batch_range[0], 1, 32, 32), np.float32))
+    with pytest.raises(AcmixDeployError, match="2 outputs"):
+        runner.infer(np.zeros((batch_range[0], 3, 32, 32), np.float32))
+    if input_shape[2] == "height":  # the size must lie in the profile too
+        with pytest.raises(InputShapeError, match=r"size 16x48 is outside the engine's optimization profile "
+                                                  r"32x32\.\.64x64"):
+            runner.infer_outputs(np.zeros((1, 3, 16, 48), np.float32))
+
+
 @pytest.fixture
 def fake_gpu(monkeypatch):
     monkeypatch.setattr(trt_export, "current_gpu", lambda index=0: GpuInfo("NVIDIA H200", "9.0"))

@@ -386,13 +386,18 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 '''
 
 
-class MeanRunner:
+def mean_runner():
     """The probe model in our server: per-channel mean, the same function as the Python-backend model in Triton."""
+    from acmix_deploy.runtime import Runner, TensorSpec
 
-    name = "numpy:mean"
+    class MeanRunner(Runner):
+        backend = "python"  # served with Triton's platform name of the probe model
 
-    def infer(self, x):
-        return x.mean(axis=(2, 3)).astype(np.float32)
+        def _infer_impl(self, x):
+            return [x.mean(axis=(2, 3)).astype(np.float32)]
+
+    return MeanRunner("numpy:mean", "cpu", [TensorSpec("images", ("batch", 3, 4, 4), np.float32)],
+                      [TensorSpec("logits", ("batch", 3), np.float32)])
 
 
 def python_backend_dir(binary: Path, tmp_path: Path) -> tuple[Path, list[str]] | None:
@@ -439,7 +444,6 @@ def test_same_requests_against_real_triton_and_our_server(tmp_path):
     import threading
     import time
 
-    from acmix_deploy.runtime.loader import LoadedModel, TensorSpec
     from acmix_deploy.serving import ServeSettings, ServingClient, bind_socket, build_server, create_app
 
     binary = tritonserver_binary()
@@ -461,8 +465,7 @@ def test_same_requests_against_real_triton_and_our_server(tmp_path):
              "--http-address", "127.0.0.1", "--http-port", str(http), "--grpc-address", "127.0.0.1",
              "--grpc-port", str(grpc), "--allow-metrics", "false", "--exit-timeout-secs", "5"],
             stdout=log_file, stderr=subprocess.STDOUT)
-    model = LoadedModel(runner=MeanRunner(), backend="torch", platform="python", path=repo, min_batch=1, max_batch=None,
-                        input=TensorSpec("images", "FP32", (3, 4, 4)), output=TensorSpec("logits", "FP32", (3,)))
+    model = mean_runner()
     sock = bind_socket("127.0.0.1", 0)
     ours = build_server(create_app(model, ServeSettings(name="probe", port=0)), sock, log_level="warning")
     thread = threading.Thread(target=ours.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -67,7 +67,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="Triton: replace an existing model directory."),
 ) -> None:
     """Export a model (folded first if needed), validate it against torch, write it atomically."""
-    from ..exporters import ExportOptions, OptionNotApplicable, export_model
+    from ..exporters import ExportOptions, OptionNotApplicable
+    from ..verify import export_model
 
     if trt:
         if fmt not in ("onnx", "engine"):

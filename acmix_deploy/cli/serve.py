@@ -45,9 +45,10 @@ def serve(
                              read_timeout_s=read_timeout_s, body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s,
                              graceful_timeout_s=graceful_timeout_s)
 
-    def announce(loaded, address) -> None:
-        console.print(f"serving {_safe(loaded.path.name)} as {_safe(repr(settings.name))} ({loaded.runner.name}; input "
-                      f"{loaded.input.name} -1x{'x'.join(map(str, loaded.input.shape))}) on "
+    def announce(runner, address) -> None:
+        inp = runner.input_spec
+        console.print(f"serving {_safe(model.name)} as {_safe(repr(settings.name))} ({runner.name}; input "
+                      f"{inp.name} -1x{'x'.join(map(str, inp.item_shape))}) on "
                       f"http://{address[0]}:{address[1]}/v2/models/{settings.name}", highlight=False, soft_wrap=True)
 
     try:

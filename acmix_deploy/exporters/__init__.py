@@ -1,106 +1,17 @@
-"""Export targets, driven by one table (:data:`FORMATS`) shared by the CLI, the docs and the checks.
+"""Export targets, driven by one table (:data:`FORMATS`, :mod:`.formats`) shared by the CLI, the docs and
+the checks.
 
-Each :class:`ExportFormat` owns its file suffix, its builder (``builder(ckpt, opts, log) -> ExportResult``)
-and the :class:`ExportOptions` fields it accepts.  :func:`validate_options` is the one place that decides
-which option applies to which format: an option set away from its default for a format that does not
-accept it is refused (an :class:`OptionNotApplicable`, naming the parameter), never silently ignored.
+:func:`export_model` here builds and writes; the check each artifact passes before it is written is given
+to it (``verify``) by the layer above (:func:`acmix_deploy.export_model` passes the check against torch).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Callable
-
-from ..errors import ConfigError
 from .aoti import AotiExport, export_aoti
-from .driver import ExportOptions, ExportResult, build_aoti, build_engine_file, build_onnx, export_model
+from .formats import COMMON_OPTIONS, FORMATS, ExportFormat, OptionNotApplicable, export_model, validate_options
 from .onnx import OnnxExport, export_onnx, op_histogram, unsupported_ops
-from .triton_repository import build_triton_repository
+from .options import ExportOptions, ExportResult, Verify
 
-__all__ = ["AotiExport", "ExportFormat", "ExportOptions", "ExportResult", "FORMATS", "OnnxExport",
-           "OptionNotApplicable", "export_aoti", "export_model", "export_onnx", "op_histogram", "unsupported_ops",
-           "validate_options"]
-
-# Options every format accepts: where the model comes from, where the artifact goes, which device.
-COMMON_OPTIONS = frozenset({"output", "arch", "model_def", "model_args", "imgsz", "device", "output_names"})
-_ONNX_OPTIONS = frozenset({"batch", "dynamic", "dynamic_hw", "opset", "simplify", "max_batch", "fp16", "int8", "calib",
-                           "calib_limit", "tol", "min_top1", "seed"})
-_TRT_BUILDER_OPTIONS = frozenset({"min_batch", "opt_batch", "workspace_gb", "timing_cache", "opt_level", "trt_typing",
-                                  "min_shape", "opt_shape", "max_shape"})
-_AOTI_OPTIONS = frozenset({"batch", "dynamic", "max_batch", "tol", "seed"})
-_TRITON_OPTIONS = frozenset({"opset", "simplify", "max_batch", "engine", "instances", "model_name",
-                             "max_queue_delay_us", "force", "cpu_isa"})
-
-
-class OptionNotApplicable(ConfigError):
-    """Options given to a format that does not accept them; ``params`` are :class:`ExportOptions` field names."""
-
-    def __init__(self, fmt: str, params: list[str], message: str):
-        super().__init__(message)
-        self.fmt, self.params = fmt, list(params)
-
-
-@dataclass(frozen=True)
-class ExportFormat:
-    name: str
-    suffix: str
-    needs: str  # what must be installed / present
-    extra: str  # the pip extra that installs it ("" when the base install suffices)
-    description: str
-    builder: Callable  # (ckpt, ExportOptions, log) -> ExportResult
-    options: frozenset[str]  # the ExportOptions fields it accepts besides COMMON_OPTIONS
-    flag: str = ""  # a CLI shorthand for --format NAME
-
-    @property
-    def accepted(self) -> frozenset[str]:
-        return COMMON_OPTIONS | self.options
-
-
-FORMATS: dict[str, ExportFormat] = {
-    f.name: f
-    for f in (
-        ExportFormat(
-            "onnx", ".onnx", "onnx, onnxruntime, onnxslim", "onnx",
-            "ONNX graph of the deploy form (dynamic batch), simplified, validated with ONNX Runtime",
-            build_onnx, _ONNX_OPTIONS | {"cpu_isa"},
-        ),
-        ExportFormat(
-            "aoti", ".pt2", "torch >= 2.6 and a C++ compiler (CUDA for --device cuda)", "",
-            "AOTInductor package: the deploy form compiled ahead of time, validated against torch",
-            build_aoti, _AOTI_OPTIONS,
-        ),
-        ExportFormat(
-            "engine", ".engine", "tensorrt >= 10 and a CUDA GPU (the engine is tied to both)", "trt",
-            "TensorRT plan built from the validated ONNX graph (kept beside it), JSON sidecar, validated "
-            "against torch", build_engine_file, _ONNX_OPTIONS | _TRT_BUILDER_OPTIONS, flag="--trt",
-        ),
-        ExportFormat(
-            "triton", "/", "onnx, onnxruntime, onnxslim (--engine onnx); TensorRT engines + sidecars (--engine trt)",
-            "onnx",
-            "Triton model repository REPO/NAME/{config.pbtxt,1/model.onnx|model.plan}, dynamic batching configured",
-            build_triton_repository, _TRITON_OPTIONS,
-        ),
-    )
-}
-
-
-def validate_options(fmt: str, opts: ExportOptions, flags: dict[str, str] | None = None) -> None:
-    """Refuse every option of ``opts`` that differs from its default and that format ``fmt`` does not accept.
-
-    The error (:class:`OptionNotApplicable`) names each parameter (its field name, or ``flags[name]``
-    when a caller such as the CLI passes its own spelling) and the formats it does apply to.
-    """
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; available: {', '.join(FORMATS)}")
-    accepted = FORMATS[fmt].accepted
-    given = [f.name for f in fields(ExportOptions)
-             if f.name != "fmt" and f.name not in accepted and getattr(opts, f.name) != f.default]
-    if not given:
-        return
-    flags = flags or {}
-    spelled = [flags.get(name, name) for name in given]
-    where = "; ".join(f"{flags.get(name, name)} applies to "
-                      + ", ".join(f"--format {f.name}" for f in FORMATS.values() if name in f.accepted)
-                      for name in given)
-    verb = "does" if len(given) == 1 else "do"
-    raise OptionNotApplicable(fmt, given, f"{', '.join(spelled)} {verb} not apply to --format {fmt} ({where})")
+__all__ = ["AotiExport", "COMMON_OPTIONS", "ExportFormat", "ExportOptions", "ExportResult", "FORMATS", "OnnxExport",
+           "OptionNotApplicable", "Verify", "export_aoti", "export_model", "export_onnx", "op_histogram",
+           "unsupported_ops", "validate_options"]

@@ -44,8 +44,9 @@ from ..artifacts.spatial import SpatialRule
 from ..artifacts.tensorrt import EngineSidecar, read_sidecar
 from ..errors import AcmixDeployError, ConfigError, EquivalenceError, ExportError
 from ..pipeline import prepare_deploy
-from ..util import normalize_imgsz, require, sha256_file
+from ..util import normalize_imgsz, random_inputs, require, sha256_file
 from .onnx import cpu_target, export_onnx
+from .options import ExportResult, Verify
 
 __all__ = ["TritonModelConfig", "TritonOutput", "TritonRepoExport", "check_model_name", "engine_model_config",
            "build_triton_repository", "export_triton_repository", "find_engines", "model_config_text", "write_model_dir", "write_onnx_file_repository",
@@ -201,13 +202,14 @@ def write_onnx_repository(
     model, repo: str | os.PathLike, name: str, input_size: tuple[int, int, int], max_batch: int = 8,
     device: str = "cpu", instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17,
     simplify: bool = True, metadata: dict | None = None, validate: Callable[[Path], None] | None = None,
-    force: bool = False, output_names: list[str] | None = None, cpu_isa: str = "auto",
+    force: bool = False, output_names: list[str] | None = None, cpu_isa: str = "auto", verify: Verify | None = None,
 ) -> TritonRepoExport:
     """Export ``model`` (deploy form) to ``REPO/NAME/1/model.onnx`` with a dynamic batch axis, plus its config.
 
     ``validate(tmp_onnx)`` runs on the exported file before it is moved into
-    place (the same hook as :func:`export_onnx`); when omitted, the ONNX model is
-    checked against ``model`` in torch (relative error <= 1e-4 at batches 1 and 2, every output).
+    place (the same hook as :func:`export_onnx`); without it, ``verify`` (see
+    :class:`~acmix_deploy.exporters.options.Verify`) compares the ONNX model with ``model`` in torch
+    (relative error <= 1e-4 at batches 1 and 2, every output).  One of the two is required.
     ``output_names`` names the outputs of a model with several (see :func:`export_onnx`); the config
     lists every output of the exported graph.  CPU instances get the graph shaped for ``cpu_isa`` (``auto``:
     this machine's level; name the Triton machine's when it differs), GPU instances the compact one.
@@ -220,7 +222,10 @@ def write_onnx_repository(
     t0 = time.perf_counter()
     checked: dict = {}
     if validate is None:
-        validate = _torch_check(model, input_size, checked)
+        if verify is None:
+            raise ConfigError("write_onnx_repository needs validate or verify, the check the ONNX model passes "
+                              "before it is written (acmix_deploy.verify.verify_artifact compares it with torch)")
+        validate = _torch_check(verify, model, input_size, checked)
     holder: dict = {}
 
     def fill(version_dir: Path) -> list[Path]:
@@ -263,9 +268,7 @@ def write_onnx_file_repository(
     onnx = require("onnx", "onnx")
     onnx_path = Path(onnx_path)
     t0 = time.perf_counter()
-    from ..runtime import OrtRunner
-
-    OrtRunner(onnx_path)  # loads (raises a clear error for a file ONNX Runtime cannot take)
+    _check_loads(onnx_path)
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
@@ -329,13 +332,23 @@ def _onnx_output_dims(path: Path) -> tuple[int, ...]:
     return _onnx_outputs(path)[0].dims
 
 
-def _torch_check(model, input_size, record: dict, tol: float = 1e-4) -> Callable[[Path], None]:
-    def check(tmp: Path) -> None:
-        from ..compare import compare_runners, random_inputs  # verification sits above the exporters
-        from ..runtime import OrtRunner, TorchRunner
+def _check_loads(onnx_path: Path) -> None:
+    """Refuse, with one clear line, a file ONNX Runtime cannot load (Triton's ONNX backend is ONNX Runtime)."""
+    ort = require("onnxruntime", "onnx")
+    if not onnx_path.is_file():
+        raise AcmixDeployError(f"ONNX model {onnx_path} does not exist")
+    try:
+        ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AcmixDeployError(f"ONNX Runtime cannot load {onnx_path}: {first}") from None
 
-        rows = compare_runners(TorchRunner(model, name="torch:deploy"), [OrtRunner(tmp)],
-                               random_inputs(input_size, (1, 2), 0))
+
+def _torch_check(verify: Verify, model, input_size, record: dict, tol: float = 1e-4) -> Callable[[Path], None]:
+    """``validate(tmp)``: the ONNX model against ``model`` in torch at batches 1 and 2 (every output)."""
+
+    def check(tmp: Path) -> None:
+        rows = verify("onnx", tmp, model, random_inputs(input_size, (1, 2), 0), "cpu")
         worst_row = max(rows, key=lambda r: r.diff.rel if r.diff.rel == r.diff.rel else float("inf"))
         worst = record["rel"] = worst_row.diff.rel
         if not worst <= tol:
@@ -351,7 +364,7 @@ def export_triton_repository(
     arch: str | None = None, imgsz: int | tuple[int, int] | None = None, max_batch: int | None = None,
     device: str = "cpu", instances: int = 1, max_queue_delay_us: int = 1000, opset: int = 17, simplify: bool = True,
     force: bool = False, output_names: list[str] | None = None, model_def: str | None = None,
-    model_args: str | dict | None = None, cpu_isa: str = "auto",
+    model_args: str | dict | None = None, cpu_isa: str = "auto", verify: Verify | None = None,
 ) -> TritonRepoExport:
     """``acmix-deploy export --format triton``: one model directory in ``repo`` from ``src``.
 
@@ -360,7 +373,9 @@ def export_triton_repository(
     or a folder of engines with their sidecars; ``max_batch`` defaults to the profiles'.
     ``repo`` defaults to ``model_repository`` beside ``src``, ``name`` to the file's stem.
     ``imgsz`` is an int (a square) or ``(height, width)``; ``output_names`` names the outputs of a
-    checkpoint's model with several (an ONNX file or engines keep the names they have).
+    checkpoint's model with several (an ONNX file or engines keep the names they have).  ``verify`` checks
+    an ONNX model exported here against torch (required then; :func:`acmix_deploy.export_model` with
+    ``fmt="triton"`` passes it).
     """
     src = Path(src)
     imgsz = normalize_imgsz(imgsz)
@@ -388,6 +403,9 @@ def export_triton_repository(
         return write_onnx_file_repository(src, repo, name, max_batch=onnx_max_batch, device=device, **common)
     if device not in ("cpu", "cuda"):  # the GPU is the Triton machine's, not necessarily this one's
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    if verify is None:
+        raise ConfigError("exporting a checkpoint into a Triton repository needs verify, the check against torch "
+                          "(call acmix_deploy.export_model with fmt='triton')")
     if (repo / name).exists() and not force:  # before the fold and export, which take a while
         raise AcmixDeployError(f"model directory {repo / name} already exists; pass --force to replace it")
     prep = prepare_deploy(src, arch, imgsz, model_def=model_def, model_args=model_args)
@@ -395,18 +413,16 @@ def export_triton_repository(
             "source_sha256": sha256_file(src), "package_version": __version__}
     return write_onnx_repository(prep.deploy, repo, name, prep.input_size, max_batch=onnx_max_batch, device=device,
                                  opset=opset, simplify=simplify, metadata=meta, output_names=output_names,
-                                 cpu_isa=cpu_isa, **common)
+                                 cpu_isa=cpu_isa, verify=verify, **common)
 
 
-def build_triton_repository(src: Path, opts, say: Callable[[str], None]):
+def build_triton_repository(src: Path, opts, say: Callable[[str], None], verify: Verify) -> ExportResult:
     """The ``triton`` row of the format table: :func:`export_triton_repository` driven by ``ExportOptions``.
 
     ``opts.output`` is the repository folder, ``opts.model_name`` the model's name; the result's ``artifact``
     is the :class:`TritonRepoExport`, ``path`` the model directory, ``rows`` empty (the repository's own
     check records ``validation_rel_error``).
     """
-    from .driver import ExportResult
-
     names = opts.output_names
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",")]
@@ -414,7 +430,8 @@ def build_triton_repository(src: Path, opts, say: Callable[[str], None]):
                                    imgsz=opts.imgsz, max_batch=opts.max_batch, device=opts.device,
                                    instances=opts.instances, max_queue_delay_us=opts.max_queue_delay_us,
                                    opset=opts.opset, simplify=opts.simplify, force=opts.force, output_names=names,
-                                   model_def=opts.model_def, model_args=opts.model_args, cpu_isa=opts.cpu_isa)
+                                   model_def=opts.model_def, model_args=opts.model_args, cpu_isa=opts.cpu_isa,
+                                   verify=verify)
     say(f"wrote Triton model {res.config.name!r} in {res.repo} ({res.seconds:.1f} s)")
     dims = tuple(res.config.input_dims)
     return ExportResult("triton", res.model_dir, res, [], "triton repository", opts, opts.arch or "",

@@ -30,6 +30,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import AcmixDeployError, ConfigError
+from ..exporters import export_onnx
+from ..exporters.onnx import cpu_target
+from ..pipeline import prepare_deploy
+from ..runtime import OrtRunner, Runner
+from ..runtime.loader import EXPORTED, backend_for, open_runner
 from ..util import check_device, normalize_imgsz, sha256_file
 from .fingerprint import device_fingerprint
 from .stats import summarize
@@ -37,8 +42,8 @@ from .stats import summarize
 __all__ = ["BACKENDS", "ProfileSettings", "profile_model", "REPORT_SCHEMA"]
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "aoti", "tensorrt")
-# The backend that runs each kind of exported file, used when no backend is given.
-_FILE_BACKENDS = {".onnx": "onnxruntime", ".pt2": "aoti", ".engine": "tensorrt", ".plan": "tensorrt"}
+# The form each file backend's rows are labelled with.
+_FILE_FORMS = {"onnxruntime": "onnx", "aoti": "aoti", "tensorrt": "engine"}
 REPORT_SCHEMA = "acmix-deploy/profile/1"
 Progress = Callable[[str, int, int], None]
 
@@ -84,7 +89,7 @@ class _Target:
     form: str
     make: Callable[[np.ndarray], Callable[[], object]]  # input -> zero-argument run
     kind: str  # "torch", "onnxruntime" or "runner" (AOTInductor, TensorRT: no per-layer view)
-    handle: object = None  # nn.Module or OrtRunner, for the per-layer view
+    handle: object = None  # nn.Module (per-layer view) or the file's Runner
     notes: list[str] = field(default_factory=list)
 
 
@@ -106,47 +111,20 @@ def _torch_target(model: nn.Module, backend: str, form: str, device: str) -> _Ta
     return _Target(backend, form, make, "torch", model)
 
 
-def _ort_target(path: Path, form: str, device: str, threads: int | None) -> _Target:
-    from ..runtime import OrtRunner
-
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else None
-    runner = OrtRunner(path, providers=providers, threads=threads)
-    if device == "cuda" and "CUDAExecutionProvider" not in runner.providers:
+def _file_target(path: Path, backend: str, form: str, settings: ProfileSettings) -> _Target:
+    """A file opened by :func:`~acmix_deploy.runtime.loader.open_runner`; its ``prepare`` places the input
+    where the backend reads it (host memory for ONNX Runtime, the device for AOTInductor and TensorRT), so the
+    timed call runs the model only."""
+    if backend == "tensorrt" and settings.device != "cuda":
+        raise ConfigError("TensorRT engines run on the GPU: profile them with --device cuda")
+    runner = open_runner(path, backend=backend, device=settings.device, arch=settings.arch, imgsz=settings.imgsz,
+                         threads=settings.threads)
+    if backend == "onnxruntime" and settings.device == "cuda" and "CUDAExecutionProvider" not in runner.providers:
         raise ConfigError(
             "--device cuda with onnxruntime needs the CUDA execution provider (pip install onnxruntime-gpu); "
             f"this session runs on {runner.providers}"
         )
-
-    def make(x: np.ndarray):
-        feed = {runner.input_name: np.ascontiguousarray(x, dtype=np.float32)}
-        return lambda: runner.session.run(None, feed)
-
-    return _Target("onnxruntime", form, make, "onnxruntime", runner)
-
-
-def _file_target(path: Path, backend: str, device: str) -> _Target:
-    """An AOTInductor package or a TensorRT engine, run with its input already on the device."""
-    if backend == "tensorrt":
-        from ..runtime.tensorrt import TrtRunner
-
-        if device != "cuda":
-            raise ConfigError("TensorRT engines run on the GPU: profile them with --device cuda")
-        runner = TrtRunner(path)
-        return _Target("tensorrt", "engine", runner.prepare, "runner", runner)
-    from ..runtime import AotiRunner
-
-    runner = AotiRunner(path, device)
-
-    def make(x: np.ndarray):
-        xt = torch.from_numpy(x).to(device)
-
-        def run():
-            with torch.inference_mode():
-                return runner.model(xt)
-
-        return run
-
-    return _Target("aoti", "aoti", make, "runner", runner)
+    return _Target(backend, form, runner.prepare, "onnxruntime" if backend == "onnxruntime" else "runner", runner)
 
 
 def _rss_mb(key: str) -> float | None:
@@ -232,8 +210,6 @@ def _torch_layers(model: nn.Module, x: np.ndarray, device: str, runs: int = 3, t
 def _ort_layers(path: Path, x: np.ndarray, threads: int | None, runs: int = 3, top: int = 15) -> list[dict]:
     import json
 
-    from ..runtime import OrtRunner
-
     with tempfile.TemporaryDirectory(prefix="acmix-ortprof-") as tmp:
         runner = OrtRunner(path, threads=threads, profile_prefix=os.path.join(tmp, "ort"))
         runner.infer_outputs(x)  # every output: a model with several runs its whole graph
@@ -272,7 +248,10 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
     path = Path(path)
     if not path.exists():
         raise AcmixDeployError(f"model {path} does not exist")
-    natural = _FILE_BACKENDS.get(path.suffix, "torch")
+    try:
+        natural = backend_for(path, allowed=EXPORTED)
+    except ConfigError:
+        natural = "torch"  # any other file is read as a checkpoint
     if not settings.backends:  # a copy: the caller's settings stay as given
         settings = dataclasses.replace(settings, backends=(natural,))
     if settings.threads:
@@ -283,48 +262,34 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
     onnx_paths: dict[str, Path] = {}
     model_info: dict = {"path": str(path), "sha256": sha256_file(path)}
     try:
-        if path.suffix in (".pt2", ".engine", ".plan"):
+        if natural != "torch":
             if set(settings.backends) != {natural}:
                 raise ConfigError(f"{path.name} runs on --backend {natural} only")
             if settings.compare_forms:
                 raise ConfigError("--compare-forms needs a training checkpoint, not an exported model")
-            target = _file_target(path, natural, settings.device)
-            if natural == "tensorrt":
-                input_size = tuple(target.handle.input_shape[1:])
-                model_info.update({"format": "tensorrt", "forms": ["engine"],
-                                   "engine": {k: getattr(target.handle.sidecar, k, None) for k in
-                                              ("precision", "tensorrt_version", "gpu_name", "compute_capability")}})
-            else:
-                if target.handle.input_shape is None:
-                    raise ConfigError(f"{path.name} does not record its input size; export it with acmix-deploy")
-                input_size = tuple(target.handle.input_shape[1:])
-                model_info.update({"format": "aoti", "forms": ["aoti"]})
-            check_imgsz(input_size)
-            if settings.layers:
+            if settings.layers and natural != "onnxruntime":
                 raise ConfigError("--layers is available for checkpoints and ONNX models")
-            targets.append(target)
-        elif path.suffix == ".onnx":
-            if set(settings.backends) - {"onnxruntime"}:
-                raise ConfigError(f"{path.name} is an ONNX model: only --backend onnxruntime can run it")
-            if settings.compare_forms:
-                raise ConfigError("--compare-forms needs a training checkpoint, not an ONNX model")
-            onnx_paths["onnx"] = path
-            probe = _ort_target(path, "onnx", settings.device, settings.threads)
-            shape = probe.handle.input_shape
-            if not all(isinstance(d, int) for d in shape[1:]):
-                raise ConfigError(f"{path.name} has a dynamic spatial size {shape}; export it with a fixed --imgsz")
-            input_size = tuple(shape[1:])
+            form = _FILE_FORMS[natural]
+            target = _file_target(path, natural, form, settings)
+            runner: Runner = target.handle  # type: ignore[assignment]
+            input_size = tuple(runner.input_spec.item_shape)
             check_imgsz(input_size)
-            targets.append(probe)
-            model_info.update({"format": "onnx", "forms": ["onnx"], "outputs": list(probe.handle.output_names)})
-            fixed_batch = shape[0] if isinstance(shape[0], int) else None
-            if fixed_batch is not None and any(b != fixed_batch for b in settings.batches):
-                raise ConfigError(f"{path.name} has a static batch of {fixed_batch}; profile --batch {fixed_batch}")
+            model_info.update({"format": form if natural != "tensorrt" else "tensorrt", "forms": [form],
+                               "outputs": [s.name for s in runner.output_specs]})
+            if natural == "tensorrt":
+                model_info["engine"] = {k: getattr(runner.sidecar, k, None) for k in
+                                        ("precision", "tensorrt_version", "gpu_name", "compute_capability")}
+            if natural == "onnxruntime":
+                onnx_paths[form] = path
+            lo, hi = runner.batch_range
+            if lo == hi and any(b != lo for b in settings.batches):
+                raise ConfigError(f"{path.name} has a static batch of {lo}; profile --batch {lo}")
+            outside = [b for b in settings.batches if b < lo or (hi is not None and b > hi)]
+            if outside:
+                span = f"{lo}.." if hi is None else f"{lo}..{hi}"
+                raise ConfigError(f"{path.name} takes batches {span}; --batch {outside[0]} is outside")
+            targets.append(target)
         else:
-            from ..exporters import export_onnx
-            from ..exporters.onnx import cpu_target
-            from ..pipeline import prepare_deploy
-
             prep = prepare_deploy(path, settings.arch, imgsz, check=False, model_def=settings.model_def,
                                   model_args=settings.model_args)
             input_size = prep.input_size
@@ -348,7 +313,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                     export_onnx(prep.deploy, onnx_path, input_size,
                                 cpu_isa=cpu_target(settings.device))
                     onnx_paths["deploy"] = onnx_path
-                    targets.append(_ort_target(onnx_path, "deploy", settings.device, settings.threads))
+                    targets.append(_file_target(onnx_path, "onnxruntime", "deploy", settings))
                     continue
                 if backend in ("aoti", "tensorrt"):
                     suffix = ".pt2" if backend == "aoti" else ".engine"

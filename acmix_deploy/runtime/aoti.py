@@ -1,8 +1,9 @@
 """AOTInductor runner: a ``.pt2`` package compiled by :func:`acmix_deploy.exporters.aoti.export_aoti`.
 
 The package returns the model's output structure (a tensor, nested tuples, a dict); it is flattened with
-:func:`acmix_deploy.outputs.flatten_outputs`, and the names come from the package's
-``acmix_deploy.output_names`` metadata (JSON list) when it records them.
+:func:`acmix_deploy.outputs.flatten_outputs`.  Its input size, batch range, device and output names come
+from the package's ``acmix_deploy.*`` metadata (:mod:`acmix_deploy.artifacts.aoti`) when it records them;
+the output shapes from a run on zeros when first asked for.
 """
 
 from __future__ import annotations
@@ -14,15 +15,21 @@ import numpy as np
 import torch
 
 from ..artifacts.aoti import read_aoti_metadata
-from ..errors import AcmixDeployError, InputShapeError
+from ..artifacts.onnx import INPUT_NAME
+from ..errors import AcmixDeployError
 from ..outputs import flatten_outputs
-from .base import check_single_output, single_output
+from .base import BATCH_AXIS, Runner, TensorSpec
 from .torch import to_numpy
 
 
-class AotiRunner:
-    def __init__(self, path: str | os.PathLike, device: str | None = None):
-        """``device`` defaults to the one the package was compiled for (recorded in it), else cpu."""
+class AotiRunner(Runner):
+    backend = "aoti"
+    batch_range_name = "the package's batch range"
+
+    def __init__(self, path: str | os.PathLike, device: str | None = None,
+                 input_size: tuple[int, int, int] | None = None):
+        """``device`` defaults to the one the package was compiled for (recorded in it), else cpu;
+        ``input_size`` (C, H, W) is used only when the package records none."""
         path = Path(path)
         if not path.is_file():
             raise AcmixDeployError(f"AOTInductor package {path} does not exist")
@@ -40,23 +47,36 @@ class AotiRunner:
         device = device or compiled_for or "cpu"
         if compiled_for and device != compiled_for:
             raise AcmixDeployError(f"{path.name} was compiled for {compiled_for}; it cannot run on {device}")
-        self.device = torch.device(device)
-        self.name = f"aoti:{device}"
-        # (-1, C, H, W) when the package records its input size, else None
-        self.input_shape = [-1, *recorded.input_size] if recorded.input_size else None
-        self.min_batch, self.max_batch = recorded.min_batch, recorded.max_batch
-        self.output_names: list[str] | None = recorded.output_names
+        self.path = path
+        self._device = torch.device(device)
+        self.records_input_size = recorded.input_size is not None
+        item = recorded.input_size or (tuple(input_size) if input_size is not None else (None, None, None))
+        lo, hi = recorded.min_batch, recorded.max_batch
+        self._names = recorded.output_names
+        super().__init__(f"aoti:{device}", device,
+                         [TensorSpec(INPUT_NAME, (lo if lo == hi else BATCH_AXIS, *item), np.float32)],
+                         batch_range=(lo, hi))
+
+    @property
+    def output_names(self) -> list[str] | None:
+        return super().output_names or self._names
 
     @torch.inference_mode()
-    def infer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        # The package was specialised for its batch range; outside it, results are not guaranteed.
-        if self.max_batch is not None and not self.min_batch <= x.shape[0] <= self.max_batch:
-            raise InputShapeError(
-                f"batch {x.shape[0]} is outside the package's batch range {self.min_batch}..{self.max_batch}")
-        out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
+    def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
+        # The package was specialised for its batch range (checked by the base class); outside it, results
+        # would not be guaranteed.
+        out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self._device))
         return [to_numpy(t) for t in flatten_outputs(out)]
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        if self.output_names is not None:
-            check_single_output(len(self.output_names), self.name, self.output_names)  # before running
-        return single_output(self.infer_outputs(x), self.name, self.output_names)
+    def _prepare_impl(self, x: np.ndarray):
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(self._device)
+        model = self.model
+
+        def run():
+            with torch.inference_mode():
+                return model(xt)
+
+        return run
+
+    def _run_output_names(self, count: int) -> list[str]:
+        return self._names if self._names is not None else super()._run_output_names(count)

@@ -8,19 +8,37 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts.onnx import decode_metadata, spatial_rule
-from ..errors import AcmixDeployError, InputShapeError
+from ..errors import AcmixDeployError
 from ..util import require
-from .base import check_single_output
+from .base import Runner, TensorSpec
+
+# ONNX Runtime's type strings -> NumPy dtypes
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+               "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 
 
-class OrtRunner:
+def _spec(arg, path: Path) -> TensorSpec:
+    if arg.type not in _ORT_DTYPES:
+        raise AcmixDeployError(f"{path.name}: tensor {arg.name} has type {arg.type}, which this package cannot run")
+    # ONNX Runtime gives an int for a fixed axis, the symbolic name for a named one, None for an unnamed one.
+    dims = tuple(d if isinstance(d, str) or d is None else (int(d) if int(d) >= 0 else None) for d in arg.shape)
+    return TensorSpec(arg.name, dims, _ORT_DTYPES[arg.type])
+
+
+class OrtRunner(Runner):
     """An ``onnxruntime.InferenceSession`` over one ONNX file.
 
     ``providers`` defaults to the CPU provider.  ``spinning=False`` turns off
     the intra-op threads' spin-wait (for benchmarks that interleave sessions).  ONNX Runtime silently falls
     back to the CPU when a requested GPU provider cannot start, so the
     providers actually in use are read back from the session (``providers``).
+    Input and output specs are the graph's; a graph with a fixed batch axis (exported static) takes that
+    batch only.
     """
+
+    backend = "onnxruntime"
+    batch_range_name = "the ONNX model's batch range"
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None,
                  profile_prefix: str | None = None, spinning: bool = True):
@@ -45,22 +63,30 @@ class OrtRunner:
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise AcmixDeployError(f"ONNX Runtime cannot load {path}: {first}") from None
+        self.path = path
         self.providers = self.session.get_providers()
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_shape = self.session.get_inputs()[0].shape
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.name = f"onnxruntime:{self.providers[0].replace('ExecutionProvider', '')}"
+        inputs = [_spec(a, path) for a in self.session.get_inputs()]
+        outputs = [_spec(a, path) for a in self.session.get_outputs()]
+        if len(inputs) != 1 or len(inputs[0].shape) < 1:
+            raise AcmixDeployError(f"{path.name} takes {len(inputs)} inputs; one batched input is expected")
+        self.input_name = inputs[0].name
+        batch = inputs[0].shape[0]
+        batch_range = (batch, batch) if isinstance(batch, int) and batch > 0 else (1, None)
+        gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         # A graph with dynamic height and width records the sizes it takes; others fix them in the input shape.
-        self.spatial_rule = spatial_rule(decode_metadata(self.session.get_modelmeta().custom_metadata_map))
-        self._path = path
+        rule = spatial_rule(decode_metadata(self.session.get_modelmeta().custom_metadata_map))
+        super().__init__(f"onnxruntime:{self.providers[0].replace('ExecutionProvider', '')}",
+                         "cuda" if gpu else "cpu", inputs, outputs, batch_range, spatial_rule=rule)
 
-    def infer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        if self.spatial_rule is not None:
-            if np.ndim(x) != 4:
-                raise InputShapeError(f"{self._path.name} takes NCHW images, got an input of shape {np.shape(x)}")
-            self.spatial_rule.check(*np.shape(x)[2:], what=self._path.name)
+    @property
+    def input_shape(self) -> list:
+        """The graph's input shape as ONNX Runtime reports it (ints and symbolic names)."""
+        return list(self.session.get_inputs()[0].shape)
+
+    def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        check_single_output(len(self.output_names), self.name, self.output_names)  # before running, not after
-        return self.infer_outputs(x)[0]
+    def _prepare_impl(self, x: np.ndarray):
+        feed = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        session = self.session
+        return lambda: session.run(None, feed)

@@ -16,15 +16,25 @@ import numpy as np
 
 from ..errors import AcmixDeployError, ConfigError
 from ..util import require
-from .base import check_single_output
+from .base import BATCH_AXIS, Runner, TensorSpec
 
 __all__ = ["OpenVinoRunner"]
 
 PRECISIONS = ("f32", "bf16", "f16")
 
 
-class OpenVinoRunner:
+def _spec(port) -> TensorSpec:
+    """A compiled model's input or output as a spec: a static axis its size, a dynamic one open (the first,
+    the batch axis, named)."""
+    dims = tuple(d.get_length() if d.is_static else BATCH_AXIS if i == 0 else None
+                 for i, d in enumerate(port.get_partial_shape()))
+    return TensorSpec(port.get_any_name(), dims, port.get_element_type().to_dtype())
+
+
+class OpenVinoRunner(Runner):
     """One model compiled by OpenVINO for the CPU (``LATENCY`` hint, ``threads`` inference threads)."""
+
+    backend = "openvino"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str | None = "f32"):
         ov = require("openvino", "openvino")
@@ -50,17 +60,12 @@ class OpenVinoRunner:
         self.request = compiled.create_infer_request()
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type: f32, bf16, f16
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-        port = compiled.inputs[0]
-        self.input_name = port.get_any_name()
-        self.input_shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-        self.output_names = [o.get_any_name() for o in compiled.outputs]
-        self.name = "openvino:CPU"
+        inputs = [_spec(p) for p in compiled.inputs]
+        batch = inputs[0].shape[0] if inputs and inputs[0].shape else None
+        super().__init__("openvino:CPU", "cpu", inputs, [_spec(p) for p in compiled.outputs],
+                         (batch, batch) if isinstance(batch, int) else (1, None))
 
-    def infer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+    def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
         self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
         # Copies: the request's output buffers are reused by the next call.
-        return [np.array(self.request.get_output_tensor(i).data) for i in range(len(self.output_names))]
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        check_single_output(len(self.output_names), self.name, self.output_names)
-        return self.infer_outputs(x)[0]
+        return [np.array(self.request.get_output_tensor(i).data) for i in range(len(self.output_specs))]

@@ -19,17 +19,22 @@ from ..artifacts.spatial import SpatialRule
 from ..errors import AcmixDeployError, InputShapeError
 from ..artifacts.tensorrt import (EngineSidecar, check_sidecar, current_gpu, read_sidecar, require_tensorrt,
                                   trt_logger)
-from .base import check_single_output
+from .base import BATCH_AXIS, Runner, TensorSpec
 
 __all__ = ["TrtRunner"]
 
 
-class TrtRunner:
+class TrtRunner(Runner):
     """Runs a serialized TensorRT engine (``.engine``/``.plan``) on ``cuda``.
 
     ``check=False`` skips the sidecar check (an engine validated right after
-    its build, before its sidecar is in place).
+    its build, before its sidecar is in place).  The batch range is optimization profile 0's (the one
+    this runner executes); an axis whose profile range is not a single size is dynamic in the input spec.
+    Floating outputs are returned as float32 (their specs say so), others as they are.
     """
+
+    backend = "tensorrt"
+    batch_range_name = "the engine's optimization profile"
 
     def __init__(self, path: str | os.PathLike, device: str = "cuda", check: bool = True,
                  sidecar: EngineSidecar | None = None):
@@ -62,33 +67,52 @@ class TrtRunner:
         outputs = [n for n in names if n not in inputs]
         if len(inputs) != 1 or not outputs:
             raise AcmixDeployError(f"{path}: expected one input and at least one output, found {inputs} and {outputs}")
+        self.path = path
         self.input_name = inputs[0]
         # The engine's I/O order need not be the model's: the sidecar's output_names (the ONNX graph's order) wins.
         recorded = getattr(self.sidecar, "all_output_names", None) if self.sidecar is not None else None
         if recorded and sorted(recorded) == sorted(outputs):
             outputs = list(recorded)
-        self.output_names = outputs
-        self.output_name = outputs[0]  # kept for callers written before several outputs
-        lo, _opt, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
-        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
-        self.input_shape = [-1 if a != b else int(a) for a, b in zip(lo, hi)]
-        self.profile_shapes = (tuple(map(int, lo)), tuple(map(int, hi)))
-        # An engine with dynamic height and width: the sizes its graph takes, from the sidecar.
-        valid = getattr(self.sidecar, "valid_hw", None) if self.sidecar is not None else None
-        self.spatial_rule = SpatialRule.from_json(valid) if valid else None
         self._torch_dtype = {
             getattr(trt, k): v for k, v in (("float32", torch.float32), ("float16", torch.float16),
                                             ("int32", torch.int32), ("int64", torch.int64), ("int8", torch.int8),
                                             ("bool", torch.bool), ("uint8", torch.uint8)) if hasattr(trt, k)
         }
-        self.device = torch.device(device)
+        lo, _opt, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        lo, hi = [int(d) for d in lo], [int(d) for d in hi]
+        self.profile_shapes = (tuple(lo), tuple(hi))
+        # An engine with dynamic height and width: the sizes its graph takes, from the sidecar.
+        valid = getattr(self.sidecar, "valid_hw", None) if self.sidecar is not None else None
+        batch = lo[0] if lo[0] == hi[0] else BATCH_AXIS
+        # An axis whose profile range is not one size is dynamic, named as the ONNX export names it.
+        names = ("channels", "height", "width")
+        input_spec = TensorSpec(self.input_name, (batch, *(a if a == b else names[i] if i < 3 else None
+                                                           for i, (a, b) in enumerate(zip(lo[1:], hi[1:])))),
+                                np.float32)
+        output_specs = []
+        for name in outputs:
+            shape = [int(d) for d in self.engine.get_tensor_shape(name)]
+            dims = [(batch if i == 0 else None) if d < 0 else d for i, d in enumerate(shape)]
+            dtype = self._torch_dtype.get(self.engine.get_tensor_dtype(name), torch.float32)
+            numpy_dtype = np.float32 if dtype.is_floating_point else torch.empty((), dtype=dtype).numpy().dtype
+            output_specs.append(TensorSpec(name, tuple(dims), numpy_dtype))
+        self._device = torch.device(device)
         self._torch = torch
-        self.name = f"tensorrt:{gpu.name}"
+        super().__init__(f"tensorrt:{gpu.name}", device, [input_spec], output_specs, (lo[0], hi[0]),
+                         spatial_rule=SpatialRule.from_json(valid) if valid else None)
         # One execution context holds the bound shapes and addresses: calls from several threads
         # (a server with --workers > 1) take turns.
         self._lock = threading.Lock()
 
-    def prepare(self, x: np.ndarray):
+    def check_input(self, x: np.ndarray) -> None:
+        """The base checks, and the height x width inside optimization profile 0's range."""
+        super().check_input(x)
+        (*_, h_lo, w_lo), (*_, h_hi, w_hi) = self.profile_shapes
+        if not (h_lo <= x.shape[-2] <= h_hi and w_lo <= x.shape[-1] <= w_hi):
+            raise InputShapeError(f"size {x.shape[-2]}x{x.shape[-1]} is outside the engine's optimization profile "
+                                  f"{h_lo}x{w_lo}..{h_hi}x{w_hi}")
+
+    def _prepare_impl(self, x: np.ndarray):
         """Copy ``x`` to the GPU, bind input and output buffers, and return ``run``.
 
         ``run()`` enqueues one execution on torch's current stream and returns
@@ -97,29 +121,16 @@ class TrtRunner:
         copies stay outside the timing.
         """
         torch = self._torch
-        fixed = self.input_shape[1:]
-        if x.ndim != 4 or any(d != -1 and d != n for d, n in zip(fixed, x.shape[1:])):
-            spelled = ", ".join("?" if d == -1 else str(d) for d in fixed)
-            raise InputShapeError(f"the engine takes (N, {spelled}), got {x.shape}")
-        if not self.min_batch <= x.shape[0] <= self.max_batch:
-            raise InputShapeError(
-                f"batch {x.shape[0]} is outside the engine's optimization profile {self.min_batch}..{self.max_batch}"
-            )
-        (_, _, h_lo, w_lo), (_, _, h_hi, w_hi) = self.profile_shapes
-        if not (h_lo <= x.shape[2] <= h_hi and w_lo <= x.shape[3] <= w_hi):
-            raise InputShapeError(f"size {x.shape[2]}x{x.shape[3]} is outside the engine's optimization profile "
-                                  f"{h_lo}x{w_lo}..{h_hi}x{w_hi}")
-        if self.spatial_rule is not None:
-            self.spatial_rule.check(x.shape[2], x.shape[3], what="the engine")
         in_dtype = self._torch_dtype.get(self.engine.get_tensor_dtype(self.input_name), torch.float32)
-        inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device).to(in_dtype).contiguous()
+        inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self._device).to(in_dtype).contiguous()
         self.context.set_input_shape(self.input_name, tuple(inp.shape))
         outs = []
-        for name in self.output_names:
+        output_names = [s.name for s in self.output_specs]
+        for name in output_names:
             shape = tuple(self.context.get_tensor_shape(name))
             dtype = self._torch_dtype.get(self.engine.get_tensor_dtype(name), torch.float32)
-            outs.append(torch.empty(shape, dtype=dtype, device=self.device))
-        context, input_name, output_names = self.context, self.input_name, self.output_names
+            outs.append(torch.empty(shape, dtype=dtype, device=self._device))
+        context, input_name, device = self.context, self.input_name, self._device
 
         def run():
             # Rebind on every call: several prepared batches may share one execution context.
@@ -127,18 +138,14 @@ class TrtRunner:
             context.set_tensor_address(input_name, inp.data_ptr())
             for name, out in zip(output_names, outs):
                 context.set_tensor_address(name, out.data_ptr())
-            if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            if not context.execute_async_v3(torch.cuda.current_stream(device).cuda_stream):
                 raise AcmixDeployError("TensorRT failed to run the engine (see TensorRT's log above)")
             return outs
 
         return run
 
-    def infer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+    def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
         with self._lock:
-            outs = self.prepare(x)()
-            self._torch.cuda.current_stream(self.device).synchronize()
+            outs = self._prepare_impl(x)()
+            self._torch.cuda.current_stream(self._device).synchronize()
             return [(o.float() if o.is_floating_point() else o).cpu().numpy() for o in outs]
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        check_single_output(len(self.output_names), self.name, self.output_names)
-        return self.infer_outputs(x)[0]

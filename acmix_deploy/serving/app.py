@@ -42,15 +42,18 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError
+from ..runtime.loader import open_runner
 from ..util import require
 from .batching import DynamicBatcher
 from .metrics import ServerMetrics
-from ..runtime.base import run_outputs
-from .protocol import DATATYPES, HEADER_LENGTH, ProtocolError, decode_body, encode_outputs, json_limit, parse_infer_request
+from .protocol import HEADER_LENGTH, ProtocolError, decode_body, encode_outputs, json_limit, parse_infer_request, v2_datatype
 
 __all__ = ["MODEL_VERSION", "ServeSettings", "bind_socket", "build_server", "create_app", "serve"]
 
 MODEL_VERSION = "1"
+
+# Triton's ``platform`` names (model metadata) for each runner backend; another backend is named as it is.
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "aoti": "torch_aoti", "torch": "pytorch"}
 
 
 @dataclass
@@ -222,8 +225,9 @@ async def _wait_disconnect(request) -> None:
             return
 
 
-def create_app(model, settings: ServeSettings):
-    """A FastAPI app serving ``model`` (a :class:`acmix_deploy.runtime.loader.LoadedModel`)."""
+def create_app(runner, settings: ServeSettings):
+    """A FastAPI app serving ``model``, a runner (:class:`acmix_deploy.runtime.Runner`) whose input has a
+    fixed sample shape: its specs give the metadata, its batch range bounds requests and merged batches."""
     fastapi = require("fastapi", "serve")
     from fastapi import Request, Response
     from fastapi.exceptions import RequestValidationError
@@ -232,15 +236,21 @@ def create_app(model, settings: ServeSettings):
 
     settings.validate()
     metrics = ServerMetrics(settings.name, settings.max_batch)
-    runner = model.runner
-
-    specs = list(model.outputs)
+    inp = runner.input_spec
+    if not inp.is_static:
+        raise ConfigError(f"{runner.name}: input {inp.name} has a dynamic sample shape {list(inp.shape)}; serving "
+                          "needs a fixed input size")
+    input_shape = tuple(int(d) for d in inp.item_shape)
+    specs = list(runner.output_specs)
     out_names = [spec.name for spec in specs]
-    out_dtypes = [DATATYPES.get(spec.datatype, np.dtype(np.float32)) for spec in specs]
+    out_dtypes = [spec.dtype for spec in specs]
+    out_datatypes = [v2_datatype(spec.dtype) for spec in specs]  # a dtype the protocol cannot carry fails here
+    min_batch, max_batch = runner.batch_range
+    platform = PLATFORMS.get(runner.backend, runner.backend)
 
     def infer(x: np.ndarray) -> list[np.ndarray]:
         """Every output of the model, each as its declared datatype (split by rows in the batcher)."""
-        ys = run_outputs(runner, x)
+        ys = runner.infer_outputs(x)
         if len(ys) != len(specs):
             raise RuntimeError(f"the model returned {len(ys)} outputs, its metadata lists {len(specs)}")
         return [np.asarray(y, dtype=dt) for y, dt in zip(ys, out_dtypes)]
@@ -248,15 +258,15 @@ def create_app(model, settings: ServeSettings):
     # Merged batches must stay inside what the model accepts: a fixed batch (static ONNX, a one-size
     # engine) takes no merging, a bounded range (a TensorRT profile) caps it.
     merge_limit = settings.max_batch
-    if model.max_batch is not None:
-        merge_limit = 1 if model.min_batch == model.max_batch else min(merge_limit, model.max_batch)
+    if max_batch is not None:
+        merge_limit = 1 if min_batch == max_batch else min(merge_limit, max_batch)
     # Rows one request may carry: the model's own limit where it has one (as Triton's max_batch_size),
     # otherwise --max-batch, so that no request costs more than the largest batch.
-    max_rows = model.max_batch if model.max_batch is not None else settings.max_batch
-    rows_source = "--max-batch" if model.max_batch is None else (
-        f"the model takes exactly {model.max_batch}" if model.min_batch == model.max_batch
-        else f"the model accepts {model.min_batch}..{model.max_batch}")
-    max_json = json_limit(max_rows, tuple(model.input.shape), settings.max_body_bytes)
+    max_rows = max_batch if max_batch is not None else settings.max_batch
+    rows_source = "--max-batch" if max_batch is None else (
+        f"the model takes exactly {max_batch}" if min_batch == max_batch
+        else f"the model accepts {min_batch}..{max_batch}")
+    max_json = json_limit(max_rows, input_shape, settings.max_body_bytes)
     batcher = DynamicBatcher(infer, max_batch=merge_limit, timeout_s=settings.batch_timeout_ms / 1000,
                              workers=settings.workers, metrics=metrics)
     decoder = concurrent.futures.ThreadPoolExecutor(max_workers=settings.max_decodes, thread_name_prefix="acmix-decode")
@@ -284,7 +294,7 @@ def create_app(model, settings: ServeSettings):
                           redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
     app.state.batcher = batcher
-    app.state.model = model
+    app.state.model = runner
     app.state.settings = settings
     app.state.drain = drain
     app.state.max_rows = max_rows
@@ -303,8 +313,9 @@ def create_app(model, settings: ServeSettings):
         if version not in (None, "", MODEL_VERSION):
             raise ProtocolError(f"model {name!r} has no version {version!r}; available: {MODEL_VERSION}", 404)
 
-    def tensor_meta(spec) -> dict:
-        return {"name": spec.name, "datatype": spec.datatype, "shape": [-1, *spec.shape]}
+    def tensor_meta(name: str, datatype: str, item_shape) -> dict:
+        return {"name": name, "datatype": datatype,
+                "shape": [-1, *(d if isinstance(d, int) else -1 for d in item_shape)]}
 
     def is_ready() -> bool:
         return state["ready"] and not drain.draining
@@ -326,8 +337,9 @@ def create_app(model, settings: ServeSettings):
             check_model(name, version)
         except ProtocolError as exc:
             return _error(exc.status, str(exc))
-        return {"name": settings.name, "versions": [MODEL_VERSION], "platform": model.platform,
-                "inputs": [tensor_meta(model.input)], "outputs": [tensor_meta(spec) for spec in specs]}
+        return {"name": settings.name, "versions": [MODEL_VERSION], "platform": platform,
+                "inputs": [tensor_meta(inp.name, v2_datatype(inp.dtype), input_shape)],
+                "outputs": [tensor_meta(s.name, d, s.item_shape) for s, d in zip(specs, out_datatypes)]}
 
     async def model_ready(name: str, version: str | None = None):
         try:
@@ -339,7 +351,7 @@ def create_app(model, settings: ServeSettings):
     def decode_and_parse(raw: bytes, encoding: str | None, header_length: str | None):
         """Runs in the decode pool: inflating and JSON parsing can take long and must not hold the event loop."""
         body = decode_body(raw, encoding, settings.max_body_bytes)
-        return parse_infer_request(body, header_length, model.input.name, model.input.shape, out_names,
+        return parse_infer_request(body, header_length, inp.name, input_shape, out_names,
                                    max_rows=max_rows, max_json_bytes=max_json, rows_limit_source=rows_source)
 
     async def model_infer(request: Request, name: str, version: str | None = None):
@@ -358,9 +370,8 @@ def create_app(model, settings: ServeSettings):
                     request.headers.get(HEADER_LENGTH))
             del raw
             rows = req.tensor.shape[0]
-            if model.max_batch is not None and not model.min_batch <= rows <= model.max_batch:
-                span = (f"exactly {model.max_batch}" if model.min_batch == model.max_batch
-                        else f"{model.min_batch}..{model.max_batch}")
+            if max_batch is not None and not min_batch <= rows <= max_batch:
+                span = f"exactly {max_batch}" if min_batch == max_batch else f"{min_batch}..{max_batch}"
                 raise ProtocolError(f"batch of {rows} is outside what the model accepts ({span})")
             if not is_ready():
                 raise ProtocolError("server is shutting down", 503)
@@ -554,16 +565,14 @@ def serve(model_path, settings: ServeSettings, backend: str | None = None, devic
     require("fastapi", "serve")
     require("uvicorn", "serve")
     require("prometheus_client", "serve")
-    from ..runtime.loader import open_runner
-
     settings.validate()
     sock = bind_socket(settings.host, settings.port)  # fail on a taken port before loading the model
     try:
-        model = open_runner(model_path, backend=backend, device=device, arch=arch, imgsz=imgsz, threads=threads,
-                            model_def=model_def, model_args=model_args)
-        app = create_app(model, settings)
+        runner = open_runner(model_path, backend=backend, device=device, arch=arch, imgsz=imgsz, threads=threads,
+                             model_def=model_def, model_args=model_args)
+        app = create_app(runner, settings)
         if on_ready is not None:
-            on_ready(model, sock.getsockname()[:2])
+            on_ready(runner, sock.getsockname()[:2])
         build_server(app, sock, log_level=log_level).run(sockets=[sock])
     finally:
         sock.close()

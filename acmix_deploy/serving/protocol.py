@@ -35,7 +35,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["HEADER_LENGTH", "DATATYPES", "InferRequest", "ProtocolError", "decode_body", "encode_outputs",
+from ..errors import ConfigError
+
+__all__ = ["HEADER_LENGTH", "DATATYPES", "v2_datatype", "InferRequest", "ProtocolError", "decode_body", "encode_outputs",
            "encode_response", "json_limit", "loads_json", "parse_infer_request"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -368,6 +370,15 @@ def parse_infer_request(
 
 
 _V2_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+def v2_datatype(dtype) -> str:
+    """The v2 protocol name of a NumPy dtype (``float32`` -> ``FP32``); one it cannot carry is a clear error."""
+    name = _V2_NAMES.get(np.dtype(dtype).newbyteorder("<"))
+    if name is None:
+        raise ConfigError(f"a tensor of dtype {np.dtype(dtype).name} cannot be described to Triton or the v2 "
+                          f"protocol; use one of {', '.join(sorted(DATATYPES))}")
+    return name
 
 
 def tensor_entry(name: str, array: np.ndarray, binary: bool) -> dict:
