@@ -297,7 +297,9 @@ def test_cli_export_dynamic_hw_and_its_errors(tmp_path):
     result = cli.invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "s.onnx"), "--dynamic-hw", "--static"])
     assert result.exit_code == 2 and "--static" in result.output and "Traceback" not in result.output
     result = cli.invoke(app, ["export", str(ckpt), "--format", "aoti", "--dynamic-hw"])
-    assert result.exit_code == 2 and "--dynamic-hw" in result.output
+    assert result.exit_code == 2 and "AOTInductor packages keep a fixed height and width" in " ".join(result.output.split())
+    result = cli.invoke(app, ["export", str(ckpt), "--format", "triton", "--dynamic-hw"])
+    assert result.exit_code == 2 and "--dynamic-hw does not apply to --format triton" in " ".join(result.output.split())
 
 
 # ----------------------------------------------------------------------------- TensorRT profiles, sidecar, Triton

@@ -28,7 +28,18 @@ from ..errors import ConfigError, ExportError
 from ..outputs import output_names as name_outputs
 from ..util import atomic_write, check_device
 
-__all__ = ["AotiExport", "export_aoti"]
+__all__ = ["AOTI_DYNAMIC_HW_REASON", "AotiExport", "export_aoti"]
+
+# Measured with torch 2.9: torch.export captures ACmix's deploy form with symbolic height and width (the
+# halo tables then follow the SymInt sizes, exact when the program is replayed in torch), but it guards
+# every symbolic intermediate size to be >= 2 (its 0/1 specialisation: ACmix-ResNet-tiny's last map of 1x1
+# at the smallest valid size is refused), and the AOTInductor-compiled package of acmix_resnet_tiny aborted
+# the process (c10::Error, "index out of bounds" in a generated kernel of the halo gather) at run time.
+AOTI_DYNAMIC_HW_REASON = (
+    "AOTInductor packages keep a fixed height and width: with symbolic sizes torch.export refuses the "
+    "smallest valid sizes (it assumes no intermediate size is 1) and the compiled package failed a bounds "
+    "check in its generated halo-gather kernel, aborting the process; export one package per --imgsz, or "
+    "use --format onnx --dynamic-hw")
 
 
 @dataclass
@@ -59,13 +70,17 @@ def export_aoti(
     validate: Callable[[Path], None] | None = None,
     metadata: dict[str, str] | None = None,
     output_names: list[str] | None = None,
+    dynamic_hw: bool = False,
 ) -> AotiExport:
     """Compile ``model`` to an AOTInductor package at ``path`` (validated before the rename).
 
     The package's metadata (``AOTICompiledModel.get_metadata()``) records the
     input size under ``acmix_deploy.input_size`` ("C,H,W") and the output names under
     ``acmix_deploy.output_names`` (``output_names``, or the naming rule's), plus ``metadata``.
+    ``dynamic_hw=True`` is refused (:data:`AOTI_DYNAMIC_HW_REASON`).
     """
+    if dynamic_hw:
+        raise ConfigError(AOTI_DYNAMIC_HW_REASON)
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise ExportError(f"torch {torch.__version__} has no AOTInductor packaging; it needs torch >= 2.6")
     check_device(device)

@@ -54,6 +54,10 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         raise ConfigError(f"--batch must be positive, got {opts.batch}")
     if opts.dynamic_hw and not opts.dynamic:
         raise ConfigError("--dynamic-hw makes batch, height and width dynamic; it cannot be combined with --static")
+    if opts.dynamic_hw and opts.fmt == "aoti":
+        from .aoti import AOTI_DYNAMIC_HW_REASON
+
+        raise ConfigError(AOTI_DYNAMIC_HW_REASON)
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise ConfigError(f"--opset {opts.opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
     imgsz = normalize_imgsz(opts.imgsz)  # ConfigError for anything but a positive int or (height, width)
@@ -259,10 +263,11 @@ def build_aoti(ckpt: Path, opts: ExportOptions, say: Log, verify: Verify) -> Exp
     """``--format aoti``: an AOTInductor package, validated against torch on the export device."""
     ctx = _prepare(ckpt, opts, say, verify)
     opts, rows, title = ctx.opts, [], "aoti vs torch (deploy form)"
+
     artifact = export_aoti(ctx.prep.deploy, opts.output, ctx.prep.input_size, batch=opts.batch, dynamic=opts.dynamic,
                            max_batch=opts.max_batch, device=ctx.device, validate=ctx.validator("aoti", title, rows),
                            metadata={"arch": ctx.prep.loaded.arch, "source_sha256": ctx.meta["source_sha256"]},
-                           output_names=opts.output_names)
+                           output_names=opts.output_names, dynamic_hw=opts.dynamic_hw)
     say(f"AOTInductor: wrote {artifact.path} ({artifact.size_bytes / 1e6:.1f} MB) in {artifact.seconds:.1f} s")
     return ctx.result(artifact, rows, title)
 

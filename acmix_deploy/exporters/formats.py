@@ -27,7 +27,7 @@ _ONNX_OPTIONS = frozenset({"batch", "dynamic", "dynamic_hw", "opset", "simplify"
                            "calib_limit", "tol", "min_top1", "seed"})
 _TRT_BUILDER_OPTIONS = frozenset({"min_batch", "opt_batch", "workspace_gb", "timing_cache", "opt_level", "trt_typing",
                                   "min_shape", "opt_shape", "max_shape"})
-_AOTI_OPTIONS = frozenset({"batch", "dynamic", "max_batch", "tol", "seed"})
+_AOTI_OPTIONS = frozenset({"batch", "dynamic", "dynamic_hw", "max_batch", "tol", "seed"})
 _TRITON_OPTIONS = frozenset({"opset", "simplify", "max_batch", "engine", "instances", "model_name",
                              "max_queue_delay_us", "force", "cpu_isa"})
 

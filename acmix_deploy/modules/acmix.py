@@ -323,7 +323,9 @@ def dynamic_spatial_export(enabled: bool):
     Blocks with the same input size at the traced size (and the same window, stride, tile and groups)
     share one set of tables, computed from the first one's shape: every block's input is the image
     divided by a fixed factor (``exporters.dynamic_hw.derive_spatial_rule`` checks that at two sizes),
-    so sizes equal at one valid size are equal at all.  Record one graph per ``with`` block.
+    so sizes equal at one valid size are equal at all.  Record one graph per ``with`` block.  An eager
+    call inside the block records each block's input size, which a later recording (``torch.export``,
+    where the size is symbolic) then tunes for.
     """
     token = _DYNAMIC_HW.set({} if enabled else None)
     try:
@@ -468,9 +470,15 @@ class ACmixDeploy(nn.Module):
         # Static spatial size: the plan's index tables are constants of the graph (the traced size); with
         # dynamic_spatial_export they are computed in the graph from the shape, and only the tile and the
         # number of groups come from the traced size.
-        hh, ww = int(x.shape[-2]), int(x.shape[-1])
         shared = _DYNAMIC_HW.get()
-        if shared is not None and _recording():
+        recording = _recording()
+        if shared is not None and recording and ("size", id(self)) in shared:
+            hh, ww = shared[("size", id(self))]  # the example's size, seen in eager mode (no guard on a SymInt)
+        else:
+            hh, ww = int(x.shape[-2]), int(x.shape[-1])
+        if shared is not None and not recording:
+            shared[("size", id(self))] = (hh, ww)
+        if shared is not None and recording:
             spec = make_dynamic_halo_spec(self.halo_plan(hh, ww, x.dtype, x.device), self.kernel_att, self.stride,
                                           self.head_dim)
             key = (hh, ww, spec.kernel, spec.stride, spec.tile, spec.groups, x.dtype)

@@ -368,29 +368,42 @@ def make_dynamic_halo_spec(plan: HaloPlan, kernel: int, stride: int, head_dim: i
                            map_index=plan.map_index)
 
 
-def _reflect_dynamic(idx: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+# The size arithmetic below runs on 0-d int64 tensors while the ONNX exporter traces (each step becomes a
+# graph node on the input's Shape), and on Python ints otherwise: plain ints in eager mode, symbolic ints
+# (SymInt) under torch.export, whose graph then keeps the size symbolic.  Every operand is non-negative, so
+# truncating division is floor division (and exports as a plain Div).
+
+
+def _idiv(a, b):
+    return torch.div(a, b, rounding_mode="trunc") if isinstance(a, torch.Tensor) else a // b
+
+
+def _imin(t: torch.Tensor, bound) -> torch.Tensor:
+    return torch.minimum(t, bound) if isinstance(bound, torch.Tensor) else t.clamp(max=bound)
+
+
+def _reflect_dynamic(idx: torch.Tensor, n) -> torch.Tensor:
     """:func:`_reflect` with tensor ops: ``(n-1) - |(n-1) - |i||`` reflects once at each edge, then clamp."""
     last = n - 1
     out = last - (last - idx.abs()).abs()
-    return torch.minimum(out.clamp(min=0), last)
+    return _imin(out.clamp(min=0), last)
 
 
-def _dynamic_index_tables(hh: torch.Tensor, ww: torch.Tensor, spec: DynamicHaloSpec):
-    """Index tables of one input size, from 0-d int64 tensors ``hh``, ``ww`` (traced into the graph).
+def _dynamic_index_tables(hh, ww, spec: DynamicHaloSpec, device=None):
+    """Index tables of one input size ``hh x ww`` (0-d int64 tensors, or ints; see above).
 
-    The same arithmetic as :func:`make_halo_plan` with the tile fixed (every operand is non-negative, so
-    truncating division is floor division and exports as a plain ``Div``); returns ``(query_index,
+    The same arithmetic as :func:`make_halo_plan` with the tile fixed; returns ``(query_index,
     key_index, output_index, out_h, out_w)`` with the query and key tables shaped ``(groups, run,
     slots)``: ``groups * run >= tiles`` blocks, the block ids past the last one clamped to it.
     """
     s, ka, (ty, tx), g = spec.stride, spec.kernel, spec.tile, spec.groups
     pad = (ka - 1) // 2
     ky, kx = (ty - 1) * s + ka, (tx - 1) * s + ka
-    h_out = torch.div(hh - 1, s, rounding_mode="trunc") + 1
-    w_out = torch.div(ww - 1, s, rounding_mode="trunc") + 1
-    nty = torch.div(h_out + (ty - 1), ty, rounding_mode="trunc")
-    ntx = torch.div(w_out + (tx - 1), tx, rounding_mode="trunc")
-    dev = hh.device
+    h_out = _idiv(hh - 1, s) + 1
+    w_out = _idiv(ww - 1, s) + 1
+    nty = _idiv(h_out + (ty - 1), ty)
+    ntx = _idiv(w_out + (tx - 1), tx)
+    dev = hh.device if isinstance(hh, torch.Tensor) else device
 
     def ar(n) -> torch.Tensor:
         return torch.arange(n, dtype=torch.int64, device=dev)
@@ -398,8 +411,8 @@ def _dynamic_index_tables(hh: torch.Tensor, ww: torch.Tensor, spec: DynamicHaloS
     rows = _reflect_dynamic(s * ty * ar(nty)[:, None] - pad + ar(ky)[None], hh)  # (nty, ky)
     cols = _reflect_dynamic(s * tx * ar(ntx)[:, None] - pad + ar(kx)[None], ww)  # (ntx, kx)
     key_pos = (rows[:, None, :, None] * ww + cols[None, :, None, :]).reshape(-1, ky * kx)
-    qr = torch.minimum(ty * ar(nty)[:, None] + ar(ty)[None], h_out - 1) * s
-    qc = torch.minimum(tx * ar(ntx)[:, None] + ar(tx)[None], w_out - 1) * s
+    qr = _imin(ty * ar(nty)[:, None] + ar(ty)[None], h_out - 1) * s
+    qc = _imin(tx * ar(ntx)[:, None] + ar(tx)[None], w_out - 1) * s
     query_pos = (qr[:, None, :, None] * ww + qc[None, :, None, :]).reshape(-1, ty * tx)
 
     oy, ox = ar(h_out), ar(w_out)
@@ -410,17 +423,20 @@ def _dynamic_index_tables(hh: torch.Tensor, ww: torch.Tensor, spec: DynamicHaloS
 
     # Runs of equal length: block ids 0 .. groups * run - 1, those past the last block clamped to it.
     tiles = nty * ntx
-    run = torch.div(tiles + (g - 1), g, rounding_mode="trunc")
-    ids = torch.minimum(ar(run * g), tiles - 1)
+    run = _idiv(tiles + (g - 1), g)
+    ids = _imin(ar(run * g), tiles - 1)
     return (query_pos[ids].reshape(g, -1, ty * tx), key_pos[ids].reshape(g, -1, ky * kx), output_index,
             h_out, w_out, run)
 
 
-def _dynamic_coords(hh: torch.Tensor, ww: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _dynamic_coords(hh, ww, dtype: torch.dtype, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """ACmix's ``loc`` axes, ``linspace(-1, 1, n)`` as ``-1 + 2 i / max(n - 1, 1)`` (one element: ``-1``)."""
-    def axis(n: torch.Tensor) -> torch.Tensor:
-        i = torch.arange(n, dtype=torch.int64, device=n.device).to(dtype)
-        return i * (2.0 / (n - 1).clamp(min=1).to(dtype)) - 1.0
+    def axis(n) -> torch.Tensor:
+        if isinstance(n, torch.Tensor):
+            i = torch.arange(n, dtype=torch.int64, device=n.device).to(dtype)
+            return i * (2.0 / (n - 1).clamp(min=1).to(dtype)) - 1.0
+        i = torch.arange(n, dtype=torch.int64, device=device).to(dtype)
+        return i * (2.0 / torch.sym_max(n - 1, 1)) - 1.0
     return axis(ww), axis(hh)
 
 
@@ -436,16 +452,19 @@ class DynamicHaloTables:
 
 
 def dynamic_halo_tables(qkv: torch.Tensor, spec: DynamicHaloSpec) -> DynamicHaloTables:
-    """All tables :func:`dynamic_halo_attention` needs, from ``qkv``'s shape (one ``Shape`` node).
+    """All tables :func:`dynamic_halo_attention` needs, from ``qkv``'s shape (one ``Shape`` node in ONNX).
 
     Blocks whose inputs always have the same size may share one result (``ACmixDeploy`` does so within
     one export, see :func:`acmix_deploy.modules.acmix.dynamic_spatial_export`), which removes the index
     arithmetic of all but the first of them from the graph.
     """
-    shape = torch._shape_as_tensor(qkv)
-    hh, ww = shape[2], shape[3]
-    query_index, key_index, output_index, h_out, w_out, _ = _dynamic_index_tables(hh, ww, spec)
-    lw, lh = _dynamic_coords(hh, ww, qkv.dtype)
+    if torch.jit.is_tracing():  # the ONNX exporter: sizes as tensors on the graph's Shape
+        shape = torch._shape_as_tensor(qkv)
+        hh, ww = shape[2], shape[3]
+    else:  # eager ints, or torch.export's symbolic ints
+        hh, ww = qkv.shape[2], qkv.shape[3]
+    query_index, key_index, output_index, h_out, w_out, _ = _dynamic_index_tables(hh, ww, spec, qkv.device)
+    lw, lh = _dynamic_coords(hh, ww, qkv.dtype, qkv.device)
     coords = torch.stack([lw[None, :] + lh[:, None] * 0, lh[:, None] + lw[None, :] * 0], -1).reshape(-1, 2)
     # One Split per table (unbind) instead of a Gather per group.
     return DynamicHaloTables(query_index.unbind(0), key_index.unbind(0), output_index, (h_out, w_out), coords)
