@@ -152,8 +152,9 @@ def _sniff_foreign(path: Path) -> str | None:
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":  # a pickle, or a zip cut short (torch says "truncated")
         return None
     if len(head) >= 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] in _ONNX_FIELD_TAGS:
-        return ("an ONNX model (a protobuf ModelProto); serve, compare or profile it as it is "
-                "(acmix-deploy serve/compare/profile), or give the PyTorch checkpoint it was exported from")
+        return ("an ONNX model (a protobuf ModelProto); describe it (info, artifacts.onnx.describe_onnx), run it "
+                "as it is (serve, profile; compare takes it as a candidate after its reference checkpoint), or give "
+                "the PyTorch checkpoint it was exported from")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:

@@ -95,3 +95,9 @@ def test_sidecar_errors_name_the_parameter(tmp_path):
     with pytest.raises(AcmixDeployError, match=r"rebuild the engine \(export, fmt engine\)") as info:
         read_sidecar(tmp_path / "x.engine")
     assert info.value.params == ("fmt",)
+
+
+def test_an_onnx_file_given_as_a_checkpoint_points_to_info(onnx_model):
+    res = runner.invoke(app, ["compare", str(onnx_model)], env=WIDE)
+    assert res.exit_code == 2 and "is an ONNX model" in res.output and "describe it (info" in res.output
+    assert "refused for safety" not in res.output

@@ -170,15 +170,15 @@ def test_bad_models(ckpts, tmp_path):
     _, _, deploy = ckpts
     with pytest.raises(AcmixDeployError, match="does not exist"):
         profile_model(tmp_path / "none.pth", _settings())
-    with pytest.raises(ConfigError, match="--compare-forms needs a training checkpoint"):
+    with pytest.raises(ConfigError, match="; compare_forms needs a training checkpoint"):
         profile_model(deploy, _settings(compare_forms=True))
     _, train, _ = ckpts
     for backend in ("aoti", "tensorrt"):
-        with pytest.raises(ConfigError, match=f"--backend {backend} runs compiled files: export the checkpoint first"):
+        with pytest.raises(ConfigError, match=rf"the {backend} backend \(backends\) runs compiled files: export the checkpoint first"):
             profile_model(train, _settings(backends=(backend,)))
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")
-    with pytest.raises(ConfigError, match="m.engine runs on --backend tensorrt only"):
+    with pytest.raises(ConfigError, match=r"m.engine runs on the tensorrt backend only \(backends\)"):
         profile_model(engine, _settings())
     with pytest.raises(ConfigError, match="TensorRT engines run on the GPU"):
         profile_model(engine, _settings(backends=()))
@@ -222,6 +222,8 @@ def test_cli_profile_and_report(ckpts, tmp_path):
     [
         (["profile", "{train}", "--backend", "tensorflow"], "unknown backend"),
         (["profile", "{train}", "--iters", "0"], "--iters must be at least 1"),
+        (["profile", "{train}", "--backend", "aoti"], "the aoti backend (--backend) runs compiled files"),
+        (["profile", "{train}", "--backend", "aoti"], "(export, --format aoti)"),
         (["profile", "{train}", "--json", "{tmp}/missing/x.json"], "does not exist"),
         (["report", "{tmp}/nope.json"], "does not exist"),
         (["report", "{notjson}"], "not a JSON profile report"),

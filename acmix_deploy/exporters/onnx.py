@@ -94,7 +94,7 @@ def cpu_target(device: str, cpu_isa: str = "auto") -> str | None:
 
     A CPU gets the graph shaped for ``cpu_isa`` (``auto``: the exporting machine's); a GPU (ONNX Runtime's
     CUDA provider, TensorRT) gets None: the compact groups, the fewest multiply-adds.  ``cpu_isa="none"``
-    asks for the plain graph on the CPU too (for other CPU runtimes: OpenVINO runs it fastest).  Every
+    asks for the plain graph on the CPU too (for other CPU runtimes such as OpenVINO, which the shaping does not help).  Every
     exporter that chooses asks here.
     """
     return cpu_isa if device == "cpu" and cpu_isa != "none" else None

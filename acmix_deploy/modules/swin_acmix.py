@@ -345,7 +345,8 @@ class WindowAttentionACmixDeploy(nn.Module):
 
         # Windows keep whole pixels (blocks of w * 3C values) together; then q|k|v, head, token, dim.
         t = window_partition(qkv, w).reshape(-1, n, 3, nh, d).permute(2, 0, 3, 1, 4)
-        logits = (t[0] @ t[1].transpose(-2, -1)).reshape(-1, self.attn_bias.shape[0], nh, n, n) + self.attn_bias
+        # In place: no second logits buffer to allocate and page in (the product's result is a fresh tensor).
+        logits = (t[0] @ t[1].transpose(-2, -1)).reshape(-1, self.attn_bias.shape[0], nh, n, n).add_(self.attn_bias)
         floor = recorded_softmax_floor() if self.attn_bias.shape[0] > 1 else None
         if floor is not None:
             # Shifted blocks only: the -100 of the shift mask sends exp through subnormals, slow on Intel CPUs
@@ -354,8 +355,8 @@ class WindowAttentionACmixDeploy(nn.Module):
             logits = torch.maximum(logits, logits.amax(-1, keepdim=True) - floor)
         att = logits.softmax(dim=-1).reshape(-1, nh, n, n)
         out = (att @ t[2]).transpose(1, 2).reshape(-1, n, c)  # (B * nW, N, C), channel head * d + i
-        out = window_reverse(self.proj(out).reshape(-1, w, w, c), w, hh, ww)
-        return out + conv.permute(0, 2, 3, 1)
+        out = window_reverse(self.proj(out).reshape(-1, w, w, c), w, hh, ww)  # a fresh tensor: added to in place
+        return out.add_(conv.permute(0, 2, 3, 1))
 
 
 class WindowAttentionACmixFolded(nn.Module):

@@ -86,9 +86,9 @@ class ProfileSettings:
         for size in self.sizes:
             normalize_imgsz(tuple(size))
         if self.sizes and self.imgsz is not None and tuple(normalize_imgsz(self.imgsz)) not in map(tuple, self.sizes):
-            raise ConfigError("give the input sizes once: imgsz or sizes")
+            raise ConfigError("give the input sizes once: {imgsz} or sizes", params=["imgsz"])
         if self.layers and len(self.sizes) > 1:
-            raise ConfigError("--layers shows one input size; give one --imgsz")
+            raise ConfigError("{layers} shows one input size; give one {imgsz}", params=["layers", "imgsz"])
         check_device(self.device)
 
 
@@ -125,13 +125,13 @@ def _file_target(path: Path, backend: str, form: str, settings: ProfileSettings)
     where the backend reads it (host memory for ONNX Runtime, the device for AOTInductor and TensorRT), so the
     timed call runs the model only."""
     if backend == "tensorrt" and settings.device != "cuda":
-        raise ConfigError("TensorRT engines run on the GPU: profile them with --device cuda")
+        raise ConfigError("TensorRT engines run on the GPU: profile them with {device} cuda", params=["device"])
     runner = open_runner(path, backend=backend, device=settings.device, arch=settings.arch, imgsz=settings.imgsz,
                          threads=settings.threads)
     if backend == "onnxruntime" and settings.device == "cuda" and "CUDAExecutionProvider" not in runner.providers:
         raise ConfigError(
-            "--device cuda with onnxruntime needs the CUDA execution provider (pip install onnxruntime-gpu); "
-            f"this session runs on {runner.providers}"
+            "{device} cuda with onnxruntime needs the CUDA execution provider (pip install onnxruntime-gpu); "
+            f"this session runs on {runner.providers}", params=["device"]
         )
     return _Target(backend, form, runner.prepare, "onnxruntime" if backend == "onnxruntime" else "runner", runner)
 
@@ -265,8 +265,8 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             # An exported file has its spatial size built in: an --imgsz that differs cannot apply.
             if tuple(want) != tuple(input_size[1:]):
                 raise ConfigError(f"{path.name} takes {input_size[1]}x{input_size[2]} inputs (height x width); "
-                                  f"--imgsz {'x'.join(map(str, want))} cannot change that (export it with "
-                                  "--dynamic-hw for one file that takes several sizes)")
+                                  f"{{imgsz}} {'x'.join(map(str, want))} cannot change that (export it with "
+                                  "--dynamic-hw for one file that takes several sizes)", params=["imgsz"])
         return [tuple(input_size)]
 
     path = Path(path)
@@ -288,11 +288,11 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
     try:
         if natural != "torch":
             if set(settings.backends) != {natural}:
-                raise ConfigError(f"{path.name} runs on --backend {natural} only")
+                raise ConfigError(f"{path.name} runs on the {natural} backend only ({{backends}})", params=["backends"])
             if settings.compare_forms:
-                raise ConfigError("--compare-forms needs a training checkpoint, not an exported model")
+                raise ConfigError("{compare_forms} needs a training checkpoint, not an exported model", params=["compare_forms"])
             if settings.layers and natural != "onnxruntime":
-                raise ConfigError("--layers is available for checkpoints and ONNX models")
+                raise ConfigError("{layers} is available for checkpoints and ONNX models", params=["layers"])
             form = _FILE_FORMS[natural]
             target = _file_target(path, natural, form, settings)
             runner: Runner = target.handle  # type: ignore[assignment]
@@ -307,11 +307,11 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                 onnx_paths[form] = path
             lo, hi = runner.batch_range
             if lo == hi and any(b != lo for b in settings.batches):
-                raise ConfigError(f"{path.name} has a static batch of {lo}; profile --batch {lo}")
+                raise ConfigError(f"{path.name} has a static batch of {lo}; profile {{batches}} {lo}", params=["batches"])
             outside = [b for b in settings.batches if b < lo or (hi is not None and b > hi)]
             if outside:
                 span = f"{lo}.." if hi is None else f"{lo}..{hi}"
-                raise ConfigError(f"{path.name} takes batches {span}; --batch {outside[0]} is outside")
+                raise ConfigError(f"{path.name} takes batches {span}; {{batches}} {outside[0]} is outside", params=["batches"])
             targets.append(target)
         else:
             prep = prepare_deploy(path, settings.arch, imgsz, check=False, model_def=settings.model_def,
@@ -325,7 +325,8 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                     forms["deploy"] = prep.deploy
             else:
                 if settings.compare_forms:
-                    raise ConfigError(f"{path.name} holds the deploy form already; --compare-forms needs a training checkpoint")
+                    raise ConfigError(f"{path.name} holds the deploy form already; {{compare_forms}} needs a training checkpoint",
+                                      params=["compare_forms"])
                 forms["deploy"] = prep.deploy
             model_info.update({"format": "checkpoint", "arch": prep.loaded.arch,
                                "arch_args": prep.loaded.arch_args, "forms": list(forms)})
@@ -347,8 +348,9 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                 if backend in ("aoti", "tensorrt"):
                     suffix = ".pt2" if backend == "aoti" else ".engine"
                     fmt = "aoti" if backend == "aoti" else "engine"
-                    raise ConfigError(f"--backend {backend} runs compiled files: export the checkpoint first "
-                                      f"(acmix-deploy export {path.name} --format {fmt}) and profile the {suffix} file")
+                    raise ConfigError(f"the {backend} backend ({{backends}}) runs compiled files: export the checkpoint "
+                                      f"first (export, {{fmt}} {fmt}) and profile the {suffix} file",
+                                      params=["backends", "fmt"])
                 for form, model in forms.items():
                     targets.append(_torch_target(model, backend, form, settings.device))
         if not targets:
