@@ -518,3 +518,10 @@ def test_profile_sweep_on_a_checkpoint_exports_one_dynamic_graph(tmp_path, onnx_
     # A file with a fixed size still refuses another one, and says how to get a file that takes several.
     with pytest.raises(ConfigError, match="--dynamic-hw"):
         profile_model(onnx_model, ProfileSettings(sizes=((32, 32), (16, 16)), warmup=0, iters=1))
+
+
+def test_model_without_acmix_that_fails_small_is_refused_clearly(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 5), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with pytest.raises(ConfigError, match=r"no ACmix block .* fails at 1x2"):
+        export_onnx(model, tmp_path / "c.onnx", (3, 16, 16), dynamic_hw=True)
+    assert not (tmp_path / "c.onnx").exists()
