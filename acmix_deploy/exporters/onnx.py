@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from .. import __version__
 from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, DYNAMIC_HW_KEY, EXPORT_CPU_KEY, INPUT_NAME,
                               INPUT_NAME_KEY, INPUT_SHAPE_KEY, OUTPUT_NAME, OUTPUT_NAMES_KEY, OUTPUT_NAME_KEY,
                               PRECISION_KEY, SOFTMAX_FLOOR_KEY, VALID_HW_KEY, encode_metadata)
@@ -275,7 +276,7 @@ def export_onnx(
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.producer_name = "acmix-deploy"
+    proto.producer_name, proto.producer_version = "acmix-deploy", __version__  # torch sets its own version
 
     final = {"proto": proto}
 
