@@ -156,4 +156,5 @@ FLAGS = {
     "max_queue_delay_us": "--max-queue-delay-us", "force": "--force", "cpu_isa": "--cpu-isa",
 }
 # Parameters of the other commands whose flag is not ``--`` + the name with dashes.
-OTHER_FLAGS = {"code_paths": "--code-path", "fmt": "--format", "backends": "--backend", "batches": "--batch"}
+OTHER_FLAGS = {"code_paths": "--code-path", "fmt": "--format", "backends": "--backend", "batches": "--batch",
+               "onnx_backends": "--onnx-backend"}
