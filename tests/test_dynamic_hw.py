@@ -64,7 +64,7 @@ def test_dynamic_core_equals_unfold_form_at_every_size(case, sizes, dtype, tol):
 
 
 def test_dynamic_tables_reach_every_block_and_pad_the_last_run():
-    """3 groups over 5 blocks: runs of 2, the sixth slot a copy of the last block (computed, never read)."""
+    """3 groups over 10 blocks: runs of 4, 12 slots, the last two copies of the last block (computed, never read)."""
     spec = _spec(1, 2, 3, 1, (6, 10), 3, None, torch.float32)
     spec = type(spec)(**{**spec.__dict__, "groups": 3})
     tables = dynamic_halo_tables(torch.zeros(1, 6, 6, 15), spec)  # 2 x 5 blocks of 3x3 -> 10 blocks, runs of 4
@@ -164,6 +164,47 @@ def test_runner_refuses_sizes_outside_the_rule(tiny_dynamic):
         runner.infer(np.zeros((3, lo, lo), np.float32))
 
 
+def _without_guard(proto):
+    """``proto`` with the size guard's nodes and constants removed and the input read directly."""
+    from acmix_deploy.exporters.onnx import GUARD_NAME
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    prefix = GUARD_NAME + "/"
+    keep = [n for n in out.graph.node if not any(o.startswith(prefix) for o in n.output)]
+    assert len(keep) < len(out.graph.node)
+    for node in keep:
+        node.input[:] = ["images" if name == prefix + "images" else name for name in node.input]
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    inits = [t for t in out.graph.initializer if not t.name.startswith(prefix)]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(inits)
+    onnx.checker.check_model(out)
+    return out
+
+
+def test_plain_onnxruntime_refuses_sizes_outside_the_rule(tiny_dynamic):
+    """The graph's own guard: ONNX Runtime used directly (no acmix-deploy runner) raises at an invalid size
+    and returns, at a valid size, exactly (bit for bit) what the graph without the guard returns."""
+    _, path, res = tiny_dynamic
+    proto = onnx.load(path)
+    guarded = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(_without_guard(proto).SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    # each axis alone too small, not a multiple, both; 8x16 / 17x16 / 8x8 ran silently without the guard
+    for h, w in [(8, 16), (17, 16), (8, 8), (16, 20), (16, 8), (40, 36)]:
+        assert not res.spatial_rule.valid(h, w)
+        x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+        with pytest.raises(Exception, match="acmix_deploy.valid_hw: height and width multiples of 8, at least 16"):
+            guarded.run(None, {"images": x})
+    for b, (h, w) in [(1, (16, 16)), (2, (32, 32)), (3, (24, 40)), (1, (56, 16))]:
+        x = rng.standard_normal((b, 3, h, w)).astype(np.float32)
+        x[0, 0, 0, 0] = -0.0  # a Reshape keeps the sign of zero (x + 0 would not)
+        a, u = guarded.run(None, {"images": x})[0], plain.run(None, {"images": x})[0]
+        assert a.tobytes() == u.tobytes(), (b, h, w)
+
+
 def test_static_graph_records_no_rule(onnx_model):
     assert OrtRunner(onnx_model).spatial_rule is None
     meta = read_onnx_metadata(onnx_model)
@@ -253,7 +294,15 @@ def test_spatial_rule_messages_and_records():
         rule.check(64, 224)
     assert SpatialRule.from_json(rule.to_json()) == rule
     assert SpatialRule((8, 4), (16, 8)).describe() == "height a multiple of 8, at least 16; width a multiple of 4, at least 8"
-    assert rule.example(224, 224) == (128, 160)
+    # The smallest height with a wider width, the smallest width with a taller height; never square, never
+    # the export size.
+    assert rule.examples(224, 224) == ((128, 160), (160, 128))
+    assert SpatialRule((8, 8), (16, 16)).examples(16, 24) == ((16, 32), (24, 16))
+    assert SpatialRule((8, 4), (16, 8)).examples(32, 32) == ((16, 12), (24, 8))
+    for r, size in [(rule, (224, 224)), (SpatialRule((8, 4), (16, 8)), (16, 12)), (SpatialRule(), (1, 2))]:
+        (h1, w1), (h2, w2) = r.examples(*size)
+        assert h1 == r.minimum[0] and w2 == r.minimum[1] and r.valid(h1, w1) and r.valid(h2, w2)
+        assert h1 != w1 and h2 != w2 and size not in ((h1, w1), (h2, w2))
     for bad in [((0, 1), (1, 1)), ((1,), (1, 1)), ((4, 4), (6, 4))]:
         with pytest.raises(AcmixDeployError):
             SpatialRule(*bad)
@@ -272,9 +321,10 @@ def test_export_model_validates_a_second_size(tmp_path):
     ckpt = ad.save_checkpoint(model, tmp_path / "train.pth")
     said = []
     res = export_model(ckpt, ExportOptions(output=tmp_path / "m.onnx", dynamic_hw=True), said.append)
-    # batch 1 and 3 at 32x32, then batch 1 and 2 at the smallest height and a wider width
-    assert sorted(r.batch for r in res.rows) == [1, 1, 2, 3]
-    assert any("dynamic height and width: height and width multiples of 8, at least 16; validated at 16x24, 32x32"
+    # batch 1 and 3 at 32x32, batch 1 and 2 at the smallest height and a wider width, batch 1 at the
+    # smallest width and a taller height
+    assert sorted(r.batch for r in res.rows) == [1, 1, 1, 2, 3]
+    assert any("dynamic height and width: height and width multiples of 8, at least 16; validated at 16x24, 24x16, 32x32"
                in line for line in said), said
     assert read_onnx_metadata(tmp_path / "m.onnx")["dynamic_hw"] == "true"
     with pytest.raises(ConfigError, match="--static"):
@@ -427,11 +477,13 @@ def test_batcher_batches_only_requests_of_the_same_size():
         return x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True)
 
     async def scenario():
-        batcher = DynamicBatcher(infer, max_batch=8, timeout_s=0.3)
+        # Every size's requests fill max_batch exactly, so no batch waits for the collection timeout: with a
+        # long timeout the batches do not depend on the machine's speed.
+        batcher = DynamicBatcher(infer, max_batch=4, timeout_s=60.0)
         await batcher.start()
-        sizes = [(1, 16, 16), (1, 16, 24), (2, 16, 16), (1, 16, 24), (3, 24, 16), (1, 16, 16)]
+        sizes = [(1, 16, 16), (1, 16, 24), (2, 16, 16), (3, 16, 24), (4, 24, 16), (1, 16, 16)]
         xs = [np.full((n, 1, h, w), i, np.float32) for i, (n, h, w) in enumerate(sizes)]
-        outs = await asyncio.gather(*(batcher.submit(x) for x in xs))
+        outs = await asyncio.wait_for(asyncio.gather(*(batcher.submit(x) for x in xs)), 60.0)
         await batcher.stop()
         return xs, outs
 
@@ -439,7 +491,7 @@ def test_batcher_batches_only_requests_of_the_same_size():
     for x, y in zip(xs, outs):  # every request gets its own rows back
         assert np.array_equal(y, x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True))
     # The first batch takes every 16x16 request (set-aside others wait); then the oldest set-aside size.
-    assert seen == [(4, 1, 16, 16), (2, 1, 16, 24), (3, 1, 24, 16)]
+    assert seen == [(4, 1, 16, 16), (4, 1, 16, 24), (4, 1, 24, 16)]
 
 
 def test_server_takes_every_valid_size_of_a_dynamic_graph(tiny_dynamic):

@@ -62,18 +62,25 @@ class SpatialRule:
                 f"divisible by the strides and larger than the reflection padding); got {height}x{width}; "
                 f"nearest valid: {' or '.join(f'{h}x{w}' for h, w in near)}")
 
-    def example(self, height: int, width: int) -> tuple[int, int]:
-        """A valid size other than ``height x width``, not square: the smallest height, the width one step up.
+    def examples(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Two valid sizes other than ``height x width``, neither square: where a dynamic graph is proved.
 
-        Used to prove a dynamic graph at a second size (the smallest valid one is where reflection reaches
-        furthest into the map); the width is made to differ from the height where the rule allows."""
-        h = self.minimum[0]
-        w = self.minimum[1] + self.multiple[1]
-        if w == h:
-            w += self.multiple[1]
-        if (h, w) == (height, width):
-            w += self.multiple[1]
-        return h, w
+        The smallest height with the width one step up, and the smallest width with the height one step up:
+        the smallest valid size of each axis is where reflection reaches furthest into the map, and one step
+        up on the other axis makes the size differ from the export size and from a square."""
+        (mh, mw), (lh, lw) = self.multiple, self.minimum
+
+        def step_up(low: int, step: int, avoid: int, export: tuple[int, int]) -> int:
+            """The size of the other axis: ``low + step``, stepped further if it equals ``avoid`` (square) or
+            makes the export size."""
+            n = low + step
+            while n == avoid or (avoid, n) == export:
+                n += step
+            return n
+
+        first = (lh, step_up(lw, mw, lh, (height, width)))
+        second = (step_up(lh, mh, lw, (width, height)), lw)
+        return first, second
 
     def to_json(self) -> dict[str, Any]:
         return {"multiple": list(self.multiple), "min": list(self.minimum), "rule": self.describe()}

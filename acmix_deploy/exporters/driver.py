@@ -148,6 +148,7 @@ class _Prepared:
     calibration: Any
     meta: dict
     say: Log
+    rule: Any = None  # the SpatialRule of a dynamic_hw export, derived once here
 
     def validator(self, kind: str, title: str, rows: list):
         """``validate(tmp, [sidecar])`` for the exporter of ``kind``: the artifact against the torch deploy
@@ -184,7 +185,7 @@ class _Prepared:
                           int8_calibration=self.calibration,
                           calibration_cache=path.with_suffix(".calib.json") if opts.int8 else None,
                           cpu_isa=cpu_target_for(opts), output_names=opts.output_names,
-                          for_tensorrt=opts.fmt == "engine", dynamic_hw=opts.dynamic_hw)
+                          for_tensorrt=opts.fmt == "engine", dynamic_hw=opts.dynamic_hw, spatial_rule=self.rule)
         if len(res.output_names) > 1:
             self.say(f"ONNX outputs: {', '.join(res.output_names)}")
         if res.spatial_rule is not None:
@@ -225,11 +226,13 @@ def _prepare(ckpt: Path, opts: ExportOptions, say: Log, verify: Verify) -> _Prep
         inputs = [calibration[: min(64, top)]]
     rule = None
     if opts.dynamic_hw:
-        # The graph is proved at a second size too: the smallest valid height (reflection reaches furthest
-        # into the map there) and a different width (non-square), batch 1 and 2.
+        # The graph is proved at two more sizes: the smallest valid height (reflection reaches furthest into
+        # the map there) with a wider width, batch 1 and 2; the smallest valid width with a taller height, batch 1.
         rule = derive_spatial_rule(prep.deploy, prep.input_size)
-        other = (prep.input_size[0], *rule.example(*prep.input_size[1:]))
-        inputs += random_inputs(other, tuple(sorted({1, min(2, top)})), opts.seed + 1)
+        (h1, w1), (h2, w2) = rule.examples(*prep.input_size[1:])
+        c = prep.input_size[0]
+        inputs += random_inputs((c, h1, w1), tuple(sorted({1, min(2, top)})), opts.seed + 1)
+        inputs += random_inputs((c, h2, w2), (1,), opts.seed + 4)
     if opts.fmt == "engine" and (opts.dynamic_hw or any(v is not None for v in (opts.min_shape, opts.opt_shape,
                                                                                  opts.max_shape))):
         profile = shape_profile(profile, prep.input_size, opts.min_shape, opts.opt_shape, opts.max_shape,
@@ -241,7 +244,7 @@ def _prepare(ckpt: Path, opts: ExportOptions, say: Log, verify: Verify) -> _Prep
         "source_sha256": sha256_file(ckpt), "package_version": __version__,
         "mean": list(prep.deploy.default_cfg.get("mean", ())), "std": list(prep.deploy.default_cfg.get("std", ())),
     }
-    return _Prepared(ckpt, opts, profile, prep, device, verify, inputs, calibration, meta, say)
+    return _Prepared(ckpt, opts, profile, prep, device, verify, inputs, calibration, meta, say, rule)
 
 
 def _torch_outputs(ctx: _Prepared, x) -> list:

@@ -6,7 +6,7 @@ X-volution and plain convolutions have no such tables.  The Swin-ACmix models do
 structure itself is chosen per resolution (see :func:`refuse_fixed_structure`).
 
 The valid sizes are derived by running the model once at the export size with a hook on every ACmix
-block (:func:`derive_spatial_rule`), and checked at a second size: a model whose blocks' input sizes do not
+block (:func:`derive_spatial_rule`), and checked at two more sizes (the smallest height, the smallest width): a model whose blocks' input sizes do not
 scale with the image (valid convolutions, crops) is refused instead of being given a wrong rule.
 """
 
@@ -55,10 +55,11 @@ def _block_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, in
 
 
 def derive_spatial_rule(model: nn.Module, input_size: tuple[int, int, int]) -> SpatialRule:
-    """The sizes ``model`` takes (see :mod:`acmix_deploy.artifacts.spatial`), proved at a second size.
+    """The sizes ``model`` takes (see :mod:`acmix_deploy.artifacts.spatial`), proved at
+    :meth:`SpatialRule.examples` (the smallest height, the smallest width).
 
     Raises :class:`ConfigError` when a block's input is not a whole fraction of the image at the export
-    size, or when the fractions change at the second size (the rule would not hold)."""
+    size, or when the fractions change at an example size (the rule would not hold)."""
     refuse_fixed_structure(model)
     param = next(model.parameters())
     c, height, width = input_size
@@ -84,24 +85,25 @@ def derive_spatial_rule(model: nn.Module, input_size: tuple[int, int, int]) -> S
             low[axis] = max(low[axis], r * (pad + 1))
         ratios.append(ratio)
     rule = SpatialRule(tuple(mult), tuple(-(-lo // m) * m for lo, m in zip(low, mult)))
-    h2, w2 = rule.example(height, width)
-    if not blocks:  # nothing with a size rule of its own: the model must still run at the smallest example
+    for h2, w2 in rule.examples(height, width):  # the smallest height, then the smallest width
+        if not blocks:  # nothing with a size rule of its own: the model must still run at the examples
+            try:
+                run(h2, w2)
+            except Exception as exc:  # whatever the model's own layers raise
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"cannot export with dynamic height and width: the model has no ACmix block "
+                                  f"(whose sizes acmix-deploy knows) and fails at {h2}x{w2}: {first}") from None
+            continue
         try:
-            run(h2, w2)
-        except Exception as exc:  # whatever the model's own layers raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"cannot export with dynamic height and width: the model has no ACmix block (whose "
-                              f"sizes acmix-deploy knows) and fails at {h2}x{w2}: {first}") from None
-        return rule
-    try:
-        again = run(h2, w2)
-    except InputShapeError as exc:
-        raise ConfigError(f"cannot export with dynamic height and width: the derived rule ({rule.describe()}) "
-                          f"fails at {h2}x{w2}: {exc}") from None
-    expected = [(h2 // rh, w2 // rw) for rh, rw in ratios]
-    if [(bh, bw) for _, bh, bw in again] != expected:
-        raise ConfigError(
-            f"cannot export with dynamic height and width: at {h2}x{w2} the ACmix blocks see "
-            f"{[(bh, bw) for _, bh, bw in again]}, not the same fractions of the image as at {height}x{width} "
-            f"({expected}); the model's layers do not scale with the input (valid convolutions or crops)")
+            again = run(h2, w2)
+        except InputShapeError as exc:
+            raise ConfigError(f"cannot export with dynamic height and width: the derived rule ({rule.describe()}) "
+                              f"fails at {h2}x{w2}: {exc}") from None
+        expected = [(h2 // rh, w2 // rw) for rh, rw in ratios]
+        if [(bh, bw) for _, bh, bw in again] != expected:
+            raise ConfigError(
+                f"cannot export with dynamic height and width: at {h2}x{w2} the ACmix blocks see "
+                f"{[(bh, bw) for _, bh, bw in again]}, not the same fractions of the image as at "
+                f"{height}x{width} ({expected}); the model's layers do not scale with the input (valid "
+                "convolutions or crops)")
     return rule

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -45,8 +46,8 @@ from ..util import atomic_write, detect_cpu, require, resolve_cpu_isa
 from .precision import convert_fp16, quantize_int8
 from .trt_ops import TENSORRT_ONNX_OPS, TENSORRT_VERSION
 
-__all__ = ["MAX_GROUP_MERGE", "MAX_OPSET", "MIN_OPSET", "NCHWC_BLOCK", "OnnxExport", "conv_group_merge",
-           "cpu_target", "export_onnx", "op_histogram", "softmax_floor_for", "unsupported_ops"]
+__all__ = ["GUARD_NAME", "MAX_GROUP_MERGE", "MAX_OPSET", "MIN_OPSET", "NCHWC_BLOCK", "OnnxExport", "conv_group_merge",
+           "cpu_target", "export_onnx", "guard_spatial_rule", "op_histogram", "softmax_floor_for", "unsupported_ops"]
 
 MIN_OPSET, MAX_OPSET = 13, 20
 
@@ -69,6 +70,9 @@ MAX_GROUP_MERGE = 4
 # AMD EPYC where the graph was tuned the softmax was 3% of the deploy graph's ORT time without the floor (on an
 # Intel Xeon 29%), so a graph exported for this machine (auto) on an AMD CPU is left without it.
 SOFTMAX_FLOOR_MARGIN = 30.0
+# The prefix of the size guard's nodes and tensors (:func:`guard_spatial_rule`); ONNX Runtime's error names
+# the guard's Gather, whose name carries the rule.
+GUARD_NAME = "acmix_deploy.valid_hw"
 
 
 def softmax_floor_for(cpu_isa: str | None) -> float | None:
@@ -164,6 +168,49 @@ def _trace(model: nn.Module, x: torch.Tensor, opset: int, dynamic: bool, names: 
     return buf.getvalue()
 
 
+def guard_spatial_rule(proto, rule: SpatialRule) -> None:
+    """Make ``proto`` (a graph with dynamic height and width) fail in ONNX Runtime at a size outside ``rule``.
+
+    ONNX has no assertion operator.  Every consumer of the input reads instead
+    ``Reshape(images, Shape(images) + Gather([0], bad))``, ``bad`` the number of axes (0..2) whose size
+    is not a multiple of ``rule.multiple`` or is below ``rule.minimum``: at a valid size the index is 0,
+    the added offset is 0 and the Reshape returns the input unchanged (no arithmetic on the values, so the
+    outputs are bit-identical; ONNX Runtime's Reshape aliases its input, no copy); at an invalid size the
+    index is out of the one-element table and the Gather raises.  Edits ``proto`` in place.
+    """
+    onnx = require("onnx", "onnx")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+
+    p = GUARD_NAME + "/"
+    checked = p + "images"
+    for node in proto.graph.node:
+        node.input[:] = [checked if name == INPUT_NAME else name for name in node.input]
+    consts = {"hw_start": [2], "hw_end": [4], "multiple": list(rule.multiple), "minimum": list(rule.minimum),
+              "zero": [0]}
+    inits = [numpy_helper.from_array(np.array(v, dtype=np.int64), p + k) for k, v in consts.items()]
+    nodes = [
+        helper.make_node("Shape", [INPUT_NAME], [p + "shape"]),
+        helper.make_node("Slice", [p + "shape", p + "hw_start", p + "hw_end"], [p + "hw"]),
+        helper.make_node("Div", [p + "hw", p + "multiple"], [p + "quotient"]),
+        helper.make_node("Mul", [p + "quotient", p + "multiple"], [p + "rounded"]),
+        helper.make_node("Equal", [p + "rounded", p + "hw"], [p + "divisible"]),
+        helper.make_node("GreaterOrEqual", [p + "hw", p + "minimum"], [p + "large_enough"]),
+        helper.make_node("And", [p + "divisible", p + "large_enough"], [p + "valid"]),
+        helper.make_node("Not", [p + "valid"], [p + "invalid"]),
+        helper.make_node("Cast", [p + "invalid"], [p + "invalid_int"], to=onnx.TensorProto.INT64),
+        helper.make_node("ReduceSum", [p + "invalid_int"], [p + "bad"], keepdims=0),
+        # Out of bounds (ONNX Runtime raises "indices element out of data bounds") unless bad == 0.
+        helper.make_node("Gather", [p + "zero", p + "bad"], [p + "offset"], axis=0,
+                         name=f"{GUARD_NAME}: {rule.describe()}"),
+        helper.make_node("Add", [p + "shape", p + "offset"], [p + "same_shape"]),
+        helper.make_node("Reshape", [INPUT_NAME, p + "same_shape"], [checked]),
+    ]
+    proto.graph.initializer.extend(inits)
+    rest = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes + rest)
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -181,6 +228,7 @@ def export_onnx(
     output_names: list[str] | None = None,
     for_tensorrt: bool = False,
     dynamic_hw: bool = False,
+    spatial_rule: SpatialRule | None = None,
 ) -> OnnxExport:
     """Export ``model`` (eval mode, CPU, float32) to ``path``.
 
@@ -205,7 +253,9 @@ def export_onnx(
     :class:`ConfigError` for models that cannot have them, e.g. Swin-ACmix) and recorded in the metadata
     (``acmix_deploy.dynamic_hw``, ``acmix_deploy.valid_hw``); output axes that change with the input size
     are dynamic as well (named ``<output>_dim<axis>``).  ``input_size`` is the size the graph is traced and
-    tuned at (the attention core's tile and block groups are chosen for it).
+    tuned at (the attention core's tile and block groups are chosen for it).  ``spatial_rule``: the rule
+    :func:`.dynamic_hw.derive_spatial_rule` already returned for this model and size (it is not derived
+    again); only with ``dynamic_hw``.  The graph refuses other sizes itself (:func:`guard_spatial_rule`).
     """
     onnx = require("onnx", "onnx")
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -214,6 +264,8 @@ def export_onnx(
         raise ConfigError(f"batch must be positive, got {batch}")
     if dynamic_hw and not dynamic:
         raise ConfigError("dynamic height and width come with a dynamic batch axis; drop --static")
+    if spatial_rule is not None and not dynamic_hw:
+        raise ConfigError("a spatial rule is for a graph with dynamic height and width (dynamic_hw=True)")
     isa = None if cpu_isa is None else resolve_cpu_isa(cpu_isa)
     path = Path(path)
     t0 = time.perf_counter()
@@ -229,7 +281,7 @@ def export_onnx(
         if dynamic_hw:
             from .dynamic_hw import derive_spatial_rule
 
-            rule = derive_spatial_rule(model, input_size)
+            rule = spatial_rule if spatial_rule is not None else derive_spatial_rule(model, input_size)
             # Which output axes follow the input size: the outputs at a larger valid size (wider than high).
             (mh, mw), (_, hh, ww) = rule.multiple, input_size
             other = flatten_outputs(model(x.new_zeros(batch, input_size[0], hh + mh, ww + 2 * mw)))
@@ -246,6 +298,9 @@ def export_onnx(
         onnx.checker.check_model(proto)
     if fp16:
         proto = convert_fp16(proto)
+        onnx.checker.check_model(proto)
+    if rule is not None:
+        guard_spatial_rule(proto, rule)
         onnx.checker.check_model(proto)
     traced = [o.name for o in proto.graph.output]
     if traced != names:  # e.g. the model returns one tensor twice: the tracer gives it one graph output
