@@ -155,5 +155,9 @@ FLAGS = {
     "engine": "--engine", "instances": "--instances", "model_name": "--name",
     "max_queue_delay_us": "--max-queue-delay-us", "force": "--force", "cpu_isa": "--cpu-isa",
 }
-# Parameters of the other commands whose flag is not ``--`` + the name with dashes.
-OTHER_FLAGS = {"code_paths": "--code-path", "fmt": "--format", "backends": "--backend", "batches": "--batch"}
+# Parameters of the other commands whose flag is not ``--`` + the name with dashes, and what messages write
+# for a value a flag stands for (``dynamic=False`` is ``--static``; ``typing`` is ``build_engine``'s
+# name for ``trt_typing``; ``precision`` is chosen by two flags).
+OTHER_FLAGS = {"code_paths": "--code-path", "fmt": "--format", "backends": "--backend", "batches": "--batch",
+               "dynamic=False": "--static", "dynamic=True": "--dynamic", "typing": "--trt-weak-typing",
+               "precision": "--fp16 / --int8"}

@@ -207,11 +207,13 @@ def export_onnx(
     """
     onnx = require("onnx", "onnx")
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConfigError(f"--opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (17 is the default)")
+        raise ConfigError(f"{{opset}} {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (17 is the default)",
+                          params=["opset"])
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
     if dynamic_hw and not dynamic:
-        raise ConfigError("dynamic height and width come with a dynamic batch axis; drop --static")
+        raise ConfigError("dynamic height and width ({dynamic_hw}) come with a dynamic batch axis; drop {dynamic=False}",
+                          params=["dynamic_hw", "dynamic=False"])
     isa = None if cpu_isa is None else resolve_cpu_isa(cpu_isa)
     path = Path(path)
     t0 = time.perf_counter()

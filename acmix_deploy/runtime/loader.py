@@ -141,10 +141,11 @@ def open_runner(
     elif backend == "aoti":
         runner = AotiRunner(path, device, input_size=input_size)
         if not runner.records_input_size and input_size is None:
-            # Packages written by acmix-deploy record their input size; for others it comes from --arch/--imgsz
+            # Packages written by acmix-deploy record their input size; for others it comes from arch/imgsz
             # (the package is loaded again with it: rare, and cheaper than building a model for every package).
             if arch is None:
-                raise ConfigError(f"{path.name} records no input size; give --arch (and --imgsz)")
+                raise ConfigError(f"{path.name} records no input size; give {{arch}} (and {{imgsz}})",
+                                  params=["arch", "imgsz"])
             runner = AotiRunner(path, device, input_size=default_input_size(create_model(arch, deploy=True), imgsz))
     else:
         prep = prepare_deploy(path, arch, imgsz, model_def=model_def, model_args=model_args)
