@@ -301,10 +301,10 @@ def test_cli_export_dynamic_hw_and_its_errors(tmp_path):
     result = cli.invoke(app, ["export", str(ckpt), "--format", "aoti", "--dynamic-hw"])
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "AOTInductor packages keep a fixed height and width" in text
-    assert "(--format='onnx') with --dynamic-hw" in text
+    assert "(--format onnx) with --dynamic-hw" in text
     result = cli.invoke(app, ["export", str(ckpt), "--format", "triton", "--dynamic-hw"])
     text = " ".join(result.output.split())
-    assert result.exit_code == 2 and "--dynamic-hw does not apply to the triton format" in text
+    assert result.exit_code == 2 and "--dynamic-hw does not apply to --format triton" in text
 
 
 # ----------------------------------------------------------------------------- TensorRT profiles, sidecar, Triton

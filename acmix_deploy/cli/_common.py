@@ -56,8 +56,14 @@ def _safe(text) -> str:
 
 def flag(param: str) -> str:
     """The option that sets library parameter ``param``: :data:`FLAGS`, :data:`OTHER_FLAGS`, else ``--`` and the
-    name with dashes."""
-    return FLAGS.get(param) or OTHER_FLAGS.get(param) or "--" + param.replace("_", "-")
+    name with dashes; a parameter with its value, ``fmt='onnx'``, is the option and the value (``--format onnx``)."""
+    spelled = FLAGS.get(param) or OTHER_FLAGS.get(param)
+    if spelled:
+        return spelled
+    name, given, value = param.partition("=")
+    if given:
+        return f"{flag(name)} {value.strip(chr(39))}"
+    return "--" + param.replace("_", "-")
 
 
 def _fail(exc: Exception, code: int = 2) -> None:

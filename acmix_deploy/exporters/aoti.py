@@ -39,8 +39,8 @@ AOTI_DYNAMIC_HW_REASON = (
     "AOTInductor packages keep a fixed height and width: with symbolic sizes torch.export refuses the "
     "smallest valid sizes (it assumes no intermediate size is 1) and the compiled package failed a bounds "
     "check in its generated halo-gather kernel, aborting the process; export one package per input size "
-    "({imgsz}), or an ONNX graph ({fmt}='onnx') with {dynamic_hw}")
-AOTI_DYNAMIC_HW_PARAMS = ("imgsz", "fmt", "dynamic_hw")  # the parameters AOTI_DYNAMIC_HW_REASON names
+    "({imgsz}), or an ONNX graph ({fmt='onnx'}) with {dynamic_hw}")
+AOTI_DYNAMIC_HW_PARAMS = ("imgsz", "fmt='onnx'", "dynamic_hw")  # the parameters AOTI_DYNAMIC_HW_REASON names
 
 
 @dataclass

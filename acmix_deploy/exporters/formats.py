@@ -33,12 +33,15 @@ _TRITON_OPTIONS = frozenset({"opset", "simplify", "max_batch", "engine", "instan
 
 
 class OptionNotApplicable(ConfigError):
-    """Options given to a format that does not accept them; ``params`` are the :class:`ExportOptions` field names,
-    written ``{name}`` in the message (a boolean whose default is on, ``dynamic``, is given when turned off)."""
+    """Options given to a format that does not accept them.
 
-    def __init__(self, fmt: str, params: list[str], message: str):
-        super().__init__(message, params=params)
-        self.fmt = fmt
+    ``options`` are the :class:`ExportOptions` field names (a boolean whose default is on, ``dynamic``, is given
+    when turned off); ``params``, the fields the message spells, are those and the formats (``fmt='onnx'``).
+    """
+
+    def __init__(self, fmt: str, options: list[str], message: str, spelled: list[str] = ()):
+        super().__init__(message, params=[*options, *spelled])
+        self.fmt, self.options = fmt, list(options)
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,13 @@ def validate_options(fmt: str, opts: ExportOptions) -> None:
              if f.name != "fmt" and f.name not in accepted and getattr(opts, f.name) != f.default]
     if not given:
         return
-    where = "; ".join(f"{{{name}}} applies to " + ", ".join(f.name for f in FORMATS.values() if name in f.accepted)
-                      for name in given)
+    # Formats are written as the parameter with its value, {fmt='onnx'}: the CLI spells that --format onnx.
+    formats = {name: [f"fmt={f.name!r}" for f in FORMATS.values() if name in f.accepted] for name in given}
+    where = "; ".join(f"{{{name}}} applies to " + ", ".join("{" + f + "}" for f in formats[name]) for name in given)
     verb = "does" if len(given) == 1 else "do"
-    raise OptionNotApplicable(fmt, given, f"{', '.join('{' + n + '}' for n in given)} {verb} not apply to the "
-                                          f"{fmt} format ({where})")
+    raise OptionNotApplicable(fmt, given, f"{', '.join('{' + n + '}' for n in given)} {verb} not apply to "
+                                          f"{{fmt={fmt!r}}} ({where})",
+                              spelled=[f"fmt={fmt!r}", *(f for fs in formats.values() for f in fs)])
 
 
 def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None,

@@ -41,6 +41,7 @@ from ..modules.acmix import ACmixDeploy, dynamic_spatial_export, merged_conv_gro
 from ..modules.window_attention import softmax_floor
 from ..outputs import flatten_outputs, output_names as name_outputs
 from ..util import atomic_write, detect_cpu, require, resolve_cpu_isa
+from .dynamic_hw import derive_spatial_rule
 from .precision import convert_fp16, quantize_int8
 from .trt_ops import TENSORRT_ONNX_OPS, TENSORRT_VERSION
 
@@ -227,8 +228,6 @@ def export_onnx(
         flat = flatten_outputs(out)
         ranks = [t.dim() for t in flat]
         if dynamic_hw:
-            from .dynamic_hw import derive_spatial_rule
-
             rule = derive_spatial_rule(model, input_size)
             other = flatten_outputs(model(x.new_zeros(batch, input_size[0], *rule.example(*input_size[1:]))))
             spatial_axes = [{axis: f"{name}_dim{axis}" for axis in range(1, t.dim()) if t.shape[axis] != u.shape[axis]}
