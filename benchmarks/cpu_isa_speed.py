@@ -141,7 +141,8 @@ def main() -> None:
                 continue
             own = t.ratio(key, f"{backend} plain")
             ort_ref = t.ratio(key, "ort plain")
-            row["over_own_plain"][key] = {"median": own["paired_median"], "range": [own["paired_min"], own["paired_max"]]}
+            row["over_own_plain"][key] = {"median": own["paired_median"],
+                                          "range": [own["paired_min"], own["paired_max"]]}
             row["over_ort_plain"][key] = ort_ref["paired_median"]
         for key in fns:
             if key.endswith(" plain") and key != "ort plain":
@@ -167,7 +168,8 @@ def main() -> None:
         write_json({
             "benchmark": "cpu_isa_speed",
             "machine_at_start": at_start, "machine_at_end": at_end, "versions": versions,
-            "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "threads": args.threads, "pause_between_runs_s": PAUSE_S,
+            "setup": {"imgsz": args.imgsz, "rounds": args.rounds, "threads": args.threads,
+                      "pause_between_runs_s": PAUSE_S,
                       "deploy_graphs": groups, "backends": settings,
                       "statistic": "times: medians; ratios: median (range) of per-round paired ratios; interleaved "
                                    "rounds with rotating start"},

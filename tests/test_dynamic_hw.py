@@ -445,3 +445,82 @@ def test_batcher_batches_only_requests_of_the_same_size():
         assert np.array_equal(y, x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True))
     # The first batch takes every 16x16 request (set-aside others wait); then the oldest set-aside size.
     assert seen == [(4, 1, 16, 16), (2, 1, 16, 24), (3, 1, 24, 16)]
+
+
+def test_server_takes_every_valid_size_of_a_dynamic_graph(tiny_dynamic):
+    """serve: one --dynamic-hw graph answers requests of several sizes, concurrently (batched by size),
+    exactly; a size outside the rule is a 400 naming it; the metadata shows -1 for height and width."""
+    pytest.importorskip("fastapi")
+    import concurrent.futures
+
+    httpx = pytest.importorskip("httpx")
+    from acmix_deploy.runtime.loader import open_runner
+    from acmix_deploy.serving import ServeSettings
+
+    from .test_serving import ServerThread
+
+    train, path, res = tiny_dynamic
+    runner = open_runner(path, threads=1)
+    settings = ServeSettings(name="dyn", port=0, max_batch=8, batch_timeout_ms=80, workers=1)
+    sizes = [(16, 16), (24, 40), (16, 16), (32, 32), (24, 40), (16, 16)]
+    xs = [np.random.default_rng(i).standard_normal((1, 3, h, w)).astype(np.float32) for i, (h, w) in enumerate(sizes)]
+
+    def post(url, x):
+        body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        return httpx.post(url + "/v2/models/dyn/infer", json=body, timeout=60)
+
+    with ServerThread(runner, settings) as srv:
+        meta = httpx.get(srv.url + "/v2/models/dyn").json()
+        assert meta["inputs"][0]["shape"] == [-1, 3, -1, -1]
+        with concurrent.futures.ThreadPoolExecutor(len(xs)) as pool:
+            replies = list(pool.map(lambda x: post(srv.url, x), xs))
+        bad = post(srv.url, np.zeros((1, 3, 20, 16), np.float32))
+    for x, r in zip(xs, replies):
+        assert r.status_code == 200, r.text
+        y = np.asarray(r.json()["outputs"][0]["data"], np.float32).reshape(1, -1)
+        with torch.no_grad():
+            ref = train(torch.from_numpy(x))
+        assert rel_error(ref, torch.from_numpy(y)) <= TOL_F32
+    assert bad.status_code == 400 and "multiples of 8" in bad.text and "20x16" in bad.text
+
+
+# ------------------------------------------------------------------------------------------------ profiling
+
+
+def test_profile_sweeps_sizes_on_one_dynamic_file(tiny_dynamic, tmp_path):
+    from typer.testing import CliRunner
+
+    from acmix_deploy.cli import app
+    from acmix_deploy.profiling import ProfileSettings, profile_model
+
+    _, path, _ = tiny_dynamic
+    report = profile_model(path, ProfileSettings(batches=(1, 2), sizes=((16, 16), (24, 40)), warmup=1, iters=2))
+    assert [(r["imgsz"], r["batch"]) for r in report["results"]] == [([16, 16], 1), ([16, 16], 2), ([24, 40], 1),
+                                                                      ([24, 40], 2)]
+    assert report["settings"]["imgsz"] == [[16, 16], [24, 40]]
+    with pytest.raises(ConfigError, match="multiples of 8"):
+        profile_model(path, ProfileSettings(sizes=((16, 16), (20, 16)), warmup=0, iters=1))
+    cli = CliRunner()
+    result = cli.invoke(app, ["profile", str(path), "--imgsz", "16,24x40", "--warmup", "0", "--iters", "2",
+                              "--csv", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    assert "24x40" in result.output and "size" in result.output
+    assert "16x16" in (tmp_path / "p.csv").read_text()
+    result = cli.invoke(app, ["profile", str(path), "--imgsz", "16,2y4"])
+    assert result.exit_code == 2 and "is not a size" in result.output
+
+
+def test_profile_sweep_on_a_checkpoint_exports_one_dynamic_graph(tmp_path, onnx_model):
+    from acmix_deploy.profiling import ProfileSettings, profile_model
+
+    model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=3), 4).eval()
+    ckpt = ad.save_checkpoint(model, tmp_path / "t.pth")
+    report = profile_model(ckpt, ProfileSettings(backends=("torch", "onnxruntime"), sizes=((32, 32), (16, 24)),
+                                                 warmup=0, iters=1))
+    got = {(r["backend"], tuple(r["imgsz"])) for r in report["results"]}
+    assert got == {(b, s) for b in ("torch", "onnxruntime") for s in ((32, 32), (16, 24))}
+    assert any("dynamic height and width" in n for n in report["notes"])
+    # A file with a fixed size still refuses another one, and says how to get a file that takes several.
+    with pytest.raises(ConfigError, match="export it with dynamic_hw") as info:
+        profile_model(onnx_model, ProfileSettings(sizes=((32, 32), (16, 16)), warmup=0, iters=1))
+    assert "export it with --dynamic-hw" in info.value.spell(lambda p: "--" + p.replace("_", "-"))

@@ -43,7 +43,7 @@ def export(
     cpu_isa: str = typer.Option(
         "auto", "--cpu-isa", help="ONNX for ONNX Runtime on the CPU: the instruction set the graph is shaped for, "
         "auto (this machine's), avx512, avx2 or generic (ACmix's convolution path in 16-, 8-channel or compact groups, "
-        "softmax floor), or none: the plain graph (OpenVINO runs it fastest)."),
+        "softmax floor), or none: the plain graph (for OpenVINO)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim."),
     fp16: bool = typer.Option(False, "--fp16", help="Float16 graph, attention (softmax, mask, logits) kept in float32."),
     int8: bool = typer.Option(False, "--int8", help="Int8 Q/DQ convolutions, calibrated on --calib."),

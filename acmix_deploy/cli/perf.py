@@ -11,19 +11,22 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import AcmixDeployError
-from ._common import IMGSZ_HELP, _fail, _print_table, _safe, _safe_imgsz, console
+from ._common import _fail, _print_table, _safe, _safe_imgsz, console
 
 
 def _render_profile(report: dict) -> None:
     dev = report["device"]
     where = dev.get("gpu") or f"{dev['cpu']}, {dev['threads']} threads"
     table = Table(title=f"{report['model'].get('arch') or report['model']['path']} on {where}")
-    cols = ("backend", "form", "batch", "mean ms", "std", "p50", "p90", "p99", "samples/s", "peak MB")
+    sizes = {tuple(r["imgsz"]) for r in report["results"] if r.get("imgsz")}
+    cols = ("backend", "form", *(("size",) if len(sizes) > 1 else ()), "batch", "mean ms", "std", "p50", "p90",
+            "p99", "samples/s", "peak MB")
     for col in cols:
         table.add_column(col, justify="left" if col in ("backend", "form") else "right")
     for r in report["results"]:
         peak = "" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
-        table.add_row(r["backend"], r["form"], str(r["batch"]), f"{r['mean_ms']:.2f}", f"{r['std_ms']:.2f}",
+        size = ("x".join(map(str, r["imgsz"])),) if len(sizes) > 1 else ()
+        table.add_row(r["backend"], r["form"], *size, str(r["batch"]), f"{r['mean_ms']:.2f}", f"{r['std_ms']:.2f}",
                       f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
                       f"{r['throughput_per_s']:.1f}", peak)
     _print_table(table)
@@ -46,7 +49,10 @@ def profile(
     backend: list[str] = typer.Option(None, "--backend", "-b", help="torch, torch-compile, onnxruntime, aoti, tensorrt (repeatable) (default: the file's: torch for checkpoints, onnxruntime for .onnx, aoti for .pt2, tensorrt for .engine)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     batch: list[int] = typer.Option([1], "--batch", help="Batch sizes (repeatable)."),
-    imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help=IMGSZ_HELP),
+    imgsz: Optional[list[str]] = typer.Option(
+        None, "--imgsz", help="Input size: N (square) or H W (default: the model's); or several sizes to sweep, "
+        "each N or HxW, comma separated or repeated (--imgsz 224,640x384): a checkpoint, or a file exported "
+        "with --dynamic-hw."),
     model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own model: FILE.py:FACTORY or package.module:FACTORY (a moved definition, or a bare state dict)."),
     model_args: Optional[str] = typer.Option(None, "--model-args", help="Keyword arguments of the factory, as a JSON object."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed runs before timing."),
@@ -66,8 +72,9 @@ def profile(
     from ..pipeline import check_output_path
     from ..profiling import ProfileSettings, profile_model, save_json
 
+    single, sizes = _profile_sizes(imgsz)
     settings = ProfileSettings(
-        backends=tuple(backend or ()), batches=tuple(batch), imgsz=_safe_imgsz(imgsz), warmup=warmup, iters=iters,
+        backends=tuple(backend or ()), batches=tuple(batch), imgsz=single, sizes=sizes, warmup=warmup, iters=iters,
         seconds=seconds, threads=threads, device=device, compare_forms=compare_forms, layers=layers, arch=arch,
         model_def=model_def, model_args=model_args,
     )
@@ -93,6 +100,22 @@ def profile(
         _fail(exc)
     finally:
         console.file = None  # back to the standard output of the moment (rich's default)
+
+
+def _profile_sizes(values: Optional[list[str]]):
+    """``--imgsz`` of profile: ``N`` or ``H W`` (one size, as elsewhere), or sizes ``N``/``HxW`` separated by
+    commas or repeated (a sweep).  Returns ``(imgsz, sizes)``: one of them set."""
+    if not values:
+        return None, ()
+    if all(v.strip().isdigit() for v in values) and len(values) <= 2:
+        return _safe_imgsz([int(v) for v in values]), ()
+    sizes = []
+    for token in (t.strip() for v in values for t in v.split(",")):
+        h, sep, w = token.lower().partition("x")
+        if not h.isdigit() or (sep and not w.isdigit()) or int(h) < 1 or (sep and int(w) < 1):
+            _fail(AcmixDeployError(f"--imgsz: {token!r} is not a size; give N or HxW, e.g. --imgsz 224,640x384"))
+        sizes.append((int(h), int(w) if sep else int(h)))
+    return None, tuple(dict.fromkeys(sizes))
 
 
 def _is_stdout(path: Optional[Path]) -> bool:

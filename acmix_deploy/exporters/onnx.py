@@ -32,9 +32,9 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, SOFTMAX_FLOOR_KEY, DYNAMIC_HW_KEY, EXPORT_CPU_KEY, INPUT_NAME,
-                              INPUT_NAME_KEY, INPUT_SHAPE_KEY, OUTPUT_NAME, OUTPUT_NAME_KEY, OUTPUT_NAMES_KEY,
-                              PRECISION_KEY, VALID_HW_KEY, encode_metadata)
+from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, DYNAMIC_HW_KEY, EXPORT_CPU_KEY, INPUT_NAME,
+                              INPUT_NAME_KEY, INPUT_SHAPE_KEY, OUTPUT_NAME, OUTPUT_NAMES_KEY, OUTPUT_NAME_KEY,
+                              PRECISION_KEY, SOFTMAX_FLOOR_KEY, VALID_HW_KEY, encode_metadata)
 from ..artifacts.spatial import SpatialRule
 from ..errors import ConfigError, ExportError
 from ..modules.acmix import ACmixDeploy, dynamic_spatial_export, merged_conv_groups
@@ -95,8 +95,8 @@ def cpu_target(device: str, cpu_isa: str = "auto") -> str | None:
 
     A CPU gets the graph shaped for ``cpu_isa`` (``auto``: the exporting machine's); a GPU (ONNX Runtime's
     CUDA provider, TensorRT) gets None: the compact groups, the fewest multiply-adds.  ``cpu_isa="none"``
-    asks for the plain graph on the CPU too (for other CPU runtimes: OpenVINO runs it fastest).  Every
-    exporter that chooses asks here.
+    asks for the plain graph on the CPU too (for other CPU runtimes such as OpenVINO, which the shaping
+    does not help).  Every exporter that chooses asks here.
     """
     return cpu_isa if device == "cpu" and cpu_isa != "none" else None
 

@@ -66,8 +66,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["DynamicHaloSpec", "DynamicHaloTables", "HaloPlan", "choose_tile", "dynamic_halo_attention", "halo_attention",
-           "dynamic_halo_tables", "make_dynamic_halo_spec", "make_halo_plan", "recorded_softmax_floor", "softmax_floor"]
+__all__ = ["DynamicHaloSpec", "DynamicHaloTables", "HaloPlan", "choose_tile", "dynamic_halo_attention",
+           "halo_attention", "dynamic_halo_tables", "make_dynamic_halo_spec", "make_halo_plan",
+           "recorded_softmax_floor", "softmax_floor"]
 
 # Set only inside ``softmax_floor``: the margin below each row's largest logit that graph-spelled logits are
 # raised to (None: the plain softmax).

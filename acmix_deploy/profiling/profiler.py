@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import AcmixDeployError, ConfigError
+from ..errors import AcmixDeployError, ConfigError, InputShapeError
 from ..exporters import export_onnx
 from ..exporters.onnx import cpu_target
 from ..pipeline import prepare_deploy
@@ -53,6 +53,9 @@ class ProfileSettings:
     backends: tuple[str, ...] = ()  # () = the natural one for the file (torch for checkpoints)
     batches: tuple[int, ...] = (1,)
     imgsz: int | tuple[int, int] | None = None  # a square, or (height, width)
+    # Several input sizes timed one after the other ((height, width) each): a checkpoint (its ONNX graph then
+    # exported once with dynamic height and width) or a file exported with --dynamic-hw.  Overrides imgsz.
+    sizes: tuple[tuple[int, int], ...] = ()
     warmup: int = 5
     iters: int | None = 30
     seconds: float | None = None
@@ -80,6 +83,12 @@ class ProfileSettings:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{{threads}} must be positive, got {self.threads}", params=["threads"])
         normalize_imgsz(self.imgsz)  # ConfigError for anything but a positive int or (height, width)
+        for size in self.sizes:
+            normalize_imgsz(tuple(size))
+        if self.sizes and self.imgsz is not None and tuple(normalize_imgsz(self.imgsz)) not in map(tuple, self.sizes):
+            raise ConfigError("give the input sizes once: {imgsz} or sizes", params=["imgsz"])
+        if self.layers and len(self.sizes) > 1:
+            raise ConfigError("{layers} shows one input size; give one {imgsz}", params=["layers", "imgsz"])
         check_device(self.device)
 
 
@@ -236,14 +245,29 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
     A model with several outputs is timed producing all of them (every backend runs the whole graph).
     """
     settings.validate()
-    imgsz = normalize_imgsz(settings.imgsz)
+    sizes = [tuple(normalize_imgsz(tuple(sz))) for sz in settings.sizes]
+    imgsz = normalize_imgsz(settings.imgsz) if not sizes else sizes[0]
+    sweep = len(sizes) > 1
 
-    def check_imgsz(input_size: tuple[int, ...]) -> None:
-        # An exported file has its spatial size built in: an imgsz that differs cannot apply.
-        if imgsz is not None and tuple(imgsz) != tuple(input_size[1:]):
-            want = "x".join(map(str, imgsz))
-            raise ConfigError(f"{path.name} takes {input_size[1]}x{input_size[2]} inputs (height x width); "
-                              f"{{imgsz}} {want} cannot change that", params=["imgsz"])
+    def check_imgsz(input_size: tuple, rule=None) -> list[tuple[int, ...]]:
+        """Every input size (C, H, W) to time.  A file exported with fixed height and width takes its own
+        size only; one with dynamic height and width (``rule``) takes any size of its rule (default: the
+        smallest)."""
+        if rule is not None:
+            wanted = sizes or ([imgsz] if imgsz is not None else [rule.minimum])
+            for h, w in wanted:
+                try:
+                    rule.check(h, w, what=path.name)
+                except InputShapeError as exc:
+                    raise ConfigError(str(exc)) from None
+            return [(input_size[0], h, w) for h, w in wanted]
+        for want in sizes or ([imgsz] if imgsz is not None else []):
+            # An exported file has its spatial size built in: an --imgsz that differs cannot apply.
+            if tuple(want) != tuple(input_size[1:]):
+                raise ConfigError(f"{path.name} takes {input_size[1]}x{input_size[2]} inputs (height x width); "
+                                  f"{{imgsz}} {'x'.join(map(str, want))} cannot change that (export it with "
+                                  "{dynamic_hw} for one file that takes several sizes)", params=["imgsz", "dynamic_hw"])
+        return [tuple(input_size)]
 
     path = Path(path)
     if not path.exists():
@@ -272,8 +296,8 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             form = _FILE_FORMS[natural]
             target = _file_target(path, natural, form, settings)
             runner: Runner = target.handle  # type: ignore[assignment]
-            input_size = tuple(runner.input_spec.item_shape)
-            check_imgsz(input_size)
+            input_sizes = check_imgsz(tuple(runner.input_spec.item_shape), runner.spatial_rule)
+            input_size = input_sizes[0]
             model_info.update({"format": form if natural != "tensorrt" else "tensorrt", "forms": [form],
                                "outputs": [s.name for s in runner.output_specs]})
             if natural == "tensorrt":
@@ -293,6 +317,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             prep = prepare_deploy(path, settings.arch, imgsz, check=False, model_def=settings.model_def,
                                   model_args=settings.model_args)
             input_size = prep.input_size
+            input_sizes = [input_size] + [(input_size[0], *sz) for sz in sizes[1:]]
             forms: dict[str, nn.Module] = {}
             if prep.training is not None:
                 forms["training"] = prep.training
@@ -311,8 +336,12 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                     if "training" in forms:
                         notes.append("onnxruntime runs the deploy form (exported from the folded model)")
                     onnx_path = Path(tmpdir.name) / "deploy.onnx"
+                    # Several sizes: one graph with dynamic height and width, timed at each (traced at the first).
                     export_onnx(prep.deploy, onnx_path, input_size,
-                                cpu_isa=cpu_target(settings.device))
+                                cpu_isa=cpu_target(settings.device), dynamic_hw=sweep)
+                    if sweep:
+                        notes.append("onnxruntime runs one graph with dynamic height and width, traced and tuned "
+                                     f"at {input_size[1]}x{input_size[2]}")
                     onnx_paths["deploy"] = onnx_path
                     targets.append(_file_target(onnx_path, "onnxruntime", "deploy", settings))
                     continue
@@ -327,37 +356,41 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
         if not targets:
             raise ConfigError("nothing to profile with these backends and forms")
         model_info["input_size"] = list(input_size)
+        if sweep or input_sizes[0] != input_size:
+            model_info["input_sizes"] = [list(sz) for sz in input_sizes]
 
         results = []
-        total = len(targets) * len(settings.batches)
+        total = len(targets) * len(settings.batches) * len(input_sizes)
         done = 0
         rng = np.random.default_rng(0)
-        for target in targets:
-            for batch in settings.batches:
-                x = rng.standard_normal((batch, *input_size), dtype=np.float32)
-                if progress:
-                    progress(f"{target.backend}/{target.form} batch {batch}", done, total)
-                run = target.make(x)
-                first_run_s = None
-                if target.backend == "torch-compile":  # compilation happens here, outside the timing
-                    t0 = time.perf_counter()
-                    run()
-                    first_run_s = time.perf_counter() - t0
-                times, peak = _time(run, settings)
-                row = {"backend": target.backend, "form": target.form, "batch": batch, **summarize(times, batch),
-                       "peak_mem_mb": peak, "peak_mem_kind": "cuda_max_allocated" if settings.device == "cuda" else "rss_growth"}
-                if first_run_s is not None:
-                    row["compile_s"] = first_run_s
-                results.append(row)
-                done += 1
-                if progress:
-                    progress(f"{target.backend}/{target.form} batch {batch}", done, total)
+        for target, size, batch in ((t, sz, b) for t in targets for sz in input_sizes for b in settings.batches):
+            x = rng.standard_normal((batch, *size), dtype=np.float32)
+            what = f"{target.backend}/{target.form} batch {batch}" + (f" {size[1]}x{size[2]}" if sweep else "")
+            if progress:
+                progress(what, done, total)
+            run = target.make(x)
+            first_run_s = None
+            if target.backend == "torch-compile":  # compilation happens here, outside the timing
+                t0 = time.perf_counter()
+                run()
+                first_run_s = time.perf_counter() - t0
+            times, peak = _time(run, settings)
+            row = {"backend": target.backend, "form": target.form, "batch": batch, "imgsz": list(size[1:]),
+                   **summarize(times, batch),
+                   "peak_mem_mb": peak, "peak_mem_kind": "cuda_max_allocated" if settings.device == "cuda" else "rss_growth"}
+            if first_run_s is not None:
+                row["compile_s"] = first_run_s
+            results.append(row)
+            done += 1
+            if progress:
+                progress(what, done, total)
 
         report = {
             "schema": REPORT_SCHEMA,
             "device": device_fingerprint(settings.device, settings.threads),
             "model": model_info,
             "settings": {"backends": list(settings.backends), "batches": list(settings.batches),
+                         "imgsz": [list(sz[1:]) for sz in input_sizes],
                          "warmup": settings.warmup, "iters": settings.iters, "seconds": settings.seconds,
                          "timer": "cuda_events" if settings.device == "cuda" else "perf_counter_ns",
                          "percentiles": "linear interpolation between closest ranks (NumPy default)"},
@@ -367,17 +400,19 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
         if settings.compare_forms:
             ratios = []
             for backend in settings.backends:
-                for batch in settings.batches:
-                    t = [r for r in results if r["backend"] == backend and r["batch"] == batch]
-                    tr = next((r for r in t if r["form"] == "training"), None)
-                    dp = next((r for r in t if r["form"] == "deploy"), None)
-                    if tr and dp:
-                        ratios.append({"backend": backend, "batch": batch,
-                                       "training_over_deploy": tr["p50_ms"] / dp["p50_ms"]})
+                for size in input_sizes:
+                    for batch in settings.batches:
+                        t = [r for r in results if r["backend"] == backend and r["batch"] == batch
+                             and r["imgsz"] == list(size[1:])]
+                        tr = next((r for r in t if r["form"] == "training"), None)
+                        dp = next((r for r in t if r["form"] == "deploy"), None)
+                        if tr and dp:
+                            ratios.append({"backend": backend, "batch": batch, "imgsz": list(size[1:]),
+                                           "training_over_deploy": tr["p50_ms"] / dp["p50_ms"]})
             report["compare_forms"] = ratios
         if settings.layers:
             layers = {}
-            x = rng.standard_normal((settings.batches[0], *input_size), dtype=np.float32)
+            x = rng.standard_normal((settings.batches[0], *input_sizes[0]), dtype=np.float32)
             for target in targets:
                 label = f"{target.backend}/{target.form}"
                 if target.kind == "torch":

@@ -23,7 +23,7 @@ from ..util import require
 __all__ = ["save_json", "save_csv", "load_report", "merged_rows", "markdown_table", "plot_reports", "device_label",
            "CSV_COLUMNS"]
 
-CSV_COLUMNS = ["device", "arch", "backend", "form", "batch", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms",
+CSV_COLUMNS = ["device", "arch", "backend", "form", "imgsz", "batch", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms",
                "p95_ms", "p99_ms", "max_ms", "throughput_per_s", "peak_mem_mb", "runs"]
 REQUIRED = ("device", "model", "results")
 REQUIRED_ROW = ("backend", "batch", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s")
@@ -60,7 +60,10 @@ def merged_rows(reports: list[dict]) -> list[dict]:
     rows = []
     for rep, (dev, arch) in zip(reports, _report_labels(reports)):
         for r in rep["results"]:
-            rows.append({"device": dev, "arch": arch, **{k: r.get(k) for k in CSV_COLUMNS if k in r}})
+            row = {"device": dev, "arch": arch, **{k: r.get(k) for k in CSV_COLUMNS if k in r}}
+            if isinstance(row.get("imgsz"), (list, tuple)):  # (height, width) -> "HxW"
+                row["imgsz"] = "x".join(map(str, row["imgsz"]))
+            rows.append(row)
     return rows
 
 
@@ -112,7 +115,7 @@ def plot_reports(reports: list[dict], path: str | os.PathLike, title: str = "lat
 
     series: dict[tuple, list[tuple[int, float]]] = {}
     for r in merged_rows(reports):
-        key = (r["device"], r["arch"], r["backend"], r.get("form") or "")
+        key = (r["device"], r["arch"], r["backend"], " ".join(x for x in (r.get("form"), r.get("imgsz")) if x))
         series.setdefault(key, []).append((r["batch"], r["p50_ms"]))
     fig, ax = plt.subplots(figsize=(8, 5))
     for (dev, arch, backend, form), pts in sorted(series.items()):

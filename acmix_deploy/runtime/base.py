@@ -172,14 +172,18 @@ class Runner(abc.ABC):
         """Run one batch of zeros at the smallest batch, check the outputs against the specs and fill what
         they leave open (a dynamic axis other than the batch axis, the dtype) from what the run returned.
 
-        Needs a fixed sample shape (dynamic height/width: nothing concrete to run); returns the outputs.
+        Needs a fixed sample shape, or an NCHW input with fixed channels and a :attr:`spatial_rule` (a graph
+        with dynamic height and width runs at the rule's smallest size); returns the outputs.
         """
         spec = self.input_spec
+        item = spec.shape[1:]
         if not spec.is_static:
-            raise AcmixDeployError(f"{self.name}: input {spec.name} has a dynamic sample shape "
-                                   f"{_shape_text(spec.shape)}; a warm-up run needs a fixed one")
+            if self.spatial_rule is None or len(item) != 3 or not isinstance(item[0], int):
+                raise AcmixDeployError(f"{self.name}: input {spec.name} has a dynamic sample shape "
+                                       f"{_shape_text(spec.shape)}; a warm-up run needs a fixed one")
+            item = (item[0], *self.spatial_rule.minimum)
         n = self.batch_range[0]
-        outs = self.infer_outputs(np.zeros((n, *spec.shape[1:]), dtype=spec.dtype))
+        outs = self.infer_outputs(np.zeros((n, *item), dtype=spec.dtype))
         self._output_specs = self._merge_specs(outs, n)
         return outs
 
@@ -230,6 +234,8 @@ class Runner(abc.ABC):
                                            f"declares {_shape_text(declared)}")
                 if _dynamic(declared[0]):
                     shape[0] = declared[0]  # the file's own name for its batch axis
+                if self.spatial_rule is not None:  # dynamic height and width: what follows the size stays open
+                    shape[1:] = [d if _dynamic(d) else s for d, s in zip(declared[1:], shape[1:])]
             specs.append(TensorSpec(name, tuple(shape), out.dtype))
         return tuple(specs)
 

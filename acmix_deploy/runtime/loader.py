@@ -129,9 +129,10 @@ def open_runner(
         if len(spec.shape) != 4:
             raise AcmixDeployError(f"{path.name}: input {spec.name} has shape {list(spec.shape)}; an NCHW image "
                                    "batch is expected")
-        if not spec.is_static:
+        if not spec.is_static and not (runner.spatial_rule is not None and isinstance(spec.shape[1], int)):
             raise AcmixDeployError(f"{path.name}: input {spec.name} has dynamic C/H/W {list(spec.shape)}; a fixed "
-                                   "image size is needed")
+                                   "image size is needed (or a graph exported with {dynamic_hw}, which records the "
+                                   "sizes it takes)", params=["dynamic_hw"])
     elif backend == "tensorrt":
         sidecar = read_sidecar(path)  # read once: the runner gets it, not the path to read again
         # TensorRT without a usable CUDA device crashes the process on deserialization: refuse first.

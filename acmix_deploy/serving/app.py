@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import __version__
-from ..errors import AcmixDeployError, ConfigError
+from ..errors import AcmixDeployError, ConfigError, InputShapeError
 from ..runtime.loader import open_runner
 from ..util import require
 from .batching import DynamicBatcher
@@ -240,10 +240,13 @@ def create_app(runner, settings: ServeSettings):
     settings.validate()
     metrics = ServerMetrics(settings.name, settings.max_batch)
     inp = runner.input_spec
-    if not inp.is_static:
+    rule = runner.spatial_rule
+    if not inp.is_static and not (rule is not None and len(inp.shape) == 4 and isinstance(inp.shape[1], int)):
         raise ConfigError(f"{runner.name}: input {inp.name} has a dynamic sample shape {list(inp.shape)}; serving "
-                          "needs a fixed input size")
-    input_shape = tuple(int(d) for d in inp.item_shape)
+                          "needs a fixed input size, or a graph exported with {dynamic_hw} (which records the sizes "
+                          "it takes)", params=["dynamic_hw"])
+    # -1: an axis any size may take (the height and width of a --dynamic-hw graph, checked against its rule).
+    input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.item_shape)
     specs = list(runner.output_specs)
     out_names = [spec.name for spec in specs]
     out_dtypes = [spec.dtype for spec in specs]
@@ -373,6 +376,11 @@ def create_app(runner, settings: ServeSettings):
                     request.headers.get(HEADER_LENGTH))
             del raw
             rows = req.tensor.shape[0]
+            if rule is not None and not rule.valid(*req.tensor.shape[2:]):
+                try:
+                    rule.check(*req.tensor.shape[2:], what=f"model {settings.name}")
+                except InputShapeError as exc:
+                    raise ProtocolError(str(exc)) from None
             if max_batch is not None and not min_batch <= rows <= max_batch:
                 span = f"exactly {max_batch}" if min_batch == max_batch else f"{min_batch}..{max_batch}"
                 raise ProtocolError(f"batch of {rows} is outside what the model accepts ({span})")

@@ -65,6 +65,8 @@ def json_limit(max_rows: int, input_shape: tuple[int, ...], body_limit: int) -> 
     limit), so parsing cost is bounded by the model's size rather than by
     ``--max-body-mb``, whose room is meant for binary tensors.
     """
+    if any(d < 0 for d in input_shape):  # a dynamic height or width: no size bound but the body's
+        return body_limit
     return min(body_limit, JSON_SLACK_BYTES + JSON_BYTES_PER_ELEMENT * max_rows * math.prod(input_shape))
 
 
@@ -266,7 +268,8 @@ def parse_infer_request(
     max_json_bytes: int | None = None,
     rows_limit_source: str = "--max-batch",
 ) -> InferRequest:
-    """Parse one ``POST .../infer`` body for a model with one FP32 input ``(N, *input_shape)``.
+    """Parse one ``POST .../infer`` body for a model with one FP32 input ``(N, *input_shape)`` (-1 in
+    ``input_shape``: any size on that axis, e.g. the height and width of a graph exported with --dynamic-hw).
 
     ``output_name`` is the model's output name, or the list of its output
     names.  As in Triton, a request without ``outputs`` gets every output
@@ -309,7 +312,7 @@ def parse_infer_request(
         raise ProtocolError(f"input {input_name!r}: datatype {datatype!r} {'' if known else '(not a v2 datatype) '}"
                             "does not match the model's FP32")
     shape = _shape(entry, input_name)
-    if len(shape) != 1 + len(input_shape) or tuple(shape[1:]) != tuple(input_shape):
+    if len(shape) != 1 + len(input_shape) or any(d >= 0 and d != n for d, n in zip(input_shape, shape[1:])):
         expected = "[-1, " + ", ".join(map(str, input_shape)) + "]"
         raise ProtocolError(f"input {input_name!r}: shape {list(shape)} does not match the model's {expected}")
     if shape[0] < 1:
