@@ -71,7 +71,8 @@ CASES = [
      "engine must be onnx or trt", "--engine must be onnx or trt"),
     (lambda: _serve_settings(port=70000), "port must lie in 0..65535", "--port must lie in 0..65535"),
     (lambda: _serve_settings(max_body_mb=64, max_inflight_mb=8),
-     "max_inflight_mb (8) must be at least max_body_mb (64)", "--max-inflight-mb (8) must be at least --max-body-mb (64)"),
+     "max_inflight_mb (8) must be at least max_body_mb (64)",
+     "--max-inflight-mb (8) must be at least --max-body-mb (64)"),
     (lambda: _serve_settings(body_timeout_s=0), "body_timeout_s must lie in (0, 3600]", "--body-timeout-s must lie"),
 ]
 
@@ -164,7 +165,8 @@ def test_no_library_error_spells_a_flag():
     found = []
     for path in _library_files():
         tree = ast.parse(path.read_text())
-        roots = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _is_error(n) and _callee(n) != "ProtocolError"]
+        roots = [n for n in ast.walk(tree)
+                 if isinstance(n, ast.Call) and _is_error(n) and _callee(n) != "ProtocolError"]
         roots += [n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
                   and any(isinstance(t, ast.Name) and t.id.endswith("_REASON") for t in n.targets)]
         for root in roots:

@@ -127,7 +127,8 @@ def export_aoti(
             if dynamic and "batch" in str(exc):
                 cached = ", ".join(f"{type(m).__name__}.{k}" for m, k in caches)
                 hint = (f"; the model fixes the batch axis (its forward branches on or stores an input shape"
-                        f"{', e.g. ' + cached if cached else ''}): export a fixed batch with {{dynamic=False}} and {{batch}} N")
+                        f"{', e.g. ' + cached if cached else ''}): export a fixed batch with {{dynamic=False}} "
+                        "and {batch} N")
             raise ExportError(f"torch.export could not capture the model: {first}{hint}",
                               params=["dynamic=False", "batch"] if hint else ()) from None
 

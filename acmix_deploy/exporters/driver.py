@@ -49,12 +49,13 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     if opts.calib and not opts.int8:
         raise ConfigError("{calib} gives INT8 calibration data; add {int8}", params=["calib", "int8"])
     if opts.int8 and not opts.calib:
-        raise ConfigError("{int8} needs calibration data: {calib} digits, data.npy or images/", params=["int8", "calib"])
+        raise ConfigError("{int8} needs calibration data: {calib} digits, data.npy or images/",
+                          params=["int8", "calib"])
     if opts.batch < 1:
         raise ConfigError(f"{{batch}} must be positive, got {opts.batch}", params=["batch"])
     if opts.dynamic_hw and not opts.dynamic:
-        raise ConfigError("{dynamic_hw} makes batch, height and width dynamic; it cannot be combined with {dynamic=False}",
-                          params=["dynamic_hw", "dynamic=False"])
+        raise ConfigError("{dynamic_hw} makes batch, height and width dynamic; it cannot be combined with "
+                          "{dynamic=False}", params=["dynamic_hw", "dynamic=False"])
     if opts.dynamic_hw and opts.fmt == "aoti":
         raise ConfigError(AOTI_DYNAMIC_HW_REASON, params=AOTI_DYNAMIC_HW_PARAMS)
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
@@ -106,7 +107,8 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
             raise ConfigError(f"a TensorRT engine is written to a .engine or .plan file, not {opts.output.name} "
                               "(the ONNX graph it is built from is kept beside it with the .onnx suffix)")
         if opts.workspace_gb is not None and opts.workspace_gb <= 0:
-            raise ConfigError(f"{{workspace_gb}} must be positive (GiB), got {opts.workspace_gb}", params=["workspace_gb"])
+            raise ConfigError(f"{{workspace_gb}} must be positive (GiB), got {opts.workspace_gb}",
+                              params=["workspace_gb"])
         if not 0 <= opts.opt_level <= 5:
             raise ConfigError(f"{{opt_level}} must be 0..5, got {opts.opt_level}", params=["opt_level"])
     else:
@@ -114,7 +116,8 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
         if max_batch < 1:
             raise ConfigError(f"{{max_batch}} must be positive, got {max_batch}", params=["max_batch"])
         if opts.dynamic and not 1 <= opts.batch <= max_batch:
-            raise ConfigError(f"{{batch}} {opts.batch} must lie in 1..{{max_batch}} ({max_batch})", params=["batch", "max_batch"])
+            raise ConfigError(f"{{batch}} {opts.batch} must lie in 1..{{max_batch}} ({max_batch})",
+                              params=["batch", "max_batch"])
         device = opts.device
         check_device(device)
     if not ckpt.exists():
@@ -169,7 +172,8 @@ class _Prepared:
                 problem, param = (f"the exported model's {which} differs by {worst:.3g} (relative), above "
                                   f"{{tol}} {opts.tol:g}"), "tol"
             elif reduced and agreement < opts.min_top1:
-                problem, param = f"top-1 agreement {agreement:.1%} is below {{min_top1}} {opts.min_top1:.1%}", "min_top1"
+                problem, param = (f"top-1 agreement {agreement:.1%} is below {{min_top1}} "
+                                  f"{opts.min_top1:.1%}"), "min_top1"
             if problem:
                 exc = EquivalenceError(f"{title}: {problem}; nothing written", params=[param])
                 exc.rows, exc.title = list(rows), title  # for the caller's report

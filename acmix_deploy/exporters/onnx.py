@@ -213,8 +213,8 @@ def export_onnx(
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
     if dynamic_hw and not dynamic:
-        raise ConfigError("dynamic height and width ({dynamic_hw}) come with a dynamic batch axis; drop {dynamic=False}",
-                          params=["dynamic_hw", "dynamic=False"])
+        raise ConfigError("dynamic height and width ({dynamic_hw}) come with a dynamic batch axis; drop "
+                          "{dynamic=False}", params=["dynamic_hw", "dynamic=False"])
     isa = None if cpu_isa is None else resolve_cpu_isa(cpu_isa)
     path = Path(path)
     t0 = time.perf_counter()

@@ -187,7 +187,8 @@ def shape_profile(
         if not lo[axis] <= opt[axis] <= hi[axis]:
             raise ConfigError(
                 f"impossible shape range: the {label} must satisfy min <= opt <= max, got {{min_shape}} "
-                f"{ShapeProfile.spell(lo)}, {{opt_shape}} {ShapeProfile.spell(opt)}, {{max_shape}} {ShapeProfile.spell(hi)}",
+                f"{ShapeProfile.spell(lo)}, {{opt_shape}} {ShapeProfile.spell(opt)}, "
+                f"{{max_shape}} {ShapeProfile.spell(hi)}",
                 params=["min_shape", "opt_shape", "max_shape"])
     profile = ShapeProfile(lo, opt, hi)
     if not dynamic_hw and any(s[2:] != (h, w) for s in (lo, opt, hi)):
