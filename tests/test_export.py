@@ -341,6 +341,35 @@ def test_fp16_keeps_attention_in_fp32_and_stays_close(tmp_path):
     assert f16.size_bytes < 0.6 * f32.size_bytes
 
 
+
+def test_fp16_keeps_the_floored_attention_in_fp32(tmp_path):
+    # With the softmax floor (graphs for a CPU) the Softmax reads Max(L, ReduceMax(L) - m): the float32 block
+    # list must still reach the logits Add and MatMul behind it, and add the floor's own nodes.
+    from onnx import TensorProto, shape_inference
+
+    from acmix_deploy.exporters.precision import attention_nodes
+
+    deploy = ad.reparameterize_model(randomize_model(ad.create_model("acmix_resnet_tiny"), 5).eval())
+    plain = export_onnx(deploy, tmp_path / "plain.onnx", (3, 32, 32))
+    floored = export_onnx(deploy, tmp_path / "floor.onnx", (3, 32, 32), cpu_isa="avx512")
+    graphs = {k: onnx.load(e.path) for k, e in (("plain", plain), ("floor", floored))}
+    kept = {k: set(attention_nodes(g)) for k, g in graphs.items()}
+    ops = {n.name: n.op_type for n in graphs["floor"].graph.node}
+    softmaxes = sum(op == "Softmax" for op in ops.values())
+    assert kept["plain"] and kept["plain"] <= kept["floor"]  # the same attention nodes (names match)
+    extra = [ops[name] for name in kept["floor"] - kept["plain"]]
+    assert sorted(extra) == sorted(["Max", "Sub", "ReduceMax"] * softmaxes)
+    f16 = export_onnx(deploy, tmp_path / "f16.onnx", (3, 32, 32), fp16=True, cpu_isa="avx512")
+    proto = shape_inference.infer_shapes(onnx.load(f16.path))
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in proto.graph.value_info}
+    floor_max = [n for n in proto.graph.node if n.op_type == "Max" and n.name in kept["floor"]]
+    assert len(floor_max) == softmaxes
+    for n in floor_max:  # the floor, its operands and the Softmax after it are all float32
+        assert all(types[i] == TensorProto.FLOAT for i in n.input) and types[n.output[0]] == TensorProto.FLOAT
+    x = random_inputs((3, 32, 32), (8,), seed=1)
+    rows = compare_runners(OrtRunner(floored.path), [OrtRunner(f16.path)], x)
+    assert rows[0].diff.rel <= 1e-2 and rows[0].diff.top1_agreement == 1.0  # the fp16 tolerance used above
+
 def test_cli_export_fp16(train_ckpt, tmp_path):
     path, _ = train_ckpt
     result = runner.invoke(app, ["export", str(path), "--fp16"])

@@ -37,6 +37,7 @@ def test_describe_onnx(onnx_model):
     assert list(s.op_histogram.values()) == sorted(s.op_histogram.values(), reverse=True)
     assert s.metadata["input_name"] == "images" and s.metadata["output_names"] == ["logits"]
     assert 0 < s.parameters and s.initializers > 0
+    assert s.producer == f"acmix-deploy {ad.__version__}"  # the package's version, not torch's
 
 
 def test_describe_onnx_refuses_what_is_not_onnx(tmp_path):

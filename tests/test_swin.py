@@ -495,7 +495,7 @@ def test_onnx_export_matches_torch_and_profiles(tmp_path):
 
 def test_onnx_for_a_cpu_floors_the_softmax_of_shifted_blocks_only(tmp_path):
     # Graphs for ONNX Runtime on a CPU raise the logits of shifted blocks (the -100 shift mask) to
-    # (row max - 30): the result moves by at most N e^-30 (4.6e-12 for 7x7, far less for these windows).
+    # (row max - 30): the result moves by at most 2 (N - 1) e^-30 max|v| (9.0e-12 max|v| for 7x7 windows).
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxslim")
     from acmix_deploy.exporters import export_onnx
@@ -518,3 +518,42 @@ def test_onnx_for_a_cpu_floors_the_softmax_of_shifted_blocks_only(tmp_path):
     assert float((outs["avx512"] - outs[None]).abs().max() / ref.abs().max()) <= 1e-6
     with torch.no_grad():
         assert torch.equal(deploy(x), eager)  # eager torch never takes the floor
+
+
+def test_folded_foreign_attention_floors_the_softmax_when_given_a_mask(tmp_path):
+    # A user's Swin copy gets the shift mask (0 / -100) at run time: in a graph for a CPU the folded attention
+    # floors the masked softmax like the deploy form's shifted blocks, and leaves unmasked calls plain.
+    pytest.importorskip("onnxruntime")
+    from acmix_deploy.exporters import export_onnx
+    from acmix_deploy.modules.swin_acmix import WindowAttentionACmixFolded
+    from acmix_deploy.runtime import OrtRunner
+
+    dim, w, heads, size = 16, 4, 2, (8, 12)
+    attn = randomize_model(WindowAttentionACmixFolded(dim, w, heads), 4).eval()
+    nw, n = (size[0] // w) * (size[1] // w), w * w
+    gen = torch.Generator().manual_seed(2)
+    mask = torch.where(torch.rand(nw, n, n, generator=gen) < 0.5, -100.0, 0.0)
+    mask[:, range(n), range(n)] = 0.0  # each token sees itself, as in the official shift mask
+
+    class Call(nn.Module):
+        def __init__(self, masked: bool):
+            super().__init__()
+            self.attn = attn
+            self.register_buffer("mask", mask if masked else None)
+
+        def forward(self, x):
+            return self.attn(x) if self.mask is None else self.attn(x, self.mask)
+
+    x = torch.randn(3, *size, dim)  # odd batch
+    for masked in (True, False):
+        model = Call(masked).eval()
+        with torch.no_grad():
+            ref = model(x).double()
+        outs = {}
+        for isa in (None, "avx512"):
+            res = export_onnx(model, tmp_path / f"{masked}{isa}.onnx", (*size, dim), cpu_isa=isa, simplify=False)
+            assert res.op_histogram.get("ReduceMax", 0) == (1 if isa and masked else 0)
+            outs[isa] = torch.from_numpy(OrtRunner(res.path).infer(x.numpy())).double()
+            assert float((outs[isa] - ref).abs().max() / ref.abs().max()) <= 1e-5
+        # both graphs round in float32 alike; the floor's own shift (<= 2 (N - 1) e^-30 max|v|) is far smaller
+        assert float((outs["avx512"] - outs[None]).abs().max() / ref.abs().max()) <= 1e-6

@@ -185,8 +185,8 @@ def test_export_records_the_graph_spelling(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("heads,d,ka,stride,size,batch,tile", [CASES[1], CASES[3], CASES[8], CASES[11]])
 def test_softmax_floor_stays_within_its_bound(heads, d, ka, stride, size, batch, tile):
-    # The floor raises logits to (row max - m): each probability moves by at most n e^-m (n logits per row).
-    # Large logits (scaled queries) give rows whose small terms the floor really raises.
+    # The floor raises logits to (row max - m): the output moves by at most 2 (n - 1) e^-m max|v| for rows of
+    # n logits.  Large logits (scaled queries) give rows whose small terms the floor really raises.
     q, k, v, conv_p = _inputs(heads, d, size, batch, torch.float64, 11)
     plan = make_halo_plan(*size, ka, stride, heads, d, tile=tile, dtype=torch.float64)
     qkv = head_dim_major(q * 20, k, v, heads)
@@ -199,12 +199,40 @@ def test_softmax_floor_stays_within_its_bound(heads, d, ka, stride, size, batch,
             with softmax_floor(2.0):  # a margin this small must show: the test can fail
                 coarse = halo_attention(qkv, w, plan, graph=True)
         assert torch.equal(eager, halo_attention(qkv, w, plan))
-    bound = plan.halo_pixels * math.exp(-30.0) * float(v.abs().max())
+    bound = 2 * (plan.halo_pixels - 1) * math.exp(-30.0) * float(v.abs().max())
     assert float((floored - plain).abs().max()) <= bound
     assert float((coarse - plain).abs().max()) > 1e-3 * float(plain.abs().max())
     with pytest.raises(ValueError, match="positive"):
         with softmax_floor(0.0):
             pass
+
+
+def test_softmax_floor_bound_is_reached():
+    # The worst case: a 1x1 kernel leaves each row of the 13x13 tile's 169 slots with one finite logit (its own
+    # pixel) and 168 masked ones, which the floor raises to (row max - 30), each to weight e^-30 / (1 + 168 e^-30).
+    # With v = +1 at one pixel and -1 elsewhere that pixel's output drops from 1 by 2 * 168 e^-30 / (1 + 168 e^-30),
+    # a factor 1 + 168 e^-30 below the bound 2 (n - 1) e^-30 max|v| and about twice n e^-30: a bound that is too
+    # small fails here.
+    size, n, margin = (13, 13), 169, 30.0
+    plan = make_halo_plan(*size, 1, 1, 1, 1, tile=13, dtype=torch.float64)
+    assert plan.halo_pixels == n
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(1, 1, *size, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = -torch.ones(1, 1, *size, dtype=torch.float64)
+    v[..., 5, 8] = 1.0
+    qkv = head_dim_major(q, k, v, 1)
+    w = torch.zeros(1, 2, dtype=torch.float64)
+    with torch.no_grad():
+        plain = halo_attention(qkv, w, plan, graph=True)
+        with softmax_floor(margin):
+            floored = halo_attention(qkv, w, plan, graph=True)
+    assert float(plain[0, 0, 5, 8]) == 1.0  # one finite logit: the plain softmax is one-hot
+    moved = float((floored - plain).abs().max())
+    bound = 2 * (n - 1) * math.exp(-margin)
+    exact = bound / (1 + (n - 1) * math.exp(-margin))
+    # The only slack is float64 rounding over the 169-term sum near 1 (ulp 2.2e-16): 1e-14, 3e-4 of the bound.
+    assert moved <= bound + 1e-14 and abs(moved - exact) <= 1e-14
+    assert moved > 1.9 * n * math.exp(-margin)
 
 
 def test_onnx_for_a_cpu_takes_the_softmax_floor(tmp_path):

@@ -113,7 +113,7 @@ class OnnxSummary:
     size_bytes: int
     ir_version: int
     opsets: dict[str, int]  # operator-set domain ("" is the default, ai.onnx) -> version
-    producer: str  # e.g. "pytorch 2.6.0"
+    producer: str  # e.g. "acmix-deploy 0.1.0" (what export_onnx writes)
     inputs: list[TensorSummary]
     outputs: list[TensorSummary]
     nodes: int  # of the main graph

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from .. import __version__
 from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, DYNAMIC_HW_KEY, EXPORT_CPU_KEY, INPUT_NAME,
                               INPUT_NAME_KEY, INPUT_SHAPE_KEY, OUTPUT_NAME, OUTPUT_NAMES_KEY, OUTPUT_NAME_KEY,
                               PRECISION_KEY, SOFTMAX_FLOOR_KEY, VALID_HW_KEY, encode_metadata)
@@ -64,7 +65,8 @@ NCHWC_BLOCK = {"avx512": 16, "avx2": 8}
 MAX_GROUP_MERGE = 4
 # ONNX Runtime's CPU softmax is slow on the attention's masked (-inf) logits on Intel CPUs (subnormal
 # intermediates in its exp, handled in microcode); a graph for the CPU raises every logit to at least 30 below
-# its row's largest (modules.window_attention.softmax_floor: < 1.6e-11 relative, no exp below e^-30).  On the
+# its row's largest (modules.window_attention.softmax_floor: the output moves by at most 2 (n - 1) e^-30 max|v|, 3.1e-11 max|v| for
+# the 169-slot halo; no exp below e^-30).  On the
 # AMD EPYC where the graph was tuned the softmax was 3% of the deploy graph's ORT time without the floor (on an
 # Intel Xeon 29%), so a graph exported for this machine (auto) on an AMD CPU is left without it.
 SOFTMAX_FLOOR_MARGIN = 30.0
@@ -276,7 +278,7 @@ def export_onnx(
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.producer_name = "acmix-deploy"
+    proto.producer_name, proto.producer_version = "acmix-deploy", __version__  # torch sets its own version
 
     final = {"proto": proto}
 

@@ -2,7 +2,8 @@
 
 FP16: weights and activations are converted to float16 with onnxconverter-common's converter, with
 the graph's inputs and outputs kept float32, and the attention kept in float32: every ``Softmax``,
-the ``Add`` that feeds it (the window mask) and the ``MatMul`` that produces the logits.  Logits of
+the ``Add`` that feeds it (the window mask), the ``MatMul`` that produces the logits and, with the
+softmax floor, the ``Max``/``Sub``/``ReduceMax`` between them (:func:`attention_nodes`).  Logits of
 many terms lose accuracy in float16 and the ``-inf`` mask must not meet float16 overflow; the value
 aggregation (second ``MatMul``) and all convolutions run in float16.
 
@@ -18,8 +19,26 @@ from ..util import require
 __all__ = ["attention_nodes", "convert_fp16"]
 
 
+def _floor_parts(node, producer) -> list:
+    """``[Sub, ReduceMax]`` when ``node`` is the softmax floor's ``Max(L, ReduceMax(L) - m)``, else ``[]``."""
+    if node.op_type != "Max":
+        return []
+    for sub in (producer.get(i) for i in node.input):
+        if sub is not None and sub.op_type == "Sub":
+            row_max = producer.get(sub.input[0])
+            if row_max is not None and row_max.op_type == "ReduceMax" and row_max.input[0] in node.input:
+                return [sub, row_max]
+    return []
+
+
 def attention_nodes(model_proto) -> list[str]:
-    """Names of the nodes to keep in float32: each Softmax, and the Add/MatMul chain feeding it."""
+    """Names of the nodes to keep in float32: each Softmax and the chain computing its logits.
+
+    The chain is the Add (mask, bias) over the logits MatMul; in graphs with the softmax floor
+    (``modules.window_attention.softmax_floor``) the Softmax reads ``Max(L, ReduceMax(L) - m)``, so the
+    walk also keeps that Max, Sub and ReduceMax and goes on to the same logits ``L``.  It stops at the
+    MatMul (its operands, queries and keys, stay float16) and at every other operator.
+    """
     producer = {out: node for node in model_proto.graph.node for out in node.output}
     keep: list[str] = []
     for node in model_proto.graph.node:
@@ -29,11 +48,16 @@ def attention_nodes(model_proto) -> list[str]:
         frontier = [producer.get(i) for i in node.input]
         while frontier:
             n = frontier.pop()
-            if n is None or n.op_type not in ("Add", "MatMul") or n.name in keep:
+            if n is None or n.name in keep:
                 continue
-            keep.append(n.name)
-            if n.op_type == "Add":  # the mask add: follow it to the logits MatMul
+            floor = _floor_parts(n, producer)
+            if floor:  # the Max's inputs are L and the Sub; L is walked on from here
+                keep.extend(part.name for part in [n, *floor] if part.name not in keep)
                 frontier.extend(producer.get(i) for i in n.input)
+            elif n.op_type in ("Add", "MatMul"):
+                keep.append(n.name)
+                if n.op_type == "Add":  # the mask add: follow it to the logits MatMul
+                    frontier.extend(producer.get(i) for i in n.input)
     return keep
 
 

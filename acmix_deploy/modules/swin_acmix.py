@@ -350,8 +350,8 @@ class WindowAttentionACmixDeploy(nn.Module):
         floor = recorded_softmax_floor() if self.attn_bias.shape[0] > 1 else None
         if floor is not None:
             # Shifted blocks only: the -100 of the shift mask sends exp through subnormals, slow on Intel CPUs
-            # in ONNX Runtime; raising logits to (row max - m) moves the result by at most N e^-m relative
-            # (modules.window_attention.softmax_floor), 4.6e-12 for 7x7 windows and m = 30.
+            # in ONNX Runtime; raising logits to (row max - m) moves the result by at most 2 (N - 1) e^-m max|v|
+            # (modules.window_attention.softmax_floor), 9.0e-12 max|v| for 7x7 windows and m = 30.
             logits = torch.maximum(logits, logits.amax(-1, keepdim=True) - floor)
         att = logits.softmax(dim=-1).reshape(-1, nh, n, n)
         out = (att @ t[2]).transpose(1, 2).reshape(-1, n, c)  # (B * nW, N, C), channel head * d + i
@@ -423,6 +423,9 @@ class WindowAttentionACmixFolded(nn.Module):
         if mask is not None:
             nw = mask.shape[0]
             logits = (logits.reshape(-1, nw, nh, n, n) + mask.to(logits.dtype)[None, :, None]).reshape(-1, nh, n, n)
+            floor = recorded_softmax_floor()
+            if floor is not None:  # the shift mask's -100, as in WindowAttentionACmixDeploy's shifted blocks
+                logits = torch.maximum(logits, logits.amax(-1, keepdim=True) - floor)
         out = (logits.softmax(dim=-1) @ t[2]).transpose(1, 2).reshape(-1, n, c)
         out = window_reverse(self.proj(out).reshape(-1, w, w, c), w, hh, ww)
         return out + conv

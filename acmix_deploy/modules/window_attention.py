@@ -43,11 +43,13 @@ Softmax floor (only when an exporter asks, :func:`softmax_floor`).  More than ha
 are masked (``-inf``), and ONNX Runtime's CPU softmax computes ``exp`` of every one of them through
 subnormal intermediates, which Intel CPUs handle in slow microcode (an ``(8, 4, 10, 16, 100)`` softmax:
 1.5 ms finite, 8.1 ms half masked).  In a graph recorded inside ``softmax_floor(m)`` every logit is first
-raised to at least ``M - m``, ``M`` its row's largest.  A raised logit weighed at most ``e^-m`` of the
-largest term before and exactly that after, the normaliser is at least 1, so each probability moves by at
-most ``n e^-m`` for rows of ``n`` logits (the halo: 100-169 in ACmix-ResNet-50) and the output by that
-times the largest value: with ``m = 30``, ``169 e^-30 = 1.6e-11``, far below float32's rounding (6e-8).
-No ``exp`` argument is then below ``-m``.
+raised to at least ``M - m``, ``M`` its row's largest.  Scaled by ``e^-M``, the normaliser is at least 1
+(the largest term), so a raised logit's probability is at most ``e^-m`` after; at most ``n - 1`` of a row's
+``n`` logits are raised, so they gain at most ``(n - 1) e^-m`` of probability in total and the others lose
+exactly as much: the probabilities move by at most ``2 (n - 1) e^-m`` in sum, and the output by at most
+``2 (n - 1) e^-m max|v|``.  The bound is reached when one logit is finite and the rest masked, with values
+of opposite signs.  The halo has 100-169 slots in ACmix-ResNet-50: with ``m = 30``,
+``2 * 168 e^-30 = 3.1e-11``, far below float32's rounding (6e-8).  No ``exp`` argument is then below ``-m``.
 
 The blocks are processed in static groups of about ``CHUNK_BYTES`` of logits
 per image, so that a group's logits stay in cache from the first product to
@@ -79,7 +81,8 @@ _SOFTMAX_FLOOR: contextvars.ContextVar[float | None] = contextvars.ContextVar("a
 def softmax_floor(margin: float | None):
     """Inside this block, graphs recorded from :func:`halo_attention` raise every logit to ``row max - margin``.
 
-    The same result within ``n e^-margin`` relative for rows of ``n`` logits (see the module docstring); for
+    The output moves by at most ``2 (n - 1) e^-margin max|v|`` for rows of ``n`` logits (see the module
+    docstring); for
     backends whose ``exp`` is slow on the masked logits' subnormal intermediates.  Which backend gets it is
     the exporter's decision; eager torch never uses it, and ``None`` (the default) records the plain softmax.
     """

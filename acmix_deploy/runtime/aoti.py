@@ -17,12 +17,11 @@ import torch
 from ..artifacts.aoti import read_aoti_metadata
 from ..artifacts.onnx import INPUT_NAME
 from ..errors import AcmixDeployError
-from ..outputs import flatten_outputs
-from .base import BATCH_AXIS, Runner, TensorSpec
-from .torch import to_numpy
+from .base import BATCH_AXIS, TensorSpec
+from .torch import TorchCallRunner
 
 
-class AotiRunner(Runner):
+class AotiRunner(TorchCallRunner):
     backend = "aoti"
     batch_range_name = "the package's batch range"
 
@@ -53,30 +52,8 @@ class AotiRunner(Runner):
         item = recorded.input_size or (tuple(input_size) if input_size is not None else (None, None, None))
         lo, hi = recorded.min_batch, recorded.max_batch
         self._names = recorded.output_names
+        # The package was specialised for its batch range (checked by the base class before each run); outside
+        # it, results would not be guaranteed.
         super().__init__(f"aoti:{device}", device,
                          [TensorSpec(INPUT_NAME, (lo if lo == hi else BATCH_AXIS, *item), np.float32)],
                          batch_range=(lo, hi))
-
-    @property
-    def output_names(self) -> list[str] | None:
-        return super().output_names or self._names
-
-    @torch.inference_mode()
-    def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
-        # The package was specialised for its batch range (checked by the base class); outside it, results
-        # would not be guaranteed.
-        out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self._device))
-        return [to_numpy(t) for t in flatten_outputs(out)]
-
-    def _prepare_impl(self, x: np.ndarray):
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(self._device)
-        model = self.model
-
-        def run():
-            with torch.inference_mode():
-                return model(xt)
-
-        return run
-
-    def _run_output_names(self, count: int) -> list[str]:
-        return self._names if self._names is not None else super()._run_output_names(count)

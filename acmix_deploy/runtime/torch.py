@@ -16,7 +16,49 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return (t.float() if t.is_floating_point() else t).cpu().numpy()
 
 
-class TorchRunner(Runner):
+class TorchCallRunner(Runner):
+    """What the runners that call a torch callable share (:class:`TorchRunner`, the AOTInductor runner).
+
+    The subclass sets ``model`` (called on one input tensor), ``_device`` and ``_names`` (the output names
+    where known before a run, else None); the returned structure is flattened with
+    :func:`acmix_deploy.outputs.flatten_outputs` and floating outputs come back as float32.
+    """
+
+    model: object
+    _device: torch.device
+    _names: list[str] | None = None
+
+    @property
+    def output_names(self) -> list[str] | None:
+        return super().output_names or self._names
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self._device)
+
+    def _seen_output(self, out) -> None:
+        """Called with each run's raw output (a hook for runners that learn their output names from it)."""
+
+    @torch.inference_mode()
+    def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
+        out = self.model(self._tensor(x))
+        self._seen_output(out)
+        return [to_numpy(t) for t in flatten_outputs(out)]
+
+    def _prepare_impl(self, x: np.ndarray):
+        xt = self._tensor(x)
+        model = self.model
+
+        def run():
+            with torch.inference_mode():
+                return model(xt)
+
+        return run
+
+    def _run_output_names(self, count: int) -> list[str]:
+        return self._names if self._names is not None and len(self._names) == count else super()._run_output_names(count)
+
+
+class TorchRunner(TorchCallRunner):
     """Runs an ``nn.Module`` in eval mode under ``torch.inference_mode``.
 
     What the model returns (a tensor, a nested tuple/list, a dict) is flattened with
@@ -36,26 +78,6 @@ class TorchRunner(Runner):
         item = tuple(input_size) if input_size is not None else (None, None, None)
         super().__init__(name, device, [TensorSpec(INPUT_NAME, (BATCH_AXIS, *item), np.float32)])
 
-    @property
-    def output_names(self) -> list[str] | None:
-        return super().output_names or self._names
-
-    @torch.inference_mode()
-    def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
-        out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self._device))
+    def _seen_output(self, out) -> None:
         if self._names is None:
             self._names = output_names(out)
-        return [to_numpy(t) for t in flatten_outputs(out)]
-
-    def _prepare_impl(self, x: np.ndarray):
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(self._device)
-        model = self.model
-
-        def run():
-            with torch.inference_mode():
-                return model(xt)
-
-        return run
-
-    def _run_output_names(self, count: int) -> list[str]:
-        return self._names if self._names is not None and len(self._names) == count else super()._run_output_names(count)
