@@ -20,7 +20,7 @@ from .errors import AcmixDeployError, ConfigError, EquivalenceError
 from .outputs import SINGLE_OUTPUT_NAME
 from .pipeline import prepare_deploy
 from .runtime import Runner, TorchRunner
-from .runtime.loader import EXPORTED, open_runner
+from .runtime.loader import BACKENDS, EXPORTED, open_runner
 from .util import random_inputs
 
 __all__ = ["Comparison", "FileComparison", "compare_files", "compare_runners", "random_inputs", "worst_rows"]
@@ -77,13 +77,15 @@ class FileComparison:
 
 def compare_files(ckpt: str | os.PathLike, models: list[str | os.PathLike] | tuple = (), arch: str | None = None,
                   imgsz: int | tuple[int, int] | None = None, batches: tuple[int, ...] = (1, 3), seed: int = 0,
-                  model_def: str | None = None, model_args: str | dict | None = None) -> FileComparison:
+                  model_def: str | None = None, model_args: str | dict | None = None,
+                  onnx_backends: tuple[str, ...] = ("onnxruntime",)) -> FileComparison:
     """``acmix-deploy compare``: the checkpoint's training form (else its deploy form) is the reference; its
     deploy form (when folded here) and every exported file in ``models`` are compared against it on random
     inputs, one batch per entry of ``batches``.
 
     Exported files are opened by :func:`acmix_deploy.runtime.loader.open_runner` (its suffix table, exported
-    formats only), each on its own device; rows name them ``runner (file name)``.
+    formats only), each on its own device; rows name them ``runner (file name)``.  ``onnx_backends``: the
+    backends every ``.onnx`` file runs in (``("onnxruntime", "openvino")`` compares both on one file).
     """
     batches = tuple(batches)
     if not batches or any(b < 1 for b in batches):
@@ -95,11 +97,19 @@ def compare_files(ckpt: str | os.PathLike, models: list[str | os.PathLike] | tup
     else:
         reference = TorchRunner(prep.deploy, name="torch:deploy", input_size=prep.input_size)
         candidates = []
+    onnx_backends = tuple(dict.fromkeys(onnx_backends))
+    wrong = [b for b in onnx_backends if ".onnx" not in BACKENDS.get(b, ())]
+    if not onnx_backends or wrong:
+        raise ConfigError(f"{{onnx_backends}} takes backends that run .onnx files "
+                          f"({', '.join(b for b in EXPORTED if '.onnx' in BACKENDS[b])}), got {list(onnx_backends)}",
+                          params=["onnx_backends"])
     for path in models:
         path = Path(path)
-        runner = open_runner(path, allowed=EXPORTED, input_size=prep.input_size)
-        runner.name = f"{runner.name} ({path.name})"
-        candidates.append(runner)
+        is_onnx = path.suffix.lower() == ".onnx"
+        for backend in onnx_backends if is_onnx else (None,):
+            runner = open_runner(path, backend=backend, allowed=EXPORTED, input_size=prep.input_size)
+            runner.name = f"{runner.name} ({path.name})"
+            candidates.append(runner)
     if not candidates:
         raise AcmixDeployError("nothing to compare: give a training checkpoint or exported models")
     rows = compare_runners(reference, candidates, random_inputs(prep.input_size, batches, seed))

@@ -57,3 +57,58 @@ def test_openvino_errors(tmp_path, tiny):
         OpenVinoRunner(bad)
     with pytest.raises(ConfigError, match="precision"):
         OpenVinoRunner(tiny[1][None], precision="fp32")
+
+
+def test_open_runner_takes_openvino_and_the_recorded_sizes(tmp_path):
+    # .onnx opens in ONNX Runtime by default and in OpenVINO when asked; a graph with dynamic height and width
+    # carries its size rule into OpenVINO as into ONNX Runtime (read from the file's metadata).
+    from acmix_deploy.errors import InputShapeError
+    from acmix_deploy.runtime import OrtRunner, open_runner
+
+    train = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=7), 4).eval()
+    path = export_onnx(ad.reparameterize_model(train), tmp_path / "dyn.onnx", (3, 32, 32), dynamic_hw=True).path
+    runner = open_runner(path, backend="openvino", threads=1)
+    assert isinstance(runner, OpenVinoRunner) and runner.backend == "openvino"
+    assert isinstance(open_runner(path), OrtRunner)
+    rule = OrtRunner(path).spatial_rule
+    assert rule is not None and runner.spatial_rule == rule
+    assert runner.input_spec.shape == ("batch", 3, None, None)
+    for size in ((32, 32), (rule.minimum[0], rule.minimum[1] + rule.multiple[1])):  # traced size, and another
+        x = np.random.default_rng(size[1]).standard_normal((2, 3, *size), dtype=np.float32)
+        with torch.no_grad():
+            ref = train(torch.from_numpy(x)).double().numpy()
+        assert float(np.abs(runner.infer(x) - ref).max() / np.abs(ref).max()) <= TOL
+    with pytest.raises(InputShapeError, match="multiples of"):
+        runner.infer(np.zeros((1, 3, 32, 32 + 1), np.float32))
+    with pytest.raises(ConfigError, match="on the CPU"):
+        open_runner(path, backend="openvino", device="cuda")
+
+
+def test_profile_and_compare_run_an_onnx_file_in_openvino(tmp_path, tiny):
+    from typer.testing import CliRunner
+
+    from acmix_deploy.cli import app
+    from acmix_deploy.compare import compare_files
+    from acmix_deploy.profiling import ProfileSettings, profile_model
+
+    train, graphs = tiny
+    path = graphs["avx512"]
+    rep = profile_model(path, ProfileSettings(backends=("onnxruntime", "openvino"), batches=(1,), warmup=0, iters=2))
+    assert sorted(r["backend"] for r in rep["results"]) == ["onnxruntime", "openvino"]
+    with pytest.raises(ConfigError, match="runs on the onnxruntime or openvino backend only"):
+        profile_model(path, ProfileSettings(backends=("aoti",), batches=(1,)))
+    result = CliRunner().invoke(app, ["profile", str(path), "-b", "openvino", "--batch", "1", "--iters", "2",
+                                      "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    assert "openvino" in result.output
+
+    ckpt = ad.save_checkpoint(train, tmp_path / "tiny.pth")
+    res = compare_files(ckpt, [path], imgsz=32, batches=(2,), onnx_backends=("onnxruntime", "openvino"))
+    by_runner = {r.runner: r.diff.rel for r in res.rows}
+    assert set(by_runner) == {"torch:deploy", f"onnxruntime:CPU ({path.name})", f"openvino:CPU ({path.name})"}
+    assert all(rel <= TOL for rel in by_runner.values())
+    with pytest.raises(ConfigError, match="takes backends that run .onnx files"):
+        compare_files(ckpt, [path], imgsz=32, onnx_backends=("aoti",))
+    result = CliRunner().invoke(app, ["compare", str(ckpt), str(path), "--imgsz", "32", "--onnx-backend", "openvino"])
+    assert result.exit_code == 0, result.output
+    assert "openvino:CPU" in result.output and "onnxruntime:CPU" not in result.output

@@ -141,12 +141,17 @@ def test_one_suffix_table():
 
     assert backend_for(Path("m.ONNX")) == "onnxruntime" and backend_for(Path("m.plan")) == "tensorrt"
     assert backend_for(Path("w.pth")) == "torch" and backend_for(Path("m.pt2")) == "aoti"
-    assert EXPORTED == ("onnxruntime", "aoti", "tensorrt")
-    assert describe_suffixes(EXPORTED) == ".onnx (ONNX Runtime), .pt2 (AOTInductor) or .engine/.plan (TensorRT)"
+    assert EXPORTED == ("onnxruntime", "aoti", "tensorrt", "openvino")
+    # .onnx opens in ONNX Runtime unless OpenVINO is asked for; OpenVINO IR (.xml) by its suffix
+    assert backend_for(Path("m.onnx"), "openvino") == "openvino" and backend_for(Path("m.xml")) == "openvino"
+    assert describe_suffixes(EXPORTED) == (".onnx (ONNX Runtime), .pt2 (AOTInductor), .engine/.plan (TensorRT) "
+                                           "or .xml/.onnx (OpenVINO)")
+    with pytest.raises(ConfigError, match=r"backend openvino runs \.xml/\.onnx files, not m\.pt2"):
+        backend_for(Path("m.pt2"), "openvino")
     with pytest.raises(ConfigError, match=r"cannot tell how to run m\.bin by its suffix: give \.onnx"):
         backend_for(Path("m.bin"))
-    with pytest.raises(ConfigError, match=r"give \.onnx \(ONNX Runtime\), \.pt2 \(AOTInductor\) or "
-                                          r"\.engine/\.plan \(TensorRT\)$"):
+    with pytest.raises(ConfigError, match=r"give \.onnx \(ONNX Runtime\), \.pt2 \(AOTInductor\), "
+                                          r"\.engine/\.plan \(TensorRT\) or \.xml/\.onnx \(OpenVINO\)$"):
         backend_for(Path("w.pth"), allowed=EXPORTED)  # compare takes exported files only
     with pytest.raises(ConfigError, match="backend tensorrt runs .engine/.plan files, not m.onnx"):
         backend_for(Path("m.onnx"), "tensorrt")
@@ -183,7 +188,7 @@ def test_compare_profile_and_serve_open_files_through_open_runner(tmp_path, onnx
     ckpt = ad.save_checkpoint(model, tmp_path / "tiny.pth")
     _recording(monkeypatch, compare, calls)
     res = compare.compare_files(ckpt, [onnx_model], imgsz=32, batches=(1, 2))
-    assert calls == [("tiny.onnx", {"allowed": EXPORTED, "input_size": (3, 32, 32)})]
+    assert calls == [("tiny.onnx", {"backend": "onnxruntime", "allowed": EXPORTED, "input_size": (3, 32, 32)})]
     assert {r.runner for r in res.rows} == {"torch:deploy", "onnxruntime:CPU (tiny.onnx)"}
     with pytest.raises(ConfigError, match=r"tiny\.pth by its suffix: give \.onnx \(ONNX Runtime\)"):
         compare.compare_files(ckpt, [ckpt], imgsz=32)

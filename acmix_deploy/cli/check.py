@@ -14,7 +14,7 @@ from ._common import IMGSZ_HELP, _comparison_table, _fail, _imgsz, _print_table,
 
 def compare(
     ckpt: Path = typer.Argument(..., help="Checkpoint: the reference (its training form when it has one)."),
-    models: list[Path] = typer.Argument(None, help="Exported models to compare (.onnx, .pt2, .engine/.plan)."),
+    models: list[Path] = typer.Argument(None, help="Exported models to compare (.onnx, .pt2, .engine/.plan, .xml)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
     imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help=IMGSZ_HELP),
     model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own model: FILE.py:FACTORY or package.module:FACTORY (a moved definition, or a bare state dict)."),
@@ -22,13 +22,14 @@ def compare(
     batch: list[int] = typer.Option([1, 3], "--batch", help="Batch sizes (repeat the option for several)."),
     tol: float = typer.Option(1e-4, "--tol", help="Largest accepted relative error (float32)."),
     seed: int = typer.Option(0, "--seed"),
+    onnx_backend: list[str] = typer.Option(["onnxruntime"], "--onnx-backend", help="Backends each .onnx file runs in: onnxruntime, openvino (repeat the option for both)."),
 ) -> None:
     """Run the same inputs through every form and backend and report the errors against the reference."""
     from ..compare import compare_files
 
     try:
         res = compare_files(ckpt, models or [], arch=arch, imgsz=_imgsz(imgsz), batches=tuple(batch), seed=seed,
-                            model_def=model_def, model_args=model_args)
+                            model_def=model_def, model_args=model_args, onnx_backends=tuple(onnx_backend))
     except AcmixDeployError as exc:
         _fail(exc)
     rows = res.rows

@@ -46,7 +46,7 @@ def _render_profile(report: dict) -> None:
 
 def profile(
     model: Path = typer.Argument(..., help="Checkpoint (training or deploy form), ONNX model, .pt2 package or TensorRT engine."),
-    backend: list[str] = typer.Option(None, "--backend", "-b", help="torch, torch-compile, onnxruntime, aoti, tensorrt (repeatable) (default: the file's: torch for checkpoints, onnxruntime for .onnx, aoti for .pt2, tensorrt for .engine)."),
+    backend: list[str] = typer.Option(None, "--backend", "-b", help="torch, torch-compile, onnxruntime, openvino, aoti, tensorrt (repeatable; an .onnx file takes onnxruntime and openvino) (default: the file's: torch for checkpoints, onnxruntime for .onnx, openvino for .xml, aoti for .pt2, tensorrt for .engine)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     batch: list[int] = typer.Option([1], "--batch", help="Batch sizes (repeatable)."),
     imgsz: Optional[list[str]] = typer.Option(

@@ -16,7 +16,7 @@ def serve(
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the URLs (default: the file's stem)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="TCP port (0: a free one)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="onnxruntime, aoti, tensorrt, torch (default: by suffix)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="onnxruntime, openvino, aoti, tensorrt, torch (default: by suffix)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     max_batch: int = typer.Option(8, "--max-batch", help="Most rows merged into one batch (1: no batching)."),
     batch_timeout_ms: float = typer.Option(2.0, "--batch-timeout-ms", help="Longest wait to fill a batch."),

@@ -34,16 +34,16 @@ from ..exporters import export_onnx
 from ..exporters.onnx import cpu_target
 from ..pipeline import prepare_deploy
 from ..runtime import OrtRunner, Runner
-from ..runtime.loader import EXPORTED, backend_for, open_runner
+from ..runtime.loader import BACKENDS as FILE_SUFFIXES, EXPORTED, backend_for, open_runner
 from ..util import check_device, normalize_imgsz, sha256_file
 from .fingerprint import device_fingerprint
 from .stats import summarize
 
 __all__ = ["BACKENDS", "ProfileSettings", "profile_model", "REPORT_SCHEMA"]
 
-BACKENDS = ("torch", "torch-compile", "onnxruntime", "aoti", "tensorrt")
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino", "aoti", "tensorrt")
 # The form each file backend's rows are labelled with.
-_FILE_FORMS = {"onnxruntime": "onnx", "aoti": "aoti", "tensorrt": "engine"}
+_FILE_FORMS = {"onnxruntime": "onnx", "openvino": "onnx", "aoti": "aoti", "tensorrt": "engine"}
 REPORT_SCHEMA = "acmix-deploy/profile/1"
 Progress = Callable[[str, int, int], None]
 
@@ -287,32 +287,39 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
     model_info: dict = {"path": str(path), "sha256": sha256_file(path)}
     try:
         if natural != "torch":
-            if set(settings.backends) != {natural}:
-                raise ConfigError(f"{path.name} runs on the {natural} backend only ({{backends}})", params=["backends"])
+            # the backends that open this suffix: .onnx runs in ONNX Runtime (the default) or OpenVINO
+            runs_it = [b for b in EXPORTED if path.suffix.lower() in FILE_SUFFIXES[b]]
+            if not set(settings.backends) <= set(runs_it):
+                raise ConfigError(f"{path.name} runs on the {' or '.join(runs_it)} backend only ({{backends}})",
+                                  params=["backends"])
             if settings.compare_forms:
                 raise ConfigError("{compare_forms} needs a training checkpoint, not an exported model", params=["compare_forms"])
-            if settings.layers and natural != "onnxruntime":
-                raise ConfigError("{layers} is available for checkpoints and ONNX models", params=["layers"])
-            form = _FILE_FORMS[natural]
-            target = _file_target(path, natural, form, settings)
-            runner: Runner = target.handle  # type: ignore[assignment]
-            input_sizes = check_imgsz(tuple(runner.input_spec.item_shape), runner.spatial_rule)
-            input_size = input_sizes[0]
-            model_info.update({"format": form if natural != "tensorrt" else "tensorrt", "forms": [form],
-                               "outputs": [s.name for s in runner.output_specs]})
-            if natural == "tensorrt":
-                model_info["engine"] = {k: getattr(runner.sidecar, k, None) for k in
-                                        ("precision", "tensorrt_version", "gpu_name", "compute_capability")}
-            if natural == "onnxruntime":
-                onnx_paths[form] = path
-            lo, hi = runner.batch_range
-            if lo == hi and any(b != lo for b in settings.batches):
-                raise ConfigError(f"{path.name} has a static batch of {lo}; profile {{batches}} {lo}", params=["batches"])
-            outside = [b for b in settings.batches if b < lo or (hi is not None and b > hi)]
-            if outside:
-                span = f"{lo}.." if hi is None else f"{lo}..{hi}"
-                raise ConfigError(f"{path.name} takes batches {span}; {{batches}} {outside[0]} is outside", params=["batches"])
-            targets.append(target)
+            if settings.layers and set(settings.backends) != {"onnxruntime"}:
+                raise ConfigError("{layers} is available for checkpoints and ONNX models in onnxruntime",
+                                  params=["layers"])
+            for backend in settings.backends:
+                form = _FILE_FORMS[backend]
+                target = _file_target(path, backend, form, settings)
+                runner: Runner = target.handle  # type: ignore[assignment]
+                input_sizes = check_imgsz(tuple(runner.input_spec.item_shape), runner.spatial_rule)
+                input_size = input_sizes[0]
+                model_info.update({"format": form if natural != "tensorrt" else "tensorrt", "forms": [form],
+                                   "outputs": [s.name for s in runner.output_specs]})
+                if natural == "tensorrt":
+                    model_info["engine"] = {k: getattr(runner.sidecar, k, None) for k in
+                                            ("precision", "tensorrt_version", "gpu_name", "compute_capability")}
+                if backend == "onnxruntime":
+                    onnx_paths[form] = path
+                lo, hi = runner.batch_range
+                if lo == hi and any(b != lo for b in settings.batches):
+                    raise ConfigError(f"{path.name} has a static batch of {lo}; profile {{batches}} {lo}",
+                                      params=["batches"])
+                outside = [b for b in settings.batches if b < lo or (hi is not None and b > hi)]
+                if outside:
+                    span = f"{lo}.." if hi is None else f"{lo}..{hi}"
+                    raise ConfigError(f"{path.name} takes batches {span}; {{batches}} {outside[0]} is outside",
+                                      params=["batches"])
+                targets.append(target)
         else:
             prep = prepare_deploy(path, settings.arch, imgsz, check=False, model_def=settings.model_def,
                                   model_args=settings.model_args)
@@ -331,19 +338,21 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             model_info.update({"format": "checkpoint", "arch": prep.loaded.arch,
                                "arch_args": prep.loaded.arch_args, "forms": list(forms)})
             for backend in settings.backends:
-                if backend == "onnxruntime":
-                    # ONNX models are exported from the deploy form, whatever form the file holds.
+                if backend in ("onnxruntime", "openvino"):
+                    # ONNX models are exported from the deploy form, whatever form the file holds; one graph
+                    # serves both backends.
                     if "training" in forms:
-                        notes.append("onnxruntime runs the deploy form (exported from the folded model)")
+                        notes.append(f"{backend} runs the deploy form (exported from the folded model)")
                     onnx_path = Path(tmpdir.name) / "deploy.onnx"
-                    # Several sizes: one graph with dynamic height and width, timed at each (traced at the first).
-                    export_onnx(prep.deploy, onnx_path, input_size,
-                                cpu_isa=cpu_target(settings.device), dynamic_hw=sweep)
+                    if "deploy" not in onnx_paths:
+                        # Several sizes: one graph with dynamic height and width, timed at each (traced at the first).
+                        export_onnx(prep.deploy, onnx_path, input_size,
+                                    cpu_isa=cpu_target(settings.device), dynamic_hw=sweep)
+                        onnx_paths["deploy"] = onnx_path
                     if sweep:
-                        notes.append("onnxruntime runs one graph with dynamic height and width, traced and tuned "
+                        notes.append(f"{backend} runs one graph with dynamic height and width, traced and tuned "
                                      f"at {input_size[1]}x{input_size[2]}")
-                    onnx_paths["deploy"] = onnx_path
-                    targets.append(_file_target(onnx_path, "onnxruntime", "deploy", settings))
+                    targets.append(_file_target(onnx_path, backend, "deploy", settings))
                     continue
                 if backend in ("aoti", "tensorrt"):
                     suffix = ".pt2" if backend == "aoti" else ".engine"
@@ -417,8 +426,9 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                 label = f"{target.backend}/{target.form}"
                 if target.kind == "torch":
                     layers[label] = _torch_layers(target.handle, x, settings.device)
-                else:
+                elif target.kind == "onnxruntime":
                     layers[label] = _ort_layers(onnx_paths[target.form], x, settings.threads)
+                # other runners (OpenVINO, AOTInductor, TensorRT) have no per-layer view here
             report["layers"] = layers
         return report
     finally:

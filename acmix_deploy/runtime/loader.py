@@ -9,6 +9,8 @@
                    the ``X.engine.json`` sidecar written next to the engine)
 ``.pth/.pt``       :class:`TorchRunner` over the deploy form (a training
                    checkpoint is folded first, with a check)
+``.xml/.onnx``     :class:`OpenVinoRunner` (OpenVINO on the CPU, float32): OpenVINO IR files by suffix,
+                   ONNX files when ``backend="openvino"`` is asked for (``.onnx`` alone means ONNX Runtime)
 =================  ===========================================================
 
 ``compare``, ``profile`` and ``serve`` open files through :func:`open_runner`.  Every runner it returns is
@@ -34,6 +36,7 @@ from ..util import normalize_imgsz
 from .aoti import AotiRunner
 from .base import Runner
 from .onnxruntime import OrtRunner
+from .openvino import OpenVinoRunner
 from .tensorrt import TrtRunner
 from .torch import TorchRunner
 
@@ -53,6 +56,8 @@ FILE_TYPES: tuple[FileType, ...] = (
     FileType("aoti", (".pt2",), "AOTInductor", True),
     FileType("tensorrt", (".engine", ".plan"), "TensorRT", True),
     FileType("torch", (".pth", ".pt"), "a checkpoint, run in PyTorch", False),
+    # after onnxruntime: a bare .onnx opens with ONNX Runtime, OpenVINO only when asked for
+    FileType("openvino", (".xml", ".onnx"), "OpenVINO", True),
 )
 # backend name -> the suffixes it opens
 BACKENDS: dict[str, tuple[str, ...]] = {t.backend: t.suffixes for t in FILE_TYPES}
@@ -106,8 +111,8 @@ def open_runner(
     ``imgsz`` (an int for a square, or ``(height, width)``) sets the input size of checkpoints and of
     AOTInductor packages that record none; exported files keep the size they were exported with.
     ``input_size`` (C, H, W) is the input of an AOTInductor package that records none when the caller knows
-    it (``compare``, from the checkpoint).  ``threads`` sets ONNX Runtime's intra-op threads.  ``allowed``
-    narrows the suffix table.
+    it (``compare``, from the checkpoint).  ``threads`` sets ONNX Runtime's intra-op threads (OpenVINO's
+    inference threads).  ``allowed`` narrows the suffix table.
     """
     imgsz = normalize_imgsz(imgsz)  # a bad value is refused before any file is read
     path = Path(path)
@@ -125,14 +130,10 @@ def open_runner(
     if backend == "onnxruntime":
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else None
         runner = OrtRunner(path, providers=providers, threads=threads)
-        spec = runner.input_spec
-        if len(spec.shape) != 4:
-            raise AcmixDeployError(f"{path.name}: input {spec.name} has shape {list(spec.shape)}; an NCHW image "
-                                   "batch is expected")
-        if not spec.is_static and not (runner.spatial_rule is not None and isinstance(spec.shape[1], int)):
-            raise AcmixDeployError(f"{path.name}: input {spec.name} has dynamic C/H/W {list(spec.shape)}; a fixed "
-                                   "image size is needed (or a graph exported with {dynamic_hw}, which records the "
-                                   "sizes it takes)", params=["dynamic_hw"])
+    elif backend == "openvino":
+        if device == "cuda":
+            raise ConfigError(f"the openvino backend runs {path.name} on the CPU; drop {{device}} cuda", params=["device"])
+        runner = OpenVinoRunner(path, threads=threads)
     elif backend == "tensorrt":
         sidecar = read_sidecar(path)  # read once: the runner gets it, not the path to read again
         # TensorRT without a usable CUDA device crashes the process on deserialization: refuse first.
@@ -153,6 +154,15 @@ def open_runner(
         device = device or "cpu"
         runner = TorchRunner(prep.deploy, name=f"torch:deploy:{device}", device=device, input_size=prep.input_size)
 
+    if backend in ("onnxruntime", "openvino"):  # graphs: their input is whatever the file declares
+        spec = runner.input_spec
+        if len(spec.shape) != 4:
+            raise AcmixDeployError(f"{path.name}: input {spec.name} has shape {list(spec.shape)}; an NCHW image "
+                                   "batch is expected")
+        if not spec.is_static and not (runner.spatial_rule is not None and isinstance(spec.shape[1], int)):
+            raise AcmixDeployError(f"{path.name}: input {spec.name} has dynamic C/H/W {list(spec.shape)}; a fixed "
+                                   "image size is needed (or a graph exported with {dynamic_hw}, which records the "
+                                   "sizes it takes)", params=["dynamic_hw"])
     n, item = runner.batch_range[0], runner.input_spec.shape[1:]
     try:
         runner.warm_up()

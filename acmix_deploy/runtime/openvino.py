@@ -5,6 +5,10 @@ AVX-512 BF16, float32 elsewhere.  bfloat16 keeps 8 bits of mantissa: on ACmix-Re
 from the float32 model by ~4e-3 relative (docs/deploy_attention.md), well beyond this package's export
 tolerance (1e-4).  The runner therefore asks for float32 (``INFERENCE_PRECISION_HINT``) unless told
 otherwise, so that it computes the function the file holds; ``precision=None`` keeps OpenVINO's default.
+
+OpenVINO reads an ONNX file's metadata into the model's ``framework`` run-time info; a graph exported with
+dynamic height and width records there the sizes it takes (``acmix_deploy.valid_hw``), which the runner
+enforces as ONNX Runtime's does (:attr:`Runner.spatial_rule`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts.onnx import decode_metadata, spatial_rule
 from ..errors import AcmixDeployError, ConfigError
 from ..util import require
 from .base import BATCH_AXIS, Runner, TensorSpec
@@ -29,6 +34,13 @@ def _spec(port) -> TensorSpec:
     dims = tuple(d.get_length() if d.is_static else BATCH_AXIS if i == 0 else None
                  for i, d in enumerate(port.get_partial_shape()))
     return TensorSpec(port.get_any_name(), dims, port.get_element_type().to_dtype())
+
+
+def _framework_metadata(model) -> dict[str, str]:
+    """The source file's metadata (ONNX ``metadata_props``) as OpenVINO keeps it; empty when there is none."""
+    if not model.has_rt_info(["framework"]):
+        return {}
+    return {str(k): v.astype(str) for k, v in model.get_rt_info(["framework"]).astype(dict).items()}
 
 
 class OpenVinoRunner(Runner):
@@ -52,18 +64,21 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_PRECISION_HINT"] = precision
         core = ov.Core()
         try:
-            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+            model = core.read_model(str(path))
+            compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError and its own types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise AcmixDeployError(f"OpenVINO cannot load {path}: {first}") from None
+        self.path = path
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type: f32, bf16, f16
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         inputs = [_spec(p) for p in compiled.inputs]
         batch = inputs[0].shape[0] if inputs and inputs[0].shape else None
+        rule = spatial_rule(decode_metadata(_framework_metadata(model)))
         super().__init__("openvino:CPU", "cpu", inputs, [_spec(p) for p in compiled.outputs],
-                         (batch, batch) if isinstance(batch, int) else (1, None))
+                         (batch, batch) if isinstance(batch, int) else (1, None), spatial_rule=rule)
 
     def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
         self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
