@@ -524,3 +524,10 @@ def test_profile_sweep_on_a_checkpoint_exports_one_dynamic_graph(tmp_path, onnx_
     with pytest.raises(ConfigError, match="export it with dynamic_hw") as info:
         profile_model(onnx_model, ProfileSettings(sizes=((32, 32), (16, 16)), warmup=0, iters=1))
     assert "export it with --dynamic-hw" in info.value.spell(lambda p: "--" + p.replace("_", "-"))
+
+
+def test_model_without_acmix_that_fails_small_is_refused_clearly(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 5), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with pytest.raises(ConfigError, match=r"no ACmix block .* fails at 1x2"):
+        export_onnx(model, tmp_path / "c.onnx", (3, 16, 16), dynamic_hw=True)
+    assert not (tmp_path / "c.onnx").exists()

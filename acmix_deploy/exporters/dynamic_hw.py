@@ -84,9 +84,15 @@ def derive_spatial_rule(model: nn.Module, input_size: tuple[int, int, int]) -> S
             low[axis] = max(low[axis], r * (pad + 1))
         ratios.append(ratio)
     rule = SpatialRule(tuple(mult), tuple(-(-lo // m) * m for lo, m in zip(low, mult)))
-    if not blocks:
-        return rule
     h2, w2 = rule.example(height, width)
+    if not blocks:  # nothing with a size rule of its own: the model must still run at the smallest example
+        try:
+            run(h2, w2)
+        except Exception as exc:  # whatever the model's own layers raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot export with dynamic height and width: the model has no ACmix block (whose "
+                              f"sizes acmix-deploy knows) and fails at {h2}x{w2}: {first}") from None
+        return rule
     try:
         again = run(h2, w2)
     except InputShapeError as exc:

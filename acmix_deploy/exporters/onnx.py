@@ -231,7 +231,9 @@ def export_onnx(
         ranks = [t.dim() for t in flat]
         if dynamic_hw:
             rule = derive_spatial_rule(model, input_size)
-            other = flatten_outputs(model(x.new_zeros(batch, input_size[0], *rule.example(*input_size[1:]))))
+            # Which output axes follow the input size: the outputs at a larger valid size (wider than high).
+            (mh, mw), (_, hh, ww) = rule.multiple, input_size
+            other = flatten_outputs(model(x.new_zeros(batch, input_size[0], hh + mh, ww + 2 * mw)))
             spatial_axes = [{axis: f"{name}_dim{axis}" for axis in range(1, t.dim()) if t.shape[axis] != u.shape[axis]}
                             for name, t, u in zip(names, flat, other)]
         merge = None if isa is None else (lambda h, d: conv_group_merge(h, d, isa))
