@@ -5,6 +5,7 @@ Public API (timm-style)::
     import acmix_deploy as ad
     model = ad.create_model("acmix_resnet50")
     deploy = ad.reparameterize_model(model.eval())
+    ad.reparam_checkpoint("train.pth")  # a file: folded, checked against it, written as train.deploy.pth
     ad.save_checkpoint(deploy, "deploy.pth")
     model = ad.load_checkpoint("deploy.pth")
     ad.export_model("deploy.pth", ad.exporters.ExportOptions(fmt="onnx"))  # checked against torch, then written
@@ -45,6 +46,7 @@ _LAZY = {
     "register_model": "models",
     "ACmix": "modules",
     "ACmixDeploy": "modules",
+    "reparam_checkpoint": "pipeline",
     "foldable_leftovers": "reparam",
     "is_deploy": "reparam",
     "reparameterize_model": "reparam",
@@ -68,6 +70,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     )
     from .models import ModelFamily, create_model, list_models, register_model
     from .modules import ACmix, ACmixDeploy
+    from .pipeline import reparam_checkpoint
     from .reparam import foldable_leftovers, is_deploy, reparameterize_model
     from .runtime import open_runner
     from .verify import export_model, verify_artifact

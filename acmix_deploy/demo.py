@@ -21,10 +21,13 @@ import torch.nn.functional as F
 
 from .analysis import compare_outputs, count_macs, count_parameters
 from .checkpoint import read_checkpoint, save_checkpoint
-from .errors import ConfigError, ExportError, MissingDependencyError
+from .compare import compare_runners, random_inputs
+from .errors import ConfigError, EquivalenceError, ExportError, MissingDependencyError
+from .exporters import export_aoti, export_onnx
 from .models import create_model, model_entrypoint
 from .profiling import ProfileSettings, plot_reports, profile_model, save_json
 from .reparam import reparameterize_model
+from .runtime import AotiRunner, OrtRunner, TorchRunner
 
 __all__ = ["DEMO_ARCHS", "DemoConfig", "DemoResult", "load_digits", "run_demo"]
 
@@ -238,9 +241,6 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
 
 def _export_and_predict(deploy: nn.Module, deploy_ckpt: Path, cfg: DemoConfig, x_test: torch.Tensor):
     """Export the deploy form to ONNX (validated by ``export_onnx``'s rules) and run the held-out set in ORT."""
-    from .exporters import export_onnx
-    from .runtime import OrtRunner
-
     path = cfg.out_dir / "digits_deploy.onnx"
     export_onnx(deploy, path, (1, cfg.imgsz, cfg.imgsz), metadata={"source": deploy_ckpt.name},
                 cpu_isa="auto")
@@ -252,11 +252,6 @@ def _export_and_predict(deploy: nn.Module, deploy_ckpt: Path, cfg: DemoConfig, x
 def _compile_and_predict(deploy: nn.Module, cfg: DemoConfig, x_test: torch.Tensor):
     """Compile the deploy form with AOTInductor (validated against torch before the rename) and run the
     held-out set through the loaded package."""
-    from .compare import compare_runners, random_inputs
-    from .errors import EquivalenceError
-    from .exporters import export_aoti
-    from .runtime import AotiRunner, TorchRunner
-
     path = cfg.out_dir / "digits_deploy.pt2"
     size = (1, cfg.imgsz, cfg.imgsz)
 

@@ -327,7 +327,7 @@ def test_export_model_validates_a_second_size(tmp_path):
     assert any("dynamic height and width: height and width multiples of 8, at least 16; validated at 16x24, 24x16, 32x32"
                in line for line in said), said
     assert read_onnx_metadata(tmp_path / "m.onnx")["dynamic_hw"] == "true"
-    with pytest.raises(ConfigError, match="--static"):
+    with pytest.raises(ConfigError, match="combined with dynamic=False"):
         export_model(ckpt, ExportOptions(output=tmp_path / "s.onnx", dynamic_hw=True, dynamic=False))
 
 
@@ -345,11 +345,16 @@ def test_cli_export_dynamic_hw_and_its_errors(tmp_path):
     text = " ".join(result.output.split())
     assert "input Nx3xHxW" in text and "height and width multiples of 8, at least 16" in text
     result = cli.invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "s.onnx"), "--dynamic-hw", "--static"])
-    assert result.exit_code == 2 and "--static" in result.output and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--dynamic-hw makes batch" in text and "combined with --static" in text
+    assert "Traceback" not in result.output
     result = cli.invoke(app, ["export", str(ckpt), "--format", "aoti", "--dynamic-hw"])
-    assert result.exit_code == 2 and "AOTInductor packages keep a fixed height and width" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "AOTInductor packages keep a fixed height and width" in text
+    assert "(--format onnx) with --dynamic-hw" in text
     result = cli.invoke(app, ["export", str(ckpt), "--format", "triton", "--dynamic-hw"])
-    assert result.exit_code == 2 and "--dynamic-hw does not apply to --format triton" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--dynamic-hw does not apply to --format triton" in text
 
 
 # ----------------------------------------------------------------------------- TensorRT profiles, sidecar, Triton
@@ -358,8 +363,8 @@ def test_cli_export_dynamic_hw_and_its_errors(tmp_path):
 def test_shape_profiles_from_trtexec_spelling():
     from acmix_deploy.exporters.tensorrt import BatchProfile, ShapeProfile, parse_shape, shape_profile
 
-    assert parse_shape("1x3x224x224", "--min-shape") == (1, 3, 224, 224)
-    assert parse_shape("images:8x3x640X384", "--max-shape") == (8, 3, 640, 384)
+    assert parse_shape("1x3x224x224", "min_shape") == (1, 3, 224, 224)
+    assert parse_shape("images:8x3x640X384", "max_shape") == (8, 3, 640, 384)
     p = shape_profile(BatchProfile(1, 4, 8), (3, 224, 224), "1x3x128x128", None, "8x3x640x640", dynamic_hw=True)
     assert p == ShapeProfile((1, 3, 128, 128), (4, 3, 224, 224), (8, 3, 640, 640))
     assert (p.min, p.opt, p.max, p.dynamic_hw) == (1, 4, 8, True)
@@ -380,7 +385,7 @@ def test_shape_profiles_from_trtexec_spelling():
     (dict(min_shape="1x3x128x128", opt_shape="1x3x160x160", max_shape="8x3x160x160", dynamic_hw=True),
      "export size 224x224"),
     (dict(min_shape="1x3x128x128", dynamic_hw=True), "need the spatial range"),
-    (dict(min_shape="1x3x128x128", max_shape="8x3x224x224"), "add --dynamic-hw"),
+    (dict(min_shape="1x3x128x128", max_shape="8x3x224x224"), "add dynamic_hw"),
 ])
 def test_shape_profile_errors(kwargs, message):
     from acmix_deploy.exporters.tensorrt import BatchProfile, shape_profile
@@ -394,9 +399,9 @@ def test_profile_corners_must_be_valid_sizes():
 
     rule = SpatialRule((32, 32), (128, 128))
     check_profile_sizes(ShapeProfile((1, 3, 128, 128), (1, 3, 224, 224), (8, 3, 640, 640)), rule)
-    with pytest.raises(ConfigError, match=r"--max-shape 8x3x650x640: .*multiples of 32"):
+    with pytest.raises(ConfigError, match=r"max_shape 8x3x650x640: .*multiples of 32"):
         check_profile_sizes(ShapeProfile((1, 3, 128, 128), (1, 3, 224, 224), (8, 3, 650, 640)), rule)
-    with pytest.raises(ConfigError, match=r"--min-shape 1x3x96x128"):
+    with pytest.raises(ConfigError, match=r"min_shape 1x3x96x128"):
         check_profile_sizes(ShapeProfile((1, 3, 96, 128), (1, 3, 224, 224), (8, 3, 640, 640)), rule)
 
 
@@ -568,8 +573,9 @@ def test_profile_sweep_on_a_checkpoint_exports_one_dynamic_graph(tmp_path, onnx_
     assert got == {(b, s) for b in ("torch", "onnxruntime") for s in ((32, 32), (16, 24))}
     assert any("dynamic height and width" in n for n in report["notes"])
     # A file with a fixed size still refuses another one, and says how to get a file that takes several.
-    with pytest.raises(ConfigError, match="--dynamic-hw"):
+    with pytest.raises(ConfigError, match="export it with dynamic_hw") as info:
         profile_model(onnx_model, ProfileSettings(sizes=((32, 32), (16, 16)), warmup=0, iters=1))
+    assert "export it with --dynamic-hw" in info.value.spell(lambda p: "--" + p.replace("_", "-"))
 
 
 def test_model_without_acmix_that_fails_small_is_refused_clearly(tmp_path):

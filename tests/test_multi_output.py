@@ -393,7 +393,7 @@ def test_profile_times_a_model_with_several_outputs(nested_onnx):
     report = profile_model(path, ProfileSettings(batches=(1, 2), warmup=1, iters=2, layers=True, imgsz=(32, 48)))
     assert [r["batch"] for r in report["results"]] == [1, 2]
     assert report["model"]["outputs"] == NESTED_NAMES and report["model"]["input_size"] == list(SIZE)
-    with pytest.raises(ConfigError, match=r"32x48 inputs.*--imgsz 48x32"):
+    with pytest.raises(ConfigError, match=r"32x48 inputs.*imgsz 48x32"):
         profile_model(path, ProfileSettings(imgsz=(48, 32), iters=1))  # the old check let a swapped pair through
 
 

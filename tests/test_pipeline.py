@@ -37,6 +37,12 @@ def test_errors_spell_only_their_parameters():
     assert plain.spell({"here": "--here"}) == str(plain) == "no parameters {here}"
 
 
+def test_reparam_checkpoint_is_a_top_level_name():
+    """``ad.reparam_checkpoint`` is the pipeline's function, listed in ``__all__`` and ``dir()`` (imported on use)."""
+    assert "reparam_checkpoint" in ad.__all__ and "reparam_checkpoint" in dir(ad)
+    assert ad.reparam_checkpoint is reparam_checkpoint
+
+
 def test_reparam_checkpoint_writes_and_reports(train_ckpt, tmp_path):
     path, model = train_ckpt
     res = reparam_checkpoint(path, tmp_path / "d.pth", batch=3, imgsz=(24, 40))

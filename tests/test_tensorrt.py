@@ -11,6 +11,7 @@ import enum
 import importlib.util
 import json
 import os
+import re
 import types
 
 import numpy as np
@@ -50,13 +51,20 @@ def test_profiles_defaults_and_static():
         (dict(batch=1, dynamic=True, opt_batch=16, max_batch=8), r"--opt-batch \(16\) <= --max-batch \(8\)"),
         (dict(batch=0, dynamic=True), "--batch must be a positive integer"),
         (dict(batch=1, dynamic=True, max_batch=-3), "--max-batch must be a positive integer"),
-        (dict(batch=2, dynamic=False, min_batch=1), "--static builds for exactly --batch 2; drop --min-batch"),
+        (dict(batch=2, dynamic=False, min_batch=1), "--static builds for exactly --batch 2; drop --min-batch or use "
+                                                    "--dynamic"),
         (dict(batch=1, dynamic=True, min_batch=4, opt_batch=8, max_batch=16), r"--batch 1 .* must lie in .* 4..16"),
     ],
 )
 def test_impossible_profiles(kwargs, message):
-    with pytest.raises(ConfigError, match=message):
+    """The message names the parameters (``min_batch``); the CLI spells the same error with its flags."""
+    from acmix_deploy.cli._common import flag
+
+    with pytest.raises(ConfigError) as info:
         engine_profiles(**kwargs)
+    assert re.search(message, info.value.spell(flag)) and "--" not in str(info.value)
+    python = message.replace("--static", "dynamic=False").replace("--dynamic", "dynamic=True")
+    assert re.search(re.sub(r"--([a-z-]+)", lambda m: m[1].replace("-", "_"), python), str(info.value))
 
 
 # -------------------------------------------------------------------------------------------- sidecar
@@ -438,9 +446,9 @@ def test_build_engine_refuses_bad_requests(tmp_path, fake_gpu):
         build_engine(*args, typing="weak", trt=fake_tensorrt("11.0.0"))
     with pytest.raises(AcmixDeployError, match="needs TensorRT >= 10"):
         build_engine(*args, trt=fake_tensorrt("8.6.1"))
-    with pytest.raises(ConfigError, match="--opt-level must be 0..5"):
+    with pytest.raises(ConfigError, match="opt_level must be 0..5"):
         build_engine(*args, opt_level=7, trt=fake_tensorrt("10.0.0"))
-    with pytest.raises(ConfigError, match="--workspace must be positive"):
+    with pytest.raises(ConfigError, match="workspace_gb must be positive"):
         build_engine(*args, workspace_gb=0, trt=fake_tensorrt("10.0.0"))
 
 

@@ -153,7 +153,7 @@ def test_existing_model_dir_is_refused(onnx_repo, tiny):
 def test_force_replaces_a_model_dir_whole(tmp_path, pb2):
     first = write_engine_repository(fake_engine(tmp_path / "e1", "a", "8.6"), tmp_path / "repo", "m", max_batch=4)
     (first.model_dir / "1" / "stale.txt").write_text("from the old version")
-    with pytest.raises(ConfigError, match="--force"):
+    with pytest.raises(ConfigError, match="pass force to replace it"):
         write_engine_repository(fake_engine(tmp_path / "e2", "b", "9.0"), tmp_path / "repo", "m")
     second = write_engine_repository(tmp_path / "e2" / "b.engine", tmp_path / "repo", "m", max_batch=2, force=True)
     assert parse(pb2, second.config_text).max_batch_size == 2

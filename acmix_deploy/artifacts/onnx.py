@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import AcmixDeployError
 from ..outputs import SINGLE_OUTPUT_NAME
 from ..util import require
+from .spatial import SpatialRule
 
 __all__ = ["INPUT_NAME", "JSON_KEYS", "METADATA_PREFIX", "OUTPUT_NAME", "SINGLE_OUTPUT_NAME", "OnnxSummary",
            "TensorSummary", "decode_metadata", "describe_onnx",
@@ -88,8 +89,6 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def spatial_rule(meta: dict[str, Any]):
     """The :class:`~acmix_deploy.artifacts.spatial.SpatialRule` of decoded metadata, or None for a graph with a
     fixed height and width."""
-    from .spatial import SpatialRule
-
     value = meta.get("valid_hw")
     return None if value is None else SpatialRule.from_json(value)
 

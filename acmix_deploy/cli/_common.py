@@ -56,8 +56,14 @@ def _safe(text) -> str:
 
 def flag(param: str) -> str:
     """The option that sets library parameter ``param``: :data:`FLAGS`, :data:`OTHER_FLAGS`, else ``--`` and the
-    name with dashes."""
-    return FLAGS.get(param) or OTHER_FLAGS.get(param) or "--" + param.replace("_", "-")
+    name with dashes; a parameter with its value, ``fmt='onnx'``, is the option and the value (``--format onnx``)."""
+    spelled = FLAGS.get(param) or OTHER_FLAGS.get(param)
+    if spelled:
+        return spelled
+    name, given, value = param.partition("=")
+    if given:
+        return f"{flag(name)} {value.strip(chr(39))}"
+    return "--" + param.replace("_", "-")
 
 
 def _fail(exc: Exception, code: int = 2) -> None:
@@ -155,6 +161,9 @@ FLAGS = {
     "engine": "--engine", "instances": "--instances", "model_name": "--name",
     "max_queue_delay_us": "--max-queue-delay-us", "force": "--force", "cpu_isa": "--cpu-isa",
 }
-# Parameters of the other commands whose flag is not ``--`` + the name with dashes.
+# Parameters of the other commands whose flag is not ``--`` + the name with dashes, and what messages write
+# for a value a flag stands for (``dynamic=False`` is ``--static``; ``typing`` is ``build_engine``'s
+# name for ``trt_typing``; ``precision`` is chosen by two flags).
 OTHER_FLAGS = {"code_paths": "--code-path", "fmt": "--format", "backends": "--backend", "batches": "--batch",
-               "onnx_backends": "--onnx-backend"}
+               "onnx_backends": "--onnx-backend", "dynamic=False": "--static", "dynamic=True": "--dynamic",
+               "typing": "--trt-weak-typing", "precision": "--fp16 / --int8"}

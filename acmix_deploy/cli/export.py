@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import AcmixDeployError, EquivalenceError
-from ._common import FLAGS, IMGSZ_HELP, _comparison_table, _fail, _print_table, _safe, _safe_imgsz, console
+from ._common import IMGSZ_HELP, _comparison_table, _fail, _print_table, _safe, _safe_imgsz, console
 
 
 def export(
@@ -67,7 +67,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="Triton: replace an existing model directory."),
 ) -> None:
     """Export a model (folded first if needed), validate it against torch, write it atomically."""
-    from ..exporters import ExportOptions, OptionNotApplicable
+    from ..exporters import ExportOptions
     from ..verify import export_model
 
     if trt:
@@ -106,14 +106,6 @@ def export(
                 status.update(doing)
 
             res = export_model(ckpt, opts, log)
-    except OptionNotApplicable as exc:
-        from ..exporters import validate_options
-
-        try:  # the same refusal, spelled with this command's flags
-            validate_options(exc.fmt, opts, flags=FLAGS)
-        except OptionNotApplicable as spelled:
-            exc = spelled
-        _fail(exc)
     except EquivalenceError as exc:
         if getattr(exc, "rows", None):
             _print_table(_comparison_table(exc.title, exc.rows))

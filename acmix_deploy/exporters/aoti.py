@@ -28,7 +28,7 @@ from ..errors import ConfigError, ExportError
 from ..outputs import output_names as name_outputs
 from ..util import atomic_write, check_device
 
-__all__ = ["AOTI_DYNAMIC_HW_REASON", "AotiExport", "export_aoti"]
+__all__ = ["AOTI_DYNAMIC_HW_PARAMS", "AOTI_DYNAMIC_HW_REASON", "AotiExport", "export_aoti"]
 
 # Measured with torch 2.9: torch.export captures ACmix's deploy form with symbolic height and width (the
 # halo tables then follow the SymInt sizes, exact when the program is replayed in torch), but it guards
@@ -38,8 +38,9 @@ __all__ = ["AOTI_DYNAMIC_HW_REASON", "AotiExport", "export_aoti"]
 AOTI_DYNAMIC_HW_REASON = (
     "AOTInductor packages keep a fixed height and width: with symbolic sizes torch.export refuses the "
     "smallest valid sizes (it assumes no intermediate size is 1) and the compiled package failed a bounds "
-    "check in its generated halo-gather kernel, aborting the process; export one package per --imgsz, or "
-    "use --format onnx --dynamic-hw")
+    "check in its generated halo-gather kernel, aborting the process; export one package per input size "
+    "({imgsz}), or an ONNX graph ({fmt='onnx'}) with {dynamic_hw}")
+AOTI_DYNAMIC_HW_PARAMS = ("imgsz", "fmt='onnx'", "dynamic_hw")  # the parameters AOTI_DYNAMIC_HW_REASON names
 
 
 @dataclass
@@ -80,12 +81,13 @@ def export_aoti(
     ``dynamic_hw=True`` is refused (:data:`AOTI_DYNAMIC_HW_REASON`).
     """
     if dynamic_hw:
-        raise ConfigError(AOTI_DYNAMIC_HW_REASON)
+        raise ConfigError(AOTI_DYNAMIC_HW_REASON, params=AOTI_DYNAMIC_HW_PARAMS)
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise ExportError(f"torch {torch.__version__} has no AOTInductor packaging; it needs torch >= 2.6")
     check_device(device)
     if dynamic and not 1 <= batch <= max_batch:
-        raise ConfigError(f"the example batch {batch} must lie in 1..{max_batch} (--max-batch)")
+        raise ConfigError(f"the example {{batch}} {batch} must lie in 1..{max_batch} ({{max_batch}})",
+                          params=["batch", "max_batch"])
     path = Path(path)
     t0 = time.perf_counter()
     model = model.eval().to(device)
@@ -125,8 +127,10 @@ def export_aoti(
             if dynamic and "batch" in str(exc):
                 cached = ", ".join(f"{type(m).__name__}.{k}" for m, k in caches)
                 hint = (f"; the model fixes the batch axis (its forward branches on or stores an input shape"
-                        f"{', e.g. ' + cached if cached else ''}): export a fixed batch with --static --batch N")
-            raise ExportError(f"torch.export could not capture the model: {first}{hint}") from None
+                        f"{', e.g. ' + cached if cached else ''}): export a fixed batch with {{dynamic=False}} "
+                        "and {batch} N")
+            raise ExportError(f"torch.export could not capture the model: {first}{hint}",
+                              params=["dynamic=False", "batch"] if hint else ()) from None
 
     stamp = aoti_metadata(input_size, 1 if dynamic else batch, max_batch if dynamic else batch, device, names,
                           metadata)

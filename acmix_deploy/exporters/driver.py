@@ -26,7 +26,7 @@ from ..errors import AcmixDeployError, ConfigError, EquivalenceError
 from ..outputs import flatten_outputs
 from ..pipeline import check_output_path, prepare_deploy
 from ..util import check_device, normalize_imgsz, random_inputs, resolve_cpu_isa, sha256_file
-from .aoti import export_aoti
+from .aoti import AOTI_DYNAMIC_HW_PARAMS, AOTI_DYNAMIC_HW_REASON, export_aoti
 from .calibration import load_calibration
 from .onnx import MAX_OPSET, MIN_OPSET, cpu_target, export_onnx
 from .options import ExportOptions, ExportResult, Log, Verify
@@ -45,28 +45,29 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     """
     # Which option applies to which format is validate_options' (the table's) decision; here: values.
     if opts.fp16 and opts.int8:
-        raise ConfigError("choose one of --fp16 and --int8")
+        raise ConfigError("choose one of {fp16} and {int8}", params=["fp16", "int8"])
     if opts.calib and not opts.int8:
-        raise ConfigError("--calib gives INT8 calibration data; add --int8")
+        raise ConfigError("{calib} gives INT8 calibration data; add {int8}", params=["calib", "int8"])
     if opts.int8 and not opts.calib:
-        raise ConfigError("--int8 needs calibration data: --calib digits, --calib data.npy or --calib images/")
+        raise ConfigError("{int8} needs calibration data: {calib} digits, data.npy or images/",
+                          params=["int8", "calib"])
     if opts.batch < 1:
-        raise ConfigError(f"--batch must be positive, got {opts.batch}")
+        raise ConfigError(f"{{batch}} must be positive, got {opts.batch}", params=["batch"])
     if opts.dynamic_hw and not opts.dynamic:
-        raise ConfigError("--dynamic-hw makes batch, height and width dynamic; it cannot be combined with --static")
+        raise ConfigError("{dynamic_hw} makes batch, height and width dynamic; it cannot be combined with "
+                          "{dynamic=False}", params=["dynamic_hw", "dynamic=False"])
     if opts.dynamic_hw and opts.fmt == "aoti":
-        from .aoti import AOTI_DYNAMIC_HW_REASON
-
-        raise ConfigError(AOTI_DYNAMIC_HW_REASON)
+        raise ConfigError(AOTI_DYNAMIC_HW_REASON, params=AOTI_DYNAMIC_HW_PARAMS)
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
-        raise ConfigError(f"--opset {opts.opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
+        raise ConfigError(f"{{opset}} {opts.opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}", params=["opset"])
     imgsz = normalize_imgsz(opts.imgsz)  # ConfigError for anything but a positive int or (height, width)
     output_names = None
     if opts.output_names is not None:
         given = opts.output_names.split(",") if isinstance(opts.output_names, str) else opts.output_names
         output_names = [str(n).strip() for n in given]
         if not output_names or not all(output_names) or len(set(output_names)) != len(output_names):
-            raise ConfigError(f"--output-names must be unique non-empty names, got {list(opts.output_names)}")
+            raise ConfigError(f"{{output_names}} must be unique non-empty names, got {list(opts.output_names)}",
+                              params=["output_names"])
     if opts.trt_typing not in ("strong", "weak"):
         raise ConfigError(f"TensorRT typing must be strong or weak, got {opts.trt_typing!r}")
     if opts.cpu_isa not in ("auto", "none"):
@@ -78,41 +79,45 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     min_top1 = opts.min_top1 if opts.min_top1 is not None else 0.9 if opts.int8 else 0.99
     profile = None
     if opts.fmt == "engine":
-        shapes = {k: parse_shape(v, f"--{k}-shape") for k, v in
+        shapes = {k: parse_shape(v, f"{k}_shape") for k, v in
                   (("min", opts.min_shape), ("opt", opts.opt_shape), ("max", opts.max_shape)) if v is not None}
         for key, value in shapes.items():  # a shape's batch counts as that batch option (checked with the others)
             given = getattr(opts, f"{key}_batch")
             if given is not None and given != value[0]:
-                raise ConfigError(f"--{key}-shape says batch {value[0]} and --{key}-batch says {given}; "
-                                  "give the batch once")
+                raise ConfigError(f"{{{key}_shape}} says batch {value[0]} and {{{key}_batch}} says {given}; "
+                                  "give the batch once", params=[f"{key}_shape", f"{key}_batch"])
         if opts.dynamic_hw and not ("min" in shapes and "max" in shapes):
-            raise ConfigError("--dynamic-hw engines need the spatial range: give --min-shape and --max-shape "
-                              "(NxCxHxW, e.g. --min-shape 1x3x128x128 --max-shape 8x3x640x640)")
+            raise ConfigError("{dynamic_hw} engines need the spatial range: give {min_shape} and {max_shape} "
+                              "(NxCxHxW, e.g. 1x3x128x128 and 8x3x640x640)",
+                              params=["dynamic_hw", "min_shape", "max_shape"])
         if len(shapes) >= 2:  # the order of what was given, before the model is read (the rest: _prepare)
             for axis, label in enumerate(("batch", "channels", "height", "width")):
                 values = [shapes[k][axis] for k in ("min", "opt", "max") if k in shapes]
                 if values != sorted(values):
                     raise ConfigError(f"impossible shape range: the {label} must satisfy min <= opt <= max, got "
-                                      + ", ".join(f"--{k}-shape {'x'.join(map(str, v))}" for k, v in shapes.items()))
+                                      + ", ".join(f"{{{k}_shape}} {'x'.join(map(str, v))}" for k, v in shapes.items()),
+                                      params=[f"{k}_shape" for k in shapes])
         profile = engine_profiles(opts.batch, opts.dynamic, *(shapes[k][0] if k in shapes else getattr(opts, f"{k}_batch")
                                                                for k in ("min", "opt", "max")))
         max_batch = profile.max
         if opts.device != "cpu" and opts.device != "cuda":
-            raise ConfigError(f"--device must be cpu or cuda, got {opts.device!r}")
+            raise ConfigError(f"{{device}} must be cpu or cuda, got {opts.device!r}", params=["device"])
         device = "cuda"  # an engine is built and run on the GPU
         if opts.output is not None and opts.output.suffix not in (".engine", ".plan"):
             raise ConfigError(f"a TensorRT engine is written to a .engine or .plan file, not {opts.output.name} "
                               "(the ONNX graph it is built from is kept beside it with the .onnx suffix)")
         if opts.workspace_gb is not None and opts.workspace_gb <= 0:
-            raise ConfigError(f"--workspace must be positive (GiB), got {opts.workspace_gb}")
+            raise ConfigError(f"{{workspace_gb}} must be positive (GiB), got {opts.workspace_gb}",
+                              params=["workspace_gb"])
         if not 0 <= opts.opt_level <= 5:
-            raise ConfigError(f"--opt-level must be 0..5, got {opts.opt_level}")
+            raise ConfigError(f"{{opt_level}} must be 0..5, got {opts.opt_level}", params=["opt_level"])
     else:
         max_batch = 256 if opts.max_batch is None else opts.max_batch
         if max_batch < 1:
-            raise ConfigError(f"--max-batch must be positive, got {max_batch}")
+            raise ConfigError(f"{{max_batch}} must be positive, got {max_batch}", params=["max_batch"])
         if opts.dynamic and not 1 <= opts.batch <= max_batch:
-            raise ConfigError(f"--batch {opts.batch} must lie in 1..--max-batch ({max_batch})")
+            raise ConfigError(f"{{batch}} {opts.batch} must lie in 1..{{max_batch}} ({max_batch})",
+                              params=["batch", "max_batch"])
         device = opts.device
         check_device(device)
     if not ckpt.exists():
@@ -165,11 +170,13 @@ class _Prepared:
             which = f"output {worst_row.output}" if several else "output"
             problem = None
             if not worst <= opts.tol:
-                problem = f"the exported model's {which} differs by {worst:.3g} (relative), above --tol {opts.tol:g}"
+                problem, param = (f"the exported model's {which} differs by {worst:.3g} (relative), above "
+                                  f"{{tol}} {opts.tol:g}"), "tol"
             elif reduced and agreement < opts.min_top1:
-                problem = f"top-1 agreement {agreement:.1%} is below --min-top1 {opts.min_top1:.1%}"
+                problem, param = (f"top-1 agreement {agreement:.1%} is below {{min_top1}} "
+                                  f"{opts.min_top1:.1%}"), "min_top1"
             if problem:
-                exc = EquivalenceError(f"{title}: {problem}; nothing written")
+                exc = EquivalenceError(f"{title}: {problem}; nothing written", params=[param])
                 exc.rows, exc.title = list(rows), title  # for the caller's report
                 raise exc
         return validate

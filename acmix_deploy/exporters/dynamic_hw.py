@@ -29,7 +29,7 @@ SWIN_REASON = (
     "Every stage partitions the map into 7x7 windows (so height and width must be multiples of patch 4 x 2^3 "
     "merges x window 7 = 224 for all stages to tile), the shifted blocks' attention mask is a table of one "
     "window layout, and a stage no larger than a window switches to a single unshifted window of its own "
-    "size. Export one file per input size (--imgsz)"
+    "size. Export one file per input size ({imgsz})"
 )
 
 
@@ -37,7 +37,7 @@ def refuse_fixed_structure(model: nn.Module) -> None:
     """Raise :class:`ConfigError` for a model that cannot have dynamic height and width (Swin-ACmix)."""
     swin = (WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded)
     if any(isinstance(m, swin) for m in model.modules()):
-        raise ConfigError(SWIN_REASON)
+        raise ConfigError(SWIN_REASON, params=["imgsz"])
 
 
 def _block_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, int, int]]:

@@ -33,11 +33,15 @@ _TRITON_OPTIONS = frozenset({"opset", "simplify", "max_batch", "engine", "instan
 
 
 class OptionNotApplicable(ConfigError):
-    """Options given to a format that does not accept them; ``params`` are :class:`ExportOptions` field names."""
+    """Options given to a format that does not accept them.
 
-    def __init__(self, fmt: str, params: list[str], message: str):
-        super().__init__(message)
-        self.fmt, self.params = fmt, list(params)
+    ``options`` are the :class:`ExportOptions` field names (a boolean whose default is on, ``dynamic``, is given
+    when turned off); ``params``, the fields the message spells, are those and the formats (``fmt='onnx'``).
+    """
+
+    def __init__(self, fmt: str, options: list[str], message: str, spelled: list[str] = ()):
+        super().__init__(message, params=[*options, *spelled])
+        self.fmt, self.options = fmt, list(options)
 
 
 @dataclass(frozen=True)
@@ -84,11 +88,11 @@ FORMATS: dict[str, ExportFormat] = {
 }
 
 
-def validate_options(fmt: str, opts: ExportOptions, flags: dict[str, str] | None = None) -> None:
+def validate_options(fmt: str, opts: ExportOptions) -> None:
     """Refuse every option of ``opts`` that differs from its default and that format ``fmt`` does not accept.
 
-    The error (:class:`OptionNotApplicable`) names each parameter (its field name, or ``flags[name]``
-    when a caller such as the CLI passes its own spelling) and the formats it does apply to.
+    The error (:class:`OptionNotApplicable`) names each parameter and the formats it does apply to; a front
+    end spells the parameters its own way with :meth:`~acmix_deploy.errors.AcmixDeployError.spell`.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; available: {', '.join(FORMATS)}")
@@ -97,13 +101,13 @@ def validate_options(fmt: str, opts: ExportOptions, flags: dict[str, str] | None
              if f.name != "fmt" and f.name not in accepted and getattr(opts, f.name) != f.default]
     if not given:
         return
-    flags = flags or {}
-    spelled = [flags.get(name, name) for name in given]
-    where = "; ".join(f"{flags.get(name, name)} applies to "
-                      + ", ".join(f"--format {f.name}" for f in FORMATS.values() if name in f.accepted)
-                      for name in given)
+    # Formats are written as the parameter with its value, {fmt='onnx'}: the CLI spells that --format onnx.
+    formats = {name: [f"fmt={f.name!r}" for f in FORMATS.values() if name in f.accepted] for name in given}
+    where = "; ".join(f"{{{name}}} applies to " + ", ".join("{" + f + "}" for f in formats[name]) for name in given)
     verb = "does" if len(given) == 1 else "do"
-    raise OptionNotApplicable(fmt, given, f"{', '.join(spelled)} {verb} not apply to --format {fmt} ({where})")
+    raise OptionNotApplicable(fmt, given, f"{', '.join('{' + n + '}' for n in given)} {verb} not apply to "
+                                          f"{{fmt={fmt!r}}} ({where})",
+                              spelled=[f"fmt={fmt!r}", *(f for fs in formats.values() for f in fs)])
 
 
 def export_model(ckpt: str | Path, opts: ExportOptions, log: Log | None = None,

@@ -43,6 +43,7 @@ from ..modules.acmix import ACmixDeploy, dynamic_spatial_export, merged_conv_gro
 from ..modules.window_attention import softmax_floor
 from ..outputs import flatten_outputs, output_names as name_outputs
 from ..util import atomic_write, detect_cpu, require, resolve_cpu_isa
+from .dynamic_hw import derive_spatial_rule
 from .precision import convert_fp16, quantize_int8
 from .trt_ops import TENSORRT_ONNX_OPS, TENSORRT_VERSION
 
@@ -259,13 +260,16 @@ def export_onnx(
     """
     onnx = require("onnx", "onnx")
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConfigError(f"--opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (17 is the default)")
+        raise ConfigError(f"{{opset}} {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (17 is the default)",
+                          params=["opset"])
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
     if dynamic_hw and not dynamic:
-        raise ConfigError("dynamic height and width come with a dynamic batch axis; drop --static")
+        raise ConfigError("dynamic height and width ({dynamic_hw}) come with a dynamic batch axis; drop "
+                          "{dynamic=False}", params=["dynamic_hw", "dynamic=False"])
     if spatial_rule is not None and not dynamic_hw:
-        raise ConfigError("a spatial rule is for a graph with dynamic height and width (dynamic_hw=True)")
+        raise ConfigError("a {spatial_rule} is for a graph with dynamic height and width ({dynamic_hw})",
+                          params=["spatial_rule", "dynamic_hw"])
     isa = None if cpu_isa is None else resolve_cpu_isa(cpu_isa)
     path = Path(path)
     t0 = time.perf_counter()
@@ -279,8 +283,6 @@ def export_onnx(
         flat = flatten_outputs(out)
         ranks = [t.dim() for t in flat]
         if dynamic_hw:
-            from .dynamic_hw import derive_spatial_rule
-
             rule = spatial_rule if spatial_rule is not None else derive_spatial_rule(model, input_size)
             # Which output axes follow the input size: the outputs at a larger valid size (wider than high).
             (mh, mw), (_, hh, ww) = rule.multiple, input_size

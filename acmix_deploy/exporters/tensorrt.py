@@ -64,25 +64,28 @@ def engine_profiles(
     Static: min = opt = max = ``batch``.  Dynamic: ``min_batch`` (default 1) <=
     ``opt_batch`` (default ``batch``) <= ``max_batch`` (default ``max(batch, 32)``).
     """
-    for name, value in (("--batch", batch), ("--min-batch", min_batch), ("--opt-batch", opt_batch),
-                        ("--max-batch", max_batch)):
+    for name, value in (("batch", batch), ("min_batch", min_batch), ("opt_batch", opt_batch),
+                        ("max_batch", max_batch)):
         if value is not None and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{{{name}}} must be a positive integer, got {value!r}", params=[name])
     if not dynamic:
-        given = {n: v for n, v in (("--min-batch", min_batch), ("--opt-batch", opt_batch), ("--max-batch", max_batch))
-                 if v is not None and v != batch}
+        given = [n for n, v in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch))
+                 if v is not None and v != batch]
         if given:
-            raise ConfigError(f"--static builds for exactly --batch {batch}; drop {', '.join(given)} or use --dynamic")
+            raise ConfigError(f"{{dynamic=False}} builds for exactly {{batch}} {batch}; drop "
+                              f"{', '.join('{' + n + '}' for n in given)} or use {{dynamic=True}}",
+                              params=["dynamic=False", "batch", *given, "dynamic=True"])
         return BatchProfile(batch, batch, batch)
     lo = 1 if min_batch is None else min_batch
     opt = batch if opt_batch is None else opt_batch
     hi = max(opt, 32) if max_batch is None else max_batch
     if not lo <= opt <= hi:
         raise ConfigError(
-            f"impossible batch range: need --min-batch ({lo}) <= --opt-batch ({opt}) <= --max-batch ({hi})"
-        )
+            f"impossible batch range: need {{min_batch}} ({lo}) <= {{opt_batch}} ({opt}) <= {{max_batch}} ({hi})",
+            params=["min_batch", "opt_batch", "max_batch"])
     if not lo <= batch <= hi:
-        raise ConfigError(f"--batch {batch} (the validation batch) must lie in the profile's range {lo}..{hi}")
+        raise ConfigError(f"{{batch}} {batch} (the validation batch) must lie in the profile's range {lo}..{hi}",
+                          params=["batch"])
     return BatchProfile(lo, opt, hi)
 
 
@@ -123,23 +126,24 @@ class ShapeProfile:
         return "x".join(map(str, shape))
 
 
-_SHAPE_FLAGS = {"min": "--min-shape", "opt": "--opt-shape", "max": "--max-shape"}
-
-
-def parse_shape(value, flag: str, input_name: str = "images") -> tuple[int, int, int, int]:
-    """``NxCxHxW`` (trtexec's spelling, optionally ``images:NxCxHxW``), or a sequence of 4 ints."""
-    text = value
+def parse_shape(value, param: str, input_name: str = "images") -> tuple[int, int, int, int]:
+    """``NxCxHxW`` (trtexec's spelling, optionally ``images:NxCxHxW``), or a sequence of 4 ints; errors name
+    parameter ``param`` (``min_shape``, ...)."""
+    text, field = value, "{" + param + "}"
     if isinstance(value, str):
         name, sep, dims = value.strip().rpartition(":")
         if sep and name != input_name:
-            raise ConfigError(f"{flag} {value!r} names input {name!r}; the model's input is {input_name!r}")
+            raise ConfigError(f"{field} {value!r} names input {name!r}; the model's input is {input_name!r}",
+                              params=[param])
         try:
             value = [int(d) for d in dims.lower().split("x")]
         except ValueError:
-            raise ConfigError(f"{flag} must be NxCxHxW (integers, e.g. 1x3x224x224), got {text!r}") from None
+            raise ConfigError(f"{field} must be NxCxHxW (integers, e.g. 1x3x224x224), got {text!r}",
+                              params=[param]) from None
     if (not isinstance(value, (list, tuple)) or len(value) != 4
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in value)):
-        raise ConfigError(f"{flag} must be NxCxHxW, four positive integers (e.g. 1x3x224x224), got {text!r}")
+        raise ConfigError(f"{field} must be NxCxHxW, four positive integers (e.g. 1x3x224x224), got {text!r}",
+                          params=[param])
     return tuple(value)  # type: ignore[return-value]
 
 
@@ -147,13 +151,13 @@ def shape_profile(
     batches: BatchProfile, input_size: tuple[int, int, int], min_shape=None, opt_shape=None, max_shape=None,
     dynamic_hw: bool = False, batch_given: tuple[bool, bool, bool] = (False, False, False),
 ) -> ShapeProfile:
-    """The engine's optimization profile from ``--min/--opt/--max-shape`` and the batch profile.
+    """The engine's optimization profile from ``min_shape``/``opt_shape``/``max_shape`` and the batch profile.
 
     Shapes not given follow the batch profile at the export size (``input_size``); with ``dynamic_hw`` a
-    missing ``--min-shape`` / ``--max-shape`` is an error (TensorRT needs the spatial range).  Checked
+    missing ``min_shape`` / ``max_shape`` is an error (TensorRT needs the spatial range).  Checked
     here, before any work: four positive dimensions, the model's channels, ``min <= opt <= max`` on
-    every axis, a fixed height and width without ``dynamic_hw``, no batch given twice (``--min-batch``
-    and ``--min-shape`` disagreeing: ``batch_given`` says which batch options were set), and the export
+    every axis, a fixed height and width without ``dynamic_hw``, no batch given twice (``min_batch``
+    and ``min_shape`` disagreeing: ``batch_given`` says which batch options were set), and the export
     size (where the engine is validated) inside the range.  The valid-size rule of the model is checked
     later, by :func:`check_profile_sizes`, once the model is read.
     """
@@ -161,35 +165,38 @@ def shape_profile(
     given = {"min": min_shape, "opt": opt_shape, "max": max_shape}
     default = {"min": batches.min, "opt": batches.opt, "max": batches.max}
     if dynamic_hw and (min_shape is None or max_shape is None):
-        raise ConfigError("--dynamic-hw engines need the spatial range: give --min-shape and --max-shape "
-                          f"(NxCxHxW, e.g. --min-shape 1x{c}x{h}x{w} --max-shape {batches.max}x{c}x{2 * h}x{2 * w}); "
-                          "--opt-shape defaults to the --imgsz size")
+        raise ConfigError("{dynamic_hw} engines need the spatial range: give {min_shape} and {max_shape} "
+                          f"(NxCxHxW, e.g. 1x{c}x{h}x{w} and {batches.max}x{c}x{2 * h}x{2 * w}); "
+                          "{opt_shape} defaults to the export size ({imgsz})",
+                          params=["dynamic_hw", "min_shape", "max_shape", "opt_shape", "imgsz"])
     shapes = {}
     for (key, value), was_given in zip(given.items(), batch_given):
         if value is None:
             shapes[key] = (default[key], c, h, w)
             continue
-        shape = parse_shape(value, _SHAPE_FLAGS[key])
+        shape = parse_shape(value, f"{key}_shape")
         if shape[1] != c:
-            raise ConfigError(f"{_SHAPE_FLAGS[key]} {ShapeProfile.spell(shape)} has {shape[1]} channels; the model "
-                              f"takes {c}")
+            raise ConfigError(f"{{{key}_shape}} {ShapeProfile.spell(shape)} has {shape[1]} channels; the model "
+                              f"takes {c}", params=[f"{key}_shape"])
         if was_given and shape[0] != default[key]:
-            raise ConfigError(f"{_SHAPE_FLAGS[key]} says batch {shape[0]} and --{key}-batch says {default[key]}; "
-                              "give the batch once")
+            raise ConfigError(f"{{{key}_shape}} says batch {shape[0]} and {{{key}_batch}} says {default[key]}; "
+                              "give the batch once", params=[f"{key}_shape", f"{key}_batch"])
         shapes[key] = shape
     lo, opt, hi = shapes["min"], shapes["opt"], shapes["max"]
     for axis, label in enumerate(("batch", "channels", "height", "width")):
         if not lo[axis] <= opt[axis] <= hi[axis]:
             raise ConfigError(
-                f"impossible shape range: the {label} must satisfy min <= opt <= max, got --min-shape "
-                f"{ShapeProfile.spell(lo)}, --opt-shape {ShapeProfile.spell(opt)}, --max-shape {ShapeProfile.spell(hi)}")
+                f"impossible shape range: the {label} must satisfy min <= opt <= max, got {{min_shape}} "
+                f"{ShapeProfile.spell(lo)}, {{opt_shape}} {ShapeProfile.spell(opt)}, "
+                f"{{max_shape}} {ShapeProfile.spell(hi)}",
+                params=["min_shape", "opt_shape", "max_shape"])
     profile = ShapeProfile(lo, opt, hi)
     if not dynamic_hw and any(s[2:] != (h, w) for s in (lo, opt, hi)):
         raise ConfigError(f"the shapes change the height or width (the graph is traced at {h}x{w}); add "
-                          "--dynamic-hw for an engine that takes several sizes")
+                          "{dynamic_hw} for an engine that takes several sizes", params=["dynamic_hw"])
     if not lo[2] <= h <= hi[2] or not lo[3] <= w <= hi[3]:
-        raise ConfigError(f"the export size {h}x{w} (--imgsz, where the engine is validated) lies outside the shape "
-                          f"range {ShapeProfile.spell(lo)} .. {ShapeProfile.spell(hi)}")
+        raise ConfigError(f"the export size {h}x{w} ({{imgsz}}, where the engine is validated) lies outside the shape "
+                          f"range {ShapeProfile.spell(lo)} .. {ShapeProfile.spell(hi)}", params=["imgsz"])
     return profile
 
 
@@ -197,8 +204,8 @@ def check_profile_sizes(profile: ShapeProfile, rule) -> None:
     """Refuse a profile whose corner sizes the model cannot take (``rule``: an ``artifacts.spatial.SpatialRule``)."""
     for key, shape in (("min", profile.min_shape), ("opt", profile.opt_shape), ("max", profile.max_shape)):
         if not rule.valid(*shape[2:]):
-            raise ConfigError(f"{_SHAPE_FLAGS[key]} {ShapeProfile.spell(shape)}: the model takes inputs whose "
-                              f"{rule.describe()}")
+            raise ConfigError(f"{{{key}_shape}} {ShapeProfile.spell(shape)}: the model takes inputs whose "
+                              f"{rule.describe()}", params=[f"{key}_shape"])
 
 
 # ----------------------------------------------------------------------------------------- environment
@@ -326,9 +333,9 @@ def build_engine(
     if typing not in ("strong", "weak"):
         raise ConfigError(f"typing must be 'strong' or 'weak', got {typing!r}")
     if not 0 <= opt_level <= 5:
-        raise ConfigError(f"--opt-level must be 0..5, got {opt_level}")
+        raise ConfigError(f"{{opt_level}} must be 0..5, got {opt_level}", params=["opt_level"])
     if workspace_gb is not None and workspace_gb <= 0:
-        raise ConfigError(f"--workspace must be positive (GiB), got {workspace_gb}")
+        raise ConfigError(f"{{workspace_gb}} must be positive (GiB), got {workspace_gb}", params=["workspace_gb"])
     if output_names is not None:
         output_names = list(output_names)
         if not output_names or len(set(output_names)) != len(output_names):
@@ -349,7 +356,7 @@ def build_engine(
     if typing == "weak" and major >= 11:
         raise ConfigError(
             f"TensorRT {trt.__version__} builds strongly typed networks only; precision comes from the ONNX graph "
-            "(--fp16 / --int8), so drop the weak-typing option"
+            "({precision}), so weak typing ({typing}) does not apply", params=["precision", "typing"]
         )
     gpu = current_gpu()
     if gpu is None:
@@ -357,7 +364,7 @@ def build_engine(
     onnx_path, path = Path(onnx_path), Path(path)
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(str(trt.__version__), gpu)
     if cache_path.is_dir():
-        raise ConfigError(f"--timing-cache {cache_path} is a directory; give a file name")
+        raise ConfigError(f"{{timing_cache}} {cache_path} is a directory; give a file name", params=["timing_cache"])
     try:
         cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
     except OSError as exc:

@@ -177,7 +177,7 @@ def write_model_dir(repo: str | os.PathLike, name: str, config_text: str | Calla
     repo.mkdir(exist_ok=True)
     final = repo / name
     if final.exists() and not force:
-        raise ConfigError(f"model directory {final} already exists; pass --force to replace it")
+        raise ConfigError(f"model directory {final} already exists; pass {{force}} to replace it", params=["force"])
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo))
     try:
         version_dir = tmp / "1"
@@ -216,9 +216,10 @@ def write_onnx_repository(
     """
     check_model_name(name)
     if max_batch < 1:
-        raise ConfigError(f"--max-batch must be positive for a dynamic-batch ONNX model, got {max_batch}")
+        raise ConfigError(f"{{max_batch}} must be positive for a dynamic-batch ONNX model, got {max_batch}",
+                          params=["max_batch"])
     if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+        raise ConfigError(f"{{device}} must be cpu or cuda, got {device!r}", params=["device"])
     t0 = time.perf_counter()
     checked: dict = {}
     if validate is None:
@@ -262,9 +263,9 @@ def write_onnx_file_repository(
     """
     check_model_name(name)
     if max_batch < 1:
-        raise ConfigError(f"--max-batch must be positive, got {max_batch}")
+        raise ConfigError(f"{{max_batch}} must be positive, got {max_batch}", params=["max_batch"])
     if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+        raise ConfigError(f"{{device}} must be cpu or cuda, got {device!r}", params=["device"])
     onnx = require("onnx", "onnx")
     onnx_path = Path(onnx_path)
     t0 = time.perf_counter()
@@ -380,13 +381,14 @@ def export_triton_repository(
     src = Path(src)
     imgsz = normalize_imgsz(imgsz)
     if max_batch is not None and max_batch < 1:
-        raise ConfigError(f"--max-batch must be positive, got {max_batch}")
+        raise ConfigError(f"{{max_batch}} must be positive, got {max_batch}", params=["max_batch"])
     if engine not in ("onnx", "trt"):
-        raise ConfigError(f"--engine must be onnx or trt, got {engine!r}")
+        raise ConfigError(f"{{engine}} must be onnx or trt, got {engine!r}", params=["engine"])
     if instances < 1:
-        raise ConfigError(f"--instances must be positive, got {instances}")
+        raise ConfigError(f"{{instances}} must be positive, got {instances}", params=["instances"])
     if max_queue_delay_us < 0:
-        raise ConfigError(f"--max-queue-delay-us must not be negative, got {max_queue_delay_us}")
+        raise ConfigError(f"{{max_queue_delay_us}} must not be negative, got {max_queue_delay_us}",
+                          params=["max_queue_delay_us"])
     if not src.exists():
         raise AcmixDeployError(f"{src} does not exist")
     repo = Path(repo) if repo is not None else src.resolve().parent / "model_repository"
@@ -394,20 +396,21 @@ def export_triton_repository(
     check_model_name(name)
     common = dict(instances=instances, max_queue_delay_us=max_queue_delay_us, force=force)
     if output_names is not None and (engine == "trt" or src.suffix == ".onnx"):
-        raise ConfigError("--output-names names the outputs of a checkpoint being exported; an ONNX file or "
-                          "engine keeps the names it was exported with")
+        raise ConfigError("{output_names} names the outputs of a checkpoint being exported; an ONNX file or "
+                          "engine keeps the names it was exported with", params=["output_names"])
     if engine == "trt":
         return write_engine_repository(src, repo, name, max_batch=max_batch, **common)
     onnx_max_batch = 8 if max_batch is None else max_batch
     if src.suffix == ".onnx":  # an ONNX file exported before: used as it is
         return write_onnx_file_repository(src, repo, name, max_batch=onnx_max_batch, device=device, **common)
     if device not in ("cpu", "cuda"):  # the GPU is the Triton machine's, not necessarily this one's
-        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+        raise ConfigError(f"{{device}} must be cpu or cuda, got {device!r}", params=["device"])
     if verify is None:
         raise ConfigError("exporting a checkpoint into a Triton repository needs verify, the check against torch "
                           "(call acmix_deploy.export_model with fmt='triton')")
     if (repo / name).exists() and not force:  # before the fold and export, which take a while
-        raise AcmixDeployError(f"model directory {repo / name} already exists; pass --force to replace it")
+        raise AcmixDeployError(f"model directory {repo / name} already exists; pass {{force}} to replace it",
+                               params=["force"])
     prep = prepare_deploy(src, arch, imgsz, model_def=model_def, model_args=model_args)
     meta = {"arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": src.name,
             "source_sha256": sha256_file(src), "package_version": __version__}
@@ -519,7 +522,7 @@ def engine_model_config(engines: list[Path], name: str, max_batch: int | None = 
     max_batch_size = min(engine_max)
     if max_batch is not None:
         if max_batch < 1:
-            raise ConfigError(f"--max-batch must be positive, got {max_batch}")
+            raise ConfigError(f"{{max_batch}} must be positive, got {max_batch}", params=["max_batch"])
         max_batch_size = min(max_batch_size, max_batch)
     engine_outputs = {_engine_outputs(e, m) for e, m in metas.items()}
     if len(engine_outputs) != 1:

@@ -140,7 +140,7 @@ def _kernel():
     if key not in _compiled:
         import triton
 
-        from ._window_attention_kernel import window_attention_kernel
+        from ._window_attention_kernel import window_attention_kernel  # imports triton: an optional dependency
 
         _compiled[key] = triton.jit(window_attention_kernel)
     return _compiled[key]

@@ -11,6 +11,8 @@ import socket
 
 import torch
 
+from .. import __version__
+from ..kernels.window_attention_triton import attention_backend, triton_available
 from ..util import detect_cpu
 
 __all__ = ["device_fingerprint", "cpu_model"]
@@ -43,9 +45,6 @@ def _cpu_affinity() -> int | None:
 
 def device_fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
     """CPU, GPU (when ``device`` is cuda), library versions, hashed hostname, time."""
-    from .. import __version__
-    from ..kernels.window_attention_triton import attention_backend, triton_available
-
     cpu = detect_cpu(threads)
     fp = {
         "device": device,

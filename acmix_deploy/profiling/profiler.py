@@ -266,7 +266,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             if tuple(want) != tuple(input_size[1:]):
                 raise ConfigError(f"{path.name} takes {input_size[1]}x{input_size[2]} inputs (height x width); "
                                   f"{{imgsz}} {'x'.join(map(str, want))} cannot change that (export it with "
-                                  "--dynamic-hw for one file that takes several sizes)", params=["imgsz"])
+                                  "{dynamic_hw} for one file that takes several sizes)", params=["imgsz", "dynamic_hw"])
         return [tuple(input_size)]
 
     path = Path(path)

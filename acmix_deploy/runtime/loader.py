@@ -143,10 +143,11 @@ def open_runner(
     elif backend == "aoti":
         runner = AotiRunner(path, device, input_size=input_size)
         if not runner.records_input_size and input_size is None:
-            # Packages written by acmix-deploy record their input size; for others it comes from --arch/--imgsz
+            # Packages written by acmix-deploy record their input size; for others it comes from arch/imgsz
             # (the package is loaded again with it: rare, and cheaper than building a model for every package).
             if arch is None:
-                raise ConfigError(f"{path.name} records no input size; give --arch (and --imgsz)")
+                raise ConfigError(f"{path.name} records no input size; give {{arch}} (and {{imgsz}})",
+                                  params=["arch", "imgsz"])
             runner = AotiRunner(path, device, input_size=default_input_size(create_model(arch, deploy=True), imgsz))
     else:
         prep = prepare_deploy(path, arch, imgsz, model_def=model_def, model_args=model_args)
@@ -160,8 +161,8 @@ def open_runner(
                                    "batch is expected")
         if not spec.is_static and not (runner.spatial_rule is not None and isinstance(spec.shape[1], int)):
             raise AcmixDeployError(f"{path.name}: input {spec.name} has dynamic C/H/W {list(spec.shape)}; a fixed "
-                                   "image size is needed (or a graph exported with --dynamic-hw, which records the "
-                                   "sizes it takes)")
+                                   "image size is needed (or a graph exported with {dynamic_hw}, which records the "
+                                   "sizes it takes)", params=["dynamic_hw"])
     n, item = runner.batch_range[0], runner.input_spec.shape[1:]
     try:
         runner.warm_up()

@@ -56,7 +56,7 @@ class TrtRunner(Runner):
             if self.sidecar.engine_sha256 and hashlib.sha256(plan).hexdigest() != self.sidecar.engine_sha256:
                 raise AcmixDeployError(
                     f"{path} is not the engine its sidecar {path.name}.json describes (sha256 differs); "
-                    "rebuild it with 'acmix-deploy export --trt'")
+                    "rebuild it (export format 'engine')")
         self._runtime = trt.Runtime(trt_logger(trt))
         self.engine = self._runtime.deserialize_cuda_engine(plan)
         if self.engine is None:

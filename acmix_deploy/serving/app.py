@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, InputShapeError
+from ..errors import AcmixDeployError, ConfigError, InputShapeError
 from ..runtime.loader import open_runner
 from ..util import require
 from .batching import DynamicBatcher
@@ -77,28 +77,31 @@ class ServeSettings:
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:
-            raise ConfigError(f"--name must be a non-empty name without '/', got {self.name!r}")
+            raise ConfigError(f"{{name}} must be a non-empty name without '/', got {self.name!r}", params=["name"])
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"--port must lie in 0..65535, got {self.port}")
+            raise ConfigError(f"{{port}} must lie in 0..65535, got {self.port}", params=["port"])
         if self.max_batch < 1:
-            raise ConfigError(f"--max-batch must be positive, got {self.max_batch}")
+            raise ConfigError(f"{{max_batch}} must be positive, got {self.max_batch}", params=["max_batch"])
         if not 0 <= self.batch_timeout_ms <= 10_000:
-            raise ConfigError(f"--batch-timeout-ms must lie in 0..10000, got {self.batch_timeout_ms}")
+            raise ConfigError(f"{{batch_timeout_ms}} must lie in 0..10000, got {self.batch_timeout_ms}",
+                              params=["batch_timeout_ms"])
         if self.workers < 1:
-            raise ConfigError(f"--workers must be positive, got {self.workers}")
+            raise ConfigError(f"{{workers}} must be positive, got {self.workers}", params=["workers"])
         if not self.max_body_mb > 0:
-            raise ConfigError(f"--max-body-mb must be positive, got {self.max_body_mb}")
+            raise ConfigError(f"{{max_body_mb}} must be positive, got {self.max_body_mb}", params=["max_body_mb"])
         if not self.max_inflight_mb >= self.max_body_mb:
-            raise ConfigError(f"--max-inflight-mb ({self.max_inflight_mb}) must be at least --max-body-mb "
-                              f"({self.max_body_mb}), or no request of the largest size could be taken")
+            raise ConfigError(f"{{max_inflight_mb}} ({self.max_inflight_mb}) must be at least {{max_body_mb}} "
+                              f"({self.max_body_mb}), or no request of the largest size could be taken",
+                              params=["max_inflight_mb", "max_body_mb"])
         if self.max_decodes < 1:
-            raise ConfigError(f"--max-decodes must be positive, got {self.max_decodes}")
+            raise ConfigError(f"{{max_decodes}} must be positive, got {self.max_decodes}", params=["max_decodes"])
         if self.max_connections < 2:
-            raise ConfigError(f"--max-connections must be at least 2 (one for probes), got {self.max_connections}")
-        for flag, value in (("--read-timeout-s", self.read_timeout_s), ("--body-timeout-s", self.body_timeout_s),
-                            ("--keep-alive-s", self.keep_alive_s), ("--graceful-timeout-s", self.graceful_timeout_s)):
+            raise ConfigError(f"{{max_connections}} must be at least 2 (one for probes), got {self.max_connections}",
+                              params=["max_connections"])
+        for param in ("read_timeout_s", "body_timeout_s", "keep_alive_s", "graceful_timeout_s"):
+            value = getattr(self, param)
             if not 0 < value <= 3600:
-                raise ConfigError(f"{flag} must lie in (0, 3600] seconds, got {value}")
+                raise ConfigError(f"{{{param}}} must lie in (0, 3600] seconds, got {value}", params=[param])
 
     @property
     def max_body_bytes(self) -> int:
@@ -240,8 +243,8 @@ def create_app(runner, settings: ServeSettings):
     rule = runner.spatial_rule
     if not inp.is_static and not (rule is not None and len(inp.shape) == 4 and isinstance(inp.shape[1], int)):
         raise ConfigError(f"{runner.name}: input {inp.name} has a dynamic sample shape {list(inp.shape)}; serving "
-                          "needs a fixed input size, or a graph exported with --dynamic-hw (which records the sizes "
-                          "it takes)")
+                          "needs a fixed input size, or a graph exported with {dynamic_hw} (which records the sizes "
+                          "it takes)", params=["dynamic_hw"])
     # -1: an axis any size may take (the height and width of a --dynamic-hw graph, checked against its rule).
     input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.item_shape)
     specs = list(runner.output_specs)
@@ -430,12 +433,10 @@ def create_app(runner, settings: ServeSettings):
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free one), or a clear error."""
-    from ..errors import AcmixDeployError
-
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ConfigError(f"--host {host!r} does not resolve: {exc.strerror}") from None
+        raise ConfigError(f"{{host}} {host!r} does not resolve: {exc.strerror}", params=["host"]) from None
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -71,7 +71,13 @@ def json_limit(max_rows: int, input_shape: tuple[int, ...], body_limit: int) -> 
 
 
 class ProtocolError(Exception):
-    """A request the protocol (or this model) cannot take; ``status`` is the HTTP status to answer."""
+    """A request the protocol (or this model) cannot take; ``status`` is the HTTP status to answer.
+
+    Its message is the answer's body.  A limit in it is named by the ``serve`` flag that sets it
+    (``--max-body-mb``), not by the Python parameter: the client reads it, and the operator who raises the
+    limit starts the server with ``acmix-deploy serve`` (the flags are the fields of ``ServeSettings`` with
+    dashes for underscores).
+    """
 
     MAX_MESSAGE = 1000  # messages quote what the client sent; a 60 MB name must not come back whole
 
