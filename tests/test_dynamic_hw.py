@@ -394,6 +394,44 @@ def test_shape_profile_errors(kwargs, message):
         shape_profile(BatchProfile(1, 1, 8), (3, 224, 224), **kwargs)
 
 
+def test_given_shapes_are_checked_once_before_the_model_is_read():
+    """given_shapes holds the checks that need no model; shape_profile reuses it (same messages) and the
+    driver passes the parsed shapes on."""
+    from acmix_deploy.exporters.tensorrt import BatchProfile, given_shapes, shape_profile
+
+    assert given_shapes("images:1x3x128x128", None, (8, 3, 640, 640), dynamic_hw=True) == {
+        "min": (1, 3, 128, 128), "max": (8, 3, 640, 640)}
+    cases = [
+        (dict(min_shape="2x3x224x224", batches=(1, None, None)), "says batch 2 and min_batch says 1"),
+        (dict(min_shape="1x3x128x128", dynamic_hw=True), "need the spatial range"),
+        (dict(min_shape="1x3x256x128", opt_shape="1x3x224x224"), "height must satisfy min <= opt <= max"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            given_shapes(**kwargs)
+    with pytest.raises(ConfigError, match="says batch 2 and min_batch says 1"):
+        shape_profile(BatchProfile(1, 1, 8), (3, 224, 224), "2x3x224x224", batch_given=(True, False, False))
+    # parsed tuples pass through unchanged
+    p = shape_profile(BatchProfile(1, 4, 8), (3, 224, 224), (1, 3, 128, 128), None, (8, 3, 640, 640), dynamic_hw=True)
+    assert p.shapes() == ((1, 3, 128, 128), (4, 3, 224, 224), (8, 3, 640, 640))
+
+
+def test_export_onnx_takes_the_rule_it_is_given(tmp_path, monkeypatch):
+    from acmix_deploy.exporters import onnx as onnx_export
+
+    model = ad.reparameterize_model(randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=3), 1).eval())
+    rule = SpatialRule((8, 8), (16, 16))
+
+    def refuse(*args):
+        raise AssertionError("derived again")
+
+    monkeypatch.setattr(onnx_export, "derive_spatial_rule", refuse)
+    res = export_onnx(model, tmp_path / "m.onnx", (3, 32, 32), dynamic_hw=True, spatial_rule=rule, simplify=False)
+    assert res.spatial_rule == rule and spatial_rule(read_onnx_metadata(tmp_path / "m.onnx")) == rule
+    with pytest.raises(ConfigError, match="dynamic_hw"):
+        export_onnx(model, tmp_path / "s.onnx", (3, 32, 32), spatial_rule=rule)
+
+
 def test_profile_corners_must_be_valid_sizes():
     from acmix_deploy.exporters.tensorrt import ShapeProfile, check_profile_sizes
 

@@ -28,10 +28,10 @@ from ..pipeline import check_output_path, prepare_deploy
 from ..util import check_device, normalize_imgsz, random_inputs, resolve_cpu_isa, sha256_file
 from .aoti import AOTI_DYNAMIC_HW_PARAMS, AOTI_DYNAMIC_HW_REASON, export_aoti
 from .calibration import load_calibration
-from .onnx import MAX_OPSET, MIN_OPSET, cpu_target, export_onnx
+from .onnx import check_graph_options, cpu_target, export_onnx
 from .options import ExportOptions, ExportResult, Log, Verify
 from .dynamic_hw import derive_spatial_rule
-from .tensorrt import (build_engine, check_profile_sizes, engine_profiles, parse_shape, require_tensorrt,
+from .tensorrt import (build_engine, check_profile_sizes, engine_profiles, given_shapes, require_tensorrt,
                        shape_profile)
 
 __all__ = ["build_aoti", "build_engine_file", "build_onnx", "cpu_target_for", "resolve_options"]
@@ -53,13 +53,9 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
                           params=["int8", "calib"])
     if opts.batch < 1:
         raise ConfigError(f"{{batch}} must be positive, got {opts.batch}", params=["batch"])
-    if opts.dynamic_hw and not opts.dynamic:
-        raise ConfigError("{dynamic_hw} makes batch, height and width dynamic; it cannot be combined with "
-                          "{dynamic=False}", params=["dynamic_hw", "dynamic=False"])
+    check_graph_options(opts.opset, opts.dynamic, opts.dynamic_hw)
     if opts.dynamic_hw and opts.fmt == "aoti":
         raise ConfigError(AOTI_DYNAMIC_HW_REASON, params=AOTI_DYNAMIC_HW_PARAMS)
-    if not MIN_OPSET <= opts.opset <= MAX_OPSET:
-        raise ConfigError(f"{{opset}} {opts.opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}", params=["opset"])
     imgsz = normalize_imgsz(opts.imgsz)  # ConfigError for anything but a positive int or (height, width)
     output_names = None
     if opts.output_names is not None:
@@ -79,24 +75,10 @@ def resolve_options(ckpt: Path, opts: ExportOptions):
     min_top1 = opts.min_top1 if opts.min_top1 is not None else 0.9 if opts.int8 else 0.99
     profile = None
     if opts.fmt == "engine":
-        shapes = {k: parse_shape(v, f"{k}_shape") for k, v in
-                  (("min", opts.min_shape), ("opt", opts.opt_shape), ("max", opts.max_shape)) if v is not None}
-        for key, value in shapes.items():  # a shape's batch counts as that batch option (checked with the others)
-            given = getattr(opts, f"{key}_batch")
-            if given is not None and given != value[0]:
-                raise ConfigError(f"{{{key}_shape}} says batch {value[0]} and {{{key}_batch}} says {given}; "
-                                  "give the batch once", params=[f"{key}_shape", f"{key}_batch"])
-        if opts.dynamic_hw and not ("min" in shapes and "max" in shapes):
-            raise ConfigError("{dynamic_hw} engines need the spatial range: give {min_shape} and {max_shape} "
-                              "(NxCxHxW, e.g. 1x3x128x128 and 8x3x640x640)",
-                              params=["dynamic_hw", "min_shape", "max_shape"])
-        if len(shapes) >= 2:  # the order of what was given, before the model is read (the rest: _prepare)
-            for axis, label in enumerate(("batch", "channels", "height", "width")):
-                values = [shapes[k][axis] for k in ("min", "opt", "max") if k in shapes]
-                if values != sorted(values):
-                    raise ConfigError(f"impossible shape range: the {label} must satisfy min <= opt <= max, got "
-                                      + ", ".join(f"{{{k}_shape}} {'x'.join(map(str, v))}" for k, v in shapes.items()),
-                                      params=[f"{k}_shape" for k in shapes])
+        # Parsed and checked once, here; _prepare completes the profile once the model is read.
+        shapes = given_shapes(opts.min_shape, opts.opt_shape, opts.max_shape, opts.dynamic_hw,
+                              (opts.min_batch, opts.opt_batch, opts.max_batch))
+        opts = replace(opts, **{f"{k}_shape": shapes.get(k) for k in ("min", "opt", "max")})
         profile = engine_profiles(opts.batch, opts.dynamic, *(shapes[k][0] if k in shapes else getattr(opts, f"{k}_batch")
                                                                for k in ("min", "opt", "max")))
         max_batch = profile.max

@@ -47,7 +47,7 @@ from .dynamic_hw import derive_spatial_rule
 from .precision import convert_fp16, quantize_int8
 from .trt_ops import TENSORRT_ONNX_OPS, TENSORRT_VERSION
 
-__all__ = ["GUARD_NAME", "MAX_GROUP_MERGE", "MAX_OPSET", "MIN_OPSET", "NCHWC_BLOCK", "OnnxExport", "conv_group_merge",
+__all__ = ["GUARD_NAME", "MAX_GROUP_MERGE", "MAX_OPSET", "MIN_OPSET", "NCHWC_BLOCK", "OnnxExport", "check_graph_options", "conv_group_merge",
            "cpu_target", "export_onnx", "guard_spatial_rule", "op_histogram", "softmax_floor_for", "unsupported_ops"]
 
 MIN_OPSET, MAX_OPSET = 13, 20
@@ -212,6 +212,17 @@ def guard_spatial_rule(proto, rule: SpatialRule) -> None:
     proto.graph.node.extend(nodes + rest)
 
 
+def check_graph_options(opset: int, dynamic: bool, dynamic_hw: bool) -> None:
+    """Refuse an opset outside ``MIN_OPSET..MAX_OPSET`` and dynamic height and width without a dynamic batch
+    (:func:`export_onnx`'s checks; the export driver runs them before any work)."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"{{opset}} {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (17 is the default)",
+                          params=["opset"])
+    if dynamic_hw and not dynamic:
+        raise ConfigError("{dynamic_hw} makes batch, height and width dynamic; it cannot be combined with "
+                          "{dynamic=False}", params=["dynamic_hw", "dynamic=False"])
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -259,14 +270,9 @@ def export_onnx(
     again); only with ``dynamic_hw``.  The graph refuses other sizes itself (:func:`guard_spatial_rule`).
     """
     onnx = require("onnx", "onnx")
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConfigError(f"{{opset}} {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (17 is the default)",
-                          params=["opset"])
+    check_graph_options(opset, dynamic, dynamic_hw)
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
-    if dynamic_hw and not dynamic:
-        raise ConfigError("dynamic height and width ({dynamic_hw}) come with a dynamic batch axis; drop "
-                          "{dynamic=False}", params=["dynamic_hw", "dynamic=False"])
     if spatial_rule is not None and not dynamic_hw:
         raise ConfigError("a {spatial_rule} is for a graph with dynamic height and width ({dynamic_hw})",
                           params=["spatial_rule", "dynamic_hw"])

@@ -35,7 +35,7 @@ from ..errors import AcmixDeployError, ConfigError, ExportError, MissingDependen
 from ..util import atomic_write, sha256_file
 
 __all__ = ["BatchProfile", "EngineBuild", "ShapeProfile", "build_engine", "check_profile_sizes", "configure_builder",
-           "default_timing_cache", "engine_profiles", "parse_shape", "shape_profile", "trt_major"]
+           "default_timing_cache", "engine_profiles", "given_shapes", "parse_shape", "shape_profile", "trt_major"]
 
 MIN_TRT_MAJOR = 10
 # Operators pinned to float32 in weakly typed (TensorRT 10 flag) builds: the attention's softmax and the
@@ -147,49 +147,67 @@ def parse_shape(value, param: str, input_name: str = "images") -> tuple[int, int
     return tuple(value)  # type: ignore[return-value]
 
 
+def _check_order(shapes: dict[str, tuple[int, ...]]) -> None:
+    """``min <= opt <= max`` on every axis among ``shapes`` (keys ``min``, ``opt``, ``max``; some may be absent)."""
+    for axis, label in enumerate(("batch", "channels", "height", "width")):
+        values = [shapes[k][axis] for k in ("min", "opt", "max") if k in shapes]
+        if values != sorted(values):
+            raise ConfigError(f"impossible shape range: the {label} must satisfy min <= opt <= max, got "
+                              + ", ".join(f"{{{k}_shape}} {ShapeProfile.spell(v)}" for k, v in shapes.items()),
+                              params=[f"{k}_shape" for k in shapes])
+
+
+def given_shapes(min_shape=None, opt_shape=None, max_shape=None, dynamic_hw: bool = False,
+                 batches: tuple[int | None, int | None, int | None] = (None, None, None)) -> dict[str, tuple]:
+    """``min_shape``/``opt_shape``/``max_shape`` parsed and checked as far as they can be before the model is read.
+
+    Returns the shapes given (``{"min": (N, C, H, W), ...}``).  Checked: the spelling (:func:`parse_shape`),
+    no batch given twice (``batches``: ``min_batch``/``opt_batch``/``max_batch`` as given, None where not;
+    each must agree with its shape's batch), ``min_shape`` and ``max_shape`` both given with ``dynamic_hw``
+    (TensorRT needs the spatial range), and ``min <= opt <= max`` among the shapes given.
+    :func:`shape_profile` checks the rest once the model's channels and the export size are known.
+    """
+    shapes = {}
+    for (key, value), batch in zip((("min", min_shape), ("opt", opt_shape), ("max", max_shape)), batches):
+        if value is None:
+            continue
+        shape = parse_shape(value, f"{key}_shape")
+        if batch is not None and batch != shape[0]:
+            raise ConfigError(f"{{{key}_shape}} says batch {shape[0]} and {{{key}_batch}} says {batch}; "
+                              "give the batch once", params=[f"{key}_shape", f"{key}_batch"])
+        shapes[key] = shape
+    if dynamic_hw and not ("min" in shapes and "max" in shapes):
+        raise ConfigError("{dynamic_hw} engines need the spatial range: give {min_shape} and {max_shape} "
+                          "(NxCxHxW, e.g. 1x3x128x128 and 8x3x640x640); {opt_shape} defaults to the export "
+                          "size ({imgsz})", params=["dynamic_hw", "min_shape", "max_shape", "opt_shape", "imgsz"])
+    _check_order(shapes)
+    return shapes
+
+
 def shape_profile(
     batches: BatchProfile, input_size: tuple[int, int, int], min_shape=None, opt_shape=None, max_shape=None,
     dynamic_hw: bool = False, batch_given: tuple[bool, bool, bool] = (False, False, False),
 ) -> ShapeProfile:
     """The engine's optimization profile from ``min_shape``/``opt_shape``/``max_shape`` and the batch profile.
 
-    Shapes not given follow the batch profile at the export size (``input_size``); with ``dynamic_hw`` a
-    missing ``min_shape`` / ``max_shape`` is an error (TensorRT needs the spatial range).  Checked
-    here, before any work: four positive dimensions, the model's channels, ``min <= opt <= max`` on
-    every axis, a fixed height and width without ``dynamic_hw``, no batch given twice (``min_batch``
-    and ``min_shape`` disagreeing: ``batch_given`` says which batch options were set), and the export
-    size (where the engine is validated) inside the range.  The valid-size rule of the model is checked
-    later, by :func:`check_profile_sizes`, once the model is read.
+    The shapes go through :func:`given_shapes` (``batch_given`` says which of the batch profile's values
+    were set as options, so that a shape's batch must agree with them); shapes not given follow the batch
+    profile at the export size (``input_size``).  Then, before any work: the model's channels, ``min <=
+    opt <= max`` with those defaults, a fixed height and width without ``dynamic_hw``, and the export size
+    (where the engine is validated) inside the range.  The valid-size rule of the model is checked later,
+    by :func:`check_profile_sizes`, once the model is read.
     """
     c, h, w = input_size
-    given = {"min": min_shape, "opt": opt_shape, "max": max_shape}
     default = {"min": batches.min, "opt": batches.opt, "max": batches.max}
-    if dynamic_hw and (min_shape is None or max_shape is None):
-        raise ConfigError("{dynamic_hw} engines need the spatial range: give {min_shape} and {max_shape} "
-                          f"(NxCxHxW, e.g. 1x{c}x{h}x{w} and {batches.max}x{c}x{2 * h}x{2 * w}); "
-                          "{opt_shape} defaults to the export size ({imgsz})",
-                          params=["dynamic_hw", "min_shape", "max_shape", "opt_shape", "imgsz"])
-    shapes = {}
-    for (key, value), was_given in zip(given.items(), batch_given):
-        if value is None:
-            shapes[key] = (default[key], c, h, w)
-            continue
-        shape = parse_shape(value, f"{key}_shape")
+    shapes = given_shapes(min_shape, opt_shape, max_shape, dynamic_hw,
+                          tuple(default[k] if was else None for k, was in zip(default, batch_given)))
+    for key, shape in shapes.items():
         if shape[1] != c:
             raise ConfigError(f"{{{key}_shape}} {ShapeProfile.spell(shape)} has {shape[1]} channels; the model "
                               f"takes {c}", params=[f"{key}_shape"])
-        if was_given and shape[0] != default[key]:
-            raise ConfigError(f"{{{key}_shape}} says batch {shape[0]} and {{{key}_batch}} says {default[key]}; "
-                              "give the batch once", params=[f"{key}_shape", f"{key}_batch"])
-        shapes[key] = shape
+    shapes = {key: shapes.get(key, (default[key], c, h, w)) for key in default}
+    _check_order(shapes)
     lo, opt, hi = shapes["min"], shapes["opt"], shapes["max"]
-    for axis, label in enumerate(("batch", "channels", "height", "width")):
-        if not lo[axis] <= opt[axis] <= hi[axis]:
-            raise ConfigError(
-                f"impossible shape range: the {label} must satisfy min <= opt <= max, got {{min_shape}} "
-                f"{ShapeProfile.spell(lo)}, {{opt_shape}} {ShapeProfile.spell(opt)}, "
-                f"{{max_shape}} {ShapeProfile.spell(hi)}",
-                params=["min_shape", "opt_shape", "max_shape"])
     profile = ShapeProfile(lo, opt, hi)
     if not dynamic_hw and any(s[2:] != (h, w) for s in (lo, opt, hi)):
         raise ConfigError(f"the shapes change the height or width (the graph is traced at {h}x{w}); add "

@@ -323,9 +323,9 @@ def dynamic_spatial_export(enabled: bool):
     Blocks with the same input size at the traced size (and the same window, stride, tile and groups)
     share one set of tables, computed from the first one's shape: every block's input is the image
     divided by a fixed factor (``exporters.dynamic_hw.derive_spatial_rule`` checks that at two sizes),
-    so sizes equal at one valid size are equal at all.  Record one graph per ``with`` block.  An eager
-    call inside the block records each block's input size, which a later recording (``torch.export``,
-    where the size is symbolic) then tunes for.
+    so sizes equal at one valid size are equal at all.  Record one graph per ``with`` block.  Only the
+    ONNX exporter's tracer is supported (sizes as tensors on the graph's ``Shape``); AOTInductor refuses
+    dynamic height and width (``exporters.aoti``).
     """
     token = _DYNAMIC_HW.set({} if enabled else None)
     try:
@@ -471,14 +471,8 @@ class ACmixDeploy(nn.Module):
         # dynamic_spatial_export they are computed in the graph from the shape, and only the tile and the
         # number of groups come from the traced size.
         shared = _DYNAMIC_HW.get()
-        recording = _recording()
-        if shared is not None and recording and ("size", id(self)) in shared:
-            hh, ww = shared[("size", id(self))]  # the example's size, seen in eager mode (no guard on a SymInt)
-        else:
-            hh, ww = int(x.shape[-2]), int(x.shape[-1])
-        if shared is not None and not recording:
-            shared[("size", id(self))] = (hh, ww)
-        if shared is not None and recording:
+        hh, ww = int(x.shape[-2]), int(x.shape[-1])
+        if shared is not None and _recording():
             spec = make_dynamic_halo_spec(self.halo_plan(hh, ww, x.dtype, x.device), self.kernel_att, self.stride,
                                           self.head_dim)
             key = (hh, ww, spec.kernel, spec.stride, spec.tile, spec.groups, x.dtype)

@@ -373,8 +373,7 @@ def make_dynamic_halo_spec(plan: HaloPlan, kernel: int, stride: int, head_dim: i
 
 
 # The size arithmetic below runs on 0-d int64 tensors while the ONNX exporter traces (each step becomes a
-# graph node on the input's Shape), and on Python ints otherwise: plain ints in eager mode, symbolic ints
-# (SymInt) under torch.export, whose graph then keeps the size symbolic.  Every operand is non-negative, so
+# graph node on the input's Shape), and on Python ints in eager mode.  Every operand is non-negative, so
 # truncating division is floor division (and exports as a plain Div).
 
 
@@ -440,7 +439,7 @@ def _dynamic_coords(hh, ww, dtype: torch.dtype, device=None) -> tuple[torch.Tens
             i = torch.arange(n, dtype=torch.int64, device=n.device).to(dtype)
             return i * (2.0 / (n - 1).clamp(min=1).to(dtype)) - 1.0
         i = torch.arange(n, dtype=torch.int64, device=device).to(dtype)
-        return i * (2.0 / torch.sym_max(n - 1, 1)) - 1.0
+        return i * (2.0 / max(n - 1, 1)) - 1.0
     return axis(ww), axis(hh)
 
 
@@ -465,8 +464,8 @@ def dynamic_halo_tables(qkv: torch.Tensor, spec: DynamicHaloSpec) -> DynamicHalo
     if torch.jit.is_tracing():  # the ONNX exporter: sizes as tensors on the graph's Shape
         shape = torch._shape_as_tensor(qkv)
         hh, ww = shape[2], shape[3]
-    else:  # eager ints, or torch.export's symbolic ints
-        hh, ww = qkv.shape[2], qkv.shape[3]
+    else:  # eager: Python ints
+        hh, ww = int(qkv.shape[2]), int(qkv.shape[3])
     query_index, key_index, output_index, h_out, w_out, _ = _dynamic_index_tables(hh, ww, spec, qkv.device)
     lw, lh = _dynamic_coords(hh, ww, qkv.dtype, qkv.device)
     coords = torch.stack([lw[None, :] + lh[:, None] * 0, lh[:, None] + lw[None, :] * 0], -1).reshape(-1, 2)
