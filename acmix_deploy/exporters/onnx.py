@@ -274,8 +274,9 @@ def export_onnx(
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
     if spatial_rule is not None and not dynamic_hw:
-        raise ConfigError("a {spatial_rule} is for a graph with dynamic height and width ({dynamic_hw})",
-                          params=["spatial_rule", "dynamic_hw"])
+        # spatial_rule is passed by export_model (never a flag): the message names only what a user sets
+        raise ConfigError("a spatial rule is for a graph with dynamic height and width ({dynamic_hw})",
+                          params=["dynamic_hw"])
     isa = None if cpu_isa is None else resolve_cpu_isa(cpu_isa)
     path = Path(path)
     t0 = time.perf_counter()
