@@ -28,7 +28,7 @@ from acmix_deploy.profiling.fingerprint import device_fingerprint  # noqa: E402
 from acmix_deploy.reparam import reparameterize  # noqa: E402
 from benchmarks.common import bind, interleaved, load_average, write_json  # noqa: E402
 from tests import user_nets  # noqa: E402
-from tests.test_user_model import randomize  # noqa: E402
+from tests.helpers import randomize  # noqa: E402
 
 
 def _isa() -> list[str]:

@@ -5,7 +5,7 @@ transcription of the official ``ACmix`` class (same attribute names, ``nn.Unfold
 ``dep_conv`` bias replaced by ``None`` in the initialisation); ``SameWidthACmix`` is the fork signature
 ``ACmix(in_planes, kernel_att, head, ...)`` with the positional grid cast to the input's dtype and device (the
 AMP fix) and an ``out % head`` assert; ``ZeroPadLookAlike`` has the same state but zero-pads the attention
-window (a different function that must be left alone).  Used by tests/test_user_model.py and by
+window (a different function that must be left alone).  Used by tests/reparam/test_user_model.py and by
 benchmarks/user_model_speed.py (as ``--model-def tests/user_nets.py:yolo_acmix``).
 """
 

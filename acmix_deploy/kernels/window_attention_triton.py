@@ -25,7 +25,7 @@ by the hardware ``exp`` approximation (a few ulps).
 
 Status: the kernel is checked against the blocked core and the unfold form
 in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``, tests in
-``tests/test_triton_attention.py``).  Its speed on a GPU has not been
+``tests/kernels/test_triton_attention.py``).  Its speed on a GPU has not been
 measured yet (no GPU was lent to the sessions that wrote it), so it is not
 the default: :func:`set_attention_backend` or the environment variable
 ``ACMIX_DEPLOY_ATTENTION=triton`` selects it; ``benchmarks/attention_speed.py

@@ -1,0 +1,1 @@
+"""acmix_deploy/exporters/ and artifacts/: ONNX, dynamic sizes, AOTInductor, TensorRT, Triton repositories."""
