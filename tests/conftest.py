@@ -17,21 +17,36 @@ def _threads():
 
 
 @pytest.fixture(scope="session")
-def _training_checkpoint(tmp_path_factory):
-    """Built and saved once: acmix_resnet_tiny (4 classes, random weights and BatchNorm statistics, seed 2)
-    in training form, and its checkpoint file."""
+def _training_checkpoints(tmp_path_factory):
+    """Training checkpoints built and saved once per session: ``get(num_classes, seed) -> (path, model)``,
+    acmix_resnet_tiny with random weights and BatchNorm statistics (``randomize_model(model, seed)``)."""
     import acmix_deploy as ad
     from acmix_deploy.testing import randomize_model
 
-    model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=4), 2).eval()
-    return ad.save_checkpoint(model, tmp_path_factory.mktemp("train_ckpt") / "train.pth"), model
+    built = {}
+
+    def get(num_classes: int, seed: int):
+        if (num_classes, seed) not in built:
+            model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=num_classes), seed).eval()
+            path = ad.save_checkpoint(model, tmp_path_factory.mktemp("train_ckpt") / "train.pth")
+            built[num_classes, seed] = path, model
+        return built[num_classes, seed]
+
+    return get
 
 
 @pytest.fixture
-def train_ckpt(_training_checkpoint, tmp_path):
-    """``(path, model)``: the training checkpoint copied to ``tmp_path / "train.pth"`` (tests write next to it,
+def train_ckpt_args():
+    """What ``train_ckpt`` holds: 4 classes, seed 2.  A test module whose assertions need another model
+    overrides this fixture (test_export's checkpoint has 6 classes)."""
+    return {"num_classes": 4, "seed": 2}
+
+
+@pytest.fixture
+def train_ckpt(_training_checkpoints, train_ckpt_args, tmp_path):
+    """``(path, model)``: a training checkpoint copied to ``tmp_path / "train.pth"`` (tests write next to it,
     e.g. default output names) and a copy of the model it holds (tests may change theirs)."""
-    source, model = _training_checkpoint
+    source, model = _training_checkpoints(**train_ckpt_args)
     path = tmp_path / "train.pth"
     shutil.copyfile(source, path)
     return path, copy.deepcopy(model)

@@ -205,6 +205,12 @@ def test_require_names_the_extra():
         require("surely_not_an_installed_module", "trt")
 
 
+@pytest.fixture
+def train_ckpt_args():
+    """This module's training checkpoint (conftest's train_ckpt): 6 classes, seed 3 (output shapes are asserted)."""
+    return {"num_classes": 6, "seed": 3}
+
+
 def test_cli_export_and_compare(train_ckpt, tmp_path):
     path, model = train_ckpt
     out = tmp_path / "model.onnx"
