@@ -21,8 +21,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-# The one version source: pyproject.toml reads it ([tool.setuptools.dynamic] version = {attr = ...}).
-__version__ = "0.1.0"
+from ._version import __version__  # the one version source (pyproject.toml reads acmix_deploy/_version.py)
 
 # public name -> submodule that defines it
 _LAZY = {

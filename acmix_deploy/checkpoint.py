@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import __version__
+from ._version import __version__
 from .errors import CheckpointError
 from .models import create_model, infer_model_args, is_deploy_state_dict, list_models, model_entrypoint
 from .modules.acmix import check_deploy_layout

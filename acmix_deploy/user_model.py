@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .analysis import OutputDiff, check_equivalence
-from . import __version__
+from ._version import __version__
 from .errors import CheckpointError, ConfigError
 from .reparam import FoldPlan, ReparamReport, reparameterize
 from .util import atomic_write, normalize_imgsz, sha256_file

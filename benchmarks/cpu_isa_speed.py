@@ -3,7 +3,8 @@
 Exports the plain ResNet-50 (BatchNorm folded) and the deploy form of ACmix-ResNet-50 once per
 ``--cpu-isa`` candidate (as ``export_onnx(cpu_isa=...)`` shapes the graph: ``none`` the plain graph,
 compact conv-path groups and softmax; ``generic`` compact groups with the softmax floor; ``avx2`` 8-channel
-and ``avx512`` 16-channel groups with the floor), then times every graph in ONNX
+and ``avx512`` 16-channel groups with the floor; ``auto`` what this machine gets by default, e.g. ``avx2``
+groups without the floor on an AMD CPU), then times every graph in ONNX
 Runtime, and with ``--openvino`` the plain graph and each deploy graph in OpenVINO (its default CPU
 settings, and with ``INFERENCE_PRECISION_HINT=f32`` where the default is a reduced precision), all
 interleaved in one process (``benchmarks/common.py``: rotating start, a pause before each run).
@@ -36,7 +37,7 @@ from acmix_deploy.testing import randomize_model
 sys.path.insert(0, str(Path(__file__).parent))
 from common import PAUSE_S, interleaved, machine, write_json  # noqa: E402
 
-CANDIDATES = ("none", "generic", "avx2", "avx512")
+CANDIDATES = ("none", "generic", "avx2", "avx512", "auto")
 
 
 def _ort(path: Path, threads: int, extended: bool):
@@ -96,6 +97,9 @@ def main() -> None:
         res = export_onnx(deploy, tmp / f"deploy_{isa}.onnx", size, cpu_isa=None if isa == "none" else isa)
         files[f"deploy_{isa}"] = res.path
         groups[isa] = res.metadata.get("acmix_deploy.conv_path_groups")
+        if isa == "auto":
+            groups[isa] += (f" ({res.metadata.get('acmix_deploy.cpu_isa')}, softmax floor "
+                            f"{res.metadata.get('acmix_deploy.softmax_floor', 'none')})")
     print(f"deploy graphs: {groups}", flush=True)
 
     fns: dict[str, object] = {}

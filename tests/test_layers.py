@@ -2,8 +2,8 @@
 
 Every module's imports of the package's own modules are parsed (with :mod:`ast`, top-level and
 function-local alike) and checked against :data:`LAYERS`: a module may import modules of its own layer
-or of a lower one (lower index).  ``from acmix_deploy import __version__`` is allowed everywhere: the
-package root defines it before anything else and imports nothing eagerly.
+or of a lower one (lower index).  The version lives in ``acmix_deploy._version`` (the base layer), so no
+module imports the package root.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "acmix_deploy"
 
 # Lowest first.  A module belongs to the first entry that names it or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("acmix_deploy.errors", "acmix_deploy.util")),
+    ("base", ("acmix_deploy._version", "acmix_deploy.errors", "acmix_deploy.util")),
     ("folds", ("acmix_deploy.fold", "acmix_deploy.fold_swin", "acmix_deploy.outputs", "acmix_deploy.kernels")),
     ("modules", ("acmix_deploy.modules",)),
     ("models", ("acmix_deploy.models", "acmix_deploy.testing")),
@@ -67,7 +67,7 @@ def _imports(name: str, path: Path) -> list[tuple[str, int, bool]]:
                     sub = f"{target}.{alias.name}"
                     if sub in MODULES:
                         found.append((sub, child.lineno, local))
-                    elif not (target == "acmix_deploy" and alias.name == "__version__"):
+                    else:
                         found.append((target, child.lineno, local))
             visit(child, local or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from . import check, demo, export, fold, models, perf, serve
 from ._common import FLAGS, _Group, _safe, console  # FLAGS and _safe: the flag names and safe printing, for tests
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..artifacts.onnx import INPUT_NAME
 from ..errors import AcmixDeployError, ConfigError, EquivalenceError
 from ..outputs import flatten_outputs

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from .._version import __version__
 from ..artifacts.onnx import (CONV_PATH_GROUPS_KEY, CPU_ISA_KEY, DYNAMIC_HW_KEY, EXPORT_CPU_KEY, INPUT_NAME,
                               INPUT_NAME_KEY, INPUT_SHAPE_KEY, OUTPUT_NAME, OUTPUT_NAMES_KEY, OUTPUT_NAME_KEY,
                               PRECISION_KEY, SOFTMAX_FLOOR_KEY, VALID_HW_KEY, encode_metadata)

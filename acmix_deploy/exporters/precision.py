@@ -5,7 +5,8 @@ the graph's inputs and outputs kept float32, and the attention kept in float32: 
 the ``Add`` that feeds it (the window mask), the ``MatMul`` that produces the logits and, with the
 softmax floor, the ``Max``/``Sub``/``ReduceMax`` between them (:func:`attention_nodes`).  Logits of
 many terms lose accuracy in float16 and the ``-inf`` mask must not meet float16 overflow; the value
-aggregation (second ``MatMul``) and all convolutions run in float16.
+aggregation (second ``MatMul``) and all convolutions run in float16.  Shape arithmetic (the halo tables
+of graphs with dynamic height and width) is left as exported (:func:`shape_nodes`).
 
 Why onnxconverter-common rather than NVIDIA ModelOpt's AutoCast: ModelOpt's ONNX extra pulls
 ``onnxruntime-gpu`` (which clashes with ``onnxruntime``), cupy and an older onnx; the converter is a
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 from ..util import require
 
-__all__ = ["attention_nodes", "convert_fp16"]
+FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT / FLOAT16
+
+__all__ = ["attention_nodes", "convert_fp16", "drop_round_trips", "shape_nodes"]
 
 
 def _floor_parts(node, producer) -> list:
@@ -61,8 +64,34 @@ def attention_nodes(model_proto) -> list[str]:
     return keep
 
 
+def shape_nodes(model_proto) -> list[str]:
+    """Names of the nodes that compute from tensor shapes only (and constants), not from tensor values.
+
+    Graphs with dynamic height and width compute their halo tables from ``Shape`` in the graph; part of
+    that arithmetic runs in float32 (``Cast`` to float, ``Reciprocal``, ``Floor``).  The converter turns
+    the types of those tensors to float16 without changing the ``Cast`` nodes' target type, which ONNX
+    Runtime refuses ("Type (tensor(float16)) of output arg ... does not match"), and float16 could not
+    hold the indices of a large map exactly anyway: this arithmetic stays as exported.
+    """
+    constant = {i.name for i in model_proto.graph.initializer}
+    from_shape: set[str] = set()
+    keep: list[str] = []
+    for node in model_proto.graph.node:  # nodes are in topological order
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Constant":
+            constant.update(node.output)
+        elif node.op_type == "Shape":  # reads a tensor's shape, not its values; it stays as it is
+            from_shape.update(node.output)
+        elif any(i in from_shape for i in inputs) and all(i in from_shape or i in constant for i in inputs):
+            keep.append(node.name)
+            from_shape.update(node.output)
+    return keep
+
+
 def convert_fp16(model_proto, keep_attention_fp32: bool = True):
-    """A float16 copy of ``model_proto`` (I/O stay float32), attention in float32 by default."""
+    """A float16 copy of ``model_proto`` (I/O stay float32), attention in float32 by default.
+
+    Shape arithmetic (:func:`shape_nodes`) is never converted."""
     require("onnxconverter_common", "onnx")
     from onnxconverter_common import float16
 
@@ -71,13 +100,67 @@ def convert_fp16(model_proto, keep_attention_fp32: bool = True):
     for node in model_proto.graph.node:  # the block list works on names
         if not node.name:
             raise ValueError("every node needs a name for the FP16 block list")
-    block = attention_nodes(model_proto) if keep_attention_fp32 else []
+    block = (attention_nodes(model_proto) if keep_attention_fp32 else []) + shape_nodes(model_proto)
     proto = onnx.ModelProto()
     proto.CopyFrom(model_proto)
     # Stale float32 value_info makes the converter insert casts of the wrong type around blocked
     # nodes (ONNX Runtime then refuses the model); types are re-inferred during the conversion.
     del proto.graph.value_info[:]
-    return float16.convert_float_to_float16(proto, keep_io_types=True, node_block_list=block)
+    converted = float16.convert_float_to_float16(proto, keep_io_types=True, node_block_list=block)
+    drop_round_trips(converted)
+    return converted
+
+
+def drop_round_trips(model_proto) -> int:
+    """Remove float32 -> float16 -> float32 ``Cast`` pairs in place; returns how many readers were rewired.
+
+    Between two kept-float32 nodes the converter casts the tensor to float16 and back: the values lose
+    float16's precision for nothing (16 such pairs in the shape arithmetic of ``acmix_resnet_tiny``'s graph
+    with dynamic height and width, whose float values are exact in float16 only up to 2048).  Each cast
+    back to float32 of such a tensor is replaced by the float32 original; the first cast goes too when
+    nothing else reads it.
+    """
+    graph = model_proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    declared = {v.name: v.type.tensor_type.elem_type for v in
+                [*graph.value_info, *graph.input, *graph.output]}
+    graph_outputs = {o.name for o in graph.output}
+
+    def cast_to(node) -> int | None:
+        if node is None or node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    rename: dict[str, str] = {}
+    dead = []
+    for down in graph.node:
+        up = producer.get(down.input[0]) if down.op_type == "Cast" and down.input else None
+        if cast_to(down) != FLOAT or cast_to(up) != FLOAT16 or down.output[0] in graph_outputs:
+            continue
+        source = up.input[0]
+        source_type = declared.get(source)
+        if source_type is None and producer.get(source) is not None:
+            source_type = FLOAT if cast_to(producer[source]) == FLOAT else None
+        if source_type != FLOAT:
+            continue
+        rename[down.output[0]] = source
+        dead.append(down)
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in rename:
+                node.input[k] = rename[name]
+    drop = {id(n) for n in dead}
+    still_read = {name for node in graph.node if id(node) not in drop for name in node.input}
+    drop |= {id(producer[d.input[0]]) for d in dead
+             if producer[d.input[0]].output[0] not in still_read | graph_outputs}
+    kept = [n for n in graph.node if id(n) not in drop]
+    gone = {out for n in graph.node if id(n) in drop for out in n.output}
+    del graph.node[:]
+    graph.node.extend(kept)
+    infos = [v for v in graph.value_info if v.name not in gone]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    return len(rename)
 
 
 def quantize_int8(fp32_path, out_path, calibration, cache_path=None, input_name: str = "images", batch: int = 8):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import __version__
+from .._version import __version__
 from ..artifacts.tensorrt import (EngineSidecar, GpuInfo, current_gpu, require_tensorrt, sidecar_path, trt_logger,
                                   write_sidecar)
 from ..errors import AcmixDeployError, ConfigError, ExportError, MissingDependencyError

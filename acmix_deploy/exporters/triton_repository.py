@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__
+from .._version import __version__
 from ..artifacts.onnx import INPUT_NAME, read_onnx_metadata, spatial_rule
 from ..artifacts.spatial import SpatialRule
 from ..artifacts.tensorrt import EngineSidecar, read_sidecar

@@ -11,7 +11,7 @@ import socket
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..kernels.window_attention_triton import attention_backend, triton_available
 from ..util import detect_cpu
 

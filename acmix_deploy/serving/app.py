@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import AcmixDeployError, ConfigError, InputShapeError
 from ..runtime.loader import open_runner
 from ..util import require

@@ -621,3 +621,39 @@ def test_model_without_acmix_that_fails_small_is_refused_clearly(tmp_path):
     with pytest.raises(ConfigError, match=r"no ACmix block .* fails at 1x2"):
         export_onnx(model, tmp_path / "c.onnx", (3, 16, 16), dynamic_hw=True)
     assert not (tmp_path / "c.onnx").exists()
+
+
+def test_fp16_graph_with_dynamic_hw_keeps_its_shape_arithmetic(tmp_path):
+    """--fp16 --dynamic-hw: the halo tables' shape arithmetic stays as exported (it was converted to float16
+    with Cast targets left float32, a graph ONNX Runtime refused to load); every validated size within fp16's
+    tolerance."""
+    import onnx
+
+    from acmix_deploy import export_model
+    from acmix_deploy.exporters import ExportOptions
+    from acmix_deploy.exporters.precision import shape_nodes
+
+    model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=3), 9).eval()
+    ckpt = ad.save_checkpoint(model, tmp_path / "train.pth")
+    res = export_model(ckpt, ExportOptions(output=tmp_path / "h.onnx", dynamic_hw=True, fp16=True), lambda _: None)
+    assert sorted(r.batch for r in res.rows) == [1, 1, 1, 2, 3]  # three sizes validated
+    proto = onnx.load(tmp_path / "h.onnx")
+    assert len(shape_nodes(proto)) > 100  # the in-graph halo tables, kept as exported
+    declared = {v.name: v.type.tensor_type.elem_type for v in proto.graph.value_info}
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    to = {n.name: n.attribute[0].i for n in proto.graph.node if n.op_type == "Cast"}
+    for node in proto.graph.node:
+        if node.op_type == "Cast":
+            # the refused graph: a Cast to float32 whose output was declared float16
+            assert declared.get(node.output[0], to[node.name]) == to[node.name], node.name
+            up = producer.get(node.input[0])
+            # no float32 -> float16 -> float32 round trip (precision lost for nothing)
+            assert not (to[node.name] == onnx.TensorProto.FLOAT and up is not None and up.op_type == "Cast"
+                        and to[up.name] == onnx.TensorProto.FLOAT16), node.name
+    runner = OrtRunner(tmp_path / "h.onnx")
+    gen = torch.Generator().manual_seed(4)
+    for b, h, w in [(1, 16, 16), (3, 24, 40), (1, 64, 72)]:
+        x = torch.randn(b, 3, h, w, generator=gen)
+        with torch.no_grad():
+            ref = model(x)
+        assert rel_error(ref, torch.from_numpy(runner.infer(x.numpy()))) <= 5e-3, (b, h, w)
