@@ -112,3 +112,30 @@ def test_profile_and_compare_run_an_onnx_file_in_openvino(tmp_path, tiny):
     result = CliRunner().invoke(app, ["compare", str(ckpt), str(path), "--imgsz", "32", "--onnx-backend", "openvino"])
     assert result.exit_code == 0, result.output
     assert "openvino:CPU" in result.output and "onnxruntime:CPU" not in result.output
+
+
+def test_server_answers_from_openvino(tiny):
+    """``serve --backend openvino``: concurrent requests of batch 1 and 2, merged by the batcher, answered by
+    OpenVINO as the training form answers (the package's export tolerance)."""
+    import concurrent.futures
+
+    from acmix_deploy.runtime.loader import open_runner
+    from acmix_deploy.serving import ServeSettings, ServingClient
+    from tests.helpers.server import ServerThread  # skips without the serve extra
+
+    train, graphs = tiny
+    runner = open_runner(graphs[None], backend="openvino", threads=1)
+    assert runner.backend == "openvino"
+    settings = ServeSettings(name="tiny", port=0, max_batch=4, batch_timeout_ms=30)
+    with ServerThread(runner, settings) as srv:
+        client = ServingClient(srv.url)
+        meta = client.metadata("tiny")
+        assert meta["platform"] == "openvino" and meta["outputs"][0]["shape"] == [-1, 7]
+        inputs = [np.random.default_rng(10 + i).standard_normal((1 + i % 2, 3, 32, 32), dtype=np.float32)
+                  for i in range(6)]
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda x: client.infer("tiny", x), inputs))
+    for x, y in zip(inputs, answers):
+        with torch.no_grad():
+            ref = train(torch.from_numpy(x)).numpy()
+        assert y.shape == ref.shape and float(np.abs(y - ref).max() / np.abs(ref).max()) <= TOL
