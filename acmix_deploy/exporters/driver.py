@@ -231,7 +231,8 @@ def _prepare(ckpt: Path, opts: ExportOptions, say: Log, verify: Verify) -> _Prep
     meta = {
         "arch": prep.loaded.arch, "arch_args": prep.loaded.arch_args, "source": ckpt.name,
         "source_sha256": sha256_file(ckpt), "package_version": __version__,
-        "mean": list(prep.deploy.default_cfg.get("mean", ())), "std": list(prep.deploy.default_cfg.get("std", ())),
+        # the normalisation the model expects, where it is known (RGB models: ImageNet's)
+        **{k: list(prep.deploy.default_cfg[k]) for k in ("mean", "std") if k in prep.deploy.default_cfg},
     }
     return _Prepared(ckpt, opts, profile, prep, device, verify, inputs, calibration, meta, say, rule)
 

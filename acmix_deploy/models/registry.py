@@ -23,6 +23,21 @@ import torch.nn as nn
 
 from ..errors import ConfigError, UnknownArchitectureError
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_cfg(in_chans: int, height: int, width: int | None = None) -> dict:
+    """A model's ``default_cfg``: its input size, and ImageNet's normalisation for RGB input only.
+
+    A model with another channel count (the demo's 1-channel digits) has no known normalisation, so none is
+    recorded (exports then write no ``mean``/``std`` metadata, int8 calibration images are only scaled).
+    """
+    cfg: dict = {"input_size": (in_chans, height, height if width is None else width)}
+    if in_chans == 3:
+        cfg.update(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return cfg
+
 __all__ = ["ModelFamily", "register_model", "create_model", "list_models", "is_model",
            "model_entrypoint", "model_family", "infer_model_args", "is_deploy_state_dict"]
 

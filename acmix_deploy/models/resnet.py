@@ -34,14 +34,11 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..modules import ACmix, ACmixDeploy, XVolution, XVolutionDeploy
-from .registry import ModelFamily, register_model
+from .registry import ModelFamily, default_cfg, register_model
 
 __all__ = ["Bottleneck", "ResNet", "MIXERS"]
 
 MIXERS = ("acmix", "conv", "xvolution")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, deploy: bool = False) -> nn.Conv2d:
@@ -173,7 +170,7 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(inplanes, num_classes)
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.default_cfg = {"input_size": (in_chans, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        self.default_cfg = default_cfg(in_chans, 224)
         if not deploy:
             self._init_weights()
 

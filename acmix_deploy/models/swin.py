@@ -41,12 +41,9 @@ from ..modules.swin_acmix import (
     choose_conv_fold,
     shifted_window_mask,
 )
-from .registry import ModelFamily, register_model
+from .registry import ModelFamily, default_cfg, register_model
 
 __all__ = ["SwinTransformerACmix", "SwinACmixBlock", "PatchMerging", "PatchEmbed", "stage_windows"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _plain_norm(dim: int) -> nn.LayerNorm:
@@ -294,7 +291,7 @@ class SwinTransformerACmix(nn.Module):
                                           i < self.num_layers - 1, conv_fold, deploy))
         self.norm = _plain_norm(self.num_features) if deploy else nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes)
-        self.default_cfg = {"input_size": (in_chans, img_size, img_size), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        self.default_cfg = default_cfg(in_chans, img_size)
         if not deploy:
             self._init_weights()
 

@@ -428,3 +428,20 @@ def test_cli_export_int8_with_cache(train_ckpt, tmp_path):
     result = runner.invoke(app, ["export", str(path), "--int8", "-o", str(tmp_path / "r.onnx")])
     assert result.exit_code == 2 and "--int8 needs calibration data" in result.output
     assert not (tmp_path / "r.onnx").exists()
+
+
+def test_normalisation_metadata_only_where_it_is_known(tmp_path):
+    """ImageNet's mean/std are recorded for RGB models only: a 1-channel model (the demo's digits) has no known
+    normalisation, and 3-channel values in its metadata (what exports wrote before) would mislead a client."""
+    from acmix_deploy import export_model
+    from acmix_deploy.artifacts.onnx import read_onnx_metadata
+
+    for chans, expected in [(1, None), (3, [0.485, 0.456, 0.406])]:
+        model = randomize_model(ad.create_model("acmix_resnet_tiny", num_classes=3, in_chans=chans), 4).eval()
+        assert model.default_cfg.get("mean") == (None if expected is None else tuple(expected))
+        ckpt = ad.save_checkpoint(model, tmp_path / f"c{chans}.pth")
+        export_model(ckpt, ExportOptions(output=tmp_path / f"c{chans}.onnx"), lambda _: None)
+        meta = read_onnx_metadata(tmp_path / f"c{chans}.onnx")
+        mean = meta.get("mean")
+        assert (json.loads(mean) if isinstance(mean, str) else mean) == expected and ("std" in meta) == (expected is not None)
+    assert "mean" not in ad.create_model("acmix_swin_tiny", in_chans=1).default_cfg
