@@ -73,6 +73,13 @@ class ExportOptions:
     max_queue_delay_us: int = 1000
     force: bool = False  # replace an existing model directory
 
+    def __post_init__(self) -> None:
+        # paths may be given as str or any os.PathLike, as everywhere else in the API
+        for name in ("output", "timing_cache"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+
     @property
     def precision(self) -> str:
         return "fp16" if self.fp16 else "int8" if self.int8 else "fp32"

@@ -102,3 +102,13 @@ def test_exporters_take_their_check_from_the_caller(tmp_path):
     # The real check on the file written: torch vs ONNX Runtime, every batch a row.
     rows = verify_artifact("onnx", out, ad.load_checkpoint(ckpt), [np.zeros((2, 3, 32, 32), np.float32)])
     assert [(r.batch, r.output) for r in rows] == [(2, "logits")] and rows[0].diff.rel <= 1e-4
+
+
+def test_paths_may_be_strings():
+    """``ExportOptions(output="model.onnx")`` as the README writes it: str paths become Path (a str output
+    raised AttributeError deep in the output check before)."""
+    from pathlib import Path
+
+    opts = ExportOptions(output="model.onnx", timing_cache="cache.bin")
+    assert opts.output == Path("model.onnx") and opts.timing_cache == Path("cache.bin")
+    assert ExportOptions().output is None
