@@ -23,6 +23,9 @@ import torch.nn as nn
 
 from ..errors import ConfigError, UnknownArchitectureError
 
+__all__ = ["ModelFamily", "default_cfg", "register_model", "create_model", "list_models", "is_model",
+           "model_entrypoint", "model_family", "infer_model_args", "is_deploy_state_dict"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -38,8 +41,6 @@ def default_cfg(in_chans: int, height: int, width: int | None = None) -> dict:
         cfg.update(mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return cfg
 
-__all__ = ["ModelFamily", "register_model", "create_model", "list_models", "is_model",
-           "model_entrypoint", "model_family", "infer_model_args", "is_deploy_state_dict"]
 
 StateDict = Mapping[str, torch.Tensor]
 
