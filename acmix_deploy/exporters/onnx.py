@@ -274,8 +274,8 @@ def export_onnx(
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
     if spatial_rule is not None and not dynamic_hw:
-        # spatial_rule is passed by export_model (never a flag): the message names only what a user sets
-        raise ConfigError("a spatial rule is for a graph with dynamic height and width ({dynamic_hw})",
+        # spatial_rule is an argument of this function only (no flag): named as plain text, not a parameter
+        raise ConfigError("spatial_rule is for a graph with dynamic height and width ({dynamic_hw})",
                           params=["dynamic_hw"])
     isa = None if cpu_isa is None else resolve_cpu_isa(cpu_isa)
     path = Path(path)

@@ -74,11 +74,11 @@ class ExportOptions:
     force: bool = False  # replace an existing model directory
 
     def __post_init__(self) -> None:
-        # paths may be given as str or any os.PathLike, as everywhere else in the API
+        # paths may be given as str or any os.PathLike, as everywhere else in the API; "" means not given
         for name in ("output", "timing_cache"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
-                setattr(self, name, Path(value))
+                setattr(self, name, Path(value) if str(value) else None)
 
     @property
     def precision(self) -> str:

@@ -67,7 +67,8 @@ def attention_nodes(model_proto) -> list[str]:
 def shape_nodes(model_proto) -> list[str]:
     """Names of the nodes that compute from tensor shapes only (and constants), not from tensor values.
 
-    Graphs with dynamic height and width compute their halo tables from ``Shape`` in the graph; part of
+    Graphs with dynamic height and width compute their halo tables from ``Shape`` in the graph (``Size``
+    counts as a source too); part of
     that arithmetic runs in float32 (``Cast`` to float, ``Reciprocal``, ``Floor``).  The converter turns
     the types of those tensors to float16 without changing the ``Cast`` nodes' target type, which ONNX
     Runtime refuses ("Type (tensor(float16)) of output arg ... does not match"), and float16 could not
@@ -80,7 +81,7 @@ def shape_nodes(model_proto) -> list[str]:
         inputs = [i for i in node.input if i]
         if node.op_type == "Constant":
             constant.update(node.output)
-        elif node.op_type == "Shape":  # reads a tensor's shape, not its values; it stays as it is
+        elif node.op_type in ("Shape", "Size"):  # read a tensor's shape, not its values; they stay as they are
             from_shape.update(node.output)
         elif any(i in from_shape for i in inputs) and all(i in from_shape or i in constant for i in inputs):
             keep.append(node.name)
@@ -145,6 +146,10 @@ def drop_round_trips(model_proto) -> int:
             continue
         rename[down.output[0]] = source
         dead.append(down)
+    for name, source in rename.items():  # chained round trips: the first float32 tensor of the chain
+        while source in rename:
+            source = rename[source]
+        rename[name] = source
     for node in graph.node:
         for k, name in enumerate(node.input):
             if name in rename:

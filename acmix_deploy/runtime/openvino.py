@@ -14,6 +14,7 @@ enforces as ONNX Runtime's does (:attr:`Runner.spatial_rule`).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,9 @@ class OpenVinoRunner(Runner):
             raise AcmixDeployError(f"OpenVINO cannot load {path}: {first}") from None
         self.path = path
         self.compiled = compiled
-        self.request = compiled.create_infer_request()
+        # One infer request per calling thread: a request holds its input and output buffers, so a shared one
+        # handed one caller's outputs to another (the server's workers call from several threads).
+        self._requests = threading.local()
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type: f32, bf16, f16
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         inputs = [_spec(p) for p in compiled.inputs]
@@ -80,7 +83,16 @@ class OpenVinoRunner(Runner):
         super().__init__("openvino:CPU", "cpu", inputs, [_spec(p) for p in compiled.outputs],
                          (batch, batch) if isinstance(batch, int) else (1, None), spatial_rule=rule)
 
+    @property
+    def request(self):
+        """This thread's infer request (made on its first call)."""
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        return request
+
     def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
-        self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        # Copies: the request's output buffers are reused by the next call.
-        return [np.array(self.request.get_output_tensor(i).data) for i in range(len(self.output_specs))]
+        request = self.request
+        request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        # Copies: the request's output buffers are reused by this thread's next call.
+        return [np.array(request.get_output_tensor(i).data) for i in range(len(self.output_specs))]

@@ -657,3 +657,54 @@ def test_fp16_graph_with_dynamic_hw_keeps_its_shape_arithmetic(tmp_path):
         with torch.no_grad():
             ref = model(x)
         assert rel_error(ref, torch.from_numpy(runner.infer(x.numpy()))) <= 5e-3, (b, h, w)
+
+
+def test_round_trip_removal_follows_chains_and_keeps_shared_casts():
+    """``drop_round_trips`` on a hand-made graph: two float32->float16->float32 round trips in a row collapse
+    to the float32 source; a float16 cast that another node still reads stays; the graph stays valid."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from acmix_deploy.exporters.precision import drop_round_trips
+
+    def cast(name, src, dst, to):
+        return helper.make_node("Cast", [src], [dst], name=name, to=to)
+
+    nodes = [cast("c1", "a", "a16", TensorProto.FLOAT16), cast("c2", "a16", "b", TensorProto.FLOAT),
+             cast("c3", "b", "b16", TensorProto.FLOAT16), cast("c4", "b16", "c", TensorProto.FLOAT),
+             helper.make_node("Relu", ["c"], ["y"], name="relu"),
+             helper.make_node("Neg", ["b16"], ["z16"], name="neg"),  # reads the second float16 cast
+             cast("c5", "z16", "z", TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert drop_round_trips(model) == 2
+    onnx.checker.check_model(model)
+    by_name = {n.name: n for n in model.graph.node}
+    assert list(by_name["relu"].input) == ["a"]  # the whole chain, not one level
+    assert "c1" not in by_name and "c2" not in by_name and "c4" not in by_name
+    assert list(by_name["c3"].input) == ["a"] and "neg" in by_name  # still read by Neg: kept, fed from a
+    x = np.array([1.0, -2.0], dtype=np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y, z = sess.run(None, {"a": x})
+    assert np.array_equal(y, np.maximum(x, 0)) and np.array_equal(z, -x)
+
+
+def test_size_counts_as_shape_arithmetic():
+    """A float value computed from ``Size`` (like one from ``Shape``) is kept float32 by the fp16 conversion."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from acmix_deploy.exporters.precision import convert_fp16
+
+    nodes = [helper.make_node("Size", ["x"], ["n"], name="size"),
+             helper.make_node("Cast", ["n"], ["nf"], name="tofloat", to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "nf"], ["y"], name="mul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = convert_fp16(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    onnx.checker.check_model(model)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # refused before
+    assert np.allclose(sess.run(None, {"x": x})[0], 6 * x)

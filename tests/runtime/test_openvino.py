@@ -115,8 +115,8 @@ def test_profile_and_compare_run_an_onnx_file_in_openvino(tmp_path, tiny):
 
 
 def test_server_answers_from_openvino(tiny):
-    """``serve --backend openvino``: concurrent requests of batch 1 and 2, merged by the batcher, answered by
-    OpenVINO as the training form answers (the package's export tolerance)."""
+    """``serve --backend openvino --workers 2``: concurrent requests of batch 1 and 2, merged by the batcher and
+    run by two workers, answered by OpenVINO as the training form answers (the package's export tolerance)."""
     import concurrent.futures
 
     from acmix_deploy.runtime.loader import open_runner
@@ -126,7 +126,7 @@ def test_server_answers_from_openvino(tiny):
     train, graphs = tiny
     runner = open_runner(graphs[None], backend="openvino", threads=1)
     assert runner.backend == "openvino"
-    settings = ServeSettings(name="tiny", port=0, max_batch=4, batch_timeout_ms=30)
+    settings = ServeSettings(name="tiny", port=0, max_batch=4, batch_timeout_ms=30, workers=2)
     with ServerThread(runner, settings) as srv:
         client = ServingClient(srv.url)
         meta = client.metadata("tiny")
@@ -139,3 +139,21 @@ def test_server_answers_from_openvino(tiny):
         with torch.no_grad():
             ref = train(torch.from_numpy(x)).numpy()
         assert y.shape == ref.shape and float(np.abs(y - ref).max() / np.abs(ref).max()) <= TOL
+
+
+def test_runner_called_from_several_threads_answers_each_caller(tiny):
+    """Each thread gets its own infer request: a shared one handed one caller's outputs to another (253 of 320
+    answers wrong with 4 threads before)."""
+    import concurrent.futures
+
+    train, graphs = tiny
+    runner = OpenVinoRunner(graphs[None], threads=1)
+    inputs = [np.random.default_rng(100 + i).standard_normal((1 + i % 3, 3, 32, 32), dtype=np.float32)
+              for i in range(12)]
+    with torch.no_grad():
+        refs = [train(torch.from_numpy(x)).numpy() for x in inputs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            answers = list(pool.map(runner.infer, inputs))
+            for y, ref in zip(answers, refs):
+                assert y.shape == ref.shape and float(np.abs(y - ref).max() / np.abs(ref).max()) <= TOL
