@@ -68,8 +68,8 @@ def shape_nodes(model_proto) -> list[str]:
     """Names of the nodes that compute from tensor shapes only (and constants), not from tensor values.
 
     Graphs with dynamic height and width compute their halo tables from ``Shape`` in the graph (``Size``
-    counts as a source too); part of
-    that arithmetic runs in float32 (``Cast`` to float, ``Reciprocal``, ``Floor``).  The converter turns
+    counts as a source too); part of that arithmetic runs in float32 (``Cast`` to float, ``Reciprocal``,
+    ``Floor``).  The converter turns
     the types of those tensors to float16 without changing the ``Cast`` nodes' target type, which ONNX
     Runtime refuses ("Type (tensor(float16)) of output arg ... does not match"), and float16 could not
     hold the indices of a large map exactly anyway: this arithmetic stays as exported.
