@@ -212,6 +212,41 @@ def guard_spatial_rule(proto, rule: SpatialRule) -> None:
     proto.graph.node.extend(nodes + rest)
 
 
+def name_symbolic_sizes(proto):
+    """``proto`` with every tensor's symbolic sizes named consistently (ONNX Runtime's symbolic shape inference).
+
+    In a graph with dynamic height and width the exporter cannot name the sizes that come out of the
+    attention's in-graph index arithmetic (they become ``unk__N``), while the convolution path the
+    attention output is added to has a named size.  ONNX Runtime fuses a convolution with the ``Add`` and
+    activation that follow it (``FusedConv``, and the NCHWc residual sum) only when both inputs of the
+    ``Add`` have equal sizes, equal names included.  ``onnxruntime.tools.symbolic_shape_infer`` computes the
+    sizes as expressions of the input's (with sympy) and names them, merging the two sides of each
+    elementwise operator.  It only rewrites the shape annotations of intermediate tensors (``value_info``;
+    the graph's inputs and outputs keep their axis names), never a node; if it
+    fails on a graph, the graph is returned as it was (still exact, only fused less) with a warning.
+    """
+    onnx = require("onnx", "onnx")
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:  # onnxruntime absent: the graph stays as exported
+        return proto
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(proto)
+    del stripped.graph.value_info[:]
+    try:
+        named = SymbolicShapeInference.infer_shapes(stripped, auto_merge=True)
+    except Exception as exc:  # noqa: BLE001 - an optimisation only; the graph itself is unchanged either way
+        warnings.warn(f"could not name the graph's symbolic sizes ({type(exc).__name__}: {exc}); ONNX Runtime "
+                      "may fuse fewer operators", stacklevel=3)
+        return proto
+    if named is None:
+        return proto
+    for mine, theirs in ((named.graph.input, proto.graph.input), (named.graph.output, proto.graph.output)):
+        del mine[:]
+        mine.extend(theirs)  # the graph's own input and output axis names ("batch", "<output>_dim2", ...)
+    return named
+
+
 def check_graph_options(opset: int, dynamic: bool, dynamic_hw: bool) -> None:
     """Refuse an opset outside ``MIN_OPSET..MAX_OPSET`` and dynamic height and width without a dynamic batch
     (:func:`export_onnx`'s checks; the export driver runs them before any work)."""
@@ -304,6 +339,9 @@ def export_onnx(
     if simplify:
         onnxslim = require("onnxslim", "onnx")
         proto = onnxslim.slim(proto)
+        onnx.checker.check_model(proto)
+    if dynamic_hw:
+        proto = name_symbolic_sizes(proto)
         onnx.checker.check_model(proto)
     if fp16:
         proto = convert_fp16(proto)

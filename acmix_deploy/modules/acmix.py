@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from .. import fold
 from ..errors import CheckpointError, ConfigError, InputShapeError
 from ..kernels.window_attention_triton import triton_window_attention, use_triton
-from .window_attention import (HaloPlan, _recording, dynamic_halo_attention, dynamic_halo_tables, halo_attention,
-                               make_dynamic_halo_spec, make_halo_plan)
+from .dynamic_halo import dynamic_halo_attention, dynamic_halo_tables, make_dynamic_halo_spec
+from .window_attention import HaloPlan, _recording, halo_attention, make_halo_plan
 
 __all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout", "dynamic_spatial_export",
            "merged_conv_groups"]
@@ -316,7 +316,7 @@ def dynamic_spatial_export(enabled: bool):
     """Whether a graph recorded inside this block keeps height and width dynamic (default: no).
 
     When on, :class:`ACmixDeploy` computes the attention core's index tables from the input's shape in
-    the graph (:func:`~acmix_deploy.modules.window_attention.dynamic_halo_attention`) instead of taking
+    the graph (:func:`~acmix_deploy.modules.dynamic_halo.dynamic_halo_attention`) instead of taking
     them as constants of the traced size; the tile and the number of block groups are still chosen at
     the traced size.  Eager execution is unaffected.
 
@@ -478,7 +478,7 @@ class ACmixDeploy(nn.Module):
             key = (hh, ww, spec.kernel, spec.stride, spec.tile, spec.groups, x.dtype)
             if key not in shared:
                 shared[key] = dynamic_halo_tables(qkv, spec)
-            att = dynamic_halo_attention(qkv, self.pos_weight, spec, shared[key])
+            att = dynamic_halo_attention(qkv, self.pos_weight, spec, shared[key], like=out)
         elif use_triton(qkv):  # opt-in fused CUDA kernel (kernels/window_attention_triton.py); never while exporting
             att = triton_window_attention(qkv, self.pos_weight, self.head, self.kernel_att, self.stride)
         else:

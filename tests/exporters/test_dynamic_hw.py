@@ -20,8 +20,8 @@ from acmix_deploy.artifacts.spatial import SpatialRule
 from acmix_deploy.errors import AcmixDeployError, ConfigError, InputShapeError
 from acmix_deploy.modules import make_halo_plan
 from acmix_deploy.modules.acmix import ACmix
-from acmix_deploy.modules.window_attention import (dynamic_halo_attention, dynamic_halo_tables, halo_attention,
-                                                   make_dynamic_halo_spec)
+from acmix_deploy.modules.dynamic_halo import dynamic_halo_attention, dynamic_halo_tables, make_dynamic_halo_spec
+from acmix_deploy.modules.window_attention import halo_attention
 from acmix_deploy.testing import randomize_model
 
 from tests.helpers import TOL_F32, TOL_F64, rel_error
@@ -69,11 +69,48 @@ def test_dynamic_tables_reach_every_block_and_pad_the_last_run():
     spec = type(spec)(**{**spec.__dict__, "groups": 3})
     tables = dynamic_halo_tables(torch.zeros(1, 6, 6, 15), spec)  # 2 x 5 blocks of 3x3 -> 10 blocks, runs of 4
     static = make_halo_plan(6, 15, 3, 1, 1, 2, tile=3)
-    queries = torch.cat(tables.query_index)
-    assert queries.shape[0] == 12 and torch.equal(queries[:10], static.query_index.long())
-    assert torch.equal(queries[10], queries[9]) and torch.equal(queries[11], queries[9])
-    assert torch.equal(torch.cat(tables.key_index)[:10], static.key_index.long())
+    assert [t.shape for t in tables.key_index] == [(1, 4, 25)] * 3
+    keys, queries = torch.cat(tables.key_index, 1)[0], torch.cat(tables.query_index, 1)[0]
+    assert torch.equal(keys[:10], static.key_index.long())
+    assert torch.equal(keys[10], keys[9]) and torch.equal(keys[11], keys[9])
+    assert torch.equal(queries[:10], static.query_index.long())  # every slot is an output pixel here
     assert torch.equal(tables.output_index, static.output_index.long())
+
+
+@pytest.mark.parametrize("geometry", [(7, 1, 4, 4, 3), (7, 2, 4, 4, 2), (5, 1, 3, 5, 1), (3, 2, 7, 7, 4), (7, 1, 7, 7, 1)])
+def test_dynamic_tables_agree_with_the_static_plan_at_every_size(geometry):
+    """Halo and output tables equal the static plan's; query slots too wherever they are output pixels.
+
+    Past the output edge (partial last blocks) the dynamic query table reads the halo centre, the static
+    one a clamped pixel: both in bounds, neither read back (the output table never points there).
+    """
+    ka, s, ty, tx, groups = geometry
+    spec = _spec(1, 2, ka, s, (4 * ty * s, 3 * tx * s), (ty, tx), None, torch.float32)
+    spec = type(spec)(**{**spec.__dict__, "groups": groups})
+    compared = 0
+    for hh, ww in [(4, 4), (5, 9), (9, 5), (13, 13), (16, 30), (31, 17), (7 * s * ty, 5 * s * tx + 1)]:
+        static = make_halo_plan(hh, ww, ka, s, 1, 2, tile=(ty, tx))
+        if min(hh, ww) <= (ka - 1) // 2 or static.tile != (ty, tx):
+            continue  # the static plan clips the tile to a smaller output; the dynamic graph keeps it
+        compared += 1
+        tables = dynamic_halo_tables(torch.zeros(1, 6, hh, ww), spec)
+        n = static.tiles
+        keys, queries = torch.cat(tables.key_index, 1)[0], torch.cat(tables.query_index, 1)[0]
+        assert keys.shape[0] >= n and torch.equal(keys[:n], static.key_index.long()), (hh, ww)
+        assert torch.equal(keys[n:], keys[n - 1:n].expand(keys.shape[0] - n, -1)), (hh, ww)
+        (h_out, w_out), (ty_, tx_) = static.out_size, static.tile
+        nty, ntx = -(-h_out // ty_), -(-w_out // tx_)
+        ys = (torch.arange(nty)[:, None, None, None] * ty_ + torch.arange(ty_)[None, None, :, None]) < h_out
+        xs = (torch.arange(ntx)[None, :, None, None] * tx_ + torch.arange(tx_)[None, None, None, :]) < w_out
+        inside = (ys & xs).reshape(n, -1)
+        assert torch.equal(queries[:n][inside], static.query_index.long()[inside]), (hh, ww)
+        assert int(queries.max()) < hh * ww and int(queries.min()) >= 0
+        assert torch.equal(tables.output_index, static.output_index.long()), (hh, ww)
+        assert tables.out_shape.tolist() == [0, -1, *static.out_size]
+        loc_h, loc_w = torch.linspace(-1, 1, hh), torch.linspace(-1, 1, ww)
+        assert torch.allclose(tables.loc_h.flatten(), loc_h, atol=1e-6)
+        assert torch.allclose(tables.loc_w.flatten(), loc_w, atol=1e-6)
+    assert compared >= 2
 
 
 class _Core(nn.Module):
@@ -84,6 +121,70 @@ class _Core(nn.Module):
 
     def forward(self, qkv):
         return dynamic_halo_attention(qkv, self.pos, self.spec)
+
+
+class _Tables(nn.Module):
+    """The tables of one spec as two flat outputs (the integer tables, the float coordinates)."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, qkv):
+        t = dynamic_halo_tables(qkv, self.spec)
+        ints = [*(k.flatten() for k in t.key_index), *(q.flatten() for q in t.query_index), t.output_index,
+                t.out_shape]
+        return torch.cat(ints), torch.cat([t.loc_w.flatten(), t.loc_h.flatten()])
+
+
+@pytest.mark.parametrize("geometry", [(7, 1, 4, 4, 3), (7, 2, 4, 4, 2), (5, 1, 3, 5, 1), (3, 2, 7, 7, 4)])
+def test_onnx_tables_equal_the_eager_tables_at_every_size(geometry):
+    """The hand-written ONNX arithmetic (_HaloTablesOp's symbolic) against its NumPy twin, size by size.
+
+    Integers exactly; the coordinates to float32 rounding (both do one division, a product and a difference).
+    """
+    import io
+
+    ka, s, ty, tx, groups = geometry
+    spec = _spec(1, 2, ka, s, (4 * ty * s, 3 * tx * s), (ty, tx), None, torch.float32)
+    spec = type(spec)(**{**spec.__dict__, "groups": groups})
+    buf = io.BytesIO()
+    torch.onnx.export(_Tables(spec), (torch.zeros(1, 6, 4 * ty * s, 3 * tx * s),), buf, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["ints", "locs"],
+                      dynamic_axes={"x": {2: "h", 3: "w"}, "ints": {0: "n"}, "locs": {0: "m"}})
+    ops = {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
+    assert ops <= {"Shape", "Slice", "Gather", "Add", "Sub", "Mul", "Div", "Range", "Reshape", "Abs", "Max", "Min",
+                   "Split", "Concat", "Cast", "Constant"}, ops
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    for hh, ww in [(4, 4), (5, 9), (9, 5), (13, 13), (16, 30), (31, 17), (64, 40), (97, 3 * ka)]:
+        x = torch.zeros(1, 6, hh, ww)
+        ints, locs = sess.run(None, {"x": x.numpy()})
+        want_ints, want_locs = (t.numpy() for t in _Tables(spec)(x))
+        np.testing.assert_array_equal(ints, want_ints, err_msg=str((hh, ww)))
+        np.testing.assert_allclose(locs, want_locs, rtol=0, atol=2e-7, err_msg=str((hh, ww)))
+
+
+def test_dynamic_graph_fuses_like_the_fixed_one(tiny_dynamic, tmp_path):
+    """ONNX Runtime fuses the attention + convolution path sum and the residual sums into the convolutions.
+
+    It does only when both inputs of each Add have equal symbolic sizes; the exporter leaves the sizes that
+    come out of the table arithmetic unnamed (name_symbolic_sizes names them).  Before, the dynamic graph ran
+    4 more unfused Conv + Add + Relu triples than the fixed one.
+    """
+    train, path, _ = tiny_dynamic
+    fixed = tmp_path / "fixed.onnx"
+    export_onnx(ad.reparameterize_model(train), fixed, (3, 32, 32))
+
+    def fused(p):
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / (p.stem + ".opt.onnx"))
+        ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(so.optimized_model_filepath).graph.node
+        return sorted((n.domain, n.op_type, len(n.input)) for n in nodes if "Conv" in n.op_type or n.op_type == "Relu")
+
+    want = fused(fixed)
+    assert ("com.microsoft", "FusedConv", 4) in want  # the sum of the block fused into its convolution path
+    assert fused(path) == want
 
 
 @pytest.mark.parametrize("case,sizes", CORE_CASES[:2])
