@@ -19,6 +19,7 @@ whole runs by 5-10%; it is the figure the goals are judged on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -59,6 +60,11 @@ class Timings:
             "of_medians": round(statistics.median(times[num]) / statistics.median(times[den]), 3),
         }
 
+    def per_call(self, calls: int) -> Timings:
+        """The times of runs that each made ``calls`` calls (:func:`repeated`), divided into one call's."""
+        return Timings({n: [t / calls for t in v] for n, v in self.wall.items()},
+                       {n: [t / calls for t in v] for n, v in self.cpu.items()})
+
 
 def interleaved(
     fns: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1, pause_s: float = PAUSE_S,
@@ -90,6 +96,23 @@ def interleaved(
             out.wall[name].append((time.perf_counter_ns() - t0) / 1e6)
             out.cpu[name].append((time.process_time_ns() - c0) / 1e6)
     return out
+
+
+def repeats_for(fn: Callable[[Any], Any], x: Any, min_run_ms: float) -> int:
+    """How many calls of ``fn(x)`` make a timed run of at least ``min_run_ms`` (one call if it is longer)."""
+    fn(x)
+    t0 = time.perf_counter_ns()
+    fn(x)
+    one_ms = (time.perf_counter_ns() - t0) / 1e6
+    return max(1, math.ceil(min_run_ms / max(one_ms, 1e-3)))
+
+
+def repeated(fn: Callable[[Any], Any], calls: int) -> Callable[[Any], None]:
+    """``fn`` called ``calls`` times in a row per call (time a few-millisecond model over many calls)."""
+    def run(x: Any) -> None:
+        for _ in range(calls):
+            fn(x)
+    return run
 
 
 def bind(fns: Mapping[str, Callable[[Any], Any]], x: Any) -> dict[str, Callable[[], Any]]:

@@ -34,7 +34,7 @@ from acmix_deploy.runtime import OrtRunner
 from acmix_deploy.testing import randomize_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PAUSE_S, bind, interleaved, load_average, write_json  # noqa: E402
+from common import PAUSE_S, bind, interleaved, load_average, repeated, repeats_for, write_json  # noqa: E402
 
 GOAL = 1.10
 DEFAULT_SIZES = {"acmix_resnet50": ["224", "192x320"], "acmix_resnet_tiny": ["32", "40x64"]}
@@ -71,6 +71,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or this process's CPU time (robust to other jobs; use with --threads 1)")
+    ap.add_argument("--min-run-ms", type=float, default=100.0,
+                    help="each timed run repeats the call until it lasts about this long (small models at batch 1 "
+                         "take a few ms: one call after the pause between runs is mostly cold caches)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,10 +105,13 @@ def main() -> None:
                    for name, r in (("dynamic", dynamic), ("static", static))}
             for b in args.batch:
                 x = np.random.default_rng(0).standard_normal((b, 3, h, w), dtype=np.float32)
-                t = interleaved(bind({"dynamic": dynamic.infer, "static": static.infer}, x), args.rounds)
+                calls = repeats_for(static.infer, x, args.min_run_ms)
+                t = interleaved(bind({"dynamic": repeated(dynamic.infer, calls), "static": repeated(static.infer, calls)},
+                                     x), args.rounds).per_call(calls)
                 ratio = t.ratio("dynamic", "static", args.clock)
                 med = t.medians(args.clock)
-                row = {"model": arch, "size": [h, w], "batch": b, "dynamic_ms": round(med["dynamic"], 2),
+                row = {"model": arch, "size": [h, w], "batch": b, "calls_per_run": calls,
+                       "dynamic_ms": round(med["dynamic"], 2),
                        "static_ms": round(med["static"], 2), "dynamic_over_static": ratio["paired_median"],
                        "range": [ratio["paired_min"], ratio["paired_max"]], "of_medians": ratio["of_medians"],
                        "goal_met": ratio["paired_median"] <= GOAL, "nodes": {"dynamic": res.nodes,
@@ -126,7 +132,7 @@ def main() -> None:
         device.update(isa)
         write_json({
             "benchmark": "dynamic_hw_speed", "device": device,
-            "setup": {"rounds": args.rounds, "clock": args.clock, "pause_between_runs_s": PAUSE_S, "ort_intra_op_spinning": False,
+            "setup": {"rounds": args.rounds, "clock": args.clock, "min_run_ms": args.min_run_ms, "pause_between_runs_s": PAUSE_S, "ort_intra_op_spinning": False,
                       "trace_sizes": {m: TRACE_SIZE.get(m, 224) for m in args.models},
                       "statistic": "median of per-round paired ratios dynamic/static (range min-max); "
                                    "interleaved rounds with rotating start",

@@ -173,11 +173,13 @@ def guard_spatial_rule(proto, rule: SpatialRule) -> None:
     """Make ``proto`` (a graph with dynamic height and width) fail in ONNX Runtime at a size outside ``rule``.
 
     ONNX has no assertion operator.  Every consumer of the input reads instead
-    ``Reshape(images, Shape(images) + Gather([0], bad))``, ``bad`` the number of axes (0..2) whose size
-    is not a multiple of ``rule.multiple`` or is below ``rule.minimum``: at a valid size the index is 0,
-    the added offset is 0 and the Reshape returns the input unchanged (no arithmetic on the values, so the
-    outputs are bit-identical; ONNX Runtime's Reshape aliases its input, no copy); at an invalid size the
-    index is out of the one-element table and the Gather raises.  Edits ``proto`` in place.
+    ``Reshape(images, Gather([[0, 0, 0, 0]], bad))``, ``bad`` the number of axes (0..2) whose size is not a
+    multiple of ``rule.multiple`` or is below ``rule.minimum``: at a valid size the Reshape's shape is
+    ``[0, 0, 0, 0]`` (every axis kept) and it returns the input unchanged (no arithmetic on the values, so
+    the outputs are bit-identical; ONNX Runtime's Reshape aliases its input, no copy); at an invalid size
+    the index is out of the one-row table and the Gather raises.  Height and width are read as the shape of
+    ``images[0, 0]``, so once they are fixed (ONNX Runtime's free dimension overrides) the whole guard folds
+    into a constant, batch still dynamic.  Edits ``proto`` in place.
     """
     onnx = require("onnx", "onnx")
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
@@ -186,12 +188,16 @@ def guard_spatial_rule(proto, rule: SpatialRule) -> None:
     checked = p + "images"
     for node in proto.graph.node:
         node.input[:] = [checked if name == INPUT_NAME else name for name in node.input]
-    consts = {"hw_start": [2], "hw_end": [4], "multiple": list(rule.multiple), "minimum": list(rule.minimum),
-              "zero": [0]}
-    inits = [numpy_helper.from_array(np.array(v, dtype=np.int64), p + k) for k, v in consts.items()]
+    consts = {"multiple": np.array(rule.multiple), "minimum": np.array(rule.minimum), "keep": np.zeros((1, 4)),
+              "zero": np.array(0)}
+    # [H, W] as the shape of images[0, 0]: no batch axis, so the guard folds into a constant once height and
+    # width are fixed (ONNX Runtime folds a Shape only when every axis of its input is known).
+    read_hw = [helper.make_node("Gather", [INPUT_NAME, p + "zero"], [p + "image"], axis=0),
+               helper.make_node("Gather", [p + "image", p + "zero"], [p + "plane"], axis=0),
+               helper.make_node("Shape", [p + "plane"], [p + "hw"])]
+    inits = [numpy_helper.from_array(v.astype(np.int64), p + k) for k, v in consts.items()]
     nodes = [
-        helper.make_node("Shape", [INPUT_NAME], [p + "shape"]),
-        helper.make_node("Slice", [p + "shape", p + "hw_start", p + "hw_end"], [p + "hw"]),
+        *read_hw,
         helper.make_node("Div", [p + "hw", p + "multiple"], [p + "quotient"]),
         helper.make_node("Mul", [p + "quotient", p + "multiple"], [p + "rounded"]),
         helper.make_node("Equal", [p + "rounded", p + "hw"], [p + "divisible"]),
@@ -201,9 +207,8 @@ def guard_spatial_rule(proto, rule: SpatialRule) -> None:
         helper.make_node("Cast", [p + "invalid"], [p + "invalid_int"], to=onnx.TensorProto.INT64),
         helper.make_node("ReduceSum", [p + "invalid_int"], [p + "bad"], keepdims=0),
         # Out of bounds (ONNX Runtime raises "indices element out of data bounds") unless bad == 0.
-        helper.make_node("Gather", [p + "zero", p + "bad"], [p + "offset"], axis=0,
+        helper.make_node("Gather", [p + "keep", p + "bad"], [p + "same_shape"], axis=0,
                          name=f"{GUARD_NAME}: {rule.describe()}"),
-        helper.make_node("Add", [p + "shape", p + "offset"], [p + "same_shape"]),
         helper.make_node("Reshape", [INPUT_NAME, p + "same_shape"], [checked]),
     ]
     proto.graph.initializer.extend(inits)
