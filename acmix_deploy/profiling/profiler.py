@@ -66,6 +66,8 @@ class ProfileSettings:
     arch: str | None = None
     model_def: str | None = None  # a user's model (see acmix_deploy.read_checkpoint)
     model_args: str | dict | None = None
+    # ONNX Runtime on a graph with dynamic height and width: sessions fixed to one input size each (OrtRunner)
+    specialize: int = 4
 
     def validate(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -82,6 +84,8 @@ class ProfileSettings:
             raise ConfigError(f"{{warmup}} must be >= 0, got {self.warmup}", params=["warmup"])
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{{threads}} must be positive, got {self.threads}", params=["threads"])
+        if self.specialize < 0:
+            raise ConfigError(f"{{specialize}} must be 0 or more, got {self.specialize}", params=["specialize"])
         normalize_imgsz(self.imgsz)  # ConfigError for anything but a positive int or (height, width)
         for size in self.sizes:
             normalize_imgsz(tuple(size))
@@ -127,7 +131,7 @@ def _file_target(path: Path, backend: str, form: str, settings: ProfileSettings)
     if backend == "tensorrt" and settings.device != "cuda":
         raise ConfigError("TensorRT engines run on the GPU: profile them with {device} cuda", params=["device"])
     runner = open_runner(path, backend=backend, device=settings.device, arch=settings.arch, imgsz=settings.imgsz,
-                         threads=settings.threads)
+                         threads=settings.threads, specialize=settings.specialize)
     if backend == "onnxruntime" and settings.device == "cuda" and "CUDAExecutionProvider" not in runner.providers:
         raise ConfigError(
             "{device} cuda with onnxruntime needs the CUDA execution provider (pip install onnxruntime-gpu); "
@@ -394,6 +398,10 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             if progress:
                 progress(what, done, total)
 
+        if any(getattr(t.handle, "specialize", 0) for t in targets):
+            notes.append(f"onnxruntime ran each input size in a session with that height and width fixed "
+                         f"(specialize {settings.specialize}): the speed of a graph exported at that size; "
+                         "specialize 0 times the general graph with dynamic height and width")
         report = {
             "schema": REPORT_SCHEMA,
             "device": device_fingerprint(settings.device, settings.threads),
@@ -401,6 +409,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             "settings": {"backends": list(settings.backends), "batches": list(settings.batches),
                          "imgsz": [list(sz[1:]) for sz in input_sizes],
                          "warmup": settings.warmup, "iters": settings.iters, "seconds": settings.seconds,
+                         "specialize": settings.specialize,
                          "timer": "cuda_events" if settings.device == "cuda" else "perf_counter_ns",
                          "percentiles": "linear interpolation between closest ranks (NumPy default)"},
             "results": results,

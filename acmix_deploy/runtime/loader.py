@@ -103,6 +103,8 @@ def open_runner(
     model_args: str | dict | None = None,
     allowed: tuple[str, ...] | None = None,
     input_size: tuple[int, int, int] | None = None,
+    specialize: int = 0,
+    background: bool = False,
 ) -> Runner:
     """Open ``path`` with the runner of its format (see the module docstring), warmed up.
 
@@ -112,7 +114,8 @@ def open_runner(
     AOTInductor packages that record none; exported files keep the size they were exported with.
     ``input_size`` (C, H, W) is the input of an AOTInductor package that records none when the caller knows
     it (``compare``, from the checkpoint).  ``threads`` sets ONNX Runtime's intra-op threads (OpenVINO's
-    inference threads).  ``allowed`` narrows the suffix table.
+    inference threads).  ``allowed`` narrows the suffix table.  ``specialize`` and ``background`` go to
+    :class:`OrtRunner` (per-size sessions of a graph with dynamic height and width; ONNX Runtime only).
     """
     imgsz = normalize_imgsz(imgsz)  # a bad value is refused before any file is read
     path = Path(path)
@@ -129,7 +132,7 @@ def open_runner(
     runner: Runner
     if backend == "onnxruntime":
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else None
-        runner = OrtRunner(path, providers=providers, threads=threads)
+        runner = OrtRunner(path, providers=providers, threads=threads, specialize=specialize, background=background)
     elif backend == "openvino":
         if device == "cuda":
             raise ConfigError(f"the openvino backend runs {path.name} on the CPU; drop {{device}} cuda", params=["device"])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,10 @@ def _spec(arg, path: Path) -> TensorSpec:
     return TensorSpec(arg.name, dims, _ORT_DTYPES[arg.type])
 
 
+# How many requests of one size a background-specialising runner sees before it builds that size's session.
+SPECIALIZE_AFTER = 3
+
+
 class OrtRunner(Runner):
     """An ``onnxruntime.InferenceSession`` over one ONNX file.
 
@@ -35,31 +42,35 @@ class OrtRunner(Runner):
     providers actually in use are read back from the session (``providers``).
     Input and output specs are the graph's; a graph with a fixed batch axis (exported static) takes that
     batch only.
+
+    ``specialize`` (graphs exported with dynamic height and width only): keep up to that many more
+    sessions, each with the height and width of one input size fixed (ONNX Runtime's free dimension
+    overrides).  In such a session ONNX Runtime folds the graph's size arithmetic (the attention's index
+    tables, the size guard) into constants when it loads it, so it runs as fast as a graph exported at
+    that size, batch still dynamic.  The least recently used one is dropped beyond ``specialize``; each
+    costs about the graph's weights in memory again (ACmix-ResNet-50: +105 MB, built in 0.3 s).  By
+    default a size's session is built the first time it is seen (``infer`` waits for it); with
+    ``background=True`` (the server) only once a size has been seen :data:`SPECIALIZE_AFTER` times, in a
+    background thread, one at a time, while the general session answers meanwhile, so that a client
+    cannot make the server build sessions with one request per size.
     """
 
     backend = "onnxruntime"
     batch_range_name = "the ONNX model's batch range"
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None,
-                 profile_prefix: str | None = None, spinning: bool = True):
-        ort = require("onnxruntime", "onnx")
+                 profile_prefix: str | None = None, spinning: bool = True, specialize: int = 0,
+                 background: bool = False):
+        self._ort = ort = require("onnxruntime", "onnx")
         path = Path(path)
         if not path.is_file():
             raise AcmixDeployError(f"ONNX model {path} does not exist")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        if not spinning:
-            # Idle intra-op threads otherwise spin-wait for work; with several sessions in one process on a
-            # small CPU they take the cores of the session that is running.
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if profile_prefix:
-            opts.enable_profiling = True
-            opts.profile_file_prefix = profile_prefix
+        if specialize < 0:
+            raise AcmixDeployError(f"specialize must be 0 or more sessions, got {specialize}")
+        self._threads, self._spinning, self._profile_prefix = threads, spinning, profile_prefix
+        self._requested_providers = providers or ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), self._options(), providers=self._requested_providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise AcmixDeployError(f"ONNX Runtime cannot load {path}: {first}") from None
@@ -77,6 +88,84 @@ class OrtRunner(Runner):
         rule = spatial_rule(decode_metadata(self.session.get_modelmeta().custom_metadata_map))
         super().__init__(f"onnxruntime:{self.providers[0].replace('ExecutionProvider', '')}",
                          "cuda" if gpu else "cpu", inputs, outputs, batch_range, spatial_rule=rule)
+        # Per-size sessions: only for a graph whose height and width are named axes (dynamic_hw exports).
+        hw_names = inputs[0].shape[2:] if len(inputs[0].shape) == 4 else ()
+        named = rule is not None and len(hw_names) == 2 and all(isinstance(n, str) for n in hw_names)
+        self._hw_names = tuple(hw_names) if named else None
+        self.specialize = specialize if named else 0
+        self._background = background
+        self._special: collections.OrderedDict[tuple[int, int], object] = collections.OrderedDict()
+        self._seen: collections.Counter[tuple[int, int]] = collections.Counter()
+        self._building: set[tuple[int, int]] = set()
+        self._failed: set[tuple[int, int]] = set()
+        self._lock = threading.Lock()
+
+    def _options(self, hw: tuple[int, int] | None = None):
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self._threads:
+            opts.intra_op_num_threads = self._threads
+            opts.inter_op_num_threads = 1
+        if not self._spinning:
+            # Idle intra-op threads otherwise spin-wait for work; with several sessions in one process on a
+            # small CPU they take the cores of the session that is running.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self._profile_prefix and hw is None:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = self._profile_prefix
+        if hw is not None:
+            for name, size in zip(self._hw_names, hw):
+                opts.add_free_dimension_override_by_name(name, int(size))
+        return opts
+
+    @property
+    def specialized_sizes(self) -> list[tuple[int, int]]:
+        """The (height, width) of the per-size sessions held now, least recently used first."""
+        with self._lock:
+            return list(self._special)
+
+    def session_for(self, x: np.ndarray):
+        """The session that runs ``x``: its size's specialised one when there is (or now is) one, else the general one."""
+        if not self.specialize or x.ndim != 4:
+            return self.session
+        hw = (int(x.shape[2]), int(x.shape[3]))
+        with self._lock:
+            session = self._special.get(hw)
+            if session is not None:
+                self._special.move_to_end(hw)
+                return session
+            if hw in self._failed or hw in self._building:
+                return self.session
+            if len(self._seen) >= 1024:  # many sizes seen once each: start counting afresh
+                self._seen.clear()
+            self._seen[hw] += 1
+            if self._background and (self._building or self._seen[hw] < SPECIALIZE_AFTER):
+                return self.session
+            self._building.add(hw)
+        if self._background:
+            threading.Thread(target=self._specialize, args=(hw,), name=f"ort-specialize-{hw[0]}x{hw[1]}",
+                             daemon=True).start()
+            return self.session
+        return self._specialize(hw) or self.session
+
+    def _specialize(self, hw: tuple[int, int]):
+        try:
+            session = self._ort.InferenceSession(str(self.path), self._options(hw), providers=self._requested_providers)
+        except Exception as exc:  # noqa: BLE001 - the general session still runs this size
+            warnings.warn(f"{self.path.name}: no session specialised to {hw[0]}x{hw[1]} ({type(exc).__name__}: "
+                          f"{exc}); the general one runs it", stacklevel=2)
+            session = None
+        with self._lock:
+            self._building.discard(hw)
+            self._seen.pop(hw, None)
+            if session is None:
+                self._failed.add(hw)
+                return None
+            self._special[hw] = session
+            while len(self._special) > self.specialize:
+                self._special.popitem(last=False)
+        return session
 
     @property
     def input_shape(self) -> list:
@@ -84,9 +173,9 @@ class OrtRunner(Runner):
         return list(self.session.get_inputs()[0].shape)
 
     def _infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return self.session_for(x).run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
 
     def _prepare_impl(self, x: np.ndarray):
         feed = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
-        session = self.session
+        session = self.session_for(x)
         return lambda: session.run(None, feed)

@@ -569,8 +569,12 @@ def build_server(app, sock: socket.socket, log_level: str = "info", graceful_tim
 def serve(model_path, settings: ServeSettings, backend: str | None = None, device: str = "cpu",
           arch: str | None = None, imgsz: int | tuple[int, int] | None = None, threads: int | None = None,
           log_level: str = "info", on_ready=None, model_def: str | None = None,
-          model_args: str | dict | None = None) -> None:
-    """Load ``model_path``, bind ``settings.host:settings.port``, serve until SIGTERM / SIGINT."""
+          model_args: str | dict | None = None, specialize: int = 0) -> None:
+    """Load ``model_path``, bind ``settings.host:settings.port``, serve until SIGTERM / SIGINT.
+
+    ``specialize``: ONNX Runtime sessions fixed to one input size, built in the background for sizes
+    requested repeatedly (a graph exported with dynamic height and width; see :class:`OrtRunner`).
+    """
     require("fastapi", "serve")
     require("uvicorn", "serve")
     require("prometheus_client", "serve")
@@ -578,7 +582,7 @@ def serve(model_path, settings: ServeSettings, backend: str | None = None, devic
     sock = bind_socket(settings.host, settings.port)  # fail on a taken port before loading the model
     try:
         runner = open_runner(model_path, backend=backend, device=device, arch=arch, imgsz=imgsz, threads=threads,
-                             model_def=model_def, model_args=model_args)
+                             model_def=model_def, model_args=model_args, specialize=specialize, background=True)
         app = create_app(runner, settings)
         if on_ready is not None:
             on_ready(runner, sock.getsockname()[:2])
