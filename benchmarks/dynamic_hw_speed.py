@@ -4,8 +4,11 @@ For each model, one graph is exported with dynamic batch, height and width (``dy
 and tuned at ``--imgsz``) and one static graph per measured size (dynamic batch only, traced at that size:
 what ``acmix-deploy export --imgsz H,W`` writes today).  For every (size, batch) the two sessions run
 interleaved in one process (``benchmarks/common.py``: rotating start, pause between runs) and the script
-prints dynamic / static as the median of the per-round paired ratios, with its range.  Both graphs are
-also checked against the training form at every size (relative max difference).
+prints dynamic / static as the median of the per-round paired ratios, with its range.  A third column runs
+the dynamic file through ``OrtRunner(specialize=...)``, a session with that height and width fixed (what
+``serve`` and ``profile`` do by default): specialised / static.  Both graphs are also checked against the
+training form at every size (relative max difference).  Each timed run repeats the call for at least
+``--min-run-ms`` (small models at batch 1 take a few milliseconds).
 
 Goal (issue 18): dynamic / static <= 1.10 at every size and batch.
 
@@ -93,6 +96,9 @@ def main() -> None:
         print(f"{arch}: dynamic graph traced at {trace}x{trace}, {res.nodes} nodes; valid sizes: "
               f"{res.spatial_rule.describe()}", flush=True)
         dynamic = OrtRunner(dyn_path, threads=args.threads, spinning=False)
+        # The same file with per-size sessions (OrtRunner(specialize=...), what serve and profile use by default)
+        special = OrtRunner(dyn_path, threads=args.threads, spinning=False, specialize=len(args.sizes or
+                                                                                          DEFAULT_SIZES.get(arch, ["224"])))
         for text in args.sizes or DEFAULT_SIZES.get(arch, ["224"]):
             h, w = parse_size(text)
             static_path = tmp / f"{arch}.{h}x{w}.onnx"
@@ -106,14 +112,19 @@ def main() -> None:
             for b in args.batch:
                 x = np.random.default_rng(0).standard_normal((b, 3, h, w), dtype=np.float32)
                 calls = repeats_for(static.infer, x, args.min_run_ms)
-                t = interleaved(bind({"dynamic": repeated(dynamic.infer, calls), "static": repeated(static.infer, calls)},
-                                     x), args.rounds).per_call(calls)
+                special.infer(x)  # builds the session fixed to this size (blocking mode)
+                t = interleaved(bind({"dynamic": repeated(dynamic.infer, calls), "static": repeated(static.infer, calls),
+                                      "specialised": repeated(special.infer, calls)}, x), args.rounds).per_call(calls)
                 ratio = t.ratio("dynamic", "static", args.clock)
+                sratio = t.ratio("specialised", "static", args.clock)
                 med = t.medians(args.clock)
                 row = {"model": arch, "size": [h, w], "batch": b, "calls_per_run": calls,
                        "dynamic_ms": round(med["dynamic"], 2),
                        "static_ms": round(med["static"], 2), "dynamic_over_static": ratio["paired_median"],
                        "range": [ratio["paired_min"], ratio["paired_max"]], "of_medians": ratio["of_medians"],
+                       "specialised_ms": round(med["specialised"], 2),
+                       "specialised_over_static": sratio["paired_median"],
+                       "specialised_range": [sratio["paired_min"], sratio["paired_max"]],
                        "goal_met": ratio["paired_median"] <= GOAL, "nodes": {"dynamic": res.nodes,
                                                                              "static": static_res.nodes},
                        "rel_vs_training": err, "rounds_ms": {k: [round(v, 1) for v in vs]
@@ -122,6 +133,8 @@ def main() -> None:
                 print(f"{arch:18s} {h:4d}x{w:<4d} batch {b:2d}: dynamic {med['dynamic']:8.1f} ms  static "
                       f"{med['static']:8.1f} ms  dynamic/static {ratio['paired_median']:.3f}x (rounds "
                       f"{ratio['paired_min']:.2f}-{ratio['paired_max']:.2f}, of medians {ratio['of_medians']:.3f}x)  "
+                      f"specialised/static {sratio['paired_median']:.3f}x ({sratio['paired_min']:.2f}-"
+                      f"{sratio['paired_max']:.2f})  "
                       f"rel. error vs training: dynamic {err['dynamic']:.1e}, static {err['static']:.1e}", flush=True)
     load_after = load_average()
     met = all(r["goal_met"] for r in results)
