@@ -59,7 +59,7 @@ def profile(
     iters: int = typer.Option(30, "--iters", help="Timed runs (ignored with --seconds)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Time for this long instead of --iters."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime."),
-    specialize: int = typer.Option(4, "--specialize", min=0, help="A --dynamic-hw graph in onnxruntime: each size runs in a session fixed to it, as serve does (0: the general session, to time the dynamic graph itself)."),
+    specialize: int = typer.Option(4, "--specialize", min=0, help="A --dynamic-hw graph in onnxruntime or openvino: each size runs in a session fixed to it, as serve does (0: the general session, to time the dynamic graph itself)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
     compare_forms: bool = typer.Option(False, "--compare-forms", help="Time training and deploy forms side by side."),
     layers: bool = typer.Option(False, "--layers", help="Show the top operators by time."),

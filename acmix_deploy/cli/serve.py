@@ -30,7 +30,7 @@ def serve(
     keep_alive_s: float = typer.Option(5.0, "--keep-alive-s", help="Idle keep-alive connections closed after this."),
     graceful_timeout_s: float = typer.Option(30.0, "--graceful-timeout-s", help="SIGTERM: longest wait for requests in flight."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads per batch."),
-    specialize: int = typer.Option(4, "--specialize", min=0, help="A --dynamic-hw ONNX graph: up to this many sessions fixed to one size each, built in the background once a size has 3 requests; they run at the speed of a graph exported at that size (about the weights' memory each; 0: off)."),
+    specialize: int = typer.Option(4, "--specialize", min=0, help="A --dynamic-hw ONNX graph (onnxruntime, openvino): up to this many sessions fixed to one size each, built in the background once a size has 3 requests; they run at the speed of a graph exported at that size (about the weights' memory each; 0: off)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (bare state dicts, .pt2)."),
     imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help="Input size of checkpoints and .pt2 packages: N or H W."),
     model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own model: FILE.py:FACTORY or package.module:FACTORY (a moved definition, or a bare state dict)."),

@@ -399,7 +399,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                 progress(what, done, total)
 
         if any(getattr(t.handle, "specialize", 0) for t in targets):
-            notes.append(f"onnxruntime ran each input size in a session with that height and width fixed "
+            notes.append(f"onnxruntime / openvino ran each input size in a session with that height and width fixed "
                          f"(specialize {settings.specialize}): the speed of a graph exported at that size; "
                          "specialize 0 times the general graph with dynamic height and width")
         report = {

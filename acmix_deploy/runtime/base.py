@@ -19,6 +19,7 @@ import numpy as np
 from ..artifacts.spatial import SpatialRule
 from ..errors import AcmixDeployError, InputShapeError
 from ..outputs import SINGLE_OUTPUT_NAME
+from .per_size import PerSizeCache
 
 __all__ = ["BATCH_AXIS", "Dim", "Runner", "TensorSpec", "check_single_output", "single_output"]
 
@@ -78,6 +79,8 @@ class Runner(abc.ABC):
 
     backend: ClassVar[str] = ""  # "torch", "onnxruntime", "aoti", "tensorrt" (the loader's suffix table)
     batch_range_name: ClassVar[str] = "the model's batch range"  # how an out-of-range batch is described
+    # Per-size sessions or compiled models of a graph with dynamic height and width (ONNX Runtime, OpenVINO)
+    per_size: PerSizeCache | None = None
 
     def __init__(self, name: str, device: str, input_specs: tuple[TensorSpec, ...] | list[TensorSpec],
                  output_specs: tuple[TensorSpec, ...] | list[TensorSpec] | None = None,
@@ -93,6 +96,16 @@ class Runner(abc.ABC):
         self._output_specs = tuple(output_specs) if output_specs is not None else None
         self.batch_range: tuple[int, int | None] = (int(lo), None if hi is None else int(hi))
         self.spatial_rule = spatial_rule
+
+    @property
+    def specialize(self) -> int:
+        """How many per-size handles this runner keeps (:mod:`.per_size`; 0: none, always for a fixed size)."""
+        return self.per_size.capacity if self.per_size is not None else 0
+
+    @property
+    def specialized_sizes(self) -> list[tuple[int, int]]:
+        """The (height, width) of the per-size handles held now, least recently used first."""
+        return self.per_size.sizes if self.per_size is not None else []
 
     # -- what it takes and returns -------------------------------------------------------------------
 

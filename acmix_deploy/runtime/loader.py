@@ -115,7 +115,8 @@ def open_runner(
     ``input_size`` (C, H, W) is the input of an AOTInductor package that records none when the caller knows
     it (``compare``, from the checkpoint).  ``threads`` sets ONNX Runtime's intra-op threads (OpenVINO's
     inference threads).  ``allowed`` narrows the suffix table.  ``specialize`` and ``background`` go to
-    :class:`OrtRunner` (per-size sessions of a graph with dynamic height and width; ONNX Runtime only).
+    the ONNX Runtime and OpenVINO runners (per-size sessions or compiled models of a graph with dynamic
+    height and width, :mod:`.per_size`).
     """
     imgsz = normalize_imgsz(imgsz)  # a bad value is refused before any file is read
     path = Path(path)
@@ -136,7 +137,7 @@ def open_runner(
     elif backend == "openvino":
         if device == "cuda":
             raise ConfigError(f"the openvino backend runs {path.name} on the CPU; drop {{device}} cuda", params=["device"])
-        runner = OpenVinoRunner(path, threads=threads)
+        runner = OpenVinoRunner(path, threads=threads, specialize=specialize, background=background)
     elif backend == "tensorrt":
         sidecar = read_sidecar(path)  # read once: the runner gets it, not the path to read again
         # TensorRT without a usable CUDA device crashes the process on deserialization: refuse first.

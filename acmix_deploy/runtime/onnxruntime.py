@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import collections
 import os
-import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..artifacts.onnx import decode_metadata, spatial_rule
-from ..errors import AcmixDeployError
+from ..errors import AcmixDeployError, ConfigError
 from ..util import require
 from .base import Runner, TensorSpec
+from .per_size import PerSizeCache
 
 # ONNX Runtime's type strings -> NumPy dtypes
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -27,10 +25,6 @@ def _spec(arg, path: Path) -> TensorSpec:
     # ONNX Runtime gives an int for a fixed axis, the symbolic name for a named one, None for an unnamed one.
     dims = tuple(d if isinstance(d, str) or d is None else (int(d) if int(d) >= 0 else None) for d in arg.shape)
     return TensorSpec(arg.name, dims, _ORT_DTYPES[arg.type])
-
-
-# How many requests of one size a background-specialising runner sees before it builds that size's session.
-SPECIALIZE_AFTER = 3
 
 
 class OrtRunner(Runner):
@@ -47,12 +41,8 @@ class OrtRunner(Runner):
     sessions, each with the height and width of one input size fixed (ONNX Runtime's free dimension
     overrides).  In such a session ONNX Runtime folds the graph's size arithmetic (the attention's index
     tables, the size guard) into constants when it loads it, so it runs as fast as a graph exported at
-    that size, batch still dynamic.  The least recently used one is dropped beyond ``specialize``; each
-    costs about the graph's weights in memory again (ACmix-ResNet-50: +105 MB, built in 0.3 s).  By
-    default a size's session is built the first time it is seen (``infer`` waits for it); with
-    ``background=True`` (the server) only once a size has been seen :data:`SPECIALIZE_AFTER` times, in a
-    background thread, one at a time, while the general session answers meanwhile, so that a client
-    cannot make the server build sessions with one request per size.
+    that size, batch still dynamic.  Each costs about the graph's weights in memory again (ACmix-ResNet-50:
+    +105 MB, built in 0.3 s).  ``background`` chooses how they are built (:mod:`.per_size`).
     """
 
     backend = "onnxruntime"
@@ -66,7 +56,7 @@ class OrtRunner(Runner):
         if not path.is_file():
             raise AcmixDeployError(f"ONNX model {path} does not exist")
         if specialize < 0:
-            raise AcmixDeployError(f"specialize must be 0 or more sessions, got {specialize}")
+            raise ConfigError(f"specialize must be 0 or more sessions, got {specialize}")
         self._threads, self._spinning, self._profile_prefix = threads, spinning, profile_prefix
         self._requested_providers = providers or ["CPUExecutionProvider"]
         try:
@@ -92,13 +82,8 @@ class OrtRunner(Runner):
         hw_names = inputs[0].shape[2:] if len(inputs[0].shape) == 4 else ()
         named = rule is not None and len(hw_names) == 2 and all(isinstance(n, str) for n in hw_names)
         self._hw_names = tuple(hw_names) if named else None
-        self.specialize = specialize if named else 0
-        self._background = background
-        self._special: collections.OrderedDict[tuple[int, int], object] = collections.OrderedDict()
-        self._seen: collections.Counter[tuple[int, int]] = collections.Counter()
-        self._building: set[tuple[int, int]] = set()
-        self._failed: set[tuple[int, int]] = set()
-        self._lock = threading.Lock()
+        self.per_size = PerSizeCache(self._specialized_session, specialize, background, path.name) \
+            if named and specialize else None
 
     def _options(self, hw: tuple[int, int] | None = None):
         ort = self._ort
@@ -119,53 +104,14 @@ class OrtRunner(Runner):
                 opts.add_free_dimension_override_by_name(name, int(size))
         return opts
 
-    @property
-    def specialized_sizes(self) -> list[tuple[int, int]]:
-        """The (height, width) of the per-size sessions held now, least recently used first."""
-        with self._lock:
-            return list(self._special)
+    def _specialized_session(self, hw: tuple[int, int]):
+        return self._ort.InferenceSession(str(self.path), self._options(hw), providers=self._requested_providers)
 
     def session_for(self, x: np.ndarray):
         """The session that runs ``x``: its size's specialised one when there is (or now is) one, else the general one."""
-        if not self.specialize or x.ndim != 4:
+        if self.per_size is None or x.ndim != 4:
             return self.session
-        hw = (int(x.shape[2]), int(x.shape[3]))
-        with self._lock:
-            session = self._special.get(hw)
-            if session is not None:
-                self._special.move_to_end(hw)
-                return session
-            if hw in self._failed or hw in self._building:
-                return self.session
-            if len(self._seen) >= 1024:  # many sizes seen once each: start counting afresh
-                self._seen.clear()
-            self._seen[hw] += 1
-            if self._background and (self._building or self._seen[hw] < SPECIALIZE_AFTER):
-                return self.session
-            self._building.add(hw)
-        if self._background:
-            threading.Thread(target=self._specialize, args=(hw,), name=f"ort-specialize-{hw[0]}x{hw[1]}",
-                             daemon=True).start()
-            return self.session
-        return self._specialize(hw) or self.session
-
-    def _specialize(self, hw: tuple[int, int]):
-        try:
-            session = self._ort.InferenceSession(str(self.path), self._options(hw), providers=self._requested_providers)
-        except Exception as exc:  # noqa: BLE001 - the general session still runs this size
-            warnings.warn(f"{self.path.name}: no session specialised to {hw[0]}x{hw[1]} ({type(exc).__name__}: "
-                          f"{exc}); the general one runs it", stacklevel=2)
-            session = None
-        with self._lock:
-            self._building.discard(hw)
-            self._seen.pop(hw, None)
-            if session is None:
-                self._failed.add(hw)
-                return None
-            self._special[hw] = session
-            while len(self._special) > self.specialize:
-                self._special.popitem(last=False)
-        return session
+        return self.per_size.get((int(x.shape[2]), int(x.shape[3]))) or self.session
 
     @property
     def input_shape(self) -> list:

@@ -668,10 +668,10 @@ def test_server_takes_every_valid_size_of_a_dynamic_graph(tiny_dynamic):
             replies = list(pool.map(lambda x: post(srv.url, x), xs))
         bad = post(srv.url, np.zeros((1, 3, 20, 16), np.float32))
         # a size requested again and again gets its own session, built in the background
-        import acmix_deploy.runtime.onnxruntime as ort_runtime
+        from acmix_deploy.runtime.per_size import SPECIALIZE_AFTER
 
         x = xs[3]
-        for _ in range(ort_runtime.SPECIALIZE_AFTER):
+        for _ in range(SPECIALIZE_AFTER):
             replies.append(post(srv.url, x))
             xs.append(x)
         deadline = time.monotonic() + 60

@@ -27,7 +27,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from acmix_deploy.exporters.onnx import export_onnx  # noqa: E402
 from acmix_deploy.runtime import OrtRunner  # noqa: E402
-from acmix_deploy.runtime import onnxruntime as ort_runtime  # noqa: E402
+from acmix_deploy.runtime.per_size import SPECIALIZE_AFTER  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +85,9 @@ def test_invalid_sizes_are_refused_before_any_session(tiny_files):
 def test_background_mode_builds_a_size_once_it_repeats(tiny_files):
     runner = OrtRunner(tiny_files[0], specialize=2, background=True)
     x = np.zeros((1, 3, 24, 24), np.float32)
-    for _ in range(ort_runtime.SPECIALIZE_AFTER - 1):
+    for _ in range(SPECIALIZE_AFTER - 1):
         runner.infer(x)
-    assert runner.specialized_sizes == [] and not runner._building
+    assert runner.specialized_sizes == [] and not runner.per_size.building
     runner.infer(x)  # the repeat that starts the build; the general session answers it
     deadline = time.monotonic() + 60
     while runner.specialized_sizes != [(24, 24)] and time.monotonic() < deadline:
@@ -108,3 +108,18 @@ def test_open_runner_passes_it_on(tiny_files):
     runner = open_runner(tiny_files[0], specialize=3)
     assert isinstance(runner, OrtRunner) and runner.specialize == 3
     assert open_runner(tiny_files[0]).specialize == 0
+
+
+def test_openvino_compiles_per_size_too(tiny_files):
+    pytest.importorskip("openvino")
+    from acmix_deploy.runtime.openvino import OpenVinoRunner
+
+    dyn, _ = tiny_files
+    general, runner = OrtRunner(dyn), OpenVinoRunner(dyn, specialize=1)
+    assert runner.specialize == 1
+    rng = np.random.default_rng(1)
+    for h, w in [(32, 32), (24, 40), (24, 40)]:
+        x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+        assert rel_error(torch.from_numpy(general.infer(x)), torch.from_numpy(runner.infer(x))) <= TOL_F32, (h, w)
+        assert runner.specialized_sizes == [(h, w)]
+    assert OpenVinoRunner(tiny_files[1], specialize=2).specialize == 0
