@@ -478,7 +478,7 @@ class ACmixDeploy(nn.Module):
             key = (hh, ww, spec.kernel, spec.stride, spec.tile, spec.groups, x.dtype)
             if key not in shared:
                 shared[key] = dynamic_halo_tables(qkv, spec)
-            att = dynamic_halo_attention(qkv, self.pos_weight, spec, shared[key], like=out)
+            att = dynamic_halo_attention(qkv, self.pos_weight, spec, shared[key])
         elif use_triton(qkv):  # opt-in fused CUDA kernel (kernels/window_attention_triton.py); never while exporting
             att = triton_window_attention(qkv, self.pos_weight, self.head, self.kernel_att, self.stride)
         else:

@@ -270,37 +270,33 @@ def dynamic_halo_tables(qkv: torch.Tensor, spec: DynamicHaloSpec) -> DynamicHalo
 
 
 class _ReshapeOp(torch.autograd.Function):
-    """``Reshape`` with ONNX's rule that 0 keeps the input's size on that axis: one node, no shape arithmetic.
-
-    ``like`` (optional, not an input of the ONNX node): a tensor of the result's shape whose type, with its
-    symbolic sizes, the result takes in the graph, where shape inference could not name the sizes.
-    """
+    """``Reshape`` with ONNX's rule that 0 keeps the input's size on that axis: one node, no shape arithmetic."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, shape, like=None):  # noqa: D102 (see the class)
+    def forward(ctx, x: torch.Tensor, shape):  # noqa: D102 (see the class)
         dims = shape.tolist() if isinstance(shape, torch.Tensor) else list(shape)
         return x.reshape([x.shape[i] if v == 0 else v for i, v in enumerate(dims)])
 
     @staticmethod
-    def symbolic(g, x, shape, like=None):  # noqa: D102
+    def symbolic(g, x, shape):  # noqa: D102
         if isinstance(shape, (tuple, list)):
             shape = g.op("Constant", value_t=torch.tensor(shape, dtype=torch.int64))
         return g.op("Reshape", x, shape)
 
 
-def _reshape(x: torch.Tensor, shape, like: torch.Tensor | None = None) -> torch.Tensor:
+def _reshape(x: torch.Tensor, shape) -> torch.Tensor:
     """``x`` reshaped to ``shape`` (a tuple of ints or a 1-D int64 tensor), 0 keeping ``x``'s size on that axis.
 
     The exporter spells a reshape to a traced size as ``Shape``, ``Gather``, ``Unsqueeze``, ``Concat`` and
     ``Reshape``; with the 0 rule the batch needs no arithmetic at all.
     """
     if torch.jit.is_tracing():
-        return _ReshapeOp.apply(x, shape, like)
+        return _ReshapeOp.apply(x, shape)
     return _ReshapeOp.forward(None, x, shape)
 
 
 def dynamic_halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, spec: DynamicHaloSpec,
-                           tables: DynamicHaloTables | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
+                           tables: DynamicHaloTables | None = None) -> torch.Tensor:
     """:func:`~acmix_deploy.modules.window_attention.halo_attention` (graph spelling), tables from ``qkv``'s shape.
 
     Used when a graph is recorded with dynamic height and width (``ACmixDeploy`` under
@@ -308,12 +304,6 @@ def dynamic_halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, spec: Dy
     Same algebra as the static plan: reflected halo indices into the unpadded map, a mask of each pixel's
     own window, keys offset by ``-W_p loc``.  ``tables`` (default: computed here) must be
     :func:`dynamic_halo_tables` of a tensor of ``qkv``'s height and width.
-
-    ``like``: a tensor of the output's shape (ACmix's convolution path, which the output is added to).
-    The output is then reshaped to ``Shape(like)``, so the exported graph's shape inference gives both the
-    same symbolic sizes; ONNX Runtime fuses the sum into the convolutions (``FusedConv``, NCHWc) only when
-    it can tell the two shapes are equal.  Without it the sizes come from the tables' arithmetic, which
-    shape inference cannot name.
     """
     heads, d = spec.heads, spec.head_dim
     if tables is None:
@@ -337,4 +327,6 @@ def dynamic_halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, spec: Dy
         outs.append(torch.matmul(torch.softmax(logits, dim=-1), v[:, :, ki]))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, 2)  # (b, h, groups, run, T*T, d)
     out = _reshape(out, (0, heads, -1, d))[:, :, tables.output_index]  # (b, h, Ho*Wo, d)
-    return _reshape(out.transpose(2, 3), tables.out_shape, like)  # (b, C, Ho, Wo)
+    # (b, C, Ho, Wo).  The exporter cannot name these sizes; exporters.onnx.name_symbolic_sizes does, so that
+    # ONNX Runtime sees them equal to the convolution path's and fuses the sum that follows.
+    return _reshape(out.transpose(2, 3), tables.out_shape)
