@@ -190,10 +190,11 @@ def guard_spatial_rule(proto, rule: SpatialRule) -> None:
         node.input[:] = [checked if name == INPUT_NAME else name for name in node.input]
     consts = {"multiple": np.array(rule.multiple), "minimum": np.array(rule.minimum), "keep": np.zeros((1, 4)),
               "zero": np.array(0)}
-    # [H, W] as the shape of images[0, 0]: no batch axis, so the guard folds into a constant once height and
-    # width are fixed (ONNX Runtime folds a Shape only when every axis of its input is known).
-    read_hw = [helper.make_node("Gather", [INPUT_NAME, p + "zero"], [p + "image"], axis=0),
-               helper.make_node("Gather", [p + "image", p + "zero"], [p + "plane"], axis=0),
+    # [H, W] as the shape of images[0, 0] (channel 0 first: N*H*W values copied, not C*H*W): no batch axis, so
+    # the guard folds into a constant once height and width are fixed (ONNX Runtime folds a Shape only when
+    # every axis of its input is known).
+    read_hw = [helper.make_node("Gather", [INPUT_NAME, p + "zero"], [p + "channel"], axis=1),  # (N, H, W)
+               helper.make_node("Gather", [p + "channel", p + "zero"], [p + "plane"], axis=0),  # (H, W)
                helper.make_node("Shape", [p + "plane"], [p + "hw"])]
     inits = [numpy_helper.from_array(v.astype(np.int64), p + k) for k, v in consts.items()]
     nodes = [
@@ -345,11 +346,11 @@ def export_onnx(
         onnxslim = require("onnxslim", "onnx")
         proto = onnxslim.slim(proto)
         onnx.checker.check_model(proto)
-    if dynamic_hw:
-        proto = name_symbolic_sizes(proto)
-        onnx.checker.check_model(proto)
     if fp16:
         proto = convert_fp16(proto)
+        onnx.checker.check_model(proto)
+    if dynamic_hw:  # after the float16 conversion, which drops the shape annotations
+        proto = name_symbolic_sizes(proto)
         onnx.checker.check_model(proto)
     if rule is not None:
         guard_spatial_rule(proto, rule)

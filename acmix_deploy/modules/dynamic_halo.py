@@ -179,12 +179,12 @@ def _halo_tables_onnx(g, qkv, geometry):
     def op(name, *args, **kw):
         return g.op(name, *args, **kw)
 
-    # [H, W] as the shape of qkv[0, 0] (two Gathers, H*W elements): a tensor without the batch axis, so
-    # that once height and width are fixed (ONNX Runtime's free dimension overrides) its Shape and all of
-    # the arithmetic below fold into constants, batch still dynamic (ONNX Runtime folds a Shape only when
-    # every axis of its input is known).
+    # [H, W] as the shape of qkv[0, 0] (channel 0 first: N*H*W values copied, not 3C*H*W): a tensor without
+    # the batch axis, so that once height and width are fixed (ONNX Runtime's free dimension overrides) its
+    # Shape and all of the arithmetic below fold into constants, batch still dynamic (ONNX Runtime folds a
+    # Shape only when every axis of its input is known).
     zero = c(0)
-    hw = op("Shape", op("Gather", op("Gather", qkv, zero, axis_i=0), zero, axis_i=0))
+    hw = op("Shape", op("Gather", op("Gather", qkv, zero, axis_i=1), zero, axis_i=0))
     out = hw if s == 1 else op("Div", op("Add", hw, c(s - 1)), c(s))  # [H_out, W_out]
     nt = op("Div", op("Add", out, c([ty - 1, tx - 1])), c([ty, tx]))  # blocks per axis
     limit = op("Sub", op("Mul", nt, c([s * ty, s * tx])), c(pad))

@@ -196,7 +196,11 @@ class Runner(abc.ABC):
                                        f"{_shape_text(spec.shape)}; a warm-up run needs a fixed one")
             item = (item[0], *self.spatial_rule.minimum)
         n = self.batch_range[0]
-        outs = self.infer_outputs(np.zeros((n, *item), dtype=spec.dtype))
+        cache, self.per_size = self.per_size, None  # the general model: no per-size handle for a warm-up size
+        try:
+            outs = self.infer_outputs(np.zeros((n, *item), dtype=spec.dtype))
+        finally:
+            self.per_size = cache
         self._output_specs = self._merge_specs(outs, n)
         return outs
 

@@ -42,7 +42,8 @@ class OrtRunner(Runner):
     overrides).  In such a session ONNX Runtime folds the graph's size arithmetic (the attention's index
     tables, the size guard) into constants when it loads it, so it runs as fast as a graph exported at
     that size, batch still dynamic.  Each costs about the graph's weights in memory again (ACmix-ResNet-50:
-    +105 MB, built in 0.3 s).  ``background`` chooses how they are built (:mod:`.per_size`).
+    +105 MB on the CPU, built in 0.3 s).  ``background`` chooses how they are built (:mod:`.per_size`).
+    With per-size sessions no session's intra-op threads spin-wait (``spinning`` is then off for all).
     """
 
     backend = "onnxruntime"
@@ -82,8 +83,14 @@ class OrtRunner(Runner):
         hw_names = inputs[0].shape[2:] if len(inputs[0].shape) == 4 else ()
         named = rule is not None and len(hw_names) == 2 and all(isinstance(n, str) for n in hw_names)
         self._hw_names = tuple(hw_names) if named else None
-        self.per_size = PerSizeCache(self._specialized_session, specialize, background, path.name) \
-            if named and specialize else None
+        if named and specialize:
+            self.per_size = PerSizeCache(self._specialized_session, specialize, background, path.name)
+            if self._spinning:
+                # Several sessions, each with its own intra-op threads: idle ones spinning would take the cores of
+                # the one that runs (mixed sizes, 2 threads: 2-3x slower than without spinning).  The general one
+                # too, reloaded once without it.
+                self._spinning = False
+                self.session = ort.InferenceSession(str(path), self._options(), providers=self._requested_providers)
 
     def _options(self, hw: tuple[int, int] | None = None):
         ort = self._ort

@@ -756,6 +756,9 @@ def test_fp16_graph_with_dynamic_hw_keeps_its_shape_arithmetic(tmp_path):
     proto = onnx.load(tmp_path / "h.onnx")
     assert len(shape_nodes(proto)) > 100  # the in-graph halo tables, kept as exported
     declared = {v.name: v.type.tensor_type.elem_type for v in proto.graph.value_info}
+    # the symbolic sizes are named after the float16 conversion (which drops the annotations): none unnamed
+    params = [d.dim_param for v in proto.graph.value_info for d in v.type.tensor_type.shape.dim if d.dim_param]
+    assert len(params) > 100 and not [p for p in params if p.startswith("unk__")]
     producer = {out: node for node in proto.graph.node for out in node.output}
     to = {n.name: n.attribute[0].i for n in proto.graph.node if n.op_type == "Cast"}
     for node in proto.graph.node:

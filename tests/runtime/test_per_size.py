@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 
 import pytest
 
+import acmix_deploy.runtime.per_size as per_size_module
 from acmix_deploy.runtime.per_size import SPECIALIZE_AFTER, PerSizeCache
 
 
@@ -17,14 +19,28 @@ def _wait(predicate, timeout=10.0):
     return predicate()
 
 
-def test_builds_at_first_sight_and_keeps_the_most_recently_used():
+def test_builds_at_first_sight_while_there_is_room_then_replaces_only_for_busier_sizes():
     built = []
     cache = PerSizeCache(lambda hw: built.append(hw) or f"handle{hw}", capacity=2)
     assert cache.get((8, 8)) == "handle(8, 8)" and cache.get((8, 8)) == "handle(8, 8)"
-    assert cache.get((16, 8)) == "handle(16, 8)"
-    cache.get((8, 8))  # (16, 8) is now the least recently used
-    assert cache.get((24, 24)) == "handle(24, 24)"
+    assert cache.get((16, 8)) == "handle(16, 8)"  # a free slot: built at the first request
+    cache.get((8, 8))  # (16, 8) is now the least recently used, used once
+    # full: a new size needs SPECIALIZE_AFTER requests and more than the least recently used handle's uses
+    assert [cache.get((24, 24)) for _ in range(SPECIALIZE_AFTER)] == [None] * (SPECIALIZE_AFTER - 1) + ["handle(24, 24)"]
     assert cache.sizes == [(8, 8), (24, 24)] and built == [(8, 8), (16, 8), (24, 24)]
+
+
+def test_more_sizes_than_slots_do_not_rebuild_on_every_miss():
+    built = []
+    cache = PerSizeCache(lambda hw: built.append(hw) or hw, capacity=2)
+    sizes = [(8, 8), (16, 16), (24, 24)]
+    for i in range(3000):
+        cache.get(sizes[i % 3])
+    assert len(built) <= 4, built  # the first two at once, then at most a swap or two as the counts settle
+    # a size that takes over the traffic gets a slot once the old counts have aged (halved per AGE_EVERY lookups)
+    for _ in range(2 * per_size_module.AGE_EVERY):
+        cache.get((32, 32))
+    assert (32, 32) in cache.sizes and len(built) <= 5
 
 
 def test_background_builds_after_repeats_one_at_a_time_and_never_blocks():
@@ -59,7 +75,20 @@ def test_a_failed_build_warns_once_and_stays_on_the_general_handle():
     cache = PerSizeCache(build, capacity=2, what="m.onnx")
     with pytest.warns(UserWarning, match="m.onnx: nothing specialised to 8x16 .*no such luck"):
         assert cache.get((8, 16)) is None
-    assert cache.get((8, 16)) is None and calls == [(8, 16)] and cache.sizes == []
+    assert cache.get((8, 16)) is None and calls == [(8, 16)] and cache.sizes == [] and not cache.building
+    cache._failed[(8, 16)] -= per_size_module.RETRY_AFTER_S + 1  # later on, it is tried again
+    with pytest.warns(UserWarning):
+        cache.get((8, 16))
+    assert calls == [(8, 16), (8, 16)]
+
+
+def test_a_build_that_raises_through_the_warning_does_not_leave_the_size_building():
+    cache = PerSizeCache(lambda hw: 1 / 0, capacity=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # python -W error: the warning itself raises
+        with pytest.raises(UserWarning):
+            cache.get((8, 8))
+    assert not cache.building
 
 
 def test_capacity_must_be_positive():

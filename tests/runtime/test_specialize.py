@@ -63,11 +63,14 @@ def test_specialised_sessions_answer_like_the_general_one_and_keep_the_recent_si
     runner = OrtRunner(dyn, specialize=2)
     assert runner.specialize == 2 and runner.specialized_sizes == []
     rng = np.random.default_rng(0)
-    for i, (h, w) in enumerate([(32, 32), (40, 64), (32, 32), (16, 24)]):
+    for i, (h, w) in enumerate([(32, 32), (40, 64), (32, 32)]):
         x = rng.standard_normal((1 + i % 3, 3, h, w)).astype(np.float32)
         assert rel_error(torch.from_numpy(general.infer(x)), torch.from_numpy(runner.infer(x))) <= TOL_F32, (h, w)
-        assert runner.specialized_sizes[-1] == (h, w)  # built at the first request (blocking mode)
-    # (40, 64) was the least recently used of three sizes when the third came: dropped
+        assert runner.specialized_sizes[-1] == (h, w)  # built at the first request while there is room
+    # full: a third size takes the least recently used slot (40x64) once it is requested more often
+    for _ in range(SPECIALIZE_AFTER):
+        x = rng.standard_normal((2, 3, 16, 24)).astype(np.float32)
+        assert rel_error(torch.from_numpy(general.infer(x)), torch.from_numpy(runner.infer(x))) <= TOL_F32
     assert runner.specialized_sizes == [(32, 32), (16, 24)]
     # batch stays dynamic in a specialised session
     x = rng.standard_normal((5, 3, 16, 24)).astype(np.float32)
@@ -118,8 +121,8 @@ def test_openvino_compiles_per_size_too(tiny_files):
     general, runner = OrtRunner(dyn), OpenVinoRunner(dyn, specialize=1)
     assert runner.specialize == 1
     rng = np.random.default_rng(1)
-    for h, w in [(32, 32), (24, 40), (24, 40)]:
+    for h, w in [(32, 32)] + [(24, 40)] * SPECIALIZE_AFTER:
         x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
         assert rel_error(torch.from_numpy(general.infer(x)), torch.from_numpy(runner.infer(x))) <= TOL_F32, (h, w)
-        assert runner.specialized_sizes == [(h, w)]
+    assert runner.specialized_sizes == [(24, 40)]  # the busier size took the one slot
     assert OpenVinoRunner(tiny_files[1], specialize=2).specialize == 0
