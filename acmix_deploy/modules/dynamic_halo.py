@@ -11,7 +11,9 @@ thread (measured on an AMD EPYC), which on a small network at batch 1 is several
 the ONNX spelling is written by hand (:class:`_HaloTablesOp`'s ``symbolic``) rather than traced from the
 torch arithmetic, with as few operators as the algebra allows:
 
-* both axes' sizes as one 2-vector (one ``Slice`` of ``Shape``), scalars picked by ``Gather``;
+* both axes' sizes as one 2-vector, the ``Shape`` of ``qkv[0, 0]`` (a view without the batch axis, so that
+  ONNX Runtime folds everything below into constants once height and width are fixed, see
+  :mod:`acmix_deploy.runtime.per_size`), scalars picked by ``Gather``;
 * reflection as ``max(last - |last - |i||, 0)`` on each axis's ``(blocks, halo)`` grid, combined into the
   halo table ``(tiles, K_y * K_x)`` by one broadcast ``Add``;
 * the query table *gathered from the halo table*: the query slot ``(p, q)`` of a block is its halo slot
@@ -25,8 +27,8 @@ torch arithmetic, with as few operators as the algebra allows:
 
 Reshapes of the data use ONNX's 0 ("keep this axis") for the batch (:func:`_reshape`), where the traced
 spelling computes the batch from ``Shape`` with four operators.  On ``acmix_resnet_tiny`` (four ACmix
-blocks, four table sets) the in-graph shape arithmetic went from 541 operators to 322 and the whole graph
-from 711 to 488 (176 at a fixed size); docs/dynamic_shapes.md has the measured cost.  :func:`_halo_tables`
+blocks, four table sets) the in-graph shape arithmetic went from 541 operators to 316 and the whole graph
+from 711 to 492 (176 at a fixed size); docs/dynamic_shapes.md has the measured cost.  :func:`_halo_tables`
 computes the same tables in NumPy for eager mode and for the tracer, and the tests check the two
 spellings agree at many sizes.
 """
