@@ -27,6 +27,13 @@ all be correct; the hostile requests' own answers are counted by status.
 Without ``--model`` a random-weight ``acmix_resnet_tiny`` (32x32, ONNX) is
 exported to a temporary folder.  ``--url`` targets one running server on
 the loopback interface instead (one mode, no comparison).
+
+``--compare specialize`` compares instead two batched servers of one graph with dynamic height and width
+(exported with ``--dynamic-hw`` when ``--model`` is not given): ``serve --specialize 4`` (the default: a
+session fixed to the size, built in the background after the first requests) against ``--specialize 0``
+(the general session); requests at ``--imgsz``:
+
+    python benchmarks/load_test.py --compare specialize --imgsz 40 64 --concurrency 8 --requests 300 --rounds 3
 """
 
 from __future__ import annotations
@@ -158,21 +165,22 @@ async def hostile_client(url: str, model: str, stop: asyncio.Event, counts: dict
         w.close()
 
 
-def export_tiny(folder: Path, arch: str) -> Path:
+def export_tiny(folder: Path, arch: str, dynamic_hw: bool = False) -> Path:
     import acmix_deploy as ad
     from acmix_deploy.exporters import export_onnx
     from acmix_deploy.testing import randomize_model
 
     model = randomize_model(ad.create_model(arch, num_classes=10), 0).eval()
     path = folder / f"{arch}.onnx"
-    export_onnx(ad.reparameterize_model(model), path, (3, 32, 32), cpu_isa="auto")
+    export_onnx(ad.reparameterize_model(model), path, (3, 32, 32), cpu_isa="auto", dynamic_hw=dynamic_hw)
     return path
 
 
-def start_server(model: Path, name: str, max_batch: int, timeout_ms: float, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, name: str, max_batch: int, timeout_ms: float, threads: int,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "acmix_deploy.cli", "serve", str(model), "--name", name, "--host", "127.0.0.1",
            "--port", "0", "--max-batch", str(max_batch), "--batch-timeout-ms", str(timeout_ms),
-           "--threads", str(threads), "--log-level", "warning"]
+           "--threads", str(threads), "--log-level", "warning", *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     deadline = time.monotonic() + 120
@@ -281,6 +289,10 @@ def main() -> None:
     ap.add_argument("--batch-timeout-ms", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of each server")
     ap.add_argument("--hostile", action="store_true", help="also drive each mode with a hostile client mixed in")
+    ap.add_argument("--compare", choices=("batching", "specialize"), default="batching",
+                    help="batched vs unbatched servers, or (a --dynamic-hw graph) --specialize 4 vs 0")
+    ap.add_argument("--imgsz", type=int, nargs=2, metavar=("H", "W"), help="request size for a graph with dynamic "
+                    "height and width")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     for flag in ("concurrency", "requests", "rounds", "rows"):
@@ -299,15 +311,22 @@ def main() -> None:
             pids["target"] = None
             model_path = None
         else:
-            model_path = model_path or export_tiny(Path(tmp), args.arch)
+            model_path = model_path or export_tiny(Path(tmp), args.arch, dynamic_hw=args.compare == "specialize")
             modes = {}
-            for mode, max_batch in (("batched", args.max_batch), ("unbatched", 1)):
-                proc, url = start_server(model_path, args.name, max_batch, args.batch_timeout_ms, args.threads)
+            setups = ((("batched", args.max_batch, ()), ("unbatched", 1, ())) if args.compare == "batching" else
+                      (("specialize4", args.max_batch, ("--specialize", "4")),
+                       ("specialize0", args.max_batch, ("--specialize", "0"))))
+            for mode, max_batch, extra in setups:
+                proc, url = start_server(model_path, args.name, max_batch, args.batch_timeout_ms, args.threads, extra)
                 procs.append(proc)
                 modes[mode] = url
                 pids[mode] = proc.pid
         try:
             shape = ServingClient(next(iter(modes.values()))).metadata(args.name)["inputs"][0]["shape"][1:]
+            if -1 in shape[1:]:  # dynamic height and width
+                if not args.imgsz:
+                    raise SystemExit("the model takes every valid height and width: give --imgsz H W")
+                shape = [shape[0], *args.imgsz]
             payloads = [rng.standard_normal((args.rows, *shape)).astype(np.float32) for _ in range(32)]
             expected = None
             if model_path is not None:
@@ -357,6 +376,11 @@ def main() -> None:
                 for k, v in r["hostile_requests"].items():
                     merged[k] = merged.get(k, 0) + v
             summary[mode]["hostile_requests"] = merged
+    if {"specialize4", "specialize0"} <= set(results):
+        summary["specialize4_over_specialize0_throughput"] = statistics.median(
+            a["requests_per_s"] / b["requests_per_s"] for a, b in zip(results["specialize4"], results["specialize0"]))
+        summary["specialize4_over_specialize0_p50"] = statistics.median(
+            a["p50_ms"] / b["p50_ms"] for a, b in zip(results["specialize4"], results["specialize0"]))
     if {"batched", "unbatched"} <= set(results):
         summary["batched_over_unbatched_throughput"] = statistics.median(
             b["requests_per_s"] / u["requests_per_s"] for b, u in zip(results["batched"], results["unbatched"]))
@@ -370,6 +394,7 @@ def main() -> None:
             "model": str(model_path.name if model_path else args.url), "rows_per_request": args.rows,
             "concurrency": args.concurrency, "requests_per_round": args.requests, "rounds": args.rounds,
             "max_batch": args.max_batch, "batch_timeout_ms": args.batch_timeout_ms, "server_threads": args.threads,
+            "compare": args.compare, "imgsz": args.imgsz,
             "note": "client and servers share this machine's CPUs",
             "summary": summary, "rounds_detail": results,
         }
