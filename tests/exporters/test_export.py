@@ -191,15 +191,6 @@ def test_validation_failure_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ort_runner_errors(tmp_path):
-    with pytest.raises(AcmixDeployError, match="does not exist"):
-        OrtRunner(tmp_path / "missing.onnx")
-    bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"not an onnx file")
-    with pytest.raises(AcmixDeployError, match="ONNX Runtime cannot load"):
-        OrtRunner(bad)
-
-
 def test_require_names_the_extra():
     with pytest.raises(MissingDependencyError, match=r'pip install "acmix-deploy\[trt\]"'):
         require("surely_not_an_installed_module", "trt")
@@ -306,17 +297,6 @@ def test_cli_export_aoti_bad_arguments(train_ckpt, tmp_path, args, message):
     result = runner.invoke(app, ["export", str(path), *args])
     assert result.exit_code == 2 and message in " ".join(result.output.split())
     assert sorted(p.name for p in tmp_path.iterdir()) == before
-
-
-def test_aoti_runner_errors(tmp_path):
-    from acmix_deploy.runtime import AotiRunner
-
-    with pytest.raises(AcmixDeployError, match="does not exist"):
-        AotiRunner(tmp_path / "none.pt2")
-    bad = tmp_path / "bad.pt2"
-    bad.write_bytes(b"garbage")
-    with pytest.raises(AcmixDeployError, match="cannot load AOTInductor package"):
-        AotiRunner(bad)
 
 
 def test_fp16_keeps_attention_in_fp32_and_stays_close(tmp_path):

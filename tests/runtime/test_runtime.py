@@ -219,3 +219,24 @@ def test_compare_profile_and_serve_open_files_through_open_runner(tmp_path, onnx
         app.serve(onnx_model, ServeSettings(name="tiny", port=0), threads=1, on_ready=on_ready)
     assert [c[0] for c in calls] == ["tiny.onnx"] and calls[0][1]["threads"] == 1
     assert seen[0].output_spec == TensorSpec("logits", ("batch", 5), F32)
+
+
+# ------------------------------------------------------------------------------------------ files that fail
+
+
+@pytest.mark.parametrize("module,cls,suffix,message", [
+    ("onnxruntime", "OrtRunner", ".onnx", "ONNX Runtime cannot load"),
+    ("torch", "AotiRunner", ".pt2", "cannot load AOTInductor package"),
+    ("openvino", "OpenVinoRunner", ".onnx", "OpenVINO cannot load"),
+])
+def test_a_runner_refuses_a_missing_or_garbage_file_by_name(tmp_path, module, cls, suffix, message):
+    pytest.importorskip(module)
+    import acmix_deploy.runtime as runtime
+
+    runner_cls = getattr(runtime, cls)
+    with pytest.raises(AcmixDeployError, match="does not exist"):
+        runner_cls(tmp_path / f"missing{suffix}")
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(AcmixDeployError, match=message):
+        runner_cls(bad)
