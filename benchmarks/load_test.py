@@ -300,6 +300,8 @@ def main() -> None:
             ap.error(f"--{flag} must be positive")
     if args.url and urllib.parse.urlparse(args.url).hostname not in LOOPBACK:
         ap.error("--url must point at the loopback interface (127.0.0.1)")
+    if args.url and args.compare == "specialize":
+        ap.error("--compare specialize starts its own two servers: drop --url")
 
     rng = np.random.default_rng(0)
     procs: list[subprocess.Popen] = []
@@ -327,6 +329,10 @@ def main() -> None:
                 if not args.imgsz:
                     raise SystemExit("the model takes every valid height and width: give --imgsz H W")
                 shape = [shape[0], *args.imgsz]
+            elif args.compare == "specialize":
+                raise SystemExit("--compare specialize needs a model exported with --dynamic-hw")
+            elif args.imgsz:
+                raise SystemExit(f"the model takes {shape} only: drop --imgsz")
             payloads = [rng.standard_normal((args.rows, *shape)).astype(np.float32) for _ in range(32)]
             expected = None
             if model_path is not None:

@@ -130,8 +130,10 @@ def _file_target(path: Path, backend: str, form: str, settings: ProfileSettings)
     timed call runs the model only."""
     if backend == "tensorrt" and settings.device != "cuda":
         raise ConfigError("TensorRT engines run on the GPU: profile them with {device} cuda", params=["device"])
+    # A slot for every swept size: the sizes are timed one after the other, each in its own session.
+    specialize = max(settings.specialize, len(settings.sizes)) if settings.specialize else 0
     runner = open_runner(path, backend=backend, device=settings.device, arch=settings.arch, imgsz=settings.imgsz,
-                         threads=settings.threads, specialize=settings.specialize)
+                         threads=settings.threads, specialize=specialize)
     if backend == "onnxruntime" and settings.device == "cuda" and "CUDAExecutionProvider" not in runner.providers:
         raise ConfigError(
             "{device} cuda with onnxruntime needs the CUDA execution provider (pip install onnxruntime-gpu); "
@@ -399,8 +401,8 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                 progress(what, done, total)
 
         if any(getattr(t.handle, "specialize", 0) for t in targets):
-            notes.append(f"onnxruntime / openvino ran each input size in a session with that height and width fixed "
-                         f"(specialize {settings.specialize}): the speed of a graph exported at that size; "
+            notes.append("onnxruntime / openvino ran each input size in a session with that height and width fixed "
+                         f"(specialize {settings.specialize}, a slot per size): the speed of a graph exported at it; "
                          "specialize 0 times the general graph with dynamic height and width")
         report = {
             "schema": REPORT_SCHEMA,

@@ -11,6 +11,7 @@ batch range), before the backend sees it; subclasses implement :meth:`Runner._in
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Union
 
@@ -96,6 +97,7 @@ class Runner(abc.ABC):
         self._output_specs = tuple(output_specs) if output_specs is not None else None
         self.batch_range: tuple[int, int | None] = (int(lo), None if hi is None else int(hi))
         self.spatial_rule = spatial_rule
+        self._general_only = threading.local()  # set while warm_up runs in a thread
 
     @property
     def specialize(self) -> int:
@@ -196,13 +198,20 @@ class Runner(abc.ABC):
                                        f"{_shape_text(spec.shape)}; a warm-up run needs a fixed one")
             item = (item[0], *self.spatial_rule.minimum)
         n = self.batch_range[0]
-        cache, self.per_size = self.per_size, None  # the general model: no per-size handle for a warm-up size
+        self._general_only.active = True  # this thread, this run: no per-size handle for the warm-up size
         try:
             outs = self.infer_outputs(np.zeros((n, *item), dtype=spec.dtype))
         finally:
-            self.per_size = cache
+            self._general_only.active = False
         self._output_specs = self._merge_specs(outs, n)
         return outs
+
+    def per_size_handle(self, x: np.ndarray) -> object | None:
+        """The per-size handle (session, compiled model) that runs ``x``, if there is (or now is) one; None:
+        the general one (no per-size handles, not an NCHW batch, or a warm-up run in this thread)."""
+        if self.per_size is None or x.ndim != 4 or getattr(self._general_only, "active", False):
+            return None
+        return self.per_size.get((int(x.shape[2]), int(x.shape[3])))
 
     # -- for subclasses --------------------------------------------------------------------------------
 

@@ -93,7 +93,11 @@ class OrtRunner(Runner):
                 # against 6.3 without spinning and 4.8 with spinning stopped at the end of each run).  Stop it
                 # there, in the general session too (reloaded once).
                 self._stop_spinning = True
-                self.session = ort.InferenceSession(str(path), self._options(), providers=self._requested_providers)
+                del self.session  # not two general sessions at once (device memory, with a GPU provider)
+                try:
+                    self.session = ort.InferenceSession(str(path), self._options(), providers=self._requested_providers)
+                except Exception as exc:  # noqa: BLE001 - it loaded a moment ago: say so, not a traceback
+                    raise AcmixDeployError(f"ONNX Runtime cannot reload {path} for per-size sessions: {exc}") from None
 
     def _options(self, hw: tuple[int, int] | None = None):
         ort = self._ort
@@ -121,9 +125,7 @@ class OrtRunner(Runner):
 
     def session_for(self, x: np.ndarray):
         """The session that runs ``x``: its size's specialised one when there is (or now is) one, else the general one."""
-        if self.per_size is None or x.ndim != 4:
-            return self.session
-        return self.per_size.get((int(x.shape[2]), int(x.shape[3]))) or self.session
+        return self.per_size_handle(x) or self.session
 
     @property
     def input_shape(self) -> list:

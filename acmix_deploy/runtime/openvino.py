@@ -115,7 +115,7 @@ class OpenVinoRunner(Runner):
 
     def _request_for(self, x: np.ndarray):
         """This thread's infer request on the model compiled for ``x``'s size, if there is (or now is) one."""
-        entry = self.per_size.get((int(x.shape[2]), int(x.shape[3]))) if self.per_size is not None else None
+        entry = self.per_size_handle(x)
         if entry is None:
             return self.request
         compiled, requests = entry

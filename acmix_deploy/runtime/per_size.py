@@ -8,16 +8,19 @@ batch still dynamic.  :class:`PerSizeCache` keeps such handles for the sizes a r
 
 Which sizes get a handle.  Every size's requests are counted (and every handle's uses), the counts halved
 every :data:`AGE_EVERY` lookups so that they follow the recent traffic.  While there is a free slot, a
-size gets a handle at its first request (``background=False``: library use, ``profile``) or at its
+size gets a handle at its first request (``background=False``: library use) or at its
 :data:`SPECIALIZE_AFTER`-th (``background=True``: the server).  Once the cache is full, a size replaces the
-least recently used handle only when it has been requested more often than that handle has been used
-(and at least as often as above): traffic spread over more sizes than slots keeps the handles it has
-instead of rebuilding one per miss.
+least recently used handle only when it has been requested at least :data:`SPECIALIZE_AFTER` times and
+more than :data:`REPLACE_MARGIN` times as often as that handle has been used: traffic spread over more
+sizes than slots keeps the handles it has instead of rebuilding one per miss (or one per random swing of
+the counts), while a size that takes the traffic over gets a slot once the old counts have aged.  A
+caller that visits its sizes one after the other (``profile``) gives the cache a slot per size.
 
 How.  Without ``background`` the lookup builds the handle and waits for it.  With it, the build runs in a
 background thread, one at a time, and the general handle answers meanwhile: no request waits for a
-build, and a client cannot make the server build a handle per request.  A failed build is warned about
-once; that size stays on the general handle for :data:`RETRY_AFTER_S` seconds.
+build, and a client cannot make the server build a handle per request.  A failed build is warned about;
+that size stays on the general handle for :data:`RETRY_AFTER_S` seconds before it may be tried (and
+warned about) again.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import time
 import warnings
 from typing import Callable
 
-__all__ = ["AGE_EVERY", "RETRY_AFTER_S", "SPECIALIZE_AFTER", "PerSizeCache"]
+__all__ = ["AGE_EVERY", "REPLACE_MARGIN", "RETRY_AFTER_S", "SPECIALIZE_AFTER", "PerSizeCache"]
 
 # Requests of one size a background cache sees before it builds that size's handle.
 SPECIALIZE_AFTER = 3
 # Lookups between two halvings of every count.
 AGE_EVERY = 1024
+# A size replaces a held one only when requested more than this many times as often as that one was used.
+REPLACE_MARGIN = 2
 # Seconds a size whose build failed stays on the general handle before it may be tried again.
 RETRY_AFTER_S = 60.0
 
@@ -114,7 +119,8 @@ class PerSizeCache:
         if len(self._handles) + len(self._building) < self.capacity:
             return True
         victim = next(iter(self._handles), None)
-        return victim is not None and self._count[hw] >= SPECIALIZE_AFTER and self._count[hw] > self._count[victim]
+        return (victim is not None and self._count[hw] >= SPECIALIZE_AFTER
+                and self._count[hw] > REPLACE_MARGIN * self._count[victim])
 
     def _add(self, hw: Size) -> object | None:
         handle = None

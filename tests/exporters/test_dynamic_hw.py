@@ -703,7 +703,7 @@ def test_profile_sweeps_sizes_on_one_dynamic_file(tiny_dynamic, tmp_path):
     assert [(r["imgsz"], r["batch"]) for r in report["results"]] == [([16, 16], 1), ([16, 16], 2), ([24, 40], 1),
                                                                       ([24, 40], 2)]
     assert report["settings"]["imgsz"] == [[16, 16], [24, 40]]
-    assert report["settings"]["specialize"] == 4 and any("fixed (specialize 4)" in n for n in report["notes"])
+    assert report["settings"]["specialize"] == 4 and any("fixed (specialize 4, a slot per size)" in n for n in report["notes"])
     with pytest.raises(ConfigError, match="multiples of 8"):
         profile_model(path, ProfileSettings(sizes=((16, 16), (20, 16)), warmup=0, iters=1))
     cli = CliRunner()

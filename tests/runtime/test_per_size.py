@@ -25,7 +25,7 @@ def test_builds_at_first_sight_while_there_is_room_then_replaces_only_for_busier
     assert cache.get((8, 8)) == "handle(8, 8)" and cache.get((8, 8)) == "handle(8, 8)"
     assert cache.get((16, 8)) == "handle(16, 8)"  # a free slot: built at the first request
     cache.get((8, 8))  # (16, 8) is now the least recently used, used once
-    # full: a new size needs SPECIALIZE_AFTER requests and more than the least recently used handle's uses
+    # full: a new size needs SPECIALIZE_AFTER requests and > REPLACE_MARGIN x the least recently used handle's uses
     assert [cache.get((24, 24)) for _ in range(SPECIALIZE_AFTER)] == [None] * (SPECIALIZE_AFTER - 1) + ["handle(24, 24)"]
     assert cache.sizes == [(8, 8), (24, 24)] and built == [(8, 8), (16, 8), (24, 24)]
 
@@ -36,7 +36,7 @@ def test_more_sizes_than_slots_do_not_rebuild_on_every_miss():
     sizes = [(8, 8), (16, 16), (24, 24)]
     for i in range(3000):
         cache.get(sizes[i % 3])
-    assert len(built) <= 4, built  # the first two at once, then at most a swap or two as the counts settle
+    assert len(built) == 2, built  # the first two at once; the third size never beats twice a held one's count
     # a size that takes over the traffic gets a slot once the old counts have aged (halved per AGE_EVERY lookups)
     for _ in range(2 * per_size_module.AGE_EVERY):
         cache.get((32, 32))
@@ -65,7 +65,7 @@ def test_background_builds_after_repeats_one_at_a_time_and_never_blocks():
     assert built == [(8, 8)] and cache.get((8, 8)) == (8, 8)
 
 
-def test_a_failed_build_warns_once_and_stays_on_the_general_handle():
+def test_a_failed_build_warns_and_stays_on_the_general_handle_until_retried():
     calls = []
 
     def build(hw):
@@ -94,3 +94,15 @@ def test_a_build_that_raises_through_the_warning_does_not_leave_the_size_buildin
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError):
         PerSizeCache(lambda hw: hw, capacity=0)
+
+
+def test_uniform_random_traffic_over_more_sizes_than_slots_does_not_churn():
+    import random
+
+    built = []
+    cache = PerSizeCache(lambda hw: built.append(hw) or hw, capacity=2)
+    rng = random.Random(0)
+    sizes = [(8, 8), (16, 16), (24, 24)]
+    for _ in range(20000):
+        cache.get(rng.choice(sizes))
+    assert len(built) <= 3, len(built)  # with a bare "more than the victim" rule: ~150 rebuilds

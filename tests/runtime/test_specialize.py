@@ -3,8 +3,9 @@
 A session with the input's height and width fixed (ONNX Runtime's free dimension overrides) folds the
 graph's size arithmetic into constants.  Checked: it does (the optimized graph has about as many nodes as
 one exported at that size), its outputs equal the general session's within float32 rounding (TOL_F32:
-the folded graph may fuse differently), the cache keeps the most recently used sizes, invalid sizes never
-reach a session, the server's background mode waits for repeated requests, and fixed-size graphs ignore it.
+the folded graph may fuse differently), a full cache gives a busier size the least recently used slot,
+invalid sizes never reach a session, the server's background mode waits for repeated requests, warm-up
+runs keep to the general session, and fixed-size graphs ignore it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def test_specialised_sessions_answer_like_the_general_one_and_keep_the_recent_si
         x = rng.standard_normal((1 + i % 3, 3, h, w)).astype(np.float32)
         assert rel_error(torch.from_numpy(general.infer(x)), torch.from_numpy(runner.infer(x))) <= TOL_F32, (h, w)
         assert runner.specialized_sizes[-1] == (h, w)  # built at the first request while there is room
-    # full: a third size takes the least recently used slot (40x64) once it is requested more often
+    # full: a third size takes the least recently used slot (40x64, used once) once requested > 2x as often
     for _ in range(SPECIALIZE_AFTER):
         x = rng.standard_normal((2, 3, 16, 24)).astype(np.float32)
         assert rel_error(torch.from_numpy(general.infer(x)), torch.from_numpy(runner.infer(x))) <= TOL_F32
@@ -126,3 +127,11 @@ def test_openvino_compiles_per_size_too(tiny_files):
         assert rel_error(torch.from_numpy(general.infer(x)), torch.from_numpy(runner.infer(x))) <= TOL_F32, (h, w)
     assert runner.specialized_sizes == [(24, 40)]  # the busier size took the one slot
     assert OpenVinoRunner(tiny_files[1], specialize=2).specialize == 0
+
+
+def test_warm_up_runs_on_the_general_session_and_takes_no_slot(tiny_files):
+    runner = OrtRunner(tiny_files[0], specialize=2)
+    runner.warm_up()
+    assert runner.specialized_sizes == [] and runner.per_size is not None
+    runner.infer(np.zeros((1, 3, 16, 16), np.float32))
+    assert runner.specialized_sizes == [(16, 16)]
