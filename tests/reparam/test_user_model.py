@@ -424,6 +424,30 @@ def test_export_three_outputs_checked_in_onnxruntime(deploy_ckpt, yolo, tmp_path
             assert rel_error(r, torch.from_numpy(o)) < 1e-5
 
 
+def test_export_dynamic_hw_takes_every_letterbox_size(deploy_ckpt, yolo, tmp_path):
+    """The detector users export for several sizes (issue 18): one --dynamic-hw graph of their own network
+    (pasted ACmix copies, three outputs at /8, /16, /32), exact at non-square letterbox sizes and batches,
+    also through a runner with per-size sessions."""
+    ort = pytest.importorskip("onnxruntime")
+    from acmix_deploy.runtime import OrtRunner
+
+    onnx_path = tmp_path / "det_dyn.onnx"
+    res = runner.invoke(app, ["export", str(deploy_ckpt[0]), "-o", str(onnx_path), "--dynamic-hw"])
+    assert res.exit_code == 0, res.output
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    per_size = OrtRunner(onnx_path, specialize=2)
+    for batch, h, w in [(1, 128, 160), (3, 160, 128), (1, 192, 256)]:
+        x = np.random.default_rng(batch + h).standard_normal((batch, 3, h, w)).astype(np.float32)
+        with torch.no_grad():
+            ref = flatten_outputs(yolo(torch.from_numpy(x)))
+        for outs in (sess.run(None, {"images": x}), per_size.infer_outputs(x)):
+            assert [o.shape for o in outs] == [tuple(r.shape) for r in ref], (h, w)
+            for r, o in zip(ref, outs):
+                assert rel_error(r, torch.from_numpy(o)) < 1e-5, (batch, h, w)
+    assert per_size.specialized_sizes == [(128, 160), (160, 128)]  # the third size: full, requested once
+
+
 def test_cli_swin_backbone_round_trip(tmp_path):
     net = randomize(user_nets.user_swin(), seed=6)
     torch.save({"state_dict": net.state_dict()}, tmp_path / "swin.pth")
