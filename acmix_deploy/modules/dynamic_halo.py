@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .window_attention import _SOFTMAX_FLOOR, HaloPlan, _recording
+from .window_attention import _SOFTMAX_FLOOR, HaloPlan, _recording, _reflect
 
 __all__ = ["DynamicHaloSpec", "DynamicHaloTables", "dynamic_halo_attention", "dynamic_halo_tables",
            "make_dynamic_halo_spec"]
@@ -127,8 +127,7 @@ def _halo_tables(hh: int, ww: int, geometry, dtype: torch.dtype, device=None) ->
 
     def reflected(n: int, t: int, k: int, nt: int) -> np.ndarray:  # (blocks, halo) input rows (or columns)
         pos = np.arange(-pad, nt * s * t - pad, s * t)[:, None] + np.arange(k)[None, :]
-        last = n - 1
-        return np.maximum(last - np.abs(last - np.abs(pos)), 0)
+        return _reflect(pos, n)  # the static plan's reflection; the graph spells it max(l - |l - |i||, 0)
 
     rows, cols = reflected(hh, ty, ky, nty), reflected(ww, tx, kx, ntx)
     key = (rows[:, None, :, None] * ww + cols[None, :, None, :]).reshape(-1, ky * kx)

@@ -25,7 +25,7 @@ from acmix_deploy.modules.dynamic_halo import dynamic_halo_attention, dynamic_ha
 from acmix_deploy.modules.window_attention import halo_attention
 from acmix_deploy.testing import randomize_model
 
-from tests.helpers import TOL_F32, TOL_F64, rel_error
+from tests.helpers import TOL_F32, TOL_F64, ort_optimized_nodes, rel_error
 from tests.helpers.window_attention import attention_inputs, head_dim_major, unfold_reference
 
 onnx = pytest.importorskip("onnx")
@@ -177,10 +177,7 @@ def test_dynamic_graph_fuses_like_the_fixed_one(tiny_dynamic, tmp_path):
     export_onnx(ad.reparameterize_model(train), fixed, (3, 32, 32))
 
     def fused(p):
-        so = ort.SessionOptions()
-        so.optimized_model_filepath = str(tmp_path / (p.stem + ".opt.onnx"))
-        ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-        nodes = onnx.load(so.optimized_model_filepath).graph.node
+        nodes = ort_optimized_nodes(p, tmp_path / (p.stem + ".opt.onnx"))
         return sorted((n.domain, n.op_type, len(n.input)) for n in nodes if "Conv" in n.op_type or n.op_type == "Relu")
 
     want = fused(fixed)

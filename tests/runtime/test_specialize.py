@@ -21,9 +21,8 @@ from acmix_deploy.errors import InputShapeError
 from acmix_deploy.runtime import open_runner
 from acmix_deploy.testing import randomize_model
 
-from tests.helpers import TOL_F32, rel_error
+from tests.helpers import TOL_F32, ort_optimized_nodes, rel_error
 
-onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from acmix_deploy.exporters.onnx import export_onnx  # noqa: E402
@@ -42,12 +41,7 @@ def tiny_files(tmp_path_factory):
 
 
 def _optimized_nodes(path, overrides=None) -> int:
-    so = ort.SessionOptions()
-    for name, value in (overrides or {}).items():
-        so.add_free_dimension_override_by_name(name, value)
-    so.optimized_model_filepath = str(path) + ".opt.onnx"
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return len(onnx.load(so.optimized_model_filepath).graph.node)
+    return len(ort_optimized_nodes(path, overrides=overrides))
 
 
 def test_fixed_height_and_width_fold_the_size_arithmetic(tiny_files):
