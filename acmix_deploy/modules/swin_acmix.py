@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .. import fold, fold_swin
 from ..errors import ConfigError, InputShapeError
-from .window_attention import recorded_softmax_floor
+from .window_attention import _recording, recorded_softmax_floor
 
 __all__ = [
     "window_partition",
@@ -38,6 +38,8 @@ __all__ = [
     "WindowAttentionACmix",
     "WindowAttentionACmixDeploy",
     "WindowAttentionACmixFolded",
+    "factored_conv_path",
+    "merged_conv_path",
     "CONV_FOLDS",
     "choose_conv_fold",
 ]
@@ -58,6 +60,52 @@ def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) 
     c = windows.shape[-1]
     x = windows.reshape(-1, height // window, width // window, window, window, c)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
+
+
+def factored_conv_path(fc: nn.Conv2d, dep_conv: nn.Conv2d, qkv: torch.Tensor, num_heads: int, *,
+                       graph: bool | None = None) -> torch.Tensor:
+    """The official convolution path ``dep_conv(fc(qkv))`` of a ``(B, H, W, 3C)`` qkv map, as ``(B, H, W, C)``.
+
+    ``fc`` (1x1 over the ``3nh`` q/k/v-and-head slots, 9 outputs) reads qkv as ``(B, 3nh, HW, d)``; its
+    output goes to ``dep_conv`` (3x3, zero padding 1, ``d`` groups of 9 channels, channel ``i * 9 + j``)
+    through the one copy the path needs.  Two spellings of the same arithmetic (up to the convolution's
+    summation order), as in :func:`~acmix_deploy.modules.window_attention.halo_attention`:
+
+    * eager (``graph=False``): the copy writes channels-last memory and the grouped convolution reads and
+      writes ``(B, H, W, channels)`` through permuted views.  oneDNN's grouped kernels ran it 1.6-2.8x
+      faster than on channels-first maps with so few channels per group, and its output is already in the
+      layout it is added to (Swin-T, torch eager: 1.09x / 1.19x faster whole, batch 1 / 8,
+      docs/swin_acmix.md);
+    * graph (``graph=True``, the default while a graph is recorded): channels-first, as an ONNX ``Conv``
+      is.  Written channels-last, the graph would carry two more transposes that ONNX Runtime runs as
+      copies (it keeps this convolution out of its blocked layout: 9 channels per group).
+    """
+    b, hh, ww, c3 = qkv.shape
+    d = c3 // (3 * num_heads)
+    f = fc(qkv.reshape(b, hh * ww, 3 * num_heads, d).permute(0, 2, 1, 3))  # (B, 9, HW, d)
+    if _recording() if graph is None else graph:
+        return dep_conv(f.permute(0, 3, 1, 2).reshape(b, 9 * d, hh, ww)).permute(0, 2, 3, 1)
+    f = f.permute(0, 2, 3, 1).reshape(b, hh, ww, 9 * d)  # channels-last, channel i * 9 + j
+    return dep_conv(f.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def merged_conv_path(conv_path: nn.Conv2d, conv_bias: torch.Tensor, qkv: torch.Tensor, num_heads: int, *,
+                     graph: bool | None = None) -> torch.Tensor:
+    """The convolution path with ``fc`` merged into ``dep_conv`` (one grouped 3x3 convolution), as ``(B, H, W, C)``.
+
+    ``conv_path`` has ``d`` groups of ``3nh`` input channels (channel ``i * 3nh + t``, regrouped by
+    head-dimension index from qkv's ``t * d + i``) and 9 outputs each; ``conv_bias`` ``(C, H, W)`` is what fc's
+    bias contributes through the zero-padded ``dep_conv`` (it differs at the border).  One copy does the regrouping:
+    into channels-last memory in eager mode, channels-first while a graph is recorded, for the reasons given
+    in :func:`factored_conv_path`.
+    """
+    b, hh, ww, c3 = qkv.shape
+    d = c3 // (3 * num_heads)
+    if _recording() if graph is None else graph:
+        f = qkv.reshape(b, hh, ww, 3 * num_heads, d).permute(0, 4, 3, 1, 2).reshape(b, c3, hh, ww)
+        return (conv_path(f) + conv_bias).permute(0, 2, 3, 1)
+    f = qkv.reshape(b, hh, ww, 3 * num_heads, d).transpose(3, 4).reshape(b, hh, ww, c3)
+    return conv_path(f.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) + conv_bias.permute(1, 2, 0)
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -277,9 +325,9 @@ class WindowAttentionACmixDeploy(nn.Module):
       bias; the query scale undone in its weight) and ``dep_conv`` (``rate2``
       folded), applied exactly as in the official path; no bias map.
 
-    The merged path reads ``qkv`` through one transpose to channels-first
-    regrouped by head-dimension index (channel ``i * 3nh + t``); the attention
-    through the official window partition.
+    Both paths read ``qkv`` through one regrouping copy (:func:`merged_conv_path`,
+    :func:`factored_conv_path`: channels-last memory in eager mode, channels-first
+    in an exported graph); the attention through the official window partition.
 
     ``y = proj(softmax(q k^T + attn_bias) v) + conv(qkv) + conv_bias``.
     """
@@ -333,15 +381,9 @@ class WindowAttentionACmixDeploy(nn.Module):
         qkv = self.qkv(x)  # (B, H, W, 3C), channel (s * nh + head) * d + i as in the official layout
 
         if self.conv_fold == "merged":
-            # One transpose to channels-first that also regroups by head-dimension index:
-            # (B, H, W, 3nh, d) -> (B, d, 3nh, H, W), channel i * 3nh + t.
-            f = qkv.reshape(-1, hh, ww, 3 * nh, d).permute(0, 4, 3, 1, 2).reshape(-1, 3 * c, hh, ww)
-            conv = self.conv_path(f) + self.conv_bias
+            conv = merged_conv_path(self.conv_path, self.conv_bias, qkv, nh)
         else:
-            # The official path with folded weights: fc (1x1 over the 3nh slots) on
-            # (B, 3nh, HW, d), then channels-first i * 9 + j for dep_conv.
-            f = self.fc(qkv.reshape(-1, hh * ww, 3 * nh, d).permute(0, 2, 1, 3))
-            conv = self.dep_conv(f.permute(0, 3, 1, 2).reshape(-1, 9 * d, hh, ww))
+            conv = factored_conv_path(self.fc, self.dep_conv, qkv, nh)
 
         # Windows keep whole pixels (blocks of w * 3C values) together; then q|k|v, head, token, dim.
         t = window_partition(qkv, w).reshape(-1, n, 3, nh, d).permute(2, 0, 3, 1, 4)
@@ -356,7 +398,7 @@ class WindowAttentionACmixDeploy(nn.Module):
         att = logits.softmax(dim=-1).reshape(-1, nh, n, n)
         out = (att @ t[2]).transpose(1, 2).reshape(-1, n, c)  # (B * nW, N, C), channel head * d + i
         out = window_reverse(self.proj(out).reshape(-1, w, w, c), w, hh, ww)  # a fresh tensor: added to in place
-        return out.add_(conv.permute(0, 2, 3, 1))
+        return out.add_(conv)
 
 
 class WindowAttentionACmixFolded(nn.Module):
@@ -416,8 +458,7 @@ class WindowAttentionACmixFolded(nn.Module):
                                   f"{w}x{w} windows")
         n = w * w
         qkv = self.qkv(x)
-        f = self.fc(qkv.reshape(b, hh * ww, 3 * nh, d).permute(0, 2, 1, 3))
-        conv = self.dep_conv(f.permute(0, 3, 1, 2).reshape(b, 9 * d, hh, ww)).permute(0, 2, 3, 1)
+        conv = factored_conv_path(self.fc, self.dep_conv, qkv, nh)
         t = window_partition(qkv, w).reshape(-1, n, 3, nh, d).permute(2, 0, 3, 1, 4)
         logits = t[0] @ t[1].transpose(-2, -1) + self.attn_bias
         if mask is not None:

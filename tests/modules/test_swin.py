@@ -25,6 +25,8 @@ from acmix_deploy.models.swin import stage_windows
 from acmix_deploy.modules.swin_acmix import (
     WindowAttentionACmix,
     WindowAttentionACmixDeploy,
+    factored_conv_path,
+    merged_conv_path,
     relative_position_index,
     shifted_window_mask,
 )
@@ -335,6 +337,32 @@ def test_conv_path_folds_alone(form):
         f = (w_fc @ slots + b_fc[:, None]).reshape(2, 9, -1, d).permute(0, 3, 1, 2).reshape(2, d * 9, *hw)
         got = F.conv2d(f, dep * rate2, None, padding=1, groups=d)
     assert _rel(expect, got) < TOL_F64
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, TOL_F64), (torch.float32, TOL_F32)])
+@pytest.mark.parametrize("form", ["merged", "factored"])
+def test_conv_path_spellings_agree(form, dtype, tol):
+    """Eager mode runs the conv path on channels-last memory, an exported graph channels-first: same values.
+
+    Odd batch, non-square map, random weights and bias map; only the convolution's summation order may differ.
+    """
+    torch.manual_seed(3)
+    nh, d, hw, b = 3, 4, (5, 7), 3
+    c = nh * d
+    qkv = torch.randn(b, *hw, 3 * c, dtype=dtype)
+    if form == "merged":
+        conv = nn.Conv2d(3 * c, c, 3, padding=1, groups=d, bias=False).to(dtype)
+        bias = torch.randn(c, *hw, dtype=dtype)
+        run = lambda graph: merged_conv_path(conv, bias, qkv, nh, graph=graph)  # noqa: E731
+    else:
+        fc = nn.Conv2d(3 * nh, 9, 1).to(dtype)
+        dep = nn.Conv2d(9 * d, c, 3, padding=1, groups=d, bias=False).to(dtype)
+        run = lambda graph: factored_conv_path(fc, dep, qkv, nh, graph=graph)  # noqa: E731
+    with torch.no_grad():
+        eager, graph = run(False), run(True)
+    assert eager.shape == graph.shape == (b, *hw, c)
+    assert _rel(graph, eager) < tol
+    assert eager.is_contiguous() and not graph.is_contiguous()  # eager: already in the (B, H, W, C) memory it is added to
 
 
 @pytest.mark.parametrize("form", ["merged", "factored"])
