@@ -37,7 +37,7 @@ from .. import fold
 from ..errors import CheckpointError, ConfigError, InputShapeError
 from ..kernels.window_attention_triton import triton_window_attention, use_triton
 from .dynamic_halo import dynamic_halo_attention, dynamic_halo_tables, make_dynamic_halo_spec
-from .window_attention import HaloPlan, _recording, halo_attention, make_halo_plan
+from .window_attention import HaloPlan, _recording, grouped_conv_channels_last, halo_attention, make_halo_plan
 
 __all__ = ["ACmix", "ACmixDeploy", "coordinate_grid", "DEPLOY_LAYOUT", "check_deploy_layout", "dynamic_spatial_export",
            "merged_conv_groups"]
@@ -457,6 +457,9 @@ class ACmixDeploy(nn.Module):
         rule = _GROUP_MERGE.get()
         merge = 1 if rule is None else rule(self.head, self.head_dim)
         if merge == 1:
+            if grouped_conv_channels_last(qkv):
+                # Output left channels-last: ``att + out`` reads it as it is and writes att's layout.
+                return conv(qkv.contiguous(memory_format=torch.channels_last))
             return conv(qkv)
         weight = fold.merge_conv_groups(conv.weight, conv.groups, merge)  # folded into a constant by the export
         return F.conv2d(qkv, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups // merge)

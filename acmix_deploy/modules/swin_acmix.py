@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .. import fold, fold_swin
 from ..errors import ConfigError, InputShapeError
-from .window_attention import _recording, recorded_softmax_floor
+from .window_attention import grouped_conv_channels_last, recorded_softmax_floor
 
 __all__ = [
     "window_partition",
@@ -63,7 +63,7 @@ def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) 
 
 
 def factored_conv_path(fc: nn.Conv2d, dep_conv: nn.Conv2d, qkv: torch.Tensor, num_heads: int, *,
-                       graph: bool | None = None) -> torch.Tensor:
+                       channels_last: bool | None = None) -> torch.Tensor:
     """The official convolution path ``dep_conv(fc(qkv))`` of a ``(B, H, W, 3C)`` qkv map, as ``(B, H, W, C)``.
 
     ``fc`` (1x1 over the ``3nh`` q/k/v-and-head slots, 9 outputs) reads qkv as ``(B, 3nh, HW, d)``; its
@@ -71,37 +71,39 @@ def factored_conv_path(fc: nn.Conv2d, dep_conv: nn.Conv2d, qkv: torch.Tensor, nu
     through the one copy the path needs.  Two spellings of the same arithmetic (up to the convolution's
     summation order), as in :func:`~acmix_deploy.modules.window_attention.halo_attention`:
 
-    * eager (``graph=False``): the copy writes channels-last memory and the grouped convolution reads and
-      writes ``(B, H, W, channels)`` through permuted views.  oneDNN's grouped kernels ran it 1.6-2.8x
-      faster than on channels-first maps with so few channels per group, and its output is already in the
-      layout it is added to (Swin-T, torch eager: 1.09x / 1.19x faster whole, batch 1 / 8,
-      docs/swin_acmix.md);
-    * graph (``graph=True``, the default while a graph is recorded): channels-first, as an ONNX ``Conv``
-      is.  Written channels-last, the graph would carry two more transposes that ONNX Runtime runs as
-      copies (it keeps this convolution out of its blocked layout: 9 channels per group).
+    * channels-last (``channels_last=True``; by default where
+      :func:`~acmix_deploy.modules.window_attention.grouped_conv_channels_last` says so: eager float32 on
+      the CPU): the copy writes channels-last memory and the grouped convolution reads and writes
+      ``(B, H, W, channels)`` through permuted views.  oneDNN's grouped kernels ran it 1.6-2.8x faster than
+      on channels-first maps with so few channels per group, and its output is already in the layout it
+      is added to (Swin-T in torch eager, 1 thread: training / deploy 1.12x / 1.16x at batch 1 / 8, was
+      1.00-1.04x; docs/swin_acmix.md);
+    * channels-first (``channels_last=False``; by default while a graph is recorded, on other devices and in
+      float64), as an ONNX ``Conv`` is.  Written channels-last, the graph would carry two more transposes
+      that ONNX Runtime runs as copies (it keeps this convolution out of its blocked layout: 9 channels
+      per group).
     """
     b, hh, ww, c3 = qkv.shape
     d = c3 // (3 * num_heads)
     f = fc(qkv.reshape(b, hh * ww, 3 * num_heads, d).permute(0, 2, 1, 3))  # (B, 9, HW, d)
-    if _recording() if graph is None else graph:
+    if not (grouped_conv_channels_last(qkv) if channels_last is None else channels_last):
         return dep_conv(f.permute(0, 3, 1, 2).reshape(b, 9 * d, hh, ww)).permute(0, 2, 3, 1)
     f = f.permute(0, 2, 3, 1).reshape(b, hh, ww, 9 * d)  # channels-last, channel i * 9 + j
     return dep_conv(f.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 def merged_conv_path(conv_path: nn.Conv2d, conv_bias: torch.Tensor, qkv: torch.Tensor, num_heads: int, *,
-                     graph: bool | None = None) -> torch.Tensor:
+                     channels_last: bool | None = None) -> torch.Tensor:
     """The convolution path with ``fc`` merged into ``dep_conv`` (one grouped 3x3 convolution), as ``(B, H, W, C)``.
 
     ``conv_path`` has ``d`` groups of ``3nh`` input channels (channel ``i * 3nh + t``, regrouped by
-    head-dimension index from qkv's ``t * d + i``) and 9 outputs each; ``conv_bias`` ``(C, H, W)`` is what fc's
-    bias contributes through the zero-padded ``dep_conv`` (it differs at the border).  One copy does the regrouping:
-    into channels-last memory in eager mode, channels-first while a graph is recorded, for the reasons given
-    in :func:`factored_conv_path`.
+    head-dimension index from qkv's ``t * d + i``) and ``nh`` outputs each; ``conv_bias`` ``(C, H, W)`` is what fc's
+    bias contributes through the zero-padded ``dep_conv`` (it differs at the border).  One copy does the regrouping,
+    into channels-last or channels-first memory as in :func:`factored_conv_path`.
     """
     b, hh, ww, c3 = qkv.shape
     d = c3 // (3 * num_heads)
-    if _recording() if graph is None else graph:
+    if not (grouped_conv_channels_last(qkv) if channels_last is None else channels_last):
         f = qkv.reshape(b, hh, ww, 3 * num_heads, d).permute(0, 4, 3, 1, 2).reshape(b, c3, hh, ww)
         return (conv_path(f) + conv_bias).permute(0, 2, 3, 1)
     f = qkv.reshape(b, hh, ww, 3 * num_heads, d).transpose(3, 4).reshape(b, hh, ww, c3)
@@ -148,8 +150,9 @@ def choose_conv_fold(conv_fold: str, heads: int | None = None) -> str:
     ``dep_conv``, weights folded: ``27 nh + 81 nh`` MACs per head-dimension
     group and pixel.  ``merged``: one grouped 3x3 convolution ``3nh -> nh`` per
     group plus a constant border-bias map: ``27 nh^2`` MACs, fewer while
-    ``nh <= 4``, but it needs ``qkv`` transposed to channels-first; measured on
-    CPU (torch eager and ONNX Runtime) it was not faster, see docs/swin_acmix.md.
+    ``nh <= 4``, but it regroups all of ``qkv`` (the factored path copies only
+    ``fc``'s output).  Measured on CPU it was not faster, whole or in stage 1 alone
+    (torch eager and ONNX Runtime; docs/swin_acmix.md).
     """
     if conv_fold not in CONV_FOLDS:
         raise ConfigError(f"conv_fold must be one of {', '.join(CONV_FOLDS)}, got {conv_fold!r}")
@@ -326,8 +329,8 @@ class WindowAttentionACmixDeploy(nn.Module):
       folded), applied exactly as in the official path; no bias map.
 
     Both paths read ``qkv`` through one regrouping copy (:func:`merged_conv_path`,
-    :func:`factored_conv_path`: channels-last memory in eager mode, channels-first
-    in an exported graph); the attention through the official window partition.
+    :func:`factored_conv_path`: channels-last memory in eager float32 on the CPU,
+    channels-first in an exported graph); the attention through the official window partition.
 
     ``y = proj(softmax(q k^T + attn_bias) v) + conv(qkv) + conv_bias``.
     """

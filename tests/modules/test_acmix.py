@@ -134,6 +134,23 @@ def test_deploy_form_equals_training_form(cin, cout, ka, heads, stride, size, ba
         assert float((ref64 - out64).abs().max() / ref64.abs().max()) <= TOL_F64
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_path_reads_channels_last_in_eager_float32_only(stride):
+    """Eager float32 on the CPU runs the grouped conv path on channels-last memory; same values as channels-first."""
+    from acmix_deploy.modules.window_attention import grouped_conv_channels_last
+
+    deploy = randomize_model(ACmix(8, 16, 7, 4, 3, stride), 7).eval().fuse(_random_bn(16, 8))
+    qkv = torch.randn(3, 48, 11, 9)
+    with torch.no_grad():
+        out = deploy._conv_path(qkv)
+        ref = deploy.conv_path(qkv)  # channels-first
+    assert grouped_conv_channels_last(qkv) and not grouped_conv_channels_last(qkv.double())
+    assert out.is_contiguous(memory_format=torch.channels_last) and ref.is_contiguous()
+    assert float((out - ref).abs().max() / ref.abs().max()) <= TOL_F32
+    with torch.no_grad():
+        assert deploy.double()._conv_path(qkv.double()).is_contiguous()  # float64 keeps channels-first
+
+
 def test_rate1_zero_drops_the_attention_core():
     m = randomize_model(ACmix(8, 16, 7, 4, 3, 1), 3).eval()
     bn = _random_bn(16, 4)

@@ -342,7 +342,7 @@ def test_conv_path_folds_alone(form):
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, TOL_F64), (torch.float32, TOL_F32)])
 @pytest.mark.parametrize("form", ["merged", "factored"])
 def test_conv_path_spellings_agree(form, dtype, tol):
-    """Eager mode runs the conv path on channels-last memory, an exported graph channels-first: same values.
+    """Eager float32 CPU runs the conv path on channels-last memory, an exported graph channels-first: same values.
 
     Odd batch, non-square map, random weights and bias map; only the convolution's summation order may differ.
     """
@@ -353,16 +353,16 @@ def test_conv_path_spellings_agree(form, dtype, tol):
     if form == "merged":
         conv = nn.Conv2d(3 * c, c, 3, padding=1, groups=d, bias=False).to(dtype)
         bias = torch.randn(c, *hw, dtype=dtype)
-        run = lambda graph: merged_conv_path(conv, bias, qkv, nh, graph=graph)  # noqa: E731
+        run = lambda cl: merged_conv_path(conv, bias, qkv, nh, channels_last=cl)  # noqa: E731
     else:
         fc = nn.Conv2d(3 * nh, 9, 1).to(dtype)
         dep = nn.Conv2d(9 * d, c, 3, padding=1, groups=d, bias=False).to(dtype)
-        run = lambda graph: factored_conv_path(fc, dep, qkv, nh, graph=graph)  # noqa: E731
+        run = lambda cl: factored_conv_path(fc, dep, qkv, nh, channels_last=cl)  # noqa: E731
     with torch.no_grad():
-        eager, graph = run(False), run(True)
-    assert eager.shape == graph.shape == (b, *hw, c)
-    assert _rel(graph, eager) < tol
-    assert eager.is_contiguous() and not graph.is_contiguous()  # eager: already in the (B, H, W, C) memory it is added to
+        last, first = run(True), run(False)
+    assert last.shape == first.shape == (b, *hw, c)
+    assert _rel(first, last) < tol
+    assert last.is_contiguous() and not first.is_contiguous()  # already in the (B, H, W, C) memory it is added to
 
 
 @pytest.mark.parametrize("form", ["merged", "factored"])
