@@ -68,11 +68,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["HaloPlan", "choose_tile", "grouped_conv_channels_last", "halo_attention", "make_halo_plan", "recorded_softmax_floor", "softmax_floor"]
+__all__ = ["HaloPlan", "choose_tile", "conv_path_layout", "grouped_conv_channels_last", "halo_attention", "make_halo_plan", "recorded_softmax_floor", "softmax_floor"]
 
 # Set only inside ``softmax_floor``: the margin below each row's largest logit that graph-spelled logits are
 # raised to (None: the plain softmax).
 _SOFTMAX_FLOOR: contextvars.ContextVar[float | None] = contextvars.ContextVar("acmix_softmax_floor", default=None)
+# Set only inside ``conv_path_layout``: the memory layout eager convolution paths use (None: the default rule).
+_CONV_LAYOUT: contextvars.ContextVar[str | None] = contextvars.ContextVar("acmix_conv_layout", default=None)
+CONV_LAYOUTS = ("channels_last", "channels_first")
 
 
 @contextlib.contextmanager
@@ -256,17 +259,43 @@ def _recording() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
+@contextlib.contextmanager
+def conv_path_layout(layout: str | None):
+    """Inside this block, eager convolution paths run on ``layout`` memory (``"channels_last"`` or
+    ``"channels_first"``) whatever the device and dtype; ``None`` restores the default rule of
+    :func:`grouped_conv_channels_last`.  Recorded graphs are not affected (always channels-first).
+
+    For a CPU where the default is measured slower (it was measured on one kind), and for side-by-side
+    benchmarks (``benchmarks/conv_layout_speed.py``).  The same values either way, up to the
+    convolution's summation order.
+    """
+    if layout is not None and layout not in CONV_LAYOUTS:
+        raise ValueError(f"conv path layout must be one of {', '.join(CONV_LAYOUTS)} or None, got {layout!r}")
+    token = _CONV_LAYOUT.set(layout)
+    try:
+        yield
+    finally:
+        _CONV_LAYOUT.reset(token)
+
+
 def grouped_conv_channels_last(x: torch.Tensor) -> bool:
     """Whether a convolution path (grouped, a few channels per group) should read ``x`` as channels-last memory.
 
-    True in eager mode for float32 CPU tensors: oneDNN's grouped kernels ran these convolutions 1.6-2.8x
+    Never while a graph is recorded; inside :func:`conv_path_layout`, as it says.  Otherwise (the default)
+    true in eager mode for float32 CPU tensors: oneDNN's grouped kernels ran these convolutions 1.6-2.8x
     faster on channels-last memory than on channels-first maps, the conversion copy included
-    (ACmix-ResNet-50 in torch eager, 1 thread: deploy / plain ResNet-50 1.51x -> 1.36x at batch 1,
-    1.47x -> 1.39x at batch 8; docs/deploy_attention.md).  False while a graph is recorded (an exported
+    (torch eager, 1 thread, AMD EPYC with AVX2, ``benchmarks/conv_layout_speed.py``: ACmix-ResNet-50 deploy /
+    plain ResNet-50 1.66x -> 1.36x at batch 1, 1.65x -> 1.49x at batch 8; Swin-T + ACmix training / deploy
+    1.00x -> 1.13x at batch 1 and 8; docs/deploy_attention.md).  False while a graph is recorded (an exported
     ``Conv`` is channels-first; the backend picks its own layout), on other devices (not measured) and for
     float64 (no oneDNN kernels: channels-last ran 1.8x slower).
     """
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not _recording()
+    if _recording():
+        return False
+    forced = _CONV_LAYOUT.get()
+    if forced is not None:
+        return forced == "channels_last"
+    return x.device.type == "cpu" and x.dtype == torch.float32
 
 
 def halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, plan: HaloPlan, *,

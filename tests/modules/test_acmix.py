@@ -137,6 +137,7 @@ def test_deploy_form_equals_training_form(cin, cout, ka, heads, stride, size, ba
 @pytest.mark.parametrize("stride", [1, 2])
 def test_conv_path_reads_channels_last_in_eager_float32_only(stride):
     """Eager float32 on the CPU runs the grouped conv path on channels-last memory; same values as channels-first."""
+    from acmix_deploy.modules import conv_path_layout
     from acmix_deploy.modules.window_attention import grouped_conv_channels_last
 
     deploy = randomize_model(ACmix(8, 16, 7, 4, 3, stride), 7).eval().fuse(_random_bn(16, 8))
@@ -149,6 +150,17 @@ def test_conv_path_reads_channels_last_in_eager_float32_only(stride):
     assert float((out - ref).abs().max() / ref.abs().max()) <= TOL_F32
     with torch.no_grad():
         assert deploy.double()._conv_path(qkv.double()).is_contiguous()  # float64 keeps channels-first
+        with conv_path_layout("channels_first"):
+            assert torch.equal(deploy.float()._conv_path(qkv), ref)
+        with conv_path_layout("channels_last"):
+            assert deploy.double()._conv_path(qkv.double()).is_contiguous(memory_format=torch.channels_last)
+    assert grouped_conv_channels_last(qkv)  # the default rule is back after the block
+    with conv_path_layout("channels_last"):  # a recorded graph stays channels-first, whatever is asked
+        traced = torch.jit.trace(lambda t: t + float(grouped_conv_channels_last(t)), torch.zeros(1))
+    assert traced(torch.zeros(1)).item() == 0.0
+    with pytest.raises(ValueError, match="channels_last, channels_first or None"):
+        with conv_path_layout("nhwc"):
+            pass
 
 
 def test_rate1_zero_drops_the_attention_core():
