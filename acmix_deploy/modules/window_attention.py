@@ -63,10 +63,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ..errors import ConfigError
 
 __all__ = ["HaloPlan", "choose_tile", "conv_path_layout", "grouped_conv_channels_last", "halo_attention", "make_halo_plan", "recorded_softmax_floor", "softmax_floor"]
 
@@ -76,6 +79,7 @@ _SOFTMAX_FLOOR: contextvars.ContextVar[float | None] = contextvars.ContextVar("a
 # Set only inside ``conv_path_layout``: the memory layout eager convolution paths use (None: the default rule).
 _CONV_LAYOUT: contextvars.ContextVar[str | None] = contextvars.ContextVar("acmix_conv_layout", default=None)
 CONV_LAYOUTS = ("channels_last", "channels_first")
+CONV_LAYOUT_ENV = "ACMIX_DEPLOY_CONV_LAYOUT"  # auto (default), channels_last or channels_first
 
 
 @contextlib.contextmanager
@@ -281,7 +285,9 @@ def conv_path_layout(layout: str | None):
 def grouped_conv_channels_last(x: torch.Tensor) -> bool:
     """Whether a convolution path (grouped, a few channels per group) should read ``x`` as channels-last memory.
 
-    Never while a graph is recorded; inside :func:`conv_path_layout`, as it says.  Otherwise (the default)
+    Never while a graph is recorded; inside :func:`conv_path_layout`, as it says; else as the environment
+    variable ``ACMIX_DEPLOY_CONV_LAYOUT`` says (``channels_last`` or ``channels_first``: for every process of
+    a deployment, e.g. ``serve``, whose threads a context manager does not reach).  Otherwise (``auto``)
     true in eager mode for float32 CPU tensors: oneDNN's grouped kernels ran these convolutions 1.6-2.8x
     faster on channels-last memory than on channels-first maps, the conversion copy included
     (torch eager, 1 thread, AMD EPYC with AVX2, ``benchmarks/conv_layout_speed.py``: ACmix-ResNet-50 deploy /
@@ -293,9 +299,21 @@ def grouped_conv_channels_last(x: torch.Tensor) -> bool:
     if _recording():
         return False
     forced = _CONV_LAYOUT.get()
+    if forced is None:
+        forced = _env_conv_layout()
     if forced is not None:
         return forced == "channels_last"
     return x.device.type == "cpu" and x.dtype == torch.float32
+
+
+def _env_conv_layout() -> str | None:
+    """The layout the ``ACMIX_DEPLOY_CONV_LAYOUT`` environment variable asks for (None: unset or ``auto``)."""
+    value = os.environ.get(CONV_LAYOUT_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in CONV_LAYOUTS:
+        raise ConfigError(f"{CONV_LAYOUT_ENV}={value!r}: expected auto, {', '.join(CONV_LAYOUTS)}")
+    return value
 
 
 def halo_attention(qkv: torch.Tensor, pos_weight: torch.Tensor, plan: HaloPlan, *,

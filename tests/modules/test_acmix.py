@@ -306,3 +306,22 @@ def test_invalid_inputs(module, shape, match):
 def test_batchnorm_width_mismatch_is_refused():
     with pytest.raises(ConfigError, match="BatchNorm has 4 channels"):
         ACmix(8, 8, 7, 4).fuse(nn.BatchNorm2d(4))
+
+
+def test_conv_path_layout_from_the_environment(monkeypatch):
+    """ACMIX_DEPLOY_CONV_LAYOUT reaches every thread of a process; a context manager still wins; typos refused."""
+    from acmix_deploy.modules import conv_path_layout
+    from acmix_deploy.modules.window_attention import CONV_LAYOUT_ENV, grouped_conv_channels_last
+
+    x32, x64 = torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2, dtype=torch.float64)
+    monkeypatch.setenv(CONV_LAYOUT_ENV, "channels_first")
+    assert not grouped_conv_channels_last(x32)
+    with conv_path_layout("channels_last"):
+        assert grouped_conv_channels_last(x32)
+    monkeypatch.setenv(CONV_LAYOUT_ENV, " Channels_Last ")
+    assert grouped_conv_channels_last(x64)
+    monkeypatch.setenv(CONV_LAYOUT_ENV, "auto")
+    assert grouped_conv_channels_last(x32) and not grouped_conv_channels_last(x64)
+    monkeypatch.setenv(CONV_LAYOUT_ENV, "nhwc")
+    with pytest.raises(ConfigError, match="ACMIX_DEPLOY_CONV_LAYOUT='nhwc': expected auto, channels_last, channels_first"):
+        grouped_conv_channels_last(x32)
