@@ -7,6 +7,8 @@ so that folds, checkpoints, artifacts, exporters and runtimes can all build on i
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import importlib
 import os
@@ -16,14 +18,14 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
 from .errors import ConfigError, MissingDependencyError, OutputError
 
 __all__ = ["CPU_ISAS", "CpuInfo", "atomic_write", "check_device", "cpu_isa_level", "detect_cpu", "normalize_imgsz",
-           "random_inputs", "require", "resolve_cpu_isa", "sha256_file"]
+           "random_inputs", "require", "resolve_cpu_isa", "scoped_value", "sha256_file"]
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -227,3 +229,16 @@ def resolve_cpu_isa(cpu_isa: str) -> str:
     if cpu_isa not in CPU_ISAS:
         raise ConfigError(f"cpu_isa must be auto or one of {', '.join(CPU_ISAS)}, got {cpu_isa!r}")
     return cpu_isa
+
+
+_T = TypeVar("_T")
+
+
+@contextlib.contextmanager
+def scoped_value(var: contextvars.ContextVar[_T], value: _T) -> Iterator[None]:
+    """Set a context variable for the duration of a ``with`` block, then restore what it was."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)

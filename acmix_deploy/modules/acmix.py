@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .. import fold
 from ..errors import CheckpointError, ConfigError, InputShapeError
 from ..kernels.window_attention_triton import triton_window_attention, use_triton
+from ..util import scoped_value
 from .dynamic_halo import dynamic_halo_attention, dynamic_halo_tables, make_dynamic_halo_spec
 from .window_attention import HaloPlan, _recording, grouped_conv_channels_last, halo_attention, make_halo_plan
 
@@ -300,11 +301,8 @@ def merged_conv_groups(merge: Callable[[int, int], int] | None):
     with ``merge=None`` or a merge of 1, the compact groups run: a plain ``torch.onnx.export`` of a deploy
     model gives the compact graph.
     """
-    token = _GROUP_MERGE.set(merge)
-    try:
+    with scoped_value(_GROUP_MERGE, merge):
         yield
-    finally:
-        _GROUP_MERGE.reset(token)
 
 
 # None, or (during a dynamic export) the tables computed so far, by block input size at the traced size.
@@ -327,11 +325,8 @@ def dynamic_spatial_export(enabled: bool):
     ONNX exporter's tracer is supported (sizes as tensors on the graph's ``Shape``); AOTInductor refuses
     dynamic height and width (``exporters.aoti``).
     """
-    token = _DYNAMIC_HW.set({} if enabled else None)
-    try:
+    with scoped_value(_DYNAMIC_HW, {} if enabled else None):
         yield
-    finally:
-        _DYNAMIC_HW.reset(token)
 
 
 def check_deploy_layout(state_dict, source: str = "state dict") -> None:

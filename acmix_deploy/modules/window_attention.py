@@ -70,6 +70,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..util import scoped_value
 
 __all__ = ["HaloPlan", "choose_tile", "conv_path_layout", "grouped_conv_channels_last", "halo_attention", "make_halo_plan", "recorded_softmax_floor", "softmax_floor"]
 
@@ -93,11 +94,8 @@ def softmax_floor(margin: float | None):
     """
     if margin is not None and not margin > 0:
         raise ValueError(f"softmax floor margin must be positive, got {margin}")
-    token = _SOFTMAX_FLOOR.set(margin)
-    try:
+    with scoped_value(_SOFTMAX_FLOOR, margin):
         yield
-    finally:
-        _SOFTMAX_FLOOR.reset(token)
 
 
 def recorded_softmax_floor() -> float | None:
@@ -275,11 +273,8 @@ def conv_path_layout(layout: str | None):
     """
     if layout is not None and layout not in CONV_LAYOUTS:
         raise ValueError(f"conv path layout must be one of {', '.join(CONV_LAYOUTS)} or None, got {layout!r}")
-    token = _CONV_LAYOUT.set(layout)
-    try:
+    with scoped_value(_CONV_LAYOUT, layout):
         yield
-    finally:
-        _CONV_LAYOUT.reset(token)
 
 
 def grouped_conv_channels_last(x: torch.Tensor) -> bool:
