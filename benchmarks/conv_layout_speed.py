@@ -6,8 +6,8 @@ Times, interleaved round by round in one process (``benchmarks/common.py``):
   memory (``acmix_deploy.modules.conv_path_layout``), against a plain ResNet-50 of the same widths;
 * Swin-T + ACmix training form and deploy form, the deploy form's convolution path both ways.
 
-The default rule (``grouped_conv_channels_last``: channels-last for eager float32 on the CPU) is what the
-``*_last`` columns run; ``*_first`` is what the deploy forms ran before.  Weights are random, non-initial.
+The ``*_last`` columns force channels-last (what the default rule, ``grouped_conv_channels_last``, picks
+for eager float32 on the CPU); ``*_first`` forces channels-first (what the deploy forms ran before).  Weights are random, non-initial.
 
     python benchmarks/conv_layout_speed.py --threads 1 --batch 1 8 --rounds 9 \\
         --json benchmarks/results/conv_layout_speed_epyc_avx2.json

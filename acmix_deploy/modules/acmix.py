@@ -464,7 +464,7 @@ class ACmixDeploy(nn.Module):
         qkv = self.qkv(x)
         out = self._conv_path(qkv)
         if self.mode == "conv_only":
-            return out
+            return out.contiguous()  # the conv path may have run channels-last; callers get the usual layout
         # Static spatial size: the plan's index tables are constants of the graph (the traced size); with
         # dynamic_spatial_export they are computed in the graph from the shape, and only the tile and the
         # number of groups come from the traced size.

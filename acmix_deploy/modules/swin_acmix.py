@@ -74,7 +74,7 @@ def factored_conv_path(fc: nn.Conv2d, dep_conv: nn.Conv2d, qkv: torch.Tensor, nu
     * channels-last (``channels_last=True``; by default where
       :func:`~acmix_deploy.modules.window_attention.grouped_conv_channels_last` says so: eager float32 on
       the CPU): the copy writes channels-last memory and the grouped convolution reads and writes
-      ``(B, H, W, channels)`` through permuted views.  oneDNN's grouped kernels ran it 1.6-2.8x faster than
+      ``(B, H, W, channels)`` through permuted views.  oneDNN's grouped kernels ran it 1.5-2.8x faster than
       on channels-first maps with so few channels per group, and its output is already in the layout it
       is added to (Swin-T in torch eager, 1 thread: training / deploy 1.12x / 1.16x at batch 1 / 8, was
       1.00-1.04x; docs/swin_acmix.md);

@@ -72,7 +72,8 @@ import torch
 from ..errors import ConfigError
 from ..util import scoped_value
 
-__all__ = ["HaloPlan", "choose_tile", "conv_path_layout", "grouped_conv_channels_last", "halo_attention", "make_halo_plan", "recorded_softmax_floor", "softmax_floor"]
+__all__ = ["HaloPlan", "choose_tile", "conv_path_layout", "grouped_conv_channels_last", "halo_attention",
+           "make_halo_plan", "recorded_softmax_floor", "softmax_floor"]
 
 # Set only inside ``softmax_floor``: the margin below each row's largest logit that graph-spelled logits are
 # raised to (None: the plain softmax).
@@ -272,7 +273,7 @@ def conv_path_layout(layout: str | None):
     convolution's summation order.
     """
     if layout is not None and layout not in CONV_LAYOUTS:
-        raise ValueError(f"conv path layout must be one of {', '.join(CONV_LAYOUTS)} or None, got {layout!r}")
+        raise ConfigError(f"conv path layout must be one of {', '.join(CONV_LAYOUTS)} or None, got {layout!r}")
     with scoped_value(_CONV_LAYOUT, layout):
         yield
 
@@ -283,8 +284,9 @@ def grouped_conv_channels_last(x: torch.Tensor) -> bool:
     Never while a graph is recorded; inside :func:`conv_path_layout`, as it says; else as the environment
     variable ``ACMIX_DEPLOY_CONV_LAYOUT`` says (``channels_last`` or ``channels_first``: for every process of
     a deployment, e.g. ``serve``, whose threads a context manager does not reach).  Otherwise (``auto``)
-    true in eager mode for float32 CPU tensors: oneDNN's grouped kernels ran these convolutions 1.6-2.8x
-    faster on channels-last memory than on channels-first maps, the conversion copy included
+    true in eager mode for float32 CPU tensors: oneDNN's grouped kernels ran these convolutions 1.5-3.1x
+    faster on channels-last memory than on channels-first maps (ACmix-ResNet-50's and Swin-T's shapes, the
+    conversion copy included; docs/deploy_attention.md, docs/swin_acmix.md)
     (torch eager, 1 thread, AMD EPYC with AVX2, ``benchmarks/conv_layout_speed.py``: ACmix-ResNet-50 deploy /
     plain ResNet-50 1.66x -> 1.36x at batch 1, 1.65x -> 1.49x at batch 8; Swin-T + ACmix training / deploy
     1.00x -> 1.13x at batch 1 and 8; docs/deploy_attention.md).  False while a graph is recorded (an exported
@@ -303,11 +305,12 @@ def grouped_conv_channels_last(x: torch.Tensor) -> bool:
 
 def _env_conv_layout() -> str | None:
     """The layout the ``ACMIX_DEPLOY_CONV_LAYOUT`` environment variable asks for (None: unset or ``auto``)."""
-    value = os.environ.get(CONV_LAYOUT_ENV, "").strip().lower()
+    raw = os.environ.get(CONV_LAYOUT_ENV, "")
+    value = raw.strip().lower()
     if value in ("", "auto"):
         return None
     if value not in CONV_LAYOUTS:
-        raise ConfigError(f"{CONV_LAYOUT_ENV}={value!r}: expected auto, {', '.join(CONV_LAYOUTS)}")
+        raise ConfigError(f"{CONV_LAYOUT_ENV}={raw!r}: expected auto, {', '.join(CONV_LAYOUTS)}")
     return value
 
 

@@ -135,11 +135,12 @@ def test_deploy_form_equals_training_form(cin, cout, ka, heads, stride, size, ba
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_conv_path_reads_channels_last_in_eager_float32_only(stride):
+def test_conv_path_reads_channels_last_in_eager_float32_only(stride, monkeypatch):
     """Eager float32 on the CPU runs the grouped conv path on channels-last memory; same values as channels-first."""
     from acmix_deploy.modules import conv_path_layout
-    from acmix_deploy.modules.window_attention import grouped_conv_channels_last
+    from acmix_deploy.modules.window_attention import CONV_LAYOUT_ENV, grouped_conv_channels_last
 
+    monkeypatch.delenv(CONV_LAYOUT_ENV, raising=False)
     deploy = randomize_model(ACmix(8, 16, 7, 4, 3, stride), 7).eval().fuse(_random_bn(16, 8))
     qkv = torch.randn(3, 48, 11, 9)
     with torch.no_grad():
@@ -158,7 +159,7 @@ def test_conv_path_reads_channels_last_in_eager_float32_only(stride):
     with conv_path_layout("channels_last"):  # a recorded graph stays channels-first, whatever is asked
         traced = torch.jit.trace(lambda t: t + float(grouped_conv_channels_last(t)), torch.zeros(1))
     assert traced(torch.zeros(1)).item() == 0.0
-    with pytest.raises(ValueError, match="channels_last, channels_first or None"):
+    with pytest.raises(ConfigError, match="channels_last, channels_first or None"):
         with conv_path_layout("nhwc"):
             pass
 
@@ -322,6 +323,38 @@ def test_conv_path_layout_from_the_environment(monkeypatch):
     assert grouped_conv_channels_last(x64)
     monkeypatch.setenv(CONV_LAYOUT_ENV, "auto")
     assert grouped_conv_channels_last(x32) and not grouped_conv_channels_last(x64)
-    monkeypatch.setenv(CONV_LAYOUT_ENV, "nhwc")
-    with pytest.raises(ConfigError, match="ACMIX_DEPLOY_CONV_LAYOUT='nhwc': expected auto, channels_last, channels_first"):
+    monkeypatch.setenv(CONV_LAYOUT_ENV, "channels_last")
+    with conv_path_layout(None):  # None: back to the environment, not to the built-in rule
+        assert grouped_conv_channels_last(x64)
+    traced = torch.jit.trace(lambda t: t + float(grouped_conv_channels_last(t)), torch.zeros(1))
+    assert traced(torch.zeros(1)).item() == 0.0  # recorded graphs ignore the variable
+    monkeypatch.setenv(CONV_LAYOUT_ENV, "NHWC")
+    with pytest.raises(ConfigError, match="ACMIX_DEPLOY_CONV_LAYOUT='NHWC': expected auto, channels_last, channels_first"):
         grouped_conv_channels_last(x32)
+
+
+def test_deploy_models_run_their_conv_paths_channels_last_by_default(monkeypatch):
+    """The default reaches the convolutions of whole deploy models (ACmix-ResNet, Swin); conv_only stays NCHW."""
+    import acmix_deploy as ad
+    from acmix_deploy.modules.window_attention import CONV_LAYOUT_ENV
+
+    monkeypatch.delenv(CONV_LAYOUT_ENV, raising=False)
+    for name, path in (("acmix_resnet_tiny", "conv_path"), ("acmix_swin_micro", "dep_conv")):
+        model = ad.reparameterize_model(randomize_model(ad.create_model(name), 2).eval())
+        seen = []
+
+        def record(_module, args):
+            seen.append(args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous())
+
+        for mod in model.modules():
+            conv = getattr(mod, path, None)
+            if isinstance(conv, nn.Conv2d):
+                conv.register_forward_pre_hook(record)
+        with torch.no_grad():
+            model(torch.randn(2, 3, 32, 32))
+        assert seen and all(seen), (name, seen)
+    deploy = randomize_model(ACmix(8, 16, 7, 4, 3, 1), 3).eval()
+    with torch.no_grad():
+        deploy.rate1.zero_()
+        conv_only = deploy.fuse(_random_bn(16, 4))
+        assert conv_only.mode == "conv_only" and conv_only(torch.randn(2, 8, 9, 10)).is_contiguous()
