@@ -7,7 +7,8 @@ Times, interleaved round by round in one process (``benchmarks/common.py``):
 * Swin-T + ACmix training form and deploy form, the deploy form's convolution path both ways.
 
 The ``*_last`` columns force channels-last (what the default rule, ``grouped_conv_channels_last``, picks
-for eager float32 on the CPU); ``*_first`` forces channels-first (what the deploy forms ran before).  Weights are random, non-initial.
+for eager float32 on the CPU); ``*_first`` forces channels-first (what the deploy forms ran before).
+Weights are random, non-initial.
 
     python benchmarks/conv_layout_speed.py --threads 1 --batch 1 8 --rounds 9 \\
         --json benchmarks/results/conv_layout_speed_epyc_avx2.json

@@ -329,7 +329,7 @@ def test_conv_path_layout_from_the_environment(monkeypatch):
     traced = torch.jit.trace(lambda t: t + float(grouped_conv_channels_last(t)), torch.zeros(1))
     assert traced(torch.zeros(1)).item() == 0.0  # recorded graphs ignore the variable
     monkeypatch.setenv(CONV_LAYOUT_ENV, "NHWC")
-    with pytest.raises(ConfigError, match="ACMIX_DEPLOY_CONV_LAYOUT='NHWC': expected auto, channels_last, channels_first"):
+    with pytest.raises(ConfigError, match="LAYOUT='NHWC': expected auto, channels_last, channels_first"):
         grouped_conv_channels_last(x32)
 
 
