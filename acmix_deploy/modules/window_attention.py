@@ -288,8 +288,8 @@ def grouped_conv_channels_last(x: torch.Tensor) -> bool:
     faster on channels-last memory than on channels-first maps (ACmix-ResNet-50's and Swin-T's shapes, the
     conversion copy included; docs/deploy_attention.md, docs/swin_acmix.md)
     (torch eager, 1 thread, AMD EPYC with AVX2, ``benchmarks/conv_layout_speed.py``: ACmix-ResNet-50 deploy /
-    plain ResNet-50 1.66x -> 1.36x at batch 1, 1.65x -> 1.49x at batch 8; Swin-T + ACmix training / deploy
-    1.00x -> 1.13x at batch 1 and 8; docs/deploy_attention.md).  False while a graph is recorded (an exported
+    plain ResNet-50 1.59-1.66x -> 1.36-1.44x at batch 1, 1.62-1.65x -> 1.49-1.54x at batch 8 in two runs;
+    Swin-T + ACmix training / deploy 1.00-1.01x -> 1.11-1.13x; docs/deploy_attention.md).  False while a graph is recorded (an exported
     ``Conv`` is channels-first; the backend picks its own layout), on other devices (not measured) and for
     float64 (no oneDNN kernels: channels-last ran 1.8x slower).
     """
