@@ -97,9 +97,9 @@ def merged_conv_path(conv_path: nn.Conv2d, conv_bias: torch.Tensor, qkv: torch.T
     """The convolution path with ``fc`` merged into ``dep_conv`` (one grouped 3x3 convolution), as ``(B, H, W, C)``.
 
     ``conv_path`` has ``d`` groups of ``3nh`` input channels (channel ``i * 3nh + t``, regrouped by
-    head-dimension index from qkv's ``t * d + i``) and ``nh`` outputs each; ``conv_bias`` ``(C, H, W)`` is what fc's
-    bias contributes through the zero-padded ``dep_conv`` (it differs at the border).  One copy does the regrouping,
-    into channels-last or channels-first memory as in :func:`factored_conv_path`.
+    head-dimension index from qkv's ``t * d + i``) and ``nh`` outputs each; ``conv_bias`` ``(C, H, W)`` is
+    what fc's bias contributes through the zero-padded ``dep_conv`` (it differs at the border).  One copy
+    does the regrouping, into channels-last or channels-first memory as in :func:`factored_conv_path`.
     """
     b, hh, ww, c3 = qkv.shape
     d = c3 // (3 * num_heads)
@@ -330,7 +330,8 @@ class WindowAttentionACmixDeploy(nn.Module):
 
     Both paths read ``qkv`` through one regrouping copy (:func:`merged_conv_path`,
     :func:`factored_conv_path`: channels-last memory in eager float32 on the CPU,
-    channels-first in an exported graph); the attention through the official window partition.
+    channels-first in an exported graph); the attention through the official window
+    partition.
 
     ``y = proj(softmax(q k^T + attn_bias) v) + conv(qkv) + conv_bias``.
     """

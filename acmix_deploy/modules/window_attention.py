@@ -281,17 +281,17 @@ def conv_path_layout(layout: str | None):
 def grouped_conv_channels_last(x: torch.Tensor) -> bool:
     """Whether a convolution path (grouped, a few channels per group) should read ``x`` as channels-last memory.
 
-    Never while a graph is recorded; inside :func:`conv_path_layout`, as it says; else as the environment
-    variable ``ACMIX_DEPLOY_CONV_LAYOUT`` says (``channels_last`` or ``channels_first``: for every process of
-    a deployment, e.g. ``serve``, whose threads a context manager does not reach).  Otherwise (``auto``)
-    true in eager mode for float32 CPU tensors: oneDNN's grouped kernels ran these convolutions 1.5-3.1x
-    faster on channels-last memory than on channels-first maps (ACmix-ResNet-50's and Swin-T's shapes, the
-    conversion copy included; docs/deploy_attention.md, docs/swin_acmix.md)
-    (torch eager, 1 thread, AMD EPYC with AVX2, ``benchmarks/conv_layout_speed.py``: ACmix-ResNet-50 deploy /
-    plain ResNet-50 1.59-1.66x -> 1.36-1.44x at batch 1, 1.62-1.65x -> 1.49-1.54x at batch 8 in two runs;
-    Swin-T + ACmix training / deploy 1.00-1.01x -> 1.11-1.13x; docs/deploy_attention.md).  False while a graph is recorded (an exported
-    ``Conv`` is channels-first; the backend picks its own layout), on other devices (not measured) and for
-    float64 (no oneDNN kernels: channels-last ran 1.8x slower).
+    Never while a graph is recorded (an exported ``Conv`` is channels-first; the backend picks its own
+    layout).  Otherwise as :func:`conv_path_layout` says inside one, else as the environment variable
+    ``ACMIX_DEPLOY_CONV_LAYOUT`` says (``channels_last`` or ``channels_first``: for a whole process, e.g.
+    ``serve``, whose threads a context manager does not reach).  Otherwise (``auto``, the default) true for
+    float32 CPU tensors: oneDNN's grouped kernels ran these convolutions 1.5-3.1x faster on channels-last
+    memory than on channels-first maps, the conversion copy included (ACmix-ResNet-50's and Swin-T's shapes,
+    docs/deploy_attention.md, docs/swin_acmix.md); whole models, torch eager, 1 thread, AMD EPYC with AVX2
+    (``benchmarks/conv_layout_speed.py``, two runs): ACmix-ResNet-50 deploy / plain ResNet-50 1.59-1.66x ->
+    1.36-1.44x at batch 1 and 1.62-1.65x -> 1.49-1.54x at batch 8, Swin-T + ACmix training / deploy
+    1.00-1.01x -> 1.11-1.13x.  False on other devices (not measured) and for float64 (no oneDNN kernels:
+    channels-last ran 1.8x slower).
     """
     if _recording():
         return False
