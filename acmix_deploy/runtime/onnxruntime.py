@@ -13,10 +13,6 @@ from ..util import require
 from .base import Runner, TensorSpec
 from .per_size import PerSizeCache
 
-# The session option that turns named graph optimizers off, and those a dynamic-size graph runs faster without.
-DISABLED_OPTIMIZERS_KEY = "optimization.disable_specified_optimizers"
-DYNAMIC_HW_DISABLED_OPTIMIZERS = ("GatherSliceToSplitFusion",)
-
 # ONNX Runtime's type strings -> NumPy dtypes
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
@@ -65,7 +61,6 @@ class OrtRunner(Runner):
             raise ConfigError(f"specialize must be 0 or more sessions, got {specialize}")
         self._threads, self._spinning, self._profile_prefix = threads, spinning, profile_prefix
         self._stop_spinning = False
-        self._dynamic_hw = False
         self._requested_providers = providers or ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), self._options(), providers=self._requested_providers)
@@ -90,25 +85,19 @@ class OrtRunner(Runner):
         hw_names = inputs[0].shape[2:] if len(inputs[0].shape) == 4 else ()
         named = rule is not None and len(hw_names) == 2 and all(isinstance(n, str) for n in hw_names)
         self._hw_names = tuple(hw_names) if named else None
-        if named:
-            # The general session of a graph with dynamic height and width gets its own options (see
-            # _options), so it is loaded again, once; the first load read the metadata that says what it is.
-            self._dynamic_hw = True
-            if specialize:
-                self.per_size = PerSizeCache(self._specialized_session, specialize, background, path.name)
-                # Several sessions, each with its own intra-op threads: threads still spinning after their run
-                # would take the cores of the next session's (tiny model, 2 threads, sizes alternating: 10.6 ms
-                # a run, against 6.3 without spinning and 4.8 with spinning stopped at the end of each run).
-                # Stop it there, in the general session too.
-                self._stop_spinning = self._spinning
-            if self._profile_prefix:  # the first load's profile would be left behind, empty
-                Path(self.session.end_profiling()).unlink(missing_ok=True)
-            del self.session  # not two general sessions at once (device memory, with a GPU provider)
-            try:
-                self.session = ort.InferenceSession(str(path), self._options(), providers=self._requested_providers)
-            except Exception as exc:  # noqa: BLE001 - it loaded a moment ago: say so, not a traceback
-                raise AcmixDeployError(f"ONNX Runtime cannot reload {path} with its dynamic-size options: "
-                                       f"{exc}") from None
+        if named and specialize:
+            self.per_size = PerSizeCache(self._specialized_session, specialize, background, path.name)
+            if self._spinning:
+                # Several sessions, each with its own intra-op threads: threads still spinning after their run would
+                # take the cores of the next session's (tiny model, 2 threads, sizes alternating: 10.6 ms a run,
+                # against 6.3 without spinning and 4.8 with spinning stopped at the end of each run).  Stop it
+                # there, in the general session too (reloaded once).
+                self._stop_spinning = True
+                del self.session  # not two general sessions at once (device memory, with a GPU provider)
+                try:
+                    self.session = ort.InferenceSession(str(path), self._options(), providers=self._requested_providers)
+                except Exception as exc:  # noqa: BLE001 - it loaded a moment ago: say so, not a traceback
+                    raise AcmixDeployError(f"ONNX Runtime cannot reload {path} for per-size sessions: {exc}") from None
 
     def _options(self, hw: tuple[int, int] | None = None):
         ort = self._ort
@@ -129,13 +118,6 @@ class OrtRunner(Runner):
         if hw is not None:
             for name, size in zip(self._hw_names, hw):
                 opts.add_free_dimension_override_by_name(name, int(size))
-        elif self._dynamic_hw:
-            # The general session computes the attention's index tables from the input's shape: many small
-            # operators, among them scalar Gathers that ONNX Runtime's GatherSliceToSplitFusion turns into a
-            # Split plus one Squeeze each (acmix_resnet_tiny: 492 -> 475 nodes without it).  Left as Gathers,
-            # the graph ran 3-9% faster at batch 1 on one thread and the same at batch 8 (docs/dynamic_shapes.md);
-            # fixed-size graphs and per-size sessions gain nothing from it and keep the default.
-            opts.add_session_config_entry(DISABLED_OPTIMIZERS_KEY, ",".join(DYNAMIC_HW_DISABLED_OPTIMIZERS))
         return opts
 
     def _specialized_session(self, hw: tuple[int, int]):

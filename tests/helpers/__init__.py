@@ -60,18 +60,14 @@ def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
     return net.eval()
 
 
-def ort_optimized_nodes(path, out: Path | str | None = None, overrides: dict[str, int] | None = None,
-                        config: dict[str, str] | None = None) -> list:
+def ort_optimized_nodes(path, out: Path | str | None = None, overrides: dict[str, int] | None = None) -> list:
     """The nodes of ``path`` (an ONNX file) as ONNX Runtime's CPU session optimizes them (written to ``out``,
-    default ``<path>.opt.onnx``), with free dimension ``overrides`` (axis name -> size) and session
-    ``config`` entries if given."""
+    default ``<path>.opt.onnx``), with free dimension ``overrides`` (axis name -> size) if given."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     so = ort.SessionOptions()
     for name, value in (overrides or {}).items():
         so.add_free_dimension_override_by_name(name, value)
-    for key, value in (config or {}).items():
-        so.add_session_config_entry(key, value)
     so.optimized_model_filepath = str(out or f"{path}.opt.onnx")
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return list(onnx.load(so.optimized_model_filepath).graph.node)

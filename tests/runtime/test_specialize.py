@@ -102,30 +102,6 @@ def test_a_graph_with_a_fixed_size_is_not_specialised(tiny_files):
     assert runner.session_for(x) is runner.session and runner.specialized_sizes == []
 
 
-def test_the_general_session_of_a_dynamic_graph_keeps_its_scalar_gathers(tiny_files, tmp_path):
-    """Without GatherSliceToSplitFusion the table arithmetic stays Gathers (no Split + Squeeze per pair of
-    picks: fewer nodes, 3-9% faster at batch 1); only the general session of a dynamic-size graph drops it."""
-    from acmix_deploy.runtime.onnxruntime import DISABLED_OPTIMIZERS_KEY, DYNAMIC_HW_DISABLED_OPTIMIZERS
-
-    dyn, fixed = tiny_files
-    general = OrtRunner(dyn, specialize=1)
-    value = ",".join(DYNAMIC_HW_DISABLED_OPTIMIZERS)
-    assert general.session.get_session_options().get_session_config_entry(DISABLED_OPTIMIZERS_KEY) == value
-    default = [n.op_type for n in ort_optimized_nodes(dyn, tmp_path / "a.onnx")]
-    without = [n.op_type for n in ort_optimized_nodes(dyn, tmp_path / "b.onnx",
-                                                      config={DISABLED_OPTIMIZERS_KEY: value})]
-    assert default.count("Squeeze") > 20 and without.count("Squeeze") == 0 and len(without) < len(default)
-    x = np.random.default_rng(1).standard_normal((2, 3, 40, 64)).astype(np.float32)
-    plain = ort.InferenceSession(str(dyn), providers=["CPUExecutionProvider"])
-    expect = plain.run(None, {plain.get_inputs()[0].name: x})[0]
-    got = general.session.run(None, {general.input_name: x})[0]
-    assert rel_error(torch.from_numpy(expect), torch.from_numpy(got)) <= TOL_F32
-    for runner, hw in ((general, (40, 64)), (OrtRunner(fixed), None)):  # per-size and fixed-size: the default
-        session = runner.session if hw is None else runner.per_size_handle(np.zeros((1, 3, *hw), np.float32))
-        with pytest.raises(RuntimeError, match="does not have configuration"):
-            session.get_session_options().get_session_config_entry(DISABLED_OPTIMIZERS_KEY)
-
-
 def test_open_runner_passes_it_on(tiny_files):
     runner = open_runner(tiny_files[0], specialize=3)
     assert isinstance(runner, OrtRunner) and runner.specialize == 3
