@@ -35,10 +35,15 @@ __all__ = ["AOTI_DYNAMIC_HW_PARAMS", "AOTI_DYNAMIC_HW_REASON", "AotiExport", "ex
 # every symbolic intermediate size to be >= 2 (its 0/1 specialisation: ACmix-ResNet-tiny's last map of 1x1
 # at the smallest valid size is refused), and the AOTInductor-compiled package of acmix_resnet_tiny aborted
 # the process (c10::Error, "index out of bounds" in a generated kernel of the halo gather) at run time.
+# Re-measured with torch 2.13.0 (benchmarks/aoti_dynamic_hw_probe.py): the capture traced at 64x64 is exact
+# at other sizes (1.8e-7), a map of one tile at the traced size is still specialised (so sizes with a
+# one-tile map are refused), and AOTInductor's compilation stops on an internal assertion ("vr must not
+# be None for symbol ...").
 AOTI_DYNAMIC_HW_REASON = (
     "AOTInductor packages keep a fixed height and width: with symbolic sizes torch.export refuses the "
-    "smallest valid sizes (it assumes no intermediate size is 1) and the compiled package failed a bounds "
-    "check in its generated halo-gather kernel, aborting the process; export one package per input size "
+    "smallest valid sizes (it specialises maps of one tile) and AOTInductor could not build a working "
+    "package from the captured program (torch 2.9: a bounds check failed in its generated halo-gather "
+    "kernel; torch 2.13: an internal assertion while compiling); export one package per input size "
     "({imgsz}), or an ONNX graph ({fmt='onnx'}) with {dynamic_hw}")
 AOTI_DYNAMIC_HW_PARAMS = ("imgsz", "fmt='onnx'", "dynamic_hw")  # the parameters AOTI_DYNAMIC_HW_REASON names
 
