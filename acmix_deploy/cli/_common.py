@@ -165,5 +165,6 @@ FLAGS = {
 # for a value a flag stands for (``dynamic=False`` is ``--static``; ``typing`` is ``build_engine``'s
 # name for ``trt_typing``; ``precision`` is chosen by two flags).
 OTHER_FLAGS = {"code_paths": "--code-path", "fmt": "--format", "backends": "--backend", "batches": "--batch",
-               "onnx_backends": "--onnx-backend", "dynamic=False": "--static", "dynamic=True": "--dynamic",
+               "onnx_backends": "--onnx-backend", "conv_layouts": "--conv-layout", "dynamic=False": "--static",
+               "dynamic=True": "--dynamic",
                "typing": "--trt-weak-typing", "precision": "--fp16 / --int8"}

@@ -19,20 +19,26 @@ def _render_profile(report: dict) -> None:
     where = dev.get("gpu") or f"{dev['cpu']}, {dev['threads']} threads"
     table = Table(title=f"{report['model'].get('arch') or report['model']['path']} on {where}")
     sizes = {tuple(r["imgsz"]) for r in report["results"] if r.get("imgsz")}
-    cols = ("backend", "form", *(("size",) if len(sizes) > 1 else ()), "batch", "mean ms", "std", "p50", "p90",
+    layouts = any(r.get("conv_layout") for r in report["results"])
+    cols = ("backend", "form", *(("conv layout",) if layouts else ()), *(("size",) if len(sizes) > 1 else ()), "batch", "mean ms", "std", "p50", "p90",
             "p99", "samples/s", "peak MB")
     for col in cols:
-        table.add_column(col, justify="left" if col in ("backend", "form") else "right")
+        table.add_column(col, justify="left" if col in ("backend", "form", "conv layout") else "right")
     for r in report["results"]:
         peak = "" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
         size = ("x".join(map(str, r["imgsz"])),) if len(sizes) > 1 else ()
-        table.add_row(r["backend"], r["form"], *size, str(r["batch"]), f"{r['mean_ms']:.2f}", f"{r['std_ms']:.2f}",
+        layout = (r.get("conv_layout") or "",) if layouts else ()
+        table.add_row(r["backend"], r["form"], *layout, *size, str(r["batch"]), f"{r['mean_ms']:.2f}", f"{r['std_ms']:.2f}",
                       f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
                       f"{r['throughput_per_s']:.1f}", peak)
     _print_table(table)
     for row in report.get("compare_forms", []):
         console.print(f"[bold]training / deploy[/] ({row['backend']}, batch {row['batch']}, medians): "
                       f"{row['training_over_deploy']:.2f}x")
+    for row in report.get("compare_conv_layouts", []):
+        size = "x".join(map(str, row["imgsz"]))
+        console.print(f"[bold]channels-first / channels-last[/] (torch {row['form']}, batch {row['batch']}, {size}, "
+                      f"medians, interleaved): {row['channels_first_over_channels_last']:.2f}x")
     for label, ops in report.get("layers", {}).items():
         lt = Table(title=f"top operators: {label}")
         for col in ("operator", "calls/run", "ms/run", "%"):
@@ -62,6 +68,10 @@ def profile(
     specialize: int = typer.Option(4, "--specialize", min=0, help="A --dynamic-hw graph in onnxruntime or openvino: each size runs in a session fixed to it, as serve does (0: the general session, to time the dynamic graph itself)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (needed for bare state dicts)."),
     compare_forms: bool = typer.Option(False, "--compare-forms", help="Time training and deploy forms side by side."),
+    conv_layout: Optional[list[str]] = typer.Option(
+        None, "--conv-layout", help="torch on the CPU: run the deploy form's convolution paths on this memory layout: "
+        "auto (the default rule, or ACMIX_DEPLOY_CONV_LAYOUT), channels_last or channels_first; repeat to time "
+        "several interleaved, call by call (--conv-layout channels_first --conv-layout channels_last)."),
     layers: bool = typer.Option(False, "--layers", help="Show the top operators by time."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the results as CSV."),
@@ -77,7 +87,7 @@ def profile(
     settings = ProfileSettings(
         backends=tuple(backend or ()), batches=tuple(batch), imgsz=single, sizes=sizes, warmup=warmup, iters=iters,
         seconds=seconds, threads=threads, device=device, compare_forms=compare_forms, layers=layers, arch=arch,
-        model_def=model_def, model_args=model_args, specialize=specialize,
+        model_def=model_def, model_args=model_args, specialize=specialize, conv_layouts=tuple(conv_layout or ()),
     )
     try:
         settings.validate()

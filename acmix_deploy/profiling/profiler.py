@@ -32,6 +32,7 @@ import torch.nn as nn
 from ..errors import AcmixDeployError, ConfigError, InputShapeError
 from ..exporters import export_onnx
 from ..exporters.onnx import cpu_target
+from ..modules.window_attention import CONV_LAYOUTS, conv_path_layout, grouped_conv_channels_last
 from ..pipeline import prepare_deploy
 from ..runtime import OrtRunner, Runner
 from ..runtime.loader import BACKENDS as FILE_SUFFIXES, EXPORTED, backend_for, open_runner
@@ -68,6 +69,9 @@ class ProfileSettings:
     model_args: str | dict | None = None
     # ONNX Runtime on a graph with dynamic height and width: sessions fixed to one input size each (OrtRunner)
     specialize: int = 4
+    # torch (eager): the memory layout of the convolution paths, "auto" (the default rule or
+    # ACMIX_DEPLOY_CONV_LAYOUT), "channels_last" or "channels_first"; several are timed interleaved
+    conv_layouts: tuple[str, ...] = ()
 
     def validate(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -86,6 +90,18 @@ class ProfileSettings:
             raise ConfigError(f"{{threads}} must be positive, got {self.threads}", params=["threads"])
         if self.specialize < 0:
             raise ConfigError(f"{{specialize}} must be 0 or more, got {self.specialize}", params=["specialize"])
+        layouts = ("auto", *CONV_LAYOUTS)
+        bad = [v for v in self.conv_layouts if v not in layouts]
+        if bad:
+            raise ConfigError(f"{{conv_layouts}} takes {', '.join(layouts)}; got {bad[0]!r}", params=["conv_layouts"])
+        if len(set(self.conv_layouts)) != len(self.conv_layouts):
+            raise ConfigError("{conv_layouts}: each layout once", params=["conv_layouts"])
+        if self.conv_layouts and self.backends and "torch" not in self.backends:
+            raise ConfigError("{conv_layouts} applies to the torch backend (eager); exported graphs and "
+                              "torch-compile keep the layout they were built with", params=["conv_layouts", "backends"])
+        if self.conv_layouts and self.device != "cpu":
+            raise ConfigError("{conv_layouts} applies on the CPU, where the default rule was measured",
+                              params=["conv_layouts", "device"])
         normalize_imgsz(self.imgsz)  # ConfigError for anything but a positive int or (height, width)
         for size in self.sizes:
             normalize_imgsz(tuple(size))
@@ -104,24 +120,26 @@ class _Target:
     kind: str  # "torch", "onnxruntime" or "runner" (AOTInductor, TensorRT: no per-layer view)
     handle: object = None  # nn.Module (per-layer view) or the file's Runner
     notes: list[str] = field(default_factory=list)
+    conv_layout: str | None = None  # torch eager with ProfileSettings.conv_layouts: the layout it runs
 
 
-def _torch_target(model: nn.Module, backend: str, form: str, device: str) -> _Target:
+def _torch_target(model: nn.Module, backend: str, form: str, device: str, conv_layout: str | None = None) -> _Target:
     model = model.eval().to(device)
     fn = model
     if backend == "torch-compile":
         fn = torch.compile(model)
+    forced = None if conv_layout in (None, "auto") else conv_layout
 
     def make(x: np.ndarray):
         xt = torch.from_numpy(x).to(device)
 
         def run():
-            with torch.inference_mode():
+            with torch.inference_mode(), conv_path_layout(forced):
                 return fn(xt)
 
         return run
 
-    return _Target(backend, form, make, "torch", model)
+    return _Target(backend, form, make, "torch", model, conv_layout=conv_layout)
 
 
 def _file_target(path: Path, backend: str, form: str, settings: ProfileSettings) -> _Target:
@@ -199,6 +217,32 @@ def _time(run: Callable[[], object], settings: ProfileSettings) -> tuple[list[fl
         hwm = _rss_mb("VmHWM")
         peak = max(0.0, hwm - rss_before) if hwm is not None else None
     return times, peak
+
+
+def _time_interleaved(runs: list[Callable[[], object]], settings: ProfileSettings) -> list[list[float]]:
+    """:func:`_time` for several runs side by side (CPU): one timed call of each per round, the order rotated
+    every round, so that a machine slowing down or speeding up during the measurement reaches all of them alike.
+    ``seconds`` is the time for each run, as when they are timed one after the other.  No peak memory (one
+    process watermark for all)."""
+    for run in runs:
+        for _ in range(settings.warmup):
+            run()
+    times: list[list[float]] = [[] for _ in runs]
+    deadline = time.perf_counter() + settings.seconds * len(runs) if settings.seconds else None
+    i = 0
+    while True:
+        for k in range(len(runs)):
+            j = (i + k) % len(runs)
+            t0 = time.perf_counter_ns()
+            runs[j]()
+            times[j].append((time.perf_counter_ns() - t0) / 1e6)
+        i += 1
+        if deadline is not None:
+            if time.perf_counter() >= deadline:
+                break
+        elif i >= settings.iters:
+            break
+    return times
 
 
 def _torch_layers(model: nn.Module, x: np.ndarray, device: str, runs: int = 3, top: int = 15) -> list[dict]:
@@ -367,39 +411,67 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                                       f"first (export, {{fmt}} {fmt}) and profile the {suffix} file",
                                       params=["backends", "fmt"])
                 for form, model in forms.items():
-                    targets.append(_torch_target(model, backend, form, settings.device))
+                    # the layouts concern the deploy form's convolution paths; the training form runs as it is
+                    layouts = settings.conv_layouts if backend == "torch" and form == "deploy" else ()
+                    for layout in layouts or (None,):
+                        targets.append(_torch_target(model, backend, form, settings.device, layout))
         if not targets:
             raise ConfigError("nothing to profile with these backends and forms")
+        if settings.conv_layouts and not any(t.conv_layout for t in targets):
+            raise ConfigError("{conv_layouts} applies to the deploy form in the torch backend (eager): profile a "
+                              "deploy checkpoint, or a training one with {compare_forms}",
+                              params=["conv_layouts", "compare_forms"])
         model_info["input_size"] = list(input_size)
         if sweep or input_sizes[0] != input_size:
             model_info["input_sizes"] = [list(sz) for sz in input_sizes]
 
+        # Targets timed together: one form's convolution-path layouts, interleaved; every other target alone.
+        groups: dict[tuple, list[_Target]] = {}
+        for t in targets:
+            groups.setdefault((t.backend, t.form) if t.conv_layout else (id(t),), []).append(t)
         results = []
         total = len(targets) * len(settings.batches) * len(input_sizes)
         done = 0
         rng = np.random.default_rng(0)
-        for target, size, batch in ((t, sz, b) for t in targets for sz in input_sizes for b in settings.batches):
+        for group, size, batch in ((g, sz, b) for g in groups.values() for sz in input_sizes for b in settings.batches):
             x = rng.standard_normal((batch, *size), dtype=np.float32)
+            target = group[0]
             what = f"{target.backend}/{target.form} batch {batch}" + (f" {size[1]}x{size[2]}" if sweep else "")
+            if len(group) > 1:
+                what += f" ({len(group)} conv layouts, interleaved)"
             if progress:
                 progress(what, done, total)
-            run = target.make(x)
+            runs = [t.make(x) for t in group]
             first_run_s = None
             if target.backend == "torch-compile":  # compilation happens here, outside the timing
                 t0 = time.perf_counter()
-                run()
+                runs[0]()
                 first_run_s = time.perf_counter() - t0
-            times, peak = _time(run, settings)
-            row = {"backend": target.backend, "form": target.form, "batch": batch, "imgsz": list(size[1:]),
-                   **summarize(times, batch),
-                   "peak_mem_mb": peak, "peak_mem_kind": "cuda_max_allocated" if settings.device == "cuda" else "rss_growth"}
-            if first_run_s is not None:
-                row["compile_s"] = first_run_s
-            results.append(row)
-            done += 1
+            if len(group) > 1:
+                timed = [(times, None) for times in _time_interleaved(runs, settings)]
+            else:
+                timed = [_time(runs[0], settings)]
+            for t, (times, peak) in zip(group, timed):
+                row = {"backend": t.backend, "form": t.form, "batch": batch, "imgsz": list(size[1:]),
+                       **summarize(times, batch), "peak_mem_mb": peak,
+                       "peak_mem_kind": "cuda_max_allocated" if settings.device == "cuda" else "rss_growth"}
+                if t.conv_layout:
+                    row["conv_layout"] = t.conv_layout
+                if first_run_s is not None:
+                    row["compile_s"] = first_run_s
+                results.append(row)
+            done += len(group)
             if progress:
                 progress(what, done, total)
 
+        if settings.conv_layouts:
+            probe = torch.zeros(1, device=settings.device)
+            with conv_path_layout(None):
+                auto = "channels_last" if grouped_conv_channels_last(probe) else "channels_first"
+            notes.append(f"torch ran the convolution paths of ACmix deploy blocks on each layout asked for "
+                         f"(auto here: {auto}, float32 on {settings.device})"
+                         + (", interleaved call by call; no peak memory per layout" if len(settings.conv_layouts) > 1
+                            else ""))
         if any(getattr(t.handle, "specialize", 0) for t in targets):
             notes.append("onnxruntime / openvino ran each input size in a session with that height and width fixed "
                          f"(specialize {settings.specialize}, a slot per size): the speed of a graph exported at it; "
@@ -411,7 +483,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             "settings": {"backends": list(settings.backends), "batches": list(settings.batches),
                          "imgsz": [list(sz[1:]) for sz in input_sizes],
                          "warmup": settings.warmup, "iters": settings.iters, "seconds": settings.seconds,
-                         "specialize": settings.specialize,
+                         "specialize": settings.specialize, "conv_layouts": list(settings.conv_layouts),
                          "timer": "cuda_events" if settings.device == "cuda" else "perf_counter_ns",
                          "percentiles": "linear interpolation between closest ranks (NumPy default)"},
             "results": results,
@@ -430,6 +502,13 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                             ratios.append({"backend": backend, "batch": batch, "imgsz": list(size[1:]),
                                            "training_over_deploy": tr["p50_ms"] / dp["p50_ms"]})
             report["compare_forms"] = ratios
+        if {"channels_first", "channels_last"} <= set(settings.conv_layouts):
+            report["compare_conv_layouts"] = [
+                {"form": first["form"], "batch": first["batch"], "imgsz": first["imgsz"],
+                 "channels_first_over_channels_last": first["p50_ms"] / last["p50_ms"]}
+                for first in results if first.get("conv_layout") == "channels_first"
+                for last in results if last.get("conv_layout") == "channels_last"
+                and (last["form"], last["batch"], last["imgsz"]) == (first["form"], first["batch"], first["imgsz"])]
         if settings.layers:
             layers = {}
             x = rng.standard_normal((settings.batches[0], *input_sizes[0]), dtype=np.float32)

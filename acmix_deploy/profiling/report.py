@@ -23,7 +23,7 @@ from ..util import require
 __all__ = ["save_json", "save_csv", "load_report", "merged_rows", "markdown_table", "plot_reports", "device_label",
            "CSV_COLUMNS"]
 
-CSV_COLUMNS = ["device", "arch", "backend", "form", "imgsz", "batch", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms",
+CSV_COLUMNS = ["device", "arch", "backend", "form", "conv_layout", "imgsz", "batch", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms",
                "p95_ms", "p99_ms", "max_ms", "throughput_per_s", "peak_mem_mb", "runs"]
 REQUIRED = ("device", "model", "results")
 REQUIRED_ROW = ("backend", "batch", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s")
@@ -94,12 +94,18 @@ def load_report(path: str | os.PathLike) -> dict:
     return rep
 
 
+def _form_label(row: dict) -> str:
+    """The form, with the convolution-path layout it ran on where the profile timed several."""
+    form = row.get("form") or ""
+    return f"{form} ({row['conv_layout']})" if row.get("conv_layout") else form
+
+
 def markdown_table(reports: list[dict]) -> str:
     lines = ["| device | model | backend | form | batch | mean ms | p50 ms | p90 ms | p99 ms | samples/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in merged_rows(reports):
         lines.append(
-            f"| {r['device']} | {r['arch']} | {r['backend']} | {r.get('form', '')} | {r['batch']} | "
+            f"| {r['device']} | {r['arch']} | {r['backend']} | {_form_label(r)} | {r['batch']} | "
             f"{r['mean_ms']:.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['throughput_per_s']:.1f} |"
         )
@@ -115,7 +121,7 @@ def plot_reports(reports: list[dict], path: str | os.PathLike, title: str = "lat
 
     series: dict[tuple, list[tuple[int, float]]] = {}
     for r in merged_rows(reports):
-        key = (r["device"], r["arch"], r["backend"], " ".join(x for x in (r.get("form"), r.get("imgsz")) if x))
+        key = (r["device"], r["arch"], r["backend"], " ".join(x for x in (_form_label(r), r.get("imgsz")) if x))
         series.setdefault(key, []).append((r["batch"], r["p50_ms"]))
     fig, ax = plt.subplots(figsize=(8, 5))
     for (dev, arch, backend, form), pts in sorted(series.items()):

@@ -188,6 +188,85 @@ def test_bad_models(ckpts, tmp_path):
         profile_model(package, _settings(backends=()))
 
 
+def test_profile_conv_layouts_side_by_side(ckpts, tmp_path):
+    """--conv-layout: each layout really runs the deploy form's convolution paths on that memory (seen by a
+    hook on every grouped convolution), the two are timed interleaved, and the ratio is that of the medians."""
+    from acmix_deploy.profiling import markdown_table, save_csv
+
+    _, _, deploy = ckpts
+    seen: list[bool] = []
+
+    def record(module, args):
+        if isinstance(module, torch.nn.Conv2d) and module.groups > 1:
+            seen.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                        and not args[0].is_contiguous())
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        rep = profile_model(deploy, _settings(batches=(1, 3), warmup=1, iters=4,
+                                              conv_layouts=("channels_first", "channels_last")))
+    finally:
+        handle.remove()
+    rows = {(r["conv_layout"], r["batch"]): r for r in rep["results"]}
+    assert set(rows) == {(layout, b) for layout in ("channels_first", "channels_last") for b in (1, 3)}
+    assert all(r["form"] == "deploy" and r["runs"] == 4 and r["peak_mem_mb"] is None for r in rows.values())
+    # the tiny model has grouped convolution paths in each deploy block: as many channels-last calls as others
+    assert seen.count(True) == seen.count(False) > 0
+    ratios = {(c["batch"], tuple(c["imgsz"])): c["channels_first_over_channels_last"]
+              for c in rep["compare_conv_layouts"]}
+    assert set(ratios) == {(1, (32, 32)), (3, (32, 32))}
+    for b in (1, 3):
+        want = rows[("channels_first", b)]["p50_ms"] / rows[("channels_last", b)]["p50_ms"]
+        assert ratios[(b, (32, 32))] == pytest.approx(want)
+    assert rep["settings"]["conv_layouts"] == ["channels_first", "channels_last"]
+    assert any("auto here: channels_last" in n and "interleaved" in n for n in rep["notes"])
+    assert "| deploy (channels_last) | 3 |" in markdown_table([rep])
+    save_csv([rep], tmp_path / "l.csv")
+    with open(tmp_path / "l.csv") as f:
+        assert {r["conv_layout"] for r in csv.DictReader(f)} == {"channels_first", "channels_last"}
+
+
+def test_profile_one_conv_layout_keeps_the_usual_timing(ckpts):
+    _, train, _ = ckpts
+    rep = profile_model(train, _settings(batches=(1,), compare_forms=True, conv_layouts=("channels_first",)))
+    forms = {(r["form"], r.get("conv_layout")) for r in rep["results"]}
+    assert forms == {("training", None), ("deploy", "channels_first")}  # the training form runs as it is
+    assert all(r["peak_mem_mb"] is not None for r in rep["results"])  # timed alone: its own memory figure
+    assert "compare_conv_layouts" not in rep
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(conv_layouts=("channels_middle",)), "conv_layouts takes auto, channels_last, channels_first"),
+    (dict(conv_layouts=("auto", "auto")), "each layout once"),
+    (dict(conv_layouts=("auto",), backends=("onnxruntime",)), "applies to the torch backend"),
+    (dict(conv_layouts=("auto",), device="cuda"), "applies on the CPU"),
+])
+def test_conv_layouts_bad_settings(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        _settings(**kw).validate()
+
+
+def test_conv_layouts_need_a_deploy_form_in_torch(ckpts):
+    _, train, _ = ckpts
+    with pytest.raises(ConfigError, match="applies to the deploy form in the torch backend"):
+        profile_model(train, _settings(conv_layouts=("channels_last",)))
+
+
+def test_cli_profile_conv_layouts(ckpts):
+    _, train, deploy = ckpts
+    result = runner.invoke(app, ["profile", str(deploy), "--conv-layout", "channels_first", "--conv-layout",
+                                 "channels_last", "--iters", "2", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "conv layout" in text and "channels-first / channels-last (torch deploy, batch 1, 32x32" in text
+    result = runner.invoke(app, ["profile", str(train), "--conv-layout", "channels_last"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--conv-layout applies to the deploy form" in text and "--compare-forms" in text
+    result = runner.invoke(app, ["profile", str(deploy), "--conv-layout", "nhwc"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--conv-layout takes auto, channels_last, channels_first; got 'nhwc'" in text
+
+
 def test_cli_profile_and_report(ckpts, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed")
     _, train, deploy = ckpts
