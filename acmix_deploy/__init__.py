@@ -48,6 +48,7 @@ _LAZY = {
     "reparam_checkpoint": "pipeline",
     "foldable_leftovers": "reparam",
     "is_deploy": "reparam",
+    "reparameterize": "reparam",
     "reparameterize_model": "reparam",
     "open_runner": "runtime",
     "export_model": "verify",
@@ -70,7 +71,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .models import ModelFamily, create_model, list_models, register_model
     from .modules import ACmix, ACmixDeploy
     from .pipeline import reparam_checkpoint
-    from .reparam import foldable_leftovers, is_deploy, reparameterize_model
+    from .reparam import foldable_leftovers, is_deploy, reparameterize, reparameterize_model
     from .runtime import open_runner
     from .verify import export_model, verify_artifact
 

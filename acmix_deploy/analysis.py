@@ -21,6 +21,7 @@ from .foreign import acmix_structure, build_acmix, is_ours
 from .modules import (ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded,
                       XVolution, XVolutionDeploy)
 from .outputs import flatten_outputs, output_names
+from .util import default_dtype
 
 __all__ = ["count_parameters", "count_macs", "ModelSummary", "summarize_model", "OutputDiff", "compare_outputs",
            "compare_all_outputs", "check_equivalence"]
@@ -261,13 +262,17 @@ def check_equivalence(
         x64 = x.double()
         ref64 = copy.deepcopy(reference).double().eval()
         cand64 = (fold(copy.deepcopy(ref64)) if fold is not None else copy.deepcopy(candidate).double()).eval()
-        truth = _run(ref64, x64, "the reference (float64)")
-        diff.rel_float64 = compare_all_outputs(truth, _run(cand64, x64, "the candidate (float64)")).rel
+        # The float64 forms run with float64 as the default dtype: users' code (the official ACmix's positional
+        # grid) creates tensors in the default dtype, which would meet float64 weights as float32.
+        with default_dtype(torch.float64):
+            truth = _run(ref64, x64, "the reference (float64)")
+            diff.rel_float64 = compare_all_outputs(truth, _run(cand64, x64, "the candidate (float64)")).rel
         diff.rounding_float32 = (compare_all_outputs(truth, out_ref).rel, compare_all_outputs(truth, out_cand).rel)
         if not diff.within(tol):  # locate it on the candidate itself (float64 copy), as the user holds it
             cand_copy = cand64 if fold is None else copy.deepcopy(candidate).double().eval()
-            worst = compare_all_outputs(truth, _run(cand_copy, x64, "the candidate (float64)")).rel
-            diff.first_divergence = _first_divergence(ref64, cand_copy, x64, max(tol, 0.1 * worst))
+            with default_dtype(torch.float64):
+                worst = compare_all_outputs(truth, _run(cand_copy, x64, "the candidate (float64)")).rel
+                diff.first_divergence = _first_divergence(ref64, cand_copy, x64, max(tol, 0.1 * worst))
         return diff
     finally:
         reference.train(modes[0])

@@ -18,8 +18,9 @@ function, so recognition never looks at the class name or at ``isinstance``:
   built with those hyper-parameters and loads the module's state strictly; both
   then run on a probe input (batch 2, a non-square size valid for the stride
   and the reflection padding, small enough that most pixels are border pixels)
-  in float32.  Only when they agree within :data:`PROBE_TOL` is the module
-  swapped.  A look-alike whose forward differs (other padding, a rewritten
+  in float32, and on scaled copies of it in float64 (:data:`PROBES`).  Only
+  when they agree within :data:`PROBE_TOL` on every probe is the module
+  swapped (everywhere it is registered).  A look-alike whose forward differs (other padding, a rewritten
   attention) is left as it is and reported with its path and the difference.
 """
 
@@ -36,16 +37,22 @@ import torch.nn as nn
 
 from .modules import ACmix, ACmixDeploy, WindowAttentionACmix, WindowAttentionACmixDeploy, WindowAttentionACmixFolded
 from .modules.swin_acmix import window_attention_deploy_params
+from .util import default_dtype
 
-__all__ = ["PROBE_TOL", "Adoption", "acmix_structure", "swin_attention_structure", "looks_like_acmix",
+__all__ = ["PROBE_TOL", "PROBES", "Adoption", "acmix_resemblance", "acmix_structure", "swin_attention_structure", "looks_like_acmix",
            "looks_like_swin_attention", "adopt", "adopt_swin_attention", "adopt_foreign_operators",
-           "is_ours", "replace_module", "carry_attributes"]
+           "is_ours", "replace_module", "replace_everywhere", "carry_attributes"]
 
 # The probe compares two float32 evaluations of the same formula (the official
 # unfold form and ours, which matches a float64 transcription of the official
 # code to 1e-12): they differ by rounding only, ~1e-6 of the output's scale.  A
 # changed border rule or attention shows up at 1e-2 and above on the probe.
 PROBE_TOL = 1e-4
+# The probe inputs: (scale, offset, dtype) applied to :func:`probe_input`.  Unit-normal float32 in the dtype
+# the fold works in; then larger inputs in float64 (where the fold and the official form agree to ~1e-13
+# however large the logits), so that a copy whose difference only shows at another input scale (a clamp, a
+# saturating activation) is not taken for the official operator.
+PROBES = ((1.0, 0.0, torch.float32), (10.0, 3.0, torch.float64), (100.0, 0.0, torch.float64))
 
 _ACMIX_CHILDREN = {"conv1", "conv2", "conv3", "conv_p", "fc", "dep_conv", "pad_att", "unfold", "softmax"}
 
@@ -146,6 +153,28 @@ def looks_like_acmix(m: nn.Module) -> bool:
     return acmix_structure(m)[0] is not None
 
 
+def acmix_resemblance(m: nn.Module) -> str | None:
+    """Why ``m`` is not recognised as the official ACmix although it resembles one; None when it does not.
+
+    A module resembles ACmix when it holds an attention window (``nn.Unfold`` or ``nn.ReflectionPad2d``), a
+    grouped ``nn.Conv2d`` and at least two one-element parameters (ACmix's ``rate1``/``rate2``), or when its
+    class is named after ACmix and holds the window or such parameters itself (a container that merely
+    holds an ACmix, ``C2f_ACmix``, does not): the copies that renamed a part (``q_conv`` for ``conv1``,
+    ``alpha`` for ``rate1``) or whose attributes disagree with their weights.  The answer is the structural
+    check's first complaint, so that such a copy is reported instead of passed over in silence.
+    """
+    if is_ours(m) or looks_like_acmix(m) or looks_like_swin_attention(m):
+        return None
+    children = list(m.children())
+    window = any(isinstance(c, (nn.Unfold, nn.ReflectionPad2d)) for c in children)
+    grouped = any(isinstance(c, nn.Conv2d) and c.groups > 1 for c in children)
+    scalars = sum(1 for p in m._parameters.values() if p is not None and p.numel() == 1)
+    named = "acmix" in type(m).__name__.lower()
+    if not ((window and grouped and scalars >= 2) or (named and (window or scalars >= 2))):
+        return None
+    return acmix_structure(m)[1] or "not the official structure"
+
+
 _SWIN_CHILDREN = {"qkv", "proj", "fc", "dep_conv", "attn_drop", "proj_drop", "softmax"}
 
 
@@ -212,12 +241,14 @@ class Adoption:
     probe_shape: tuple[int, ...] = ()
     reason: str = ""  # why it was left alone
     dtype: str = ""
+    notes: list[str] = field(default_factory=list)  # probes that could not run (e.g. float64 in float32-only code)
 
     def describe(self) -> str:
         if self.accepted:
             target = "WindowAttentionACmixFolded" if "window_size" in self.hparams else "ACmix"
-            return (f"{self.path} ({self.source_class}) -> {target}, probe {'x'.join(map(str, self.probe_shape))} "
-                    f"agrees to {self.probe_rel:.1e}")
+            probes = "probe" if "window_size" in self.hparams else f"{len(PROBES)} probes"
+            return (f"{self.path} ({self.source_class}) -> {target}, {probes} {'x'.join(map(str, self.probe_shape))} "
+                    f"agree to {self.probe_rel:.1e}" + (f" ({'; '.join(self.notes)})" if self.notes else ""))
         return f"{self.path} ({self.source_class}) left as it is: {self.reason}"
 
 
@@ -273,21 +304,37 @@ def adopt(module: nn.Module, path: str = "") -> tuple[ACmix | None, Adoption | N
     x = probe_input(hparams)
     record.probe_shape = tuple(x.shape)
     theirs = copy.deepcopy(module).to("cpu", torch.float32).eval()
-    try:
-        ref = theirs(x)
-    except Exception as exc:
-        record.reason = f"its forward fails on the probe {tuple(x.shape)}: {type(exc).__name__}: {exc}"
-        return None, record
-    out = ours.eval()(x)
-    if not isinstance(ref, torch.Tensor) or ref.shape != out.shape:
-        shape = tuple(ref.shape) if isinstance(ref, torch.Tensor) else type(ref).__name__
-        record.reason = f"its output on the probe is {shape}, the official operator's is {tuple(out.shape)}"
-        return None, record
-    record.probe_rel = _rel(ref, out)
-    if not record.probe_rel <= PROBE_TOL:
-        record.reason = (f"its forward differs from the official ACmix by {record.probe_rel:.3g} (relative, probe "
-                         f"{'x'.join(map(str, x.shape))}, tolerance {PROBE_TOL:g})")
-        return None, record
+    ours.eval()
+    worst = 0.0
+    for scale, offset, dtype in PROBES:
+        xp = (x.to(dtype) * scale + offset)
+        m_theirs, m_ours = (theirs, ours) if dtype == torch.float32 else (copy.deepcopy(theirs).to(dtype),
+                                                                          copy.deepcopy(ours).to(dtype))
+        try:
+            with default_dtype(dtype):  # their code's own tensors (the positional grid) in the probe's dtype
+                ref = m_theirs(xp)
+        except Exception as exc:
+            if dtype != torch.float32:  # code that only runs in float32: the float32 probe decides alone
+                record.notes.append(f"not probed in {dtype}: {type(exc).__name__}")
+                continue
+            record.reason = f"its forward fails on the probe {tuple(x.shape)}: {type(exc).__name__}: {exc}"
+            return None, record
+        out = m_ours(xp)
+        if not isinstance(ref, torch.Tensor) or ref.shape != out.shape:
+            shape = tuple(ref.shape) if isinstance(ref, torch.Tensor) else type(ref).__name__
+            record.reason = f"its output on the probe is {shape}, the official operator's is {tuple(out.shape)}"
+            return None, record
+        rel = _rel(ref, out)
+        worst = max(worst, rel) if rel == rel else float("inf")
+        if not rel <= PROBE_TOL:
+            where = "" if (scale, offset) == (1.0, 0.0) else f" at {scale:g} x the probe" + (
+                f" + {offset:g}" if offset else "")
+            record.probe_rel = rel
+            record.reason = (f"its forward differs from the official ACmix by {rel:.3g} (relative, probe "
+                             f"{'x'.join(map(str, x.shape))}{where}, {str(dtype).replace('torch.', '')}, "
+                             f"tolerance {PROBE_TOL:g})")
+            return None, record
+    record.probe_rel = worst
     record.accepted = True
     ours = ours.to(device=param.device, dtype=param.dtype).train(module.training)
     carry_attributes(module, ours)
@@ -386,6 +433,14 @@ def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
+def replace_everywhere(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` wherever ``old`` is registered under ``root``: under every name (``self.b = self.a``)."""
+    for parent in list(root.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is old:
+                setattr(parent, name, new)
+
+
 @dataclass
 class AdoptionReport:
     adopted: list[Adoption] = field(default_factory=list)
@@ -415,7 +470,7 @@ def adopt_foreign_operators(model: nn.Module, only: list[str] | None = None) -> 
             report.rejected.append(record)
             done.add(name)
             continue
-        replace_module(model, name, ours)
+        replace_everywhere(model, m, ours)  # one module under two names stays one module
         report.adopted.append(record)
         done.add(name)
     return report

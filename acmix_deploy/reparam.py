@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from .fold import fuse_conv_bn
-from .foreign import (Adoption, adopt_foreign_operators, carry_attributes, is_ours, looks_like_acmix,
+from .foreign import (Adoption, acmix_resemblance, adopt_foreign_operators, carry_attributes, is_ours, looks_like_acmix,
                       looks_like_swin_attention, replace_module)
 from .graph_fold import BnPairs, find_bn_pairs
 from .modules import ACmix, WindowAttentionACmix, XVolution
@@ -97,13 +97,25 @@ def _reparameterize_in_place(module: nn.Module) -> None:
             return
 
 
-def _walk(parent: nn.Module, ours: bool) -> None:
-    """Call the folding methods of ``parent``'s descendants that are (``ours``) or are not this package's."""
+def _walk(parent: nn.Module, ours: bool, done: dict[int, tuple[nn.Module, nn.Module]] | None = None) -> None:
+    """Call the folding methods of ``parent``'s descendants that are (``ours``) or are not this package's.
+
+    A module registered under several names (``self.b = self.a``) is folded once, and every name gets the
+    same folded module (``done`` maps the id of each module already visited to that module, kept alive so that
+    its id is not reused, and what replaced it).
+    """
+    done = {} if done is None else done
     if ours and isinstance(parent, nn.Sequential):
         _fuse_sequential(parent)
-    for name, child in list(parent.named_children()):
+    for name, child in list(parent._modules.items()):  # every name: named_children() skips aliases
         if child is None:
             continue
+        if id(child) in done:
+            folded = done[id(child)][1]
+            if folded is not child:
+                _replace(parent, name, folded)
+            continue
+        old = child
         if is_ours(child) == ours:
             fuse = _method(child, "fuse")
             if fuse is not None:
@@ -112,7 +124,9 @@ def _walk(parent: nn.Module, ours: bool) -> None:
                     _replace(parent, name, new)
                     child = new
             _reparameterize_in_place(child)
-        _walk(child, ours)
+        done[id(old)] = (old, child)
+        done[id(child)] = (child, child)
+        _walk(child, ours, done)
 
 
 def _root_methods(model: nn.Module, ours: bool) -> nn.Module:
@@ -250,6 +264,8 @@ def _kind(m: nn.Module) -> str | None:
         return f"{type(m).__qualname__}, an official-ACmix look-alike"
     if not is_ours(m) and looks_like_swin_attention(m):
         return f"{type(m).__qualname__}, an official Swin-ACmix window-attention look-alike"
+    if acmix_resemblance(m) is not None:
+        return f"{type(m).__qualname__}, resembles the official ACmix"
     return None
 
 
@@ -278,9 +294,14 @@ def leftover_report(model: nn.Module, skipped: dict[str, str] | None = None,
             reason = ("not reached: " + where) if where else "does not follow a Conv2d, ACmix or X-volution"
         elif "look-alike" in kind:
             reason = "not converted"
+        elif "resembles" in kind:
+            why = acmix_resemblance(m)
+            reason = f"not recognised as the official ACmix: {why}" + (
+                "; with the official class's attribute names it would be checked and folded"
+                if why and why.startswith("no ") else "")
         else:
             reason = "training-form operator not folded (its parent folds it, or nothing called its fuse())"
-        if "look-alike" in kind:
+        if "look-alike" in kind or "resembles" in kind:
             inside_lookalike.append(name)
         out.append(Leftover(path, kind, reason))
     return out

@@ -136,6 +136,9 @@ def _import_factory(md: ModelDef) -> Callable[..., Any]:
         raise
     except Exception as exc:
         raise ConfigError(f"model_def {md.ref!r}: importing it failed: {type(exc).__name__}: {exc}") from None
+    except SystemExit as exc:  # a script's own argument parsing or exit() at import time
+        raise ConfigError(f"model_def {md.ref!r}: importing it called sys.exit({exc.code!r}); move the "
+                          "script's top-level code under if __name__ == '__main__':") from None
     factory = getattr(module, md.factory, None)
     if not callable(factory):
         raise ConfigError(f"model_def {md.ref!r}: the module has no callable {md.factory!r}")
@@ -149,6 +152,8 @@ def build_user_model(md: ModelDef) -> nn.Module:
         model = factory(**md.args)
     except Exception as exc:
         raise ConfigError(f"model_def {md.ref!r}: {md.factory}(**{md.args}) failed: {type(exc).__name__}: {exc}") from None
+    except SystemExit as exc:
+        raise ConfigError(f"model_def {md.ref!r}: {md.factory}(**{md.args}) called sys.exit({exc.code!r})") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model_def {md.ref!r}: {md.factory} returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -177,7 +182,9 @@ def find_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str
 def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str, what: str) -> None:
     """``load_state_dict(strict=True)`` with a message that lists what does not match."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
+    # BatchNorm fills a missing num_batches_tracked itself (files written before it existed, or trimmed by
+    # conversion scripts), as torch's own strict loading accepts.
+    missing = [k for k in expected if k not in sd and k.rpartition(".")[2] != "num_batches_tracked"]
     unexpected = [k for k in sd if k not in expected]
     shapes = [f"{k} {tuple(sd[k].shape)} in the file, {tuple(v.shape)} in the model"
               for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
@@ -197,12 +204,54 @@ def load_user_weights(model: nn.Module, obj: Any, source: str, what: str) -> str
     return where
 
 
-def model_channels(model: nn.Module) -> int:
-    """The input channels of the network: those of its first convolution (in module order)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return int(m.in_channels)
-    raise ConfigError("the model has no Conv2d to read its input channels from; give the input size explicitly")
+class _FirstConv(Exception):
+    """Raised by the probe's hook at the first convolution a forward pass reaches."""
+
+    def __init__(self, consistent: bool):
+        super().__init__()
+        self.consistent = consistent
+
+
+def model_channels(model: nn.Module, hw: tuple[int, int] = (64, 64)) -> int:
+    """The input channels of the network.
+
+    The first convolution in module order is not always the first one run (a block defined before the stem,
+    a space-to-depth ``Focus`` in front of it), so candidate channel counts (that convolution's, then 3, 1, 4
+    and 2) are tried in turn: a forward pass on a ``hw`` input of that many channels is stopped at the first
+    convolution it reaches, and the count is taken when that convolution receives the channels it expects.
+    Nothing after that convolution runs.  When no candidate gets there (the forward fails before any
+    convolution), the module-order rule stands.
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ConfigError("the model has no Conv2d to read its input channels from; give the input size explicitly")
+    first = int(convs[0].in_channels)
+
+    def stop(module, args):
+        x = args[0] if args else None
+        raise _FirstConv(isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == module.in_channels)
+
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
+    device = param.device if param is not None else "cpu"
+    hooks = [c.register_forward_pre_hook(stop) for c in convs]
+    training = model.training
+    model.eval()
+    try:
+        for c in dict.fromkeys((first, 3, 1, 4, 2)):
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(1, c, *hw, dtype=dtype, device=device))
+            except _FirstConv as reached:
+                if reached.consistent:
+                    return c
+            except Exception:  # this channel count does not get the input to a convolution
+                continue
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(training)
+    return first
 
 
 def user_input_size(model: nn.Module, imgsz=None, recorded=None) -> tuple[int, int, int]:
@@ -211,7 +260,7 @@ def user_input_size(model: nn.Module, imgsz=None, recorded=None) -> tuple[int, i
     if pair is None and recorded is not None:
         return tuple(int(v) for v in recorded)  # type: ignore[return-value]
     h, w = pair or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
-    return (model_channels(model), h, w)
+    return (model_channels(model, (h, w)), h, w)
 
 
 def user_checkpoint_payload(deploy: nn.Module, md: ModelDef, plan: FoldPlan, input_size, meta: dict) -> dict:

@@ -24,7 +24,8 @@ import torch
 
 from .errors import ConfigError, MissingDependencyError, OutputError
 
-__all__ = ["CPU_ISAS", "CpuInfo", "atomic_write", "check_device", "cpu_isa_level", "detect_cpu", "normalize_imgsz",
+__all__ = ["CPU_ISAS", "CpuInfo", "atomic_write", "check_device", "cpu_isa_level", "default_dtype", "detect_cpu",
+           "normalize_imgsz",
            "random_inputs", "require", "resolve_cpu_isa", "scoped_value", "sha256_file"]
 
 
@@ -242,3 +243,18 @@ def scoped_value(var: contextvars.ContextVar[_T], value: _T) -> Iterator[None]:
         yield
     finally:
         var.reset(token)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """``torch.set_default_dtype(dtype)`` for the duration of a ``with`` block (process-wide), then restore it.
+
+    For running users' code in float64: the official ACmix builds its positional grid with ``torch.linspace``
+    in the default dtype, so a float64 copy of it only runs when the default is float64 too.
+    """
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)

@@ -277,6 +277,60 @@ class WithLookAlike(nn.Module):
         return self.good(self.bn(self.odd(self.stem(x))))
 
 
+class ClampedACmix(OfficialACmix):
+    """A float16-overflow guard on the output: equal to ACmix only while every output is within +-4."""
+
+    def forward(self, x):
+        return super().forward(x).clamp(-4.0, 4.0)
+
+
+class RenamedPartsACmix(OfficialACmix):
+    """``conv1``/``conv2``/``conv3`` renamed ``q_conv``/``k_conv``/``v_conv``: the same function, another structure."""
+
+    _ALIASES = {"conv1": "q_conv", "conv2": "k_conv", "conv3": "v_conv"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for old, new in self._ALIASES.items():
+            setattr(self, new, self._modules.pop(old))
+
+    def __getattr__(self, name):
+        return super().__getattr__(self._ALIASES.get(name, name))
+
+
+class TwoNames(nn.Module):
+    """One ACmix registered under two names and applied twice (``self.att2 = self.att``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = Conv(3, 16, 3, 2)
+        self.att = OfficialACmix(16, 16, 5, 4)
+        self.att2 = self.att
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.att2(F.silu(self.att(self.stem(x)))))
+
+
+class StemDefinedLast(nn.Module):
+    """A Focus (space-to-depth) stem, defined after the ACmix that runs behind it: the first Conv2d in module order
+    takes 16 channels and the first one run takes 12, while the image has 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.att = OfficialACmix(16, 16, 3, 4)
+        self.stem = Conv(12, 16, 3, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+        return self.head(self.att(self.stem(x)))
+
+
+def renamed_parts_net():
+    return nn.Sequential(Conv(3, 16, 3, 2), RenamedPartsACmix(16, 16, 5, 4), nn.Conv2d(16, 4, 1))
+
+
 # ---------------------------------------------------------------------------- a user's own Swin-ACmix backbone
 
 def window_partition(x, window_size):

@@ -137,6 +137,114 @@ def test_swin_lookalike_that_drops_the_mask_is_left_alone():
     assert {x.path for x in report.leftovers} == {"blocks.0.attn", "blocks.1.attn"}
 
 
+def test_copy_that_differs_only_at_other_input_scales_is_left_alone():
+    """A clamp against float16 overflow: equal to ACmix on the unit-normal probe, not on larger inputs."""
+    from acmix_deploy.foreign import probe_input
+
+    theirs = randomize(user_nets.ClampedACmix(16, 16, 5, 4), seed=3)
+    hp = acmix_structure(theirs)[0]
+    official = randomize(user_nets.OfficialACmix(16, 16, 5, 4), seed=3)
+    x = probe_input(hp)
+    with torch.no_grad():
+        assert rel_error(official(x), theirs(x)) == 0.0  # the unit-scale probe alone would have taken it
+    ours, record = adopt(theirs, "att")
+    assert ours is None and not record.accepted and record.probe_rel > 1e-2
+    assert "at 10 x the probe + 3, float64" in record.reason
+    # the same copy in a network: reported, not folded, and the network left exactly as it was
+    net = nn.Sequential(user_nets.Conv(3, 16, 3, 1), theirs, nn.Conv2d(16, 4, 1))
+    deploy, report = reparameterize(net)
+    assert report.adopted == [] and isinstance(deploy[1], user_nets.ClampedACmix)
+    assert any(x.path == "1" and "differs from the official ACmix" in x.reason for x in report.leftovers)
+
+
+def test_adoption_probes_in_float64_with_the_official_positional_grid():
+    """The official class builds its grid with torch.linspace in the default dtype: probed in float64 all the same."""
+    _, record = adopt(randomize(user_nets.OfficialACmix(8, 16, 3, 2, 3, 2), seed=6), "att")
+    assert record.accepted and record.notes == [] and record.probe_rel < 1e-6
+    assert "3 probes" in record.describe()
+
+
+def test_float64_check_runs_networks_with_the_official_class(yolo):
+    """The float64 re-check (taken when float32 misses tol) runs the official ACmix: its float32 grid used to meet
+    float64 weights and fail as if the input size were wrong."""
+    deploy, _ = reparameterize(yolo)
+    diff = ad.check_equivalence(yolo, deploy, (3, *SIZE), tol=1e-12, fold=lambda m: reparameterize(m)[0])
+    assert diff.rel > 1e-12 and diff.rel_float64 is not None and diff.rel_float64 < 1e-12
+    assert torch.get_default_dtype() == torch.float32  # restored
+
+
+def test_copy_with_renamed_parts_is_reported_not_passed_over():
+    from acmix_deploy.foreign import acmix_resemblance
+
+    net = randomize(user_nets.renamed_parts_net(), seed=2)
+    assert acmix_resemblance(net[1]) == "no nn.Conv2d conv1, conv2, conv3"
+    deploy, report = reparameterize(net)
+    (left,) = report.leftovers
+    assert left.path == "1" and "resembles the official ACmix" in left.kind
+    assert "not recognised as the official ACmix: no nn.Conv2d conv1" in left.reason
+    assert "official class's attribute names" in left.reason and not ad.is_deploy(deploy)
+    with torch.no_grad():
+        x = torch.randn(2, 3, 20, 24)
+        assert rel_error(net(x), deploy(x)) < 1e-5  # left as it is, still the same function
+    # neither containers named after ACmix nor the official class itself nor plain layers "resemble" it
+    container = type("C2f_ACmix", (nn.Module,), {})()
+    container.inner = user_nets.OfficialACmix(8, 8, 3, 2)
+    for m in (container, container.inner, ACmix(8, 8, 3, 2), nn.Conv2d(3, 3, 1), user_nets.Conv(3, 8, 3, 1)):
+        assert acmix_resemblance(m) is None
+
+
+def test_cli_renamed_copy_exits_1_with_the_reason(tmp_path):
+    net = randomize(user_nets.renamed_parts_net(), seed=2)
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    res = runner.invoke(app, ["reparam", str(tmp_path / "w.pth"), "--model-def", f"{NETS}:renamed_parts_net",
+                              "--imgsz", "24", "-o", str(tmp_path / "d.pth")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "not recognised as the official ACmix: no nn.Conv2d conv1, conv2, conv3" in text
+    assert not (tmp_path / "d.pth").exists()
+
+
+def test_copy_under_two_names_becomes_one_deploy_module():
+    net = randomize(user_nets.TwoNames(), seed=1)
+    deploy, report = reparameterize(net)
+    assert [a.path for a in report.adopted] == ["att"] and report.leftovers == []
+    assert isinstance(deploy.att, ACmixDeploy) and deploy.att2 is deploy.att and ad.is_deploy(deploy)
+    for b in (1, 3):
+        x = torch.randn(b, 3, 24, 20)
+        with torch.no_grad():
+            assert rel_error(net(x), deploy(x)) < 1e-5
+
+
+def test_input_channels_from_the_first_convolution_run():
+    from acmix_deploy.user_model import model_channels
+
+    net = user_nets.StemDefinedLast()
+    assert next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels == 16  # the module-order rule
+    assert model_channels(net, (32, 32)) == 3
+    assert model_channels(user_nets.yolo_acmix()) == 3
+    assert net.training  # the probe leaves the mode as it was
+
+
+def test_cli_stem_defined_last_and_weights_without_num_batches_tracked(tmp_path):
+    net = randomize(user_nets.StemDefinedLast(), seed=4)
+    sd = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(sd, tmp_path / "w.pth")
+    res = runner.invoke(app, ["reparam", str(tmp_path / "w.pth"), "--model-def", f"{NETS}:StemDefinedLast",
+                              "--imgsz", "32", "-o", str(tmp_path / "d.pth")])
+    assert res.exit_code == 0, res.output
+    loaded = ad.read_checkpoint(tmp_path / "d.pth")
+    assert tuple(loaded.model.default_cfg["input_size"]) == (3, 32, 32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_error(net(x), loaded.model(x)) < 1e-5
+
+
+def test_factory_that_exits_is_a_clear_error(tmp_path):
+    (tmp_path / "exits.py").write_text("import sys\n\ndef build():\n    sys.exit(3)\n")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pth")
+    res = runner.invoke(app, ["reparam", str(tmp_path / "w.pth"), "--model-def", f"{tmp_path / 'exits.py'}:build"])
+    assert res.exit_code == 2 and "build(**{}) called sys.exit(3)" in " ".join(res.output.split())
+
+
 # ------------------------------------------------------------------------------------- the fold of a detector
 
 def test_leftovers_see_foreign_operators(yolo):
@@ -305,6 +413,10 @@ def test_cli_allow_partial(tmp_path):
     assert res.exit_code == 0, res.output
     obj = torch.load(tmp_path / "w.deploy.pth", weights_only=True)
     assert any("odd" in x for x in obj["meta"]["not_folded"])
+    # the look-alike keeps the official unfold forward, whose graph onnxslim changes: exported as traced instead
+    res = runner.invoke(app, ["export", str(tmp_path / "w.deploy.pth"), "-o", str(tmp_path / "w.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "written without simplification" in " ".join(res.output.split())
 
 
 # ------------------------------------------------------------------------------------------ pickled full models
