@@ -17,12 +17,13 @@ from ..errors import AcmixDeployError
 
 
 def _split_imgsz(args: list[str]) -> list[str]:
-    """Accept ``--imgsz H W`` (two values, as Ultralytics users write it) by rewriting it to two ``--imgsz``."""
+    """Accept ``--imgsz H W`` (two values, as Ultralytics users write it) by rewriting it to two ``--imgsz``
+    (and ``--max-imgsz H W`` of ``serve`` alike)."""
     out, i = [], 0
     while i < len(args):
-        if args[i] == "--imgsz" and i + 2 < len(args) \
+        if args[i] in ("--imgsz", "--max-imgsz") and i + 2 < len(args) \
                 and args[i + 1].isdigit() and args[i + 2].isdigit():
-            out += ["--imgsz", args[i + 1], "--imgsz", args[i + 2]]
+            out += [args[i], args[i + 1], args[i], args[i + 2]]
             i += 3
             continue
         out.append(args[i])

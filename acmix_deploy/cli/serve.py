@@ -30,6 +30,8 @@ def serve(
     keep_alive_s: float = typer.Option(5.0, "--keep-alive-s", help="Idle keep-alive connections closed after this."),
     graceful_timeout_s: float = typer.Option(30.0, "--graceful-timeout-s", help="SIGTERM: longest wait for requests in flight."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads per batch."),
+    max_imgsz: Optional[list[int]] = typer.Option(None, "--max-imgsz", help="A --dynamic-hw graph: the largest input a request may carry, N or H W (default 640); larger ones get 400. Memory and time grow with the pixels."),
+    max_url_bytes: int = typer.Option(8192, "--max-url-bytes", help="Longest request target (path and query); longer ones get 414."),
     specialize: int = typer.Option(4, "--specialize", min=0, help="A --dynamic-hw ONNX graph (onnxruntime, openvino): up to this many sessions fixed to one size each, built in the background once a size has 3 requests; they run at the speed of a graph exported at that size (about the weights' memory each; 0: off)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (bare state dicts, .pt2)."),
     imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help="Input size of checkpoints and .pt2 packages: N or H W."),
@@ -44,7 +46,13 @@ def serve(
                              batch_timeout_ms=batch_timeout_ms, workers=workers, max_body_mb=max_body_mb,
                              max_inflight_mb=max_inflight_mb, max_decodes=max_decodes, max_connections=max_connections,
                              read_timeout_s=read_timeout_s, body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s,
-                             graceful_timeout_s=graceful_timeout_s)
+                             graceful_timeout_s=graceful_timeout_s, max_url_bytes=max_url_bytes)
+    try:
+        top = _imgsz(max_imgsz)
+    except AcmixDeployError as exc:
+        _fail(AcmixDeployError(str(exc).replace("--imgsz", "--max-imgsz")))
+    if top is not None:
+        settings.max_imgsz = (top, top) if isinstance(top, int) else tuple(top)
 
     def announce(runner, address) -> None:
         inp = runner.input_spec

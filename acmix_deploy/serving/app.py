@@ -34,8 +34,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import multiprocessing
+import os
 import socket
 import time
+import warnings
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,11 +50,17 @@ from ..runtime.loader import open_runner
 from ..util import require
 from .batching import DynamicBatcher
 from .metrics import ServerMetrics
-from .protocol import HEADER_LENGTH, ProtocolError, decode_body, encode_outputs, json_limit, parse_infer_request, v2_datatype
+from .protocol import (HEADER_LENGTH, ProtocolError, encode_outputs, exit_with_parent, json_limit, parse_with_options,
+                       v2_datatype)
 
 __all__ = ["MODEL_VERSION", "ServeSettings", "bind_socket", "build_server", "create_app", "serve"]
 
 MODEL_VERSION = "1"
+
+# JSON bodies above this many bytes (or compressed) are parsed in a worker process: json.loads holds the
+# interpreter lock for the whole parse (3.5 s for 57 MB), which a thread would take from the event loop.
+JSON_IN_PROCESS_BYTES = 256 << 10
+PARSER_TASKS_PER_PROCESS = 64  # a worker is replaced after this many bodies (Python keeps the lists' memory)
 
 # Triton's ``platform`` names (model metadata) for each runner backend; another backend is named as it is.
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "aoti": "torch_aoti", "torch": "pytorch"}
@@ -74,6 +84,11 @@ class ServeSettings:
     body_timeout_s: float = 60.0  # a whole request body must arrive within this
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
     graceful_timeout_s: float = 30.0  # SIGTERM: longest wait for requests in flight before the process exits
+    # A graph with dynamic height and width (--dynamic-hw): the largest (height, width) a request may carry.  Memory
+    # and time grow with the pixels (acmix_resnet_tiny's general session at 1280x1280: 4.4 GB, 20 s), so the
+    # default is Ultralytics' default image size; raise it for larger letterboxes.
+    max_imgsz: tuple[int, int] = (640, 640)
+    max_url_bytes: int = 8192  # request target (path and query string); longer ones get 414
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:
@@ -98,6 +113,13 @@ class ServeSettings:
         if self.max_connections < 2:
             raise ConfigError(f"{{max_connections}} must be at least 2 (one for probes), got {self.max_connections}",
                               params=["max_connections"])
+        if (not isinstance(self.max_imgsz, (tuple, list)) or len(self.max_imgsz) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.max_imgsz)):
+            raise ConfigError(f"{{max_imgsz}} must be two positive integers (height, width), got {self.max_imgsz!r}",
+                              params=["max_imgsz"])
+        if self.max_url_bytes < 256:
+            raise ConfigError(f"{{max_url_bytes}} must be at least 256, got {self.max_url_bytes}",
+                              params=["max_url_bytes"])
         for param in ("read_timeout_s", "body_timeout_s", "keep_alive_s", "graceful_timeout_s"):
             value = getattr(self, param)
             if not 0 < value <= 3600:
@@ -181,8 +203,8 @@ async def _read_body(request, settings: ServeSettings, budget: _Budget, drain: _
             raise ProtocolError("Content-Length is not an integer") from None
         if n > limit:
             raise ProtocolError(f"request body of {n} bytes exceeds the limit of {limit} bytes (--max-body-mb)", 413)
-        budget.take(n)
-        held = n
+    # The budget is charged with the bytes that have arrived, not with the declared length: a client that
+    # declares 64 MiB and sends a byte a second holds one byte of it, not 64 MiB of everybody's room.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.body_timeout_s
     chunks, size = [], 0
@@ -208,7 +230,7 @@ async def _read_body(request, settings: ServeSettings, budget: _Budget, drain: _
             size += len(chunk)
             if size > limit:
                 raise ProtocolError(f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413)
-            if size > held:  # no or a false Content-Length: hold what arrived
+            if size > held:
                 budget.take(size - held)
                 held = size
             if chunk:
@@ -218,6 +240,49 @@ async def _read_body(request, settings: ServeSettings, budget: _Budget, drain: _
     except BaseException:
         budget.give(held)
         raise
+
+
+class _HttpGuard:
+    """ASGI middleware: a request target longer than ``max_url_bytes`` gets 414; a response that leaves its
+    request's body unread (an early 404, a body on a GET) closes the connection.
+
+    Without the second rule a client could keep a connection (and a ``--max-connections`` slot) forever by
+    streaming a never-ending body to a route that answers without reading it: uvicorn keeps the connection
+    to read past the body, and the body deadlines apply only where the body is read.
+    """
+
+    def __init__(self, app, max_url_bytes: int):
+        self.app, self.max_url_bytes = app, max_url_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        target = len(scope.get("raw_path") or scope.get("path", "").encode()) + len(scope.get("query_string") or b"")
+        if target > self.max_url_bytes:
+            body = json.dumps({"error": f"request target of {target} bytes exceeds {self.max_url_bytes} bytes "
+                                        "(--max-url-bytes)"}).encode()
+            await send({"type": "http.response.start", "status": 414,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                    (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"0").strip()
+        read = {"done": b"transfer-encoding" not in headers and (not length.isdigit() or int(length) == 0)}
+
+        async def tracked_receive():
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                read["done"] = True
+            return message
+
+        async def closing_send(message):
+            if message["type"] == "http.response.start" and not read["done"]:
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*kept, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, tracked_receive, closing_send)
 
 
 async def _wait_disconnect(request) -> None:
@@ -272,10 +337,27 @@ def create_app(runner, settings: ServeSettings):
     rows_source = "--max-batch" if max_batch is None else (
         f"the model takes exactly {max_batch}" if min_batch == max_batch
         else f"the model accepts {min_batch}..{max_batch}")
-    max_json = json_limit(max_rows, input_shape, settings.max_body_bytes)
+    dynamic_hw = any(d < 0 for d in input_shape)
+    max_hw = tuple(settings.max_imgsz) if dynamic_hw else None
+    if max_hw is not None and rule is not None and not all(top >= lo for top, lo in zip(max_hw, rule.minimum)):
+        raise ConfigError(f"{{max_imgsz}} {max_hw[0]}x{max_hw[1]} is below the smallest size the model takes "
+                          f"({rule.describe()})", params=["max_imgsz"])
+    max_json = json_limit(max_rows, input_shape, settings.max_body_bytes, max_hw)
+    parse_options = dict(input_name=inp.name, input_shape=input_shape, output_name=out_names, max_rows=max_rows,
+                         max_json_bytes=max_json, rows_limit_source=rows_source, max_hw=max_hw)
     batcher = DynamicBatcher(infer, max_batch=merge_limit, timeout_s=settings.batch_timeout_ms / 1000,
                              workers=settings.workers, metrics=metrics)
     decoder = concurrent.futures.ThreadPoolExecutor(max_workers=settings.max_decodes, thread_name_prefix="acmix-decode")
+    parsers: dict = {"pool": None}  # worker processes for large JSON bodies, started with the app
+
+    def start_parsers() -> concurrent.futures.ProcessPoolExecutor:
+        # spawn: a fresh interpreter that imports the protocol module and NumPy only (no fork of a process
+        # whose runtime threads are running)
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=settings.max_decodes, mp_context=multiprocessing.get_context("spawn"),
+            max_tasks_per_child=PARSER_TASKS_PER_PROCESS, initializer=exit_with_parent, initargs=(os.getpid(),))
+        parsers["pool"] = pool
+        return pool
     budget = _Budget(settings.max_inflight_bytes)
     drain = _Drain()
     state = {"ready": False, "decode_slots": None}
@@ -288,6 +370,18 @@ def create_app(runner, settings: ServeSettings):
             drain.event.set()
         state["decode_slots"] = asyncio.Semaphore(settings.max_decodes)
         await batcher.start()
+        # ready only once a parsing worker has started (a spawned interpreter: a fraction of a second); where
+        # worker processes cannot start (no semaphores in a sandbox), large JSON bodies are parsed in threads
+        try:
+            pool = start_parsers()
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(pool, json_limit, 1, (1,), 1), 60)
+        except Exception as exc:  # OSError, PermissionError, BrokenProcessPool, a timeout: the threads stay
+            if parsers["pool"] is not None:
+                parsers["pool"].shutdown(wait=False, cancel_futures=True)
+            parsers.update(pool=None, disabled=True)
+            warnings.warn(f"JSON parsing worker processes could not start ({type(exc).__name__}: {exc}); large JSON "
+                          "bodies are parsed in threads, which holds the event loop while they are parsed",
+                          RuntimeWarning, stacklevel=1)
         state["ready"] = True
         try:
             yield
@@ -295,9 +389,12 @@ def create_app(runner, settings: ServeSettings):
             state["ready"] = False
             await batcher.stop()
             decoder.shutdown(wait=True)
+            if parsers["pool"] is not None:
+                parsers["pool"].shutdown(wait=False, cancel_futures=True)
 
     app = fastapi.FastAPI(title="acmix-deploy", version=__version__, lifespan=lifespan, docs_url=None,
-                          redoc_url=None, openapi_url=None)
+                          redoc_url=None, openapi_url=None, redirect_slashes=False)
+    app.add_middleware(_HttpGuard, max_url_bytes=settings.max_url_bytes)
     app.state.metrics = metrics
     app.state.batcher = batcher
     app.state.model = runner
@@ -326,11 +423,11 @@ def create_app(runner, settings: ServeSettings):
     def is_ready() -> bool:
         return state["ready"] and not drain.draining
 
-    @app.get("/v2/health/live")
+    @app.api_route("/v2/health/live", methods=["GET", "HEAD"])
     async def live():
         return Response(status_code=200)
 
-    @app.get("/v2/health/ready")
+    @app.api_route("/v2/health/ready", methods=["GET", "HEAD"])
     async def ready():
         return Response(status_code=200 if is_ready() else 503)
 
@@ -354,11 +451,23 @@ def create_app(runner, settings: ServeSettings):
             return _error(exc.status, str(exc))
         return Response(status_code=200 if is_ready() else 503)
 
-    def decode_and_parse(raw: bytes, encoding: str | None, header_length: str | None):
-        """Runs in the decode pool: inflating and JSON parsing can take long and must not hold the event loop."""
-        body = decode_body(raw, encoding, settings.max_body_bytes)
-        return parse_infer_request(body, header_length, inp.name, input_shape, out_names,
-                                   max_rows=max_rows, max_json_bytes=max_json, rows_limit_source=rows_source)
+    async def parse(raw: bytes, encoding: str | None, header_length: str | None):
+        """Inflating and parsing, off the event loop: binary tensors (a small JSON header, then the bytes) in a
+        thread; a large or compressed JSON body in a worker process, whose parse does not hold this process's
+        interpreter lock (a thread's would, and the loop would stop answering meanwhile)."""
+        loop = asyncio.get_running_loop()
+        in_process = (header_length is None and (len(raw) > JSON_IN_PROCESS_BYTES or bool(encoding))
+                      and not parsers.get("disabled"))
+        args = (raw, encoding, header_length, settings.max_body_bytes, parse_options)
+        if not in_process:
+            return await loop.run_in_executor(decoder, parse_with_options, *args)
+        pool = parsers["pool"] or start_parsers()
+        try:
+            return await loop.run_in_executor(pool, parse_with_options, *args)
+        except BrokenProcessPool:  # a worker died (killed for memory): a fresh pool for the next requests
+            parsers["pool"] = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise ProtocolError("the request parser stopped while parsing this body; retry", 503) from None
 
     async def model_infer(request: Request, name: str, version: str | None = None):
         t0 = time.perf_counter()
@@ -371,9 +480,7 @@ def create_app(runner, settings: ServeSettings):
                 raise ProtocolError("server is shutting down", 503)
             raw, held = await _read_body(request, settings, budget, drain)
             async with state["decode_slots"]:
-                req = await asyncio.get_running_loop().run_in_executor(
-                    decoder, decode_and_parse, raw, request.headers.get("content-encoding"),
-                    request.headers.get(HEADER_LENGTH))
+                req = await parse(raw, request.headers.get("content-encoding"), request.headers.get(HEADER_LENGTH))
             del raw
             rows = req.tensor.shape[0]
             if rule is not None and not rule.valid(*req.tensor.shape[2:]):

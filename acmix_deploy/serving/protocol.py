@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -37,7 +38,9 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["HEADER_LENGTH", "DATATYPES", "v2_datatype", "InferRequest", "ProtocolError", "decode_body", "encode_outputs",
+__all__ = ["HEADER_LENGTH", "DATATYPES", "v2_datatype", "InferRequest", "ProtocolError", "decode_and_parse",
+           "exit_with_parent", "parse_with_options",
+           "decode_body", "encode_outputs",
            "encode_response", "json_limit", "loads_json", "parse_infer_request"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -58,14 +61,18 @@ JSON_BYTES_PER_ELEMENT = 96  # generous bound on one FP32 value as JSON text (re
 JSON_SLACK_BYTES = 1 << 20
 
 
-def json_limit(max_rows: int, input_shape: tuple[int, ...], body_limit: int) -> int:
+def json_limit(max_rows: int, input_shape: tuple[int, ...], body_limit: int,
+               max_hw: tuple[int, int] | None = None) -> int:
     """The most bytes of JSON a request may carry: room for ``max_rows`` rows as text, and 1 MiB of slack.
 
     A request cannot need more (its rows are capped by the model's batch
     limit), so parsing cost is bounded by the model's size rather than by
-    ``--max-body-mb``, whose room is meant for binary tensors.
+    ``--max-body-mb``, whose room is meant for binary tensors.  A dynamic
+    height and width count at ``max_hw`` (``--max-imgsz``).
     """
-    if any(d < 0 for d in input_shape):  # a dynamic height or width: no size bound but the body's
+    if max_hw is not None and len(input_shape) == 3:
+        input_shape = (input_shape[0], *(top if d < 0 else d for d, top in zip(input_shape[1:], max_hw)))
+    if any(d < 0 for d in input_shape):  # a dynamic axis without a bound: none but the body's
         return body_limit
     return min(body_limit, JSON_SLACK_BYTES + JSON_BYTES_PER_ELEMENT * max_rows * math.prod(input_shape))
 
@@ -86,6 +93,16 @@ class ProtocolError(Exception):
             message = message[:self.MAX_MESSAGE] + f"... ({len(message)} characters)"
         super().__init__(message)
         self.status = status
+
+    def __reduce__(self):  # across the parsing workers' process boundary: the status too, the message as it is
+        return _restore_protocol_error, (str(self), self.status)
+
+
+def _restore_protocol_error(message: str, status: int) -> ProtocolError:
+    exc = ProtocolError.__new__(ProtocolError)
+    Exception.__init__(exc, message)
+    exc.status = status
+    return exc
 
 
 @dataclass
@@ -128,20 +145,35 @@ def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
 def _header_length(value: str | None, body_len: int) -> int | None:
     if value is None:
         return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {value!r}") from None
+    # decimal digits only, as HTTP's Content-Length: int() would also take " 120 ", "+120" and "12_0"
+    if not (value.isascii() and value.isdigit()) or len(value) > 20:
+        raise ProtocolError(f"{HEADER_LENGTH} must be a decimal integer, got {value!r}"[:300])
+    n = int(value)
     if not 0 < n <= body_len:
         raise ProtocolError(f"{HEADER_LENGTH} {n} does not lie within the body's {body_len} bytes")
     return n
 
 
+MAX_DIM = (1 << 31) - 1  # no axis of a tensor a model here takes comes near it
+
+
 def _shape(entry: dict, name: str) -> tuple[int, ...]:
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+        raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}"[:300])
+    if any(d > MAX_DIM for d in shape):
+        raise ProtocolError(f"input {name!r}: an axis of the shape exceeds {MAX_DIM}")
     return tuple(shape)
+
+
+def _params(obj: dict, what: str) -> dict:
+    """A ``parameters`` member: absent or null is no parameters; anything but an object is refused (not ``[]``)."""
+    value = obj.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what}'parameters' must be an object")
+    return value
 
 
 def _parse_int(text: str) -> int:
@@ -252,6 +284,13 @@ def _flatten_json_data(data, name: str, shape: tuple[int, ...], literals: int = 
     return as32
 
 
+def _reshaped(flat: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    try:
+        return flat.reshape(shape)
+    except ValueError as exc:  # NumPy's own limits on a shape with a zero axis ("maximum allowed dimension")
+        raise ProtocolError(f"input {name!r}: shape {list(shape)} cannot be built: {exc}") from None
+
+
 def _json_bool(value, what: str) -> bool:
     if not isinstance(value, bool):
         raise ProtocolError(f"{what} must be a JSON boolean (true or false), got {value!r}"[:300])
@@ -267,6 +306,7 @@ def parse_infer_request(
     max_rows: int | None = None,
     max_json_bytes: int | None = None,
     rows_limit_source: str = "--max-batch",
+    max_hw: tuple[int, int] | None = None,
 ) -> InferRequest:
     """Parse one ``POST .../infer`` body for a model with one FP32 input ``(N, *input_shape)`` (-1 in
     ``input_shape``: any size on that axis, e.g. the height and width of a graph exported with --dynamic-hw).
@@ -279,22 +319,27 @@ def parse_infer_request(
 
     ``max_rows`` refuses a batch axis above the model's limit (as Triton
     refuses batches above ``max_batch_size``) before any tensor is built;
-    ``max_json_bytes`` bounds the JSON part (see :func:`json_limit`).
+    ``max_json_bytes`` bounds the JSON part (see :func:`json_limit`);
+    ``max_hw`` bounds a dynamic height and width (``--max-imgsz``).
     """
     n_header = _header_length(header_length, len(body))
     head = body[:n_header] if n_header is not None else body
     if max_json_bytes is not None and len(head) > max_json_bytes:
         raise ProtocolError(f"the JSON part of the request is {len(head)} bytes, more than {max_json_bytes} bytes "
                             "(room for the model's largest batch as JSON text); send large tensors as binary data", 413)
-    req, literals = loads_json(head)
+    try:
+        req, literals = loads_json(head)
+    except ProtocolError as exc:
+        if n_header is None and b"binary_data_size" in head[:1 << 16]:
+            raise ProtocolError(f"{exc} (the body carries binary tensor data: send the {HEADER_LENGTH} header "
+                                "with the length of its JSON part)") from None
+        raise
     if not isinstance(req, dict):
         raise ProtocolError("request body must be a JSON object")
     req_id = req.get("id")
     if req_id is not None and not isinstance(req_id, str):
         raise ProtocolError("'id' must be a string")
-    params = req.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ProtocolError("'parameters' must be an object")
+    params = _params(req, "")
 
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
@@ -317,14 +362,17 @@ def parse_infer_request(
         raise ProtocolError(f"input {input_name!r}: shape {list(shape)} does not match the model's {expected}")
     if shape[0] < 1:
         raise ProtocolError(f"input {input_name!r}: the batch axis must be at least 1")
+    if max_hw is not None and len(input_shape) == 3 and len(shape) == 4:
+        for axis, (label, top) in enumerate(zip(("height", "width"), max_hw), start=2):
+            if input_shape[axis - 1] < 0 and shape[axis] > top:
+                raise ProtocolError(f"input {input_name!r}: {label} {shape[axis]} exceeds this server's limit of "
+                                    f"{max_hw[0]}x{max_hw[1]} (--max-imgsz)")
     if max_rows is not None and shape[0] > max_rows:
         raise ProtocolError(f"input {input_name!r}: batch of {shape[0]} rows exceeds this model's limit of "
                             f"{max_rows} rows per request ({rows_limit_source}); split the request")
     count = math.prod(shape)
 
-    in_params = entry.get("parameters") or {}
-    if not isinstance(in_params, dict):
-        raise ProtocolError(f"input {input_name!r}: 'parameters' must be an object")
+    in_params = _params(entry, f"input {input_name!r}: ")
     binary_size = in_params.get("binary_data_size")
     if binary_size is not None:
         if n_header is None:
@@ -340,13 +388,13 @@ def parse_infer_request(
         if rest != binary_size:
             raise ProtocolError(f"the body holds {rest} bytes after the {n_header}-byte JSON header, "
                                 f"but the inputs declare {binary_size}")
-        tensor = np.frombuffer(body, dtype="<f4", count=count, offset=n_header).reshape(shape)
+        tensor = _reshaped(np.frombuffer(body, dtype="<f4", count=count, offset=n_header), shape, input_name)
     else:
         if n_header is not None and n_header != len(body):
             raise ProtocolError(f"{len(body) - n_header} bytes follow the JSON header, but no input declares binary_data_size")
         if "data" not in entry:
             raise ProtocolError(f"input {input_name!r} has neither 'data' nor binary_data_size")
-        tensor = _flatten_json_data(entry["data"], input_name, shape, literals).reshape(shape)
+        tensor = _reshaped(_flatten_json_data(entry["data"], input_name, shape, literals), shape, input_name)
 
     names = [output_name] if isinstance(output_name, str) else list(output_name)
     binary_default = _json_bool(params.get("binary_data_output", False), "parameters.binary_data_output")
@@ -364,9 +412,7 @@ def parse_infer_request(
             raise ProtocolError(f"unknown output {name!r}; this model has {has}")
         if any(name == n for n, _ in wanted):
             raise ProtocolError(f"output {name!r} is requested twice")
-        out_params = out.get("parameters") or {}
-        if not isinstance(out_params, dict):
-            raise ProtocolError(f"output {name!r}: 'parameters' must be an object")
+        out_params = _params(out, f"output {name!r}: ")
         if out_params.get("classification"):
             raise ProtocolError("the classification extension is not supported; ask for the raw output")
         binary = binary_default
@@ -431,3 +477,35 @@ def encode_outputs(model_name: str, model_version: str, request_id: str | None,
         return head, {"Content-Type": "application/json"}
     return head + b"".join(blobs), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
 
+
+def decode_and_parse(raw: bytes, encoding: str | None, header_length: str | None, body_limit: int,
+                     **parse_options) -> InferRequest:
+    """:func:`decode_body` then :func:`parse_infer_request` (``parse_options``): one request body, start to end.
+
+    A module-level function (picklable), so that the server can run it in a worker process: parsing a large
+    JSON body holds the interpreter lock for seconds, which a thread would take from the event loop.
+    """
+    return parse_infer_request(decode_body(raw, encoding, body_limit), header_length, **parse_options)
+
+
+def parse_with_options(raw: bytes, encoding: str | None, header_length: str | None, body_limit: int,
+                       options: dict) -> InferRequest:
+    """:func:`decode_and_parse` with its parse options as one mapping (positional: what a process pool passes)."""
+    return decode_and_parse(raw, encoding, header_length, body_limit, **options)
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Initializer of the server's parsing workers: end this process when the server process is gone.
+
+    A worker blocks on its task queue, whose pipe it holds both ends of, so a server killed outright
+    (SIGKILL, the OOM killer) would leave it waiting forever; a daemon thread watches the parent instead.
+    """
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="acmix-parent-watch", daemon=True).start()
