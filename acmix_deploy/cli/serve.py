@@ -32,7 +32,7 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads per batch."),
     max_imgsz: Optional[list[int]] = typer.Option(None, "--max-imgsz", help="A --dynamic-hw graph: the largest input a request may carry, N or H W (default 640); larger ones get 400. Memory and time grow with the pixels."),
     max_url_bytes: int = typer.Option(8192, "--max-url-bytes", help="Longest request target (path and query); longer ones get 414."),
-    specialize: int = typer.Option(4, "--specialize", min=0, help="A --dynamic-hw ONNX graph (onnxruntime, openvino): up to this many sessions fixed to one size each, built in the background once a size has 3 requests; they run at the speed of a graph exported at that size (about the weights' memory each; 0: off)."),
+    specialize: int = typer.Option(4, "--specialize", min=0, help="A --dynamic-hw ONNX graph (onnxruntime, openvino): up to this many sessions fixed to one size each, built in the background once a size has 3 requests; they run at the speed of a graph exported at that size (each holds the weights and an activation arena for its size; 0: off)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture (bare state dicts, .pt2)."),
     imgsz: Optional[list[int]] = typer.Option(None, "--imgsz", help="Input size of checkpoints and .pt2 packages: N or H W."),
     model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own model: FILE.py:FACTORY or package.module:FACTORY (a moved definition, or a bare state dict)."),
