@@ -156,21 +156,24 @@ def looks_like_acmix(m: nn.Module) -> bool:
 def acmix_resemblance(m: nn.Module) -> str | None:
     """Why ``m`` is not recognised as the official ACmix although it resembles one; None when it does not.
 
-    A module resembles ACmix when it holds an attention window (``nn.Unfold`` or ``nn.ReflectionPad2d``), a
-    grouped ``nn.Conv2d`` and at least two one-element parameters (ACmix's ``rate1``/``rate2``), or when its
-    class is named after ACmix and holds the window or such parameters itself (a container that merely
-    holds an ACmix, ``C2f_ACmix``, does not): the copies that renamed a part (``q_conv`` for ``conv1``,
-    ``alpha`` for ``rate1``) or whose attributes disagree with their weights.  The answer is the structural
-    check's first complaint, so that such a copy is reported instead of passed over in silence.
+    A module resembles ACmix when it holds the official operator's attention window, an ``nn.Unfold`` with an
+    ``nn.ReflectionPad2d`` or an ``nn.Softmax`` beside it, together with a grouped ``nn.Conv2d`` and at least
+    two one-element parameters (ACmix's ``rate1``/``rate2``); or when its class is named after ACmix and holds
+    an ``nn.Unfold`` itself (a container that merely holds an ACmix, ``C2f_ACmix``, does not).  These are
+    the copies that renamed a part (``q_conv`` for ``conv1``, ``alpha`` for ``rate1``) or whose attributes
+    disagree with their weights; a reflection-padded depthwise block with two scalar weights (no unfold) is
+    not one.  The answer is the structural check's first complaint, so that such a copy is reported instead
+    of passed over in silence.
     """
     if is_ours(m) or looks_like_acmix(m) or looks_like_swin_attention(m):
         return None
     children = list(m.children())
-    window = any(isinstance(c, (nn.Unfold, nn.ReflectionPad2d)) for c in children)
+    unfold = any(isinstance(c, nn.Unfold) for c in children)
+    window = unfold and any(isinstance(c, (nn.ReflectionPad2d, nn.Softmax)) for c in children)
     grouped = any(isinstance(c, nn.Conv2d) and c.groups > 1 for c in children)
     scalars = sum(1 for p in m._parameters.values() if p is not None and p.numel() == 1)
     named = "acmix" in type(m).__name__.lower()
-    if not ((window and grouped and scalars >= 2) or (named and (window or scalars >= 2))):
+    if not ((window and grouped and scalars >= 2) or (named and unfold)):
         return None
     return acmix_structure(m)[1] or "not the official structure"
 

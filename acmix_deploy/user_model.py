@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -182,9 +183,17 @@ def find_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str
 def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str, what: str) -> None:
     """``load_state_dict(strict=True)`` with a message that lists what does not match."""
     expected = model.state_dict()
-    # BatchNorm fills a missing num_batches_tracked itself (files written before it existed, or trimmed by
-    # conversion scripts), as torch's own strict loading accepts.
-    missing = [k for k in expected if k not in sd and k.rpartition(".")[2] != "num_batches_tracked"]
+    # A missing num_batches_tracked (files written before it existed, or trimmed by conversion scripts) is the
+    # model's own counter: filled in, as torch's BatchNorm does for state dicts of its first version.
+    fill = [k for k in expected if k not in sd and k.rpartition(".")[2] == "num_batches_tracked"]
+    if fill:
+        metadata = getattr(sd, "_metadata", None)
+        sd = OrderedDict(sd)
+        for k in fill:
+            sd[k] = expected[k].detach().clone()
+        if metadata is not None:
+            sd._metadata = metadata  # type: ignore[attr-defined]
+    missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     shapes = [f"{k} {tuple(sd[k].shape)} in the file, {tuple(v.shape)} in the model"
               for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
@@ -204,8 +213,9 @@ def load_user_weights(model: nn.Module, obj: Any, source: str, what: str) -> str
     return where
 
 
-class _FirstConv(Exception):
-    """Raised by the probe's hook at the first convolution a forward pass reaches."""
+class _FirstConv(BaseException):
+    """Raised by the probe's hook at the first convolution a forward pass reaches (a BaseException: a user's
+    ``except Exception`` in a forward does not swallow it)."""
 
     def __init__(self, consistent: bool):
         super().__init__()
@@ -226,6 +236,8 @@ def model_channels(model: nn.Module, hw: tuple[int, int] = (64, 64)) -> int:
     if not convs:
         raise ConfigError("the model has no Conv2d to read its input channels from; give the input size explicitly")
     first = int(convs[0].in_channels)
+    if any(isinstance(c, nn.modules.lazy.LazyModuleMixin) for c in convs):
+        return first  # a lazy convolution would take its channels from the probe itself
 
     def stop(module, args):
         x = args[0] if args else None
@@ -235,7 +247,7 @@ def model_channels(model: nn.Module, hw: tuple[int, int] = (64, 64)) -> int:
     dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
     device = param.device if param is not None else "cpu"
     hooks = [c.register_forward_pre_hook(stop) for c in convs]
-    training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: frozen BatchNorms stay frozen
     model.eval()
     try:
         for c in dict.fromkeys((first, 3, 1, 4, 2)):
@@ -247,10 +259,13 @@ def model_channels(model: nn.Module, hw: tuple[int, int] = (64, 64)) -> int:
                     return c
             except Exception:  # this channel count does not get the input to a convolution
                 continue
+            else:  # a whole forward without an nn.Conv2d (functional convolutions): nothing to learn here
+                break
     finally:
         for h in hooks:
             h.remove()
-        model.train(training)
+        for m, mode in modes:
+            m.training = mode
     return first
 
 

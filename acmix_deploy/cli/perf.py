@@ -33,7 +33,8 @@ def _render_profile(report: dict) -> None:
                       f"{r['throughput_per_s']:.1f}", peak)
     _print_table(table)
     for row in report.get("compare_forms", []):
-        console.print(f"[bold]training / deploy[/] ({row['backend']}, batch {row['batch']}, medians): "
+        layout = f", conv paths {row['conv_layout']}" if row.get("conv_layout") else ""
+        console.print(f"[bold]training / deploy[/] ({row['backend']}{layout}, batch {row['batch']}, medians): "
                       f"{row['training_over_deploy']:.2f}x")
     for row in report.get("compare_conv_layouts", []):
         size = "x".join(map(str, row["imgsz"]))

@@ -497,10 +497,13 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
                         t = [r for r in results if r["backend"] == backend and r["batch"] == batch
                              and r["imgsz"] == list(size[1:])]
                         tr = next((r for r in t if r["form"] == "training"), None)
-                        dp = next((r for r in t if r["form"] == "deploy"), None)
-                        if tr and dp:
-                            ratios.append({"backend": backend, "batch": batch, "imgsz": list(size[1:]),
-                                           "training_over_deploy": tr["p50_ms"] / dp["p50_ms"]})
+                        for dp in (r for r in t if r["form"] == "deploy"):  # one per convolution-path layout
+                            if tr:
+                                row = {"backend": backend, "batch": batch, "imgsz": list(size[1:]),
+                                       "training_over_deploy": tr["p50_ms"] / dp["p50_ms"]}
+                                if dp.get("conv_layout"):
+                                    row["conv_layout"] = dp["conv_layout"]
+                                ratios.append(row)
             report["compare_forms"] = ratios
         if {"channels_first", "channels_last"} <= set(settings.conv_layouts):
             report["compare_conv_layouts"] = [
@@ -513,9 +516,11 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             layers = {}
             x = rng.standard_normal((settings.batches[0], *input_sizes[0]), dtype=np.float32)
             for target in targets:
-                label = f"{target.backend}/{target.form}"
+                label = f"{target.backend}/{target.form}" + (f" ({target.conv_layout})" if target.conv_layout else "")
                 if target.kind == "torch":
-                    layers[label] = _torch_layers(target.handle, x, settings.device)
+                    forced = None if target.conv_layout in (None, "auto") else target.conv_layout
+                    with conv_path_layout(forced):
+                        layers[label] = _torch_layers(target.handle, x, settings.device)
                 elif target.kind == "onnxruntime":
                     layers[label] = _ort_layers(onnx_paths[target.form], x, settings.threads)
                 # other runners (OpenVINO, AOTInductor, TensorRT) have no per-layer view here

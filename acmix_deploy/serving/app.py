@@ -37,6 +37,7 @@ import json
 import multiprocessing
 import os
 import socket
+import sys
 import time
 import warnings
 from concurrent.futures.process import BrokenProcessPool
@@ -61,6 +62,9 @@ MODEL_VERSION = "1"
 # interpreter lock for the whole parse (3.5 s for 57 MB), which a thread would take from the event loop.
 JSON_IN_PROCESS_BYTES = 256 << 10
 PARSER_TASKS_PER_PROCESS = 64  # a worker is replaced after this many bodies (Python keeps the lists' memory)
+# An upload keeps the room its Content-Length reserved only while its bytes come at least this fast (after a
+# grace of --read-timeout-s); a slower one is charged with what has arrived.
+MIN_UPLOAD_BYTES_PER_S = 1 << 20
 
 # Triton's ``platform`` names (model metadata) for each runner backend; another backend is named as it is.
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "aoti": "torch_aoti", "torch": "pytorch"}
@@ -203,10 +207,15 @@ async def _read_body(request, settings: ServeSettings, budget: _Budget, drain: _
             raise ProtocolError("Content-Length is not an integer") from None
         if n > limit:
             raise ProtocolError(f"request body of {n} bytes exceeds the limit of {limit} bytes (--max-body-mb)", 413)
-    # The budget is charged with the bytes that have arrived, not with the declared length: a client that
-    # declares 64 MiB and sends a byte a second holds one byte of it, not 64 MiB of everybody's room.
+        # Admission by the declared length, so that concurrent large uploads are taken or refused whole (charged
+        # only as they arrive, all of them would be admitted and all could fail halfway).  But the reservation
+        # lasts only while the bytes come: a client that declares 64 MiB and sends a byte a second keeps it
+        # for --read-timeout-s, then holds what it has sent (see below).
+        budget.take(n)
+        held = n
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.body_timeout_s
+    start = loop.time()
+    deadline = start + settings.body_timeout_s
     chunks, size = [], 0
     try:
         while True:
@@ -233,6 +242,11 @@ async def _read_body(request, settings: ServeSettings, budget: _Budget, drain: _
             if size > held:
                 budget.take(size - held)
                 held = size
+            elif held > size:
+                elapsed = loop.time() - start
+                if elapsed > settings.read_timeout_s and size < MIN_UPLOAD_BYTES_PER_S * elapsed:
+                    budget.give(held - size)  # too slow to keep its reservation: charged as it arrives from now
+                    held = size
             if chunk:
                 chunks.append(chunk)
             if not message.get("more_body", False):
@@ -352,10 +366,12 @@ def create_app(runner, settings: ServeSettings):
 
     def start_parsers() -> concurrent.futures.ProcessPoolExecutor:
         # spawn: a fresh interpreter that imports the protocol module and NumPy only (no fork of a process
-        # whose runtime threads are running)
+        # whose runtime threads are running).  Like every spawn user, a script that calls serve() must keep
+        # its top-level code under if __name__ == "__main__": (the workers import the main module).
+        recycle = {"max_tasks_per_child": PARSER_TASKS_PER_PROCESS} if sys.version_info >= (3, 11) else {}
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=settings.max_decodes, mp_context=multiprocessing.get_context("spawn"),
-            max_tasks_per_child=PARSER_TASKS_PER_PROCESS, initializer=exit_with_parent, initargs=(os.getpid(),))
+            initializer=exit_with_parent, initargs=(os.getpid(),), **recycle)
         parsers["pool"] = pool
         return pool
     budget = _Budget(settings.max_inflight_bytes)
@@ -456,18 +472,27 @@ def create_app(runner, settings: ServeSettings):
         thread; a large or compressed JSON body in a worker process, whose parse does not hold this process's
         interpreter lock (a thread's would, and the loop would stop answering meanwhile)."""
         loop = asyncio.get_running_loop()
-        in_process = (header_length is None and (len(raw) > JSON_IN_PROCESS_BYTES or bool(encoding))
-                      and not parsers.get("disabled"))
+        # the JSON part's size decides (a body of JSON only may also name its whole length in the header)
+        json_bytes = int(header_length) if header_length and header_length.isdigit() else len(raw)
+        in_process = (min(json_bytes, len(raw)) > JSON_IN_PROCESS_BYTES or bool(encoding)) and not parsers.get("disabled")
         args = (raw, encoding, header_length, settings.max_body_bytes, parse_options)
+        if in_process:
+            try:
+                pool = parsers["pool"] or start_parsers()
+            except Exception:  # processes cannot start any more (limits reached): a thread parses this body
+                in_process = False
         if not in_process:
             return await loop.run_in_executor(decoder, parse_with_options, *args)
-        pool = parsers["pool"] or start_parsers()
         try:
-            return await loop.run_in_executor(pool, parse_with_options, *args)
-        except BrokenProcessPool:  # a worker died (killed for memory): a fresh pool for the next requests
-            parsers["pool"] = None
+            return await asyncio.wait_for(loop.run_in_executor(pool, parse_with_options, *args),
+                                          settings.body_timeout_s)
+        except (BrokenProcessPool, asyncio.TimeoutError) as exc:
+            # a worker died (killed for memory) or the pool stopped answering: a fresh pool for the next requests
+            if parsers["pool"] is pool:
+                parsers["pool"] = None
             pool.shutdown(wait=False, cancel_futures=True)
-            raise ProtocolError("the request parser stopped while parsing this body; retry", 503) from None
+            what = "stopped" if isinstance(exc, BrokenProcessPool) else f"took more than {settings.body_timeout_s:g} s"
+            raise ProtocolError(f"the request parser {what} while parsing this body; retry", 503) from None
 
     async def model_infer(request: Request, name: str, version: str | None = None):
         t0 = time.perf_counter()

@@ -235,6 +235,18 @@ def test_profile_one_conv_layout_keeps_the_usual_timing(ckpts):
     assert "compare_conv_layouts" not in rep
 
 
+def test_compare_forms_and_layers_per_conv_layout(ckpts):
+    _, train, _ = ckpts
+    rep = profile_model(train, _settings(batches=(1,), compare_forms=True, layers=True,
+                                         conv_layouts=("channels_first", "channels_last")))
+    by_layout = {c["conv_layout"]: c["training_over_deploy"] for c in rep["compare_forms"]}
+    assert set(by_layout) == {"channels_first", "channels_last"}
+    p50 = {(r["form"], r.get("conv_layout")): r["p50_ms"] for r in rep["results"]}
+    for layout, ratio in by_layout.items():
+        assert ratio == pytest.approx(p50[("training", None)] / p50[("deploy", layout)])
+    assert {"torch/training", "torch/deploy (channels_first)", "torch/deploy (channels_last)"} == set(rep["layers"])
+
+
 @pytest.mark.parametrize("kw,message", [
     (dict(conv_layouts=("channels_middle",)), "conv_layouts takes auto, channels_last, channels_first"),
     (dict(conv_layouts=("auto", "auto")), "each layout once"),

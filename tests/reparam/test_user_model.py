@@ -191,6 +191,11 @@ def test_copy_with_renamed_parts_is_reported_not_passed_over():
     container.inner = user_nets.OfficialACmix(8, 8, 3, 2)
     for m in (container, container.inner, ACmix(8, 8, 3, 2), nn.Conv2d(3, 3, 1), user_nets.Conv(3, 8, 3, 1)):
         assert acmix_resemblance(m) is None
+    # a reflection-padded depthwise block with two scalar weights (a dehazing block, say) is no ACmix
+    dehaze = nn.Module()
+    dehaze.pad, dehaze.dw = nn.ReflectionPad2d(1), nn.Conv2d(8, 8, 3, groups=8)
+    dehaze.alpha, dehaze.beta = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
+    assert acmix_resemblance(dehaze) is None
 
 
 def test_cli_renamed_copy_exits_1_with_the_reason(tmp_path):
@@ -219,9 +224,40 @@ def test_input_channels_from_the_first_convolution_run():
 
     net = user_nets.StemDefinedLast()
     assert next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels == 16  # the module-order rule
+    net.stem.bn.eval()  # a frozen BatchNorm in a model in training mode
     assert model_channels(net, (32, 32)) == 3
+    assert net.training and not net.stem.bn.training  # every module's mode as it was
     assert model_channels(user_nets.yolo_acmix()) == 3
-    assert net.training  # the probe leaves the mode as it was
+
+    class Swallows(nn.Module):  # a forward that catches Exception must not hide the probe's stop
+        def __init__(self):
+            super().__init__()
+            self.conv, self.calls = nn.Conv2d(1, 4, 3), 0
+
+        def forward(self, x):
+            self.calls += 1
+            try:
+                return self.conv(x)
+            except Exception:
+                return x
+
+    m = Swallows()
+    assert model_channels(m, (8, 8)) == 1 and m.calls == 1
+
+
+def test_state_dict_missing_num_batches_tracked_keeps_its_metadata(tmp_path):
+    """torch fills a missing num_batches_tracked only for state dicts of BatchNorm's first version; a trimmed
+    ``state_dict()`` (version 2 in its metadata) loads all the same."""
+    from acmix_deploy.user_model import load_strict
+
+    net = randomize(user_nets.StemDefinedLast(), seed=5)
+    sd = net.state_dict()
+    del sd["stem.bn.num_batches_tracked"]
+    assert sd._metadata["stem.bn"]["version"] == 2
+    torch.save(sd, tmp_path / "w.pth")
+    fresh = user_nets.StemDefinedLast()
+    load_strict(fresh, torch.load(tmp_path / "w.pth", weights_only=True), "w.pth", "StemDefinedLast")
+    assert torch.equal(fresh.stem.bn.running_var, net.stem.bn.running_var)
 
 
 def test_cli_stem_defined_last_and_weights_without_num_batches_tracked(tmp_path):

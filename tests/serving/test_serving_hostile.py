@@ -1,7 +1,8 @@
 """Hostile clients against a real ``acmix-deploy serve`` process, each a case an audit found to cost others:
 
-* uploads that declare a large Content-Length and then trickle: the in-flight budget counts bytes received,
-  so a valid request still gets through (it used to get 503 until the trickles timed out);
+* uploads that declare a large Content-Length and then trickle: their reservations of the in-flight budget
+  last --read-timeout-s, then they are charged with what they sent, so a valid request gets through (it used
+  to get 503 until the trickles reached their body deadline);
 * a body streamed forever to a route that answers without reading it (unknown model, a GET): the answer
   closes the connection (it used to stay open past every deadline, holding a connection slot);
 * a request target of 60 KB: 414 at once (it used to cost ~100 ms of the event loop per request);
@@ -70,23 +71,39 @@ def _closed_by_server(sock: socket.socket, within_s: float) -> tuple[bool, bytes
     return False, got
 
 
-def test_declared_lengths_are_not_reserved_before_the_bytes_come(onnx_model):
-    """Six uploads declare 16 MiB each (96 MiB: past a 64 MiB in-flight budget) and send one byte: a valid
-    request is still answered 200, not 503."""
+def test_slow_uploads_lose_their_reservations(onnx_model):
+    """Four uploads declare 16 MiB each (the whole 64 MiB in-flight budget) and send a byte every 0.25 s.  Their
+    reservations hold for --read-timeout-s (1 s here): a valid request is refused with 503 meanwhile, and
+    answered 200 once they have been charged with what they sent (it used to be refused until their body
+    deadline, --body-timeout-s)."""
     srv = Proc(onnx_model, "--max-inflight-mb", "64", "--max-body-mb", "16")
-    socks = []
+    socks, stop = [], threading.Event()
+
+    def trickle(s):
+        while not stop.is_set():
+            try:
+                s.sendall(b" ")
+            except OSError:
+                return
+            time.sleep(0.25)
+
     try:
-        for _ in range(6):
+        for _ in range(4):
             s = socket.create_connection(("127.0.0.1", srv.port))
             s.sendall(f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: t\r\nContent-Length: {16 << 20}\r\n\r\n{{"
                       .encode())
             socks.append(s)
-        time.sleep(0.3)
+            threading.Thread(target=trickle, args=(s,), daemon=True).start()
         x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
         body, headers = binary_request(x)
+        time.sleep(0.3)
+        status, _, raw = http("POST", srv.port, f"/v2/models/{NAME}/infer", body, headers)
+        assert status == 503 and "--max-inflight-mb" in json.loads(raw)["error"]
+        time.sleep(1.5)  # past the 1 s grace: the trickles hold a few bytes each now
         status, _, raw = http("POST", srv.port, f"/v2/models/{NAME}/infer", body, headers)
         assert status == 200, raw[:300]
     finally:
+        stop.set()
         for s in socks:
             s.close()
         srv.close()
