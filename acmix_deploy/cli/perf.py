@@ -16,7 +16,7 @@ from ._common import _fail, _print_table, _safe, _safe_imgsz, console
 
 def _render_profile(report: dict) -> None:
     dev = report["device"]
-    where = dev.get("gpu") or f"{dev['cpu']}, {dev['threads']} threads"
+    where = dev.get("gpu") or f"{dev['cpu']}, {dev['threads']} thread{'' if dev['threads'] == 1 else 's'}"
     table = Table(title=f"{report['model'].get('arch') or report['model']['path']} on {where}")
     sizes = {tuple(r["imgsz"]) for r in report["results"] if r.get("imgsz")}
     layouts = any(r.get("conv_layout") for r in report["results"])
