@@ -473,7 +473,8 @@ def create_app(runner, settings: ServeSettings):
         interpreter lock (a thread's would, and the loop would stop answering meanwhile)."""
         loop = asyncio.get_running_loop()
         # the JSON part's size decides (a body of JSON only may also name its whole length in the header)
-        json_bytes = int(header_length) if header_length and header_length.isdigit() else len(raw)
+        digits = header_length is not None and header_length.isascii() and header_length.isdigit()
+        json_bytes = int(header_length) if digits and len(header_length) <= 20 else len(raw)  # else the parser refuses it
         in_process = (min(json_bytes, len(raw)) > JSON_IN_PROCESS_BYTES or bool(encoding)) and not parsers.get("disabled")
         args = (raw, encoding, header_length, settings.max_body_bytes, parse_options)
         if in_process:

@@ -150,6 +150,10 @@ def test_long_request_target_is_414(onnx_model):
         assert http("HEAD", srv.port, "/v2/health/ready")[0] == 200
         status, _, raw = http("GET", srv.port, f"/v2/models/{NAME}/")  # no redirect: a JSON 404
         assert status == 404 and "error" in json.loads(raw)
+        # a header length of 5,000 digits (int() refuses > 4,300) is a 400 wherever it is read
+        body = b"{" + b" " * (300 << 10) + b"}"
+        status, _, raw = http("POST", srv.port, f"/v2/models/{NAME}/infer", body, {HEADER_LENGTH: "9" * 5000})
+        assert status == 400 and "must be a decimal integer" in json.loads(raw)["error"]
     finally:
         srv.close()
 
