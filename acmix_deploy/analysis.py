@@ -152,6 +152,8 @@ class OutputDiff:
     rel_float64: float | None = None
     rounding_float32: tuple[float, float] | None = None
     first_divergence: str | None = None
+    # why the float64 re-check could not run (user code that only runs in float32, e.g. a hard-coded .float())
+    float64_error: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -177,6 +179,8 @@ class OutputDiff:
             text += f" (tol {tol:g})"
         if self.first_divergence:
             text += f"; first diverging module: {self.first_divergence}"
+        if self.float64_error:
+            text += f"; the float64 re-check could not run ({self.float64_error})"
         return text
 
 
@@ -264,9 +268,13 @@ def check_equivalence(
         cand64 = (fold(copy.deepcopy(ref64)) if fold is not None else copy.deepcopy(candidate).double()).eval()
         # The float64 forms run with float64 as the default dtype: users' code (the official ACmix's positional
         # grid) creates tensors in the default dtype, which would meet float64 weights as float32.
-        with default_dtype(torch.float64):
-            truth = _run(ref64, x64, "the reference (float64)")
-            diff.rel_float64 = compare_all_outputs(truth, _run(cand64, x64, "the candidate (float64)")).rel
+        try:
+            with default_dtype(torch.float64):
+                truth = _run(ref64, x64, "the reference (float64)")
+                diff.rel_float64 = compare_all_outputs(truth, _run(cand64, x64, "the candidate (float64)")).rel
+        except InputShapeError as exc:  # it ran in float32 above: code that cannot run in float64, not the size
+            diff.float64_error = str(exc).split(". Choose an input size")[0]
+            return diff
         diff.rounding_float32 = (compare_all_outputs(truth, out_ref).rel, compare_all_outputs(truth, out_cand).rel)
         if not diff.within(tol):  # locate it on the candidate itself (float64 copy), as the user holds it
             cand_copy = cand64 if fold is None else copy.deepcopy(candidate).double().eval()

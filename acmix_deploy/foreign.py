@@ -317,11 +317,21 @@ def adopt(module: nn.Module, path: str = "") -> tuple[ACmix | None, Adoption | N
             with default_dtype(dtype):  # their code's own tensors (the positional grid) in the probe's dtype
                 ref = m_theirs(xp)
         except Exception as exc:
-            if dtype != torch.float32:  # code that only runs in float32: the float32 probe decides alone
-                record.notes.append(f"not probed in {dtype}: {type(exc).__name__}")
-                continue
-            record.reason = f"its forward fails on the probe {tuple(x.shape)}: {type(exc).__name__}: {exc}"
-            return None, record
+            if dtype == torch.float32:
+                record.reason = f"its forward fails on the probe {tuple(x.shape)}: {type(exc).__name__}: {exc}"
+                return None, record
+            # code that only runs in float32 (a hard-coded .float()): the same scaled probe in float32, where
+            # this package's training form computes the official formula step by step as well
+            note = f"scaled probes in float32 (float64: {type(exc).__name__})"
+            if note not in record.notes:
+                record.notes.append(note)
+            dtype, xp, m_theirs, m_ours = torch.float32, xp.float(), theirs, ours
+            try:
+                ref = m_theirs(xp)
+            except Exception as exc32:
+                record.reason = (f"its forward fails on the probe {tuple(x.shape)} at {scale:g} x: "
+                                 f"{type(exc32).__name__}: {exc32}")
+                return None, record
         out = m_ours(xp)
         if not isinstance(ref, torch.Tensor) or ref.shape != out.shape:
             shape = tuple(ref.shape) if isinstance(ref, torch.Tensor) else type(ref).__name__

@@ -58,6 +58,10 @@ def default_input_size(model: nn.Module, imgsz=None) -> tuple[int, int, int]:
     c, h, w = model.default_cfg["input_size"]
     pair = normalize_imgsz(imgsz)
     if pair is not None:
+        if model.default_cfg.get("channels_from_probe") and tuple(pair) != (h, w):
+            from .user_model import model_channels  # a user's model: its channels seen at this size
+
+            c = model_channels(model, tuple(pair))
         h, w = pair
     return (c, h, w)
 
@@ -243,6 +247,8 @@ def reparam_checkpoint(
         meta.update({"check_rel_error": diff.rel, "check_input": list(input_size)})
     if report.leftovers:
         meta["not_folded"] = [x.describe() for x in report.leftovers]
+    if report.unrecognised:
+        meta["not_recognised"] = list(report.unrecognised)
     _stage(on_stage, f"writing {out}")
     if loaded.model_def is not None:
         result.written = save_user_checkpoint(result.deploy, out, loaded.model_def, report.plan, input_size, meta)

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from .fold import fuse_conv_bn
 from .foreign import (Adoption, acmix_resemblance, adopt_foreign_operators, carry_attributes, is_ours, looks_like_acmix,
-                      looks_like_swin_attention, replace_module)
+                      looks_like_swin_attention, replace_everywhere)
 from .graph_fold import BnPairs, find_bn_pairs
 from .modules import ACmix, WindowAttentionACmix, XVolution
 
@@ -183,6 +183,9 @@ class ReparamReport:
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (producer, batchnorm) folded through the graph
     leftovers: list[Leftover] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # modules that resemble the official ACmix without its structure, left as they are (a note, not a
+    # leftover: the resemblance is a heuristic, and a block of another design must not stop the fold)
+    unrecognised: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -194,16 +197,25 @@ class ReparamReport:
 
 
 def _fold_pairs(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    """Fold each ``(producer, batchnorm)`` pair; the folded modules replace the pair under every name they have.
+
+    A pair registered under two paths (``self.features = nn.Sequential(*backbone.children())``) is found twice
+    by the graph: it is folded once, and its second record finds the folded modules in place and is skipped.
+    """
+    folded: list[tuple[nn.Module, nn.Module]] = []  # kept (not only their ids) so that no id is reused
     for op_path, bn_path in pairs:
         op, bn = model.get_submodule(op_path), model.get_submodule(bn_path)
+        if any(op is new and bn is ident for new, ident in folded):
+            continue
         new = _absorb(op, bn)
         if new is None:  # a recorded plan that does not fit this model definition
             raise ValueError(f"{op_path} ({type(op).__name__}) cannot absorb the BatchNorm {bn_path}")
         carry_attributes(op, new)
-        replace_module(model, op_path, new)
+        replace_everywhere(model, op, new)
         ident = nn.Identity()
         carry_attributes(bn, ident)
-        replace_module(model, bn_path, ident)
+        replace_everywhere(model, bn, ident)
+        folded.append((new, ident))
 
 
 def reparameterize(model: nn.Module, inplace: bool = False, plan: FoldPlan | None = None
@@ -237,6 +249,9 @@ def reparameterize(model: nn.Module, inplace: bool = False, plan: FoldPlan | Non
     _walk(model, ours=True)
     rejected = {a.path: a for a in report.rejected}
     report.leftovers = leftover_report(model, skipped, rejected, found.untraced if plan is None else {})
+    report.unrecognised = [f"{name or '<root>'} ({type(m).__qualname__}) resembles the official ACmix but was not "
+                           f"recognised ({why}); left as it is, unfolded"
+                           for name, m in model.named_modules() if (why := acmix_resemblance(m)) is not None]
     return model, report
 
 
@@ -247,6 +262,8 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     Calling it on a deploy model changes nothing (the pass is idempotent).
     """
     deploy, report = reparameterize(model, inplace=inplace)
+    for line in report.unrecognised:
+        warnings.warn(f"reparameterize_model: {line}", stacklevel=2)
     if report.leftovers:
         shown = "; ".join(x.describe() for x in report.leftovers[:3])
         more = f" (and {len(report.leftovers) - 3} more)" if len(report.leftovers) > 3 else ""
@@ -264,8 +281,6 @@ def _kind(m: nn.Module) -> str | None:
         return f"{type(m).__qualname__}, an official-ACmix look-alike"
     if not is_ours(m) and looks_like_swin_attention(m):
         return f"{type(m).__qualname__}, an official Swin-ACmix window-attention look-alike"
-    if acmix_resemblance(m) is not None:
-        return f"{type(m).__qualname__}, resembles the official ACmix"
     return None
 
 
@@ -294,11 +309,6 @@ def leftover_report(model: nn.Module, skipped: dict[str, str] | None = None,
             reason = ("not reached: " + where) if where else "does not follow a Conv2d, ACmix or X-volution"
         elif "look-alike" in kind:
             reason = "not converted"
-        elif "resembles" in kind:
-            why = acmix_resemblance(m)
-            reason = f"not recognised as the official ACmix: {why}" + (
-                "; with the official class's attribute names it would be checked and folded"
-                if why and why.startswith("no ") else "")
         else:
             reason = "training-form operator not folded (its parent folds it, or nothing called its fuse())"
         if "look-alike" in kind:  # (inside a module that only resembles ACmix, BatchNorms are still listed)

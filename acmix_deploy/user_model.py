@@ -482,7 +482,9 @@ def read_user_checkpoint(obj: Any, path: Path, model_def: str | None, model_args
     model.eval()
     cfg = getattr(model, "default_cfg", None)
     if not (isinstance(cfg, dict) and len(cfg.get("input_size") or ()) == 3):
-        model.default_cfg = {"input_size": user_input_size(model)}  # (C, 640, 640); imgsz overrides H, W
+        # (C, 640, 640); imgsz overrides H, W, and the channels are found again at that size (a model that takes
+        # only its own size, a patch embedding with an assert, cannot run at 640 to show its channels)
+        model.default_cfg = {"input_size": user_input_size(model), "channels_from_probe": True}
     return UserCheckpoint(model, md, False, where)
 
 

@@ -327,6 +327,52 @@ class StemDefinedLast(nn.Module):
         return self.head(self.att(self.stem(x)))
 
 
+class Float32GridACmix(OfficialACmix):
+    """The official formula with its grid hard-coded to float32 (an AMP workaround): runs in float32 only."""
+
+    def _pe(self, x, h, w):
+        return self.conv_p(position(h, w).float())
+
+
+class Float32GridClamped(Float32GridACmix):
+    """That, plus a float16-overflow guard on the output: another function, in float32 only."""
+
+    def forward(self, x):
+        return super().forward(x).clamp(-4.0, 4.0)
+
+
+class SharedChildren(nn.Module):
+    """torchvision's pattern: the backbone kept, and its children again as ``features`` (one conv + BN pair under
+    two paths); the root's forward branches on the input's shape, so fx cannot trace it as a whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                      OfficialACmix(16, 16, 3, 4), nn.BatchNorm2d(16))
+        self.features = nn.Sequential(*list(self.backbone.children()))
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        if x.shape[-1] > 64:
+            x = F.avg_pool2d(x, 2)
+        return self.head(self.features(x))
+
+
+class PatchStemAfterACmix(nn.Module):
+    """An ACmix defined before a patch-embedding stem that takes one input size only (timm's PatchEmbed assert)."""
+
+    def __init__(self, size: int = 32):
+        super().__init__()
+        self.size = size
+        self.att = OfficialACmix(16, 16, 3, 4)
+        self.proj = nn.Conv2d(3, 16, 4, 4)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        assert x.shape[-2:] == (self.size, self.size), f"input size {tuple(x.shape[-2:])} != {self.size}"
+        return self.head(self.att(self.proj(x)))
+
+
 def renamed_parts_net():
     return nn.Sequential(Conv(3, 16, 3, 2), RenamedPartsACmix(16, 16, 5, 4), nn.Conv2d(16, 4, 1))
 

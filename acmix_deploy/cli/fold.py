@@ -26,6 +26,8 @@ def _render_report(report, title: str) -> None:
         console.print(f"[dim]note: {escape(note)}[/]", highlight=False, soft_wrap=True)
     for left in report.leftovers:
         console.print(f"[yellow]not folded:[/] {escape(left.describe())}", highlight=False, soft_wrap=True)
+    for line in getattr(report, "unrecognised", ()):
+        console.print(f"[yellow]not recognised:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def reparam(

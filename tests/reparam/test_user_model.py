@@ -178,11 +178,12 @@ def test_copy_with_renamed_parts_is_reported_not_passed_over():
 
     net = randomize(user_nets.renamed_parts_net(), seed=2)
     assert acmix_resemblance(net[1]) == "no nn.Conv2d conv1, conv2, conv3"
-    deploy, report = reparameterize(net)
-    (left,) = report.leftovers
-    assert left.path == "1" and "resembles the official ACmix" in left.kind
-    assert "not recognised as the official ACmix: no nn.Conv2d conv1" in left.reason
-    assert "official class's attribute names" in left.reason and not ad.is_deploy(deploy)
+    with pytest.warns(UserWarning, match=r"1 \(RenamedPartsACmix\) resembles the official ACmix but was not recognised"):
+        deploy = ad.reparameterize_model(net)
+    _, report = reparameterize(net)
+    assert report.leftovers == [] and len(report.unrecognised) == 1  # a note, not a leftover: the fold goes on
+    assert "(no nn.Conv2d conv1, conv2, conv3); left as it is, unfolded" in report.unrecognised[0]
+    assert isinstance(deploy[1], user_nets.RenamedPartsACmix)
     with torch.no_grad():
         x = torch.randn(2, 3, 20, 24)
         assert rel_error(net(x), deploy(x)) < 1e-5  # left as it is, still the same function
@@ -198,14 +199,17 @@ def test_copy_with_renamed_parts_is_reported_not_passed_over():
     assert acmix_resemblance(dehaze) is None
 
 
-def test_cli_renamed_copy_exits_1_with_the_reason(tmp_path):
+def test_cli_renamed_copy_is_named_in_the_output_and_the_file(tmp_path):
     net = randomize(user_nets.renamed_parts_net(), seed=2)
     torch.save(net.state_dict(), tmp_path / "w.pth")
     res = runner.invoke(app, ["reparam", str(tmp_path / "w.pth"), "--model-def", f"{NETS}:renamed_parts_net",
                               "--imgsz", "24", "-o", str(tmp_path / "d.pth")])
     text = " ".join(res.output.split())
-    assert res.exit_code == 1 and "not recognised as the official ACmix: no nn.Conv2d conv1, conv2, conv3" in text
-    assert not (tmp_path / "d.pth").exists()
+    assert res.exit_code == 0, res.output
+    assert "not recognised: 1 (RenamedPartsACmix) resembles the official ACmix" in text
+    assert "no nn.Conv2d conv1, conv2, conv3" in text
+    meta = torch.load(tmp_path / "d.pth", weights_only=True)["meta"]
+    assert len(meta["not_recognised"]) == 1
 
 
 def test_copy_under_two_names_becomes_one_deploy_module():
@@ -272,6 +276,45 @@ def test_cli_stem_defined_last_and_weights_without_num_batches_tracked(tmp_path)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert rel_error(net(x), loaded.model(x)) < 1e-5
+
+
+def test_copies_that_run_in_float32_only_are_probed_at_scale_in_float32():
+    """Code that cannot run in float64 (a hard-coded float32 grid): the scaled probes run in float32 instead of
+    being skipped, so a clamp is still caught there, and the genuine copy is still adopted."""
+    _, clamped = adopt(randomize(user_nets.Float32GridClamped(16, 16, 5, 4), seed=3), "att")
+    assert not clamped.accepted and "at 10 x the probe + 3, float32" in clamped.reason
+    ours, genuine = adopt(randomize(user_nets.Float32GridACmix(16, 16, 5, 4), seed=3), "att")
+    assert genuine.accepted and genuine.notes == ["scaled probes in float32 (float64: RuntimeError)"]
+    assert "scaled probes in float32" in genuine.describe()
+
+
+def test_float64_check_that_cannot_run_says_why_not_the_input_size(tmp_path):
+    net = nn.Sequential(user_nets.Conv(3, 16, 3, 1), user_nets.Float32GridACmix(16, 16, 5, 4))
+    net = randomize(net, seed=1)
+    deploy, _ = reparameterize(net)
+    diff = ad.check_equivalence(net, deploy, (3, 20, 24), tol=1e-12, fold=lambda m: reparameterize(m)[0])
+    assert diff.rel_float64 is None and "Input type" in diff.float64_error
+    assert "the float64 re-check could not run" in diff.summary() and "Choose an input size" not in diff.summary()
+
+
+def test_pair_under_two_paths_is_folded_once():
+    net = randomize(user_nets.SharedChildren(), seed=2)
+    deploy, report = reparameterize(net)
+    assert report.leftovers == [] and ad.is_deploy(deploy)
+    assert deploy.features[0] is deploy.backbone[0] and isinstance(deploy.features[1], nn.Identity)
+    for size in (32, 72):  # both branches of the root's forward
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            assert rel_error(net(x), deploy(x)) < 1e-5
+
+
+def test_cli_channels_found_at_the_given_size(tmp_path):
+    net = randomize(user_nets.PatchStemAfterACmix(), seed=4)
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    res = runner.invoke(app, ["reparam", str(tmp_path / "w.pth"), "--model-def", f"{NETS}:PatchStemAfterACmix",
+                              "--imgsz", "32", "-o", str(tmp_path / "d.pth")])
+    assert res.exit_code == 0, res.output
+    assert torch.load(tmp_path / "d.pth", weights_only=True)["input_size"] == [3, 32, 32]
 
 
 def test_factory_that_exits_is_a_clear_error(tmp_path):
