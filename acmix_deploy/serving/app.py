@@ -62,9 +62,6 @@ MODEL_VERSION = "1"
 # interpreter lock for the whole parse (3.5 s for 57 MB), which a thread would take from the event loop.
 JSON_IN_PROCESS_BYTES = 256 << 10
 PARSER_TASKS_PER_PROCESS = 64  # a worker is replaced after this many bodies (Python keeps the lists' memory)
-# An upload keeps the room its Content-Length reserved only while its bytes come at least this fast (after a
-# grace of --read-timeout-s); a slower one is charged with what has arrived.
-MIN_UPLOAD_BYTES_PER_S = 1 << 20
 
 # Triton's ``platform`` names (model metadata) for each runner backend; another backend is named as it is.
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "aoti": "torch_aoti", "torch": "pytorch"}
@@ -178,15 +175,39 @@ class _Budget:
     def __init__(self, limit: int):
         self.limit = limit
         self.used = 0
+        self._freed: asyncio.Event | None = None
+
+    def _busy(self, n: int) -> ProtocolError:
+        return ProtocolError(f"server is busy: {self.used} bytes of request bodies are held, taking {n} more "
+                             f"would pass --max-inflight-mb ({self.limit} bytes); retry later", 503)
 
     def take(self, n: int) -> None:
         if self.used + n > self.limit:
-            raise ProtocolError(f"server is busy: {self.used} bytes of request bodies are held, taking {n} more "
-                                f"would pass --max-inflight-mb ({self.limit} bytes); retry later", 503)
+            raise self._busy(n)
+        self.used += n
+
+    async def take_within(self, n: int, wait_s: float) -> None:
+        """``take``, waiting up to ``wait_s`` for other requests to give room back (back-pressure on an upload)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while self.used + n > self.limit:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise self._busy(n)
+            if self._freed is None:
+                self._freed = asyncio.Event()
+            freed = self._freed
+            try:
+                await asyncio.wait_for(freed.wait(), left)
+            except asyncio.TimeoutError:
+                raise self._busy(n) from None
         self.used += n
 
     def give(self, n: int) -> None:
         self.used -= n
+        if n and self._freed is not None:
+            self._freed.set()
+            self._freed = None
 
 
 async def _read_body(request, settings: ServeSettings, budget: _Budget, drain: _Drain) -> tuple[bytes, int]:
@@ -207,15 +228,13 @@ async def _read_body(request, settings: ServeSettings, budget: _Budget, drain: _
             raise ProtocolError("Content-Length is not an integer") from None
         if n > limit:
             raise ProtocolError(f"request body of {n} bytes exceeds the limit of {limit} bytes (--max-body-mb)", 413)
-        # Admission by the declared length, so that concurrent large uploads are taken or refused whole (charged
-        # only as they arrive, all of them would be admitted and all could fail halfway).  But the reservation
-        # lasts only while the bytes come: a client that declares 64 MiB and sends a byte a second keeps it
-        # for --read-timeout-s, then holds what it has sent (see below).
-        budget.take(n)
-        held = n
+    # The budget is charged with the bytes that have arrived, never with a declared length: a client that
+    # declares 64 MiB and sends nothing (and reconnects after each 408) holds nothing.  When a chunk does not
+    # fit, the upload waits up to --read-timeout-s for others to give room back (it stops being read: TCP
+    # back-pressure), and only then gets 503; so concurrent large uploads over the budget mostly finish in turn
+    # instead of all failing halfway.
     loop = asyncio.get_running_loop()
-    start = loop.time()
-    deadline = start + settings.body_timeout_s
+    deadline = loop.time() + settings.body_timeout_s
     chunks, size = [], 0
     try:
         while True:
@@ -240,13 +259,8 @@ async def _read_body(request, settings: ServeSettings, budget: _Budget, drain: _
             if size > limit:
                 raise ProtocolError(f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413)
             if size > held:
-                budget.take(size - held)
+                await budget.take_within(size - held, settings.read_timeout_s)
                 held = size
-            elif held > size:
-                elapsed = loop.time() - start
-                if elapsed > settings.read_timeout_s and size < MIN_UPLOAD_BYTES_PER_S * elapsed:
-                    budget.give(held - size)  # too slow to keep its reservation: charged as it arrives from now
-                    held = size
             if chunk:
                 chunks.append(chunk)
             if not message.get("more_body", False):
@@ -271,7 +285,8 @@ class _HttpGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        target = len(scope.get("raw_path") or scope.get("path", "").encode()) + len(scope.get("query_string") or b"")
+        query = scope.get("query_string") or b""
+        target = len(scope.get("raw_path") or scope.get("path", "").encode()) + (len(query) + 1 if query else 0)
         if target > self.max_url_bytes:
             body = json.dumps({"error": f"request target of {target} bytes exceeds {self.max_url_bytes} bytes "
                                         "(--max-url-bytes)"}).encode()
@@ -357,10 +372,13 @@ def create_app(runner, settings: ServeSettings):
         raise ConfigError(f"{{max_imgsz}} {max_hw[0]}x{max_hw[1]} is below the smallest size the model takes "
                           f"({rule.describe()})", params=["max_imgsz"])
     max_json = json_limit(max_rows, input_shape, settings.max_body_bytes, max_hw)
+    # a graph with dynamic height and width: one batch (a request, or requests merged) holds at most one
+    # --max-imgsz image's worth of pixels, several smaller images or one of the largest
+    max_elements = input_shape[0] * max_hw[0] * max_hw[1] if max_hw is not None else None
     parse_options = dict(input_name=inp.name, input_shape=input_shape, output_name=out_names, max_rows=max_rows,
                          max_json_bytes=max_json, rows_limit_source=rows_source, max_hw=max_hw)
     batcher = DynamicBatcher(infer, max_batch=merge_limit, timeout_s=settings.batch_timeout_ms / 1000,
-                             workers=settings.workers, metrics=metrics)
+                             workers=settings.workers, metrics=metrics, max_elements=max_elements)
     decoder = concurrent.futures.ThreadPoolExecutor(max_workers=settings.max_decodes, thread_name_prefix="acmix-decode")
     parsers: dict = {"pool": None}  # worker processes for large JSON bodies, started with the app
 
@@ -514,6 +532,10 @@ def create_app(runner, settings: ServeSettings):
                     rule.check(*req.tensor.shape[2:], what=f"model {settings.name}")
                 except InputShapeError as exc:
                     raise ProtocolError(str(exc)) from None
+            if max_elements is not None and req.tensor.size > max_elements:
+                h, w = req.tensor.shape[2:]
+                raise ProtocolError(f"{rows} rows of {h}x{w} exceed this server's pixels per batch (one "
+                                    f"{max_hw[0]}x{max_hw[1]} image, --max-imgsz); split the request")
             if max_batch is not None and not min_batch <= rows <= max_batch:
                 span = f"exactly {max_batch}" if min_batch == max_batch else f"{min_batch}..{max_batch}"
                 raise ProtocolError(f"batch of {rows} is outside what the model accepts ({span})")

@@ -64,7 +64,7 @@ def _shape_of(item: _Pending) -> tuple:
 class DynamicBatcher:
     def __init__(self, infer: Callable[[np.ndarray], "np.ndarray | list[np.ndarray]"], max_batch: int = 8,
                  timeout_s: float = 0.002,
-                 workers: int = 1, metrics: ServerMetrics | None = None):
+                 workers: int = 1, metrics: ServerMetrics | None = None, max_elements: int | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
         if timeout_s < 0:
@@ -73,6 +73,9 @@ class DynamicBatcher:
             raise ValueError(f"workers must be positive, got {workers}")
         self.infer = infer
         self.max_batch = max_batch
+        # most input elements one merged batch may hold (a graph with dynamic height and width: rows of large
+        # images are merged only while their pixels fit); None: rows alone decide
+        self.max_elements = max_elements
         self.timeout_s = timeout_s
         self.workers = workers
         self.metrics = metrics
@@ -168,11 +171,14 @@ class DynamicBatcher:
             batch, rows = [first], first.rows
             self._collecting = batch
             deadline = loop.time() + self.timeout_s
-            while rows < self.max_batch:
+            room = self.max_batch
+            if self.max_elements is not None:
+                room = max(1, min(room, self.max_elements // max(1, int(np.prod(_shape_of(first))))))
+            while rows < room:
                 item = await self._next(deadline - loop.time(), _shape_of(first))
                 if item is None:
                     break
-                if rows + item.rows > self.max_batch:
+                if rows + item.rows > room:
                     self._held.append(item)  # set aside; the oldest set-aside request opens the next batch
                     break
                 batch.append(item)

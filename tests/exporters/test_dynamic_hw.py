@@ -636,6 +636,34 @@ def test_batcher_batches_only_requests_of_the_same_size():
     assert seen == [(4, 1, 16, 16), (4, 1, 16, 24), (4, 1, 24, 16)]
 
 
+def test_batcher_merges_large_images_only_while_their_pixels_fit():
+    """max_elements (serve --max-imgsz on a --dynamic-hw graph): 16x16 images merge four to a batch, 32x32 ones
+    (four times the pixels) run one at a time, whatever max_batch allows."""
+    import asyncio
+
+    from acmix_deploy.serving import DynamicBatcher
+
+    seen = []
+
+    def infer(x):
+        seen.append(tuple(x.shape))
+        return x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True)
+
+    async def scenario():
+        batcher = DynamicBatcher(infer, max_batch=8, timeout_s=60.0, max_elements=4 * 16 * 16)
+        await batcher.start()
+        xs = [np.full((1, 1, 32, 32), i, np.float32) for i in range(2)]
+        xs += [np.full((1, 1, 16, 16), i, np.float32) for i in range(4)]
+        outs = await asyncio.wait_for(asyncio.gather(*(batcher.submit(x) for x in xs)), 60.0)
+        await batcher.stop()
+        return xs, outs
+
+    xs, outs = asyncio.run(scenario())
+    for x, y in zip(xs, outs):
+        assert np.array_equal(y, x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True))
+    assert seen == [(1, 1, 32, 32), (1, 1, 32, 32), (4, 1, 16, 16)]
+
+
 def test_server_takes_every_valid_size_of_a_dynamic_graph(tiny_dynamic):
     """serve: one --dynamic-hw graph answers requests of several sizes, concurrently (batched by size),
     exactly; a size outside the rule is a 400 naming it; the metadata shows -1 for height and width."""
