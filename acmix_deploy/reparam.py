@@ -311,7 +311,7 @@ def leftover_report(model: nn.Module, skipped: dict[str, str] | None = None,
             reason = "not converted"
         else:
             reason = "training-form operator not folded (its parent folds it, or nothing called its fuse())"
-        if "look-alike" in kind:  # (inside a module that only resembles ACmix, BatchNorms are still listed)
+        if "look-alike" in kind:
             inside_lookalike.append(name)
         out.append(Leftover(path, kind, reason))
     return out
