@@ -41,7 +41,7 @@ from .util import default_dtype
 
 __all__ = ["PROBE_TOL", "PROBES", "Adoption", "acmix_resemblance", "acmix_structure", "swin_attention_structure", "looks_like_acmix",
            "looks_like_swin_attention", "adopt", "adopt_swin_attention", "adopt_foreign_operators",
-           "is_ours", "replace_module", "replace_everywhere", "carry_attributes"]
+           "is_ours", "replace_everywhere", "carry_attributes"]
 
 # The probe compares two float32 evaluations of the same formula (the official
 # unfold form and ours, which matches a float64 transcription of the official
@@ -165,7 +165,10 @@ def acmix_resemblance(m: nn.Module) -> str | None:
     not one.  The answer is the structural check's first complaint, so that such a copy is reported instead
     of passed over in silence.
     """
-    if is_ours(m) or looks_like_acmix(m) or looks_like_swin_attention(m):
+    if is_ours(m) or looks_like_swin_attention(m):
+        return None
+    hparams, why = acmix_structure(m)
+    if hparams is not None:
         return None
     children = list(m.children())
     unfold = any(isinstance(c, nn.Unfold) for c in children)
@@ -175,7 +178,7 @@ def acmix_resemblance(m: nn.Module) -> str | None:
     named = "acmix" in type(m).__name__.lower()
     if not ((window and grouped and scalars >= 2) or (named and unfold)):
         return None
-    return acmix_structure(m)[1] or "not the official structure"
+    return why or "not the official structure"
 
 
 _SWIN_CHILDREN = {"qkv", "proj", "fc", "dep_conv", "attn_drop", "proj_drop", "softmax"}
@@ -437,13 +440,6 @@ def carry_attributes(old: nn.Module, new: nn.Module) -> None:
             setattr(new, key, value)
         except (AttributeError, TypeError):
             pass
-
-
-def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
-    """Put ``new`` at the dotted ``path`` under ``root`` (``Sequential``/``ModuleList`` indices included)."""
-    parent_path, _, name = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, name, new)
 
 
 def replace_everywhere(root: nn.Module, old: nn.Module, new: nn.Module) -> None:

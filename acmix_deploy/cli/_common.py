@@ -118,12 +118,13 @@ def _human(n: float) -> str:
 
 
 
-def _imgsz(values: Optional[list[int]]):
-    """``--imgsz N`` (square) or ``--imgsz H W`` (given as two values) -> None, N or (H, W)."""
+def _imgsz(values: Optional[list[int]], flag: str = "--imgsz"):
+    """``--imgsz N`` (square) or ``--imgsz H W`` (given as two values) -> None, N or (H, W); ``flag`` names the
+    option in the error (``serve --max-imgsz`` takes sizes the same way)."""
     if not values:
         return None
     if len(values) > 2:
-        raise AcmixDeployError(f"--imgsz takes one size (N) or two (H W), got {len(values)}: {values}")
+        raise AcmixDeployError(f"{flag} takes one size (N) or two (H W), got {len(values)}: {values}")
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 

@@ -42,17 +42,16 @@ def serve(
     """Serve a model over HTTP with the KServe v2 / Triton inference protocol (dynamic batching, /metrics)."""
     from ..serving.app import ServeSettings, serve as run_server
 
+    try:
+        top = _imgsz(max_imgsz, "--max-imgsz")
+    except AcmixDeployError as exc:
+        _fail(exc)
     settings = ServeSettings(name=name or model.name.split(".")[0], host=host, port=port, max_batch=max_batch,
                              batch_timeout_ms=batch_timeout_ms, workers=workers, max_body_mb=max_body_mb,
                              max_inflight_mb=max_inflight_mb, max_decodes=max_decodes, max_connections=max_connections,
                              read_timeout_s=read_timeout_s, body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s,
-                             graceful_timeout_s=graceful_timeout_s, max_url_bytes=max_url_bytes)
-    try:
-        top = _imgsz(max_imgsz)
-    except AcmixDeployError as exc:
-        _fail(AcmixDeployError(str(exc).replace("--imgsz", "--max-imgsz")))
-    if top is not None:
-        settings.max_imgsz = (top, top) if isinstance(top, int) else tuple(top)
+                             graceful_timeout_s=graceful_timeout_s, max_url_bytes=max_url_bytes,
+                             **({} if top is None else {"max_imgsz": (top, top) if isinstance(top, int) else tuple(top)}))
 
     def announce(runner, address) -> None:
         inp = runner.input_spec

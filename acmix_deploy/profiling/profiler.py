@@ -123,18 +123,22 @@ class _Target:
     conv_layout: str | None = None  # torch eager with ProfileSettings.conv_layouts: the layout it runs
 
 
+def _layout_block(conv_layout: str | None):
+    """The ``with`` block a torch target runs in: its convolution-path layout forced, or (None, ``auto``) the rule's."""
+    return conv_path_layout(None if conv_layout in (None, "auto") else conv_layout)
+
+
 def _torch_target(model: nn.Module, backend: str, form: str, device: str, conv_layout: str | None = None) -> _Target:
     model = model.eval().to(device)
     fn = model
     if backend == "torch-compile":
         fn = torch.compile(model)
-    forced = None if conv_layout in (None, "auto") else conv_layout
 
     def make(x: np.ndarray):
         xt = torch.from_numpy(x).to(device)
 
         def run():
-            with torch.inference_mode(), conv_path_layout(forced):
+            with torch.inference_mode(), _layout_block(conv_layout):
                 return fn(xt)
 
         return run
@@ -518,8 +522,7 @@ def profile_model(path: str | os.PathLike, settings: ProfileSettings, progress: 
             for target in targets:
                 label = f"{target.backend}/{target.form}" + (f" ({target.conv_layout})" if target.conv_layout else "")
                 if target.kind == "torch":
-                    forced = None if target.conv_layout in (None, "auto") else target.conv_layout
-                    with conv_path_layout(forced):
+                    with _layout_block(target.conv_layout):
                         layers[label] = _torch_layers(target.handle, x, settings.device)
                 elif target.kind == "onnxruntime":
                     layers[label] = _ort_layers(onnx_paths[target.form], x, settings.threads)

@@ -51,8 +51,8 @@ from ..runtime.loader import open_runner
 from ..util import require
 from .batching import DynamicBatcher
 from .metrics import ServerMetrics
-from .protocol import (HEADER_LENGTH, ProtocolError, encode_outputs, exit_with_parent, json_limit, parse_with_options,
-                       v2_datatype)
+from .protocol import (HEADER_LENGTH, ProtocolError, decode_and_parse, encode_outputs, exit_with_parent,
+                       header_length_value, json_limit, v2_datatype)
 
 __all__ = ["MODEL_VERSION", "ServeSettings", "bind_socket", "build_server", "create_app", "serve"]
 
@@ -181,13 +181,9 @@ class _Budget:
         return ProtocolError(f"server is busy: {self.used} bytes of request bodies are held, taking {n} more "
                              f"would pass --max-inflight-mb ({self.limit} bytes); retry later", 503)
 
-    def take(self, n: int) -> None:
-        if self.used + n > self.limit:
-            raise self._busy(n)
-        self.used += n
-
     async def take_within(self, n: int, wait_s: float) -> None:
-        """``take``, waiting up to ``wait_s`` for other requests to give room back (back-pressure on an upload)."""
+        """Hold ``n`` more bytes, waiting up to ``wait_s`` for other requests to give room back (back-pressure on an
+        upload); 503 when there is still none."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while self.used + n > self.limit:
@@ -372,8 +368,8 @@ def create_app(runner, settings: ServeSettings):
         raise ConfigError(f"{{max_imgsz}} {max_hw[0]}x{max_hw[1]} is below the smallest size the model takes "
                           f"({rule.describe()})", params=["max_imgsz"])
     max_json = json_limit(max_rows, input_shape, settings.max_body_bytes, max_hw)
-    # a graph with dynamic height and width: one batch (a request, or requests merged) holds at most one
-    # --max-imgsz image's worth of pixels, several smaller images or one of the largest
+    # a graph with dynamic height and width: one batch (a request: checked by the parser; or requests merged by
+    # the batcher) holds at most one --max-imgsz image's worth of pixels, several smaller images or one of the largest
     max_elements = input_shape[0] * max_hw[0] * max_hw[1] if max_hw is not None else None
     parse_options = dict(input_name=inp.name, input_shape=input_shape, output_name=out_names, max_rows=max_rows,
                          max_json_bytes=max_json, rows_limit_source=rows_source, max_hw=max_hw)
@@ -491,8 +487,8 @@ def create_app(runner, settings: ServeSettings):
         interpreter lock (a thread's would, and the loop would stop answering meanwhile)."""
         loop = asyncio.get_running_loop()
         # the JSON part's size decides (a body of JSON only may also name its whole length in the header)
-        digits = header_length is not None and header_length.isascii() and header_length.isdigit()
-        json_bytes = int(header_length) if digits and len(header_length) <= 20 else len(raw)  # else the parser refuses it
+        declared = None if header_length is None else header_length_value(header_length)  # None: refused later
+        json_bytes = len(raw) if declared is None else declared
         in_process = (min(json_bytes, len(raw)) > JSON_IN_PROCESS_BYTES or bool(encoding)) and not parsers.get("disabled")
         args = (raw, encoding, header_length, settings.max_body_bytes, parse_options)
         if in_process:
@@ -501,9 +497,9 @@ def create_app(runner, settings: ServeSettings):
             except Exception:  # processes cannot start any more (limits reached): a thread parses this body
                 in_process = False
         if not in_process:
-            return await loop.run_in_executor(decoder, parse_with_options, *args)
+            return await loop.run_in_executor(decoder, decode_and_parse, *args)
         try:
-            return await asyncio.wait_for(loop.run_in_executor(pool, parse_with_options, *args),
+            return await asyncio.wait_for(loop.run_in_executor(pool, decode_and_parse, *args),
                                           settings.body_timeout_s)
         except (BrokenProcessPool, asyncio.TimeoutError) as exc:
             # a worker died (killed for memory) or the pool stopped answering: a fresh pool for the next requests
@@ -532,10 +528,6 @@ def create_app(runner, settings: ServeSettings):
                     rule.check(*req.tensor.shape[2:], what=f"model {settings.name}")
                 except InputShapeError as exc:
                     raise ProtocolError(str(exc)) from None
-            if max_elements is not None and req.tensor.size > max_elements:
-                h, w = req.tensor.shape[2:]
-                raise ProtocolError(f"{rows} rows of {h}x{w} exceed this server's pixels per batch (one "
-                                    f"{max_hw[0]}x{max_hw[1]} image, --max-imgsz); split the request")
             if max_batch is not None and not min_batch <= rows <= max_batch:
                 span = f"exactly {max_batch}" if min_batch == max_batch else f"{min_batch}..{max_batch}"
                 raise ProtocolError(f"batch of {rows} is outside what the model accepts ({span})")

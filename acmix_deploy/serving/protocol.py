@@ -39,9 +39,8 @@ import numpy as np
 from ..errors import ConfigError
 
 __all__ = ["HEADER_LENGTH", "DATATYPES", "v2_datatype", "InferRequest", "ProtocolError", "decode_and_parse",
-           "exit_with_parent", "parse_with_options",
-           "decode_body", "encode_outputs",
-           "encode_response", "json_limit", "loads_json", "parse_infer_request"]
+           "decode_body", "encode_outputs", "encode_response", "exit_with_parent", "header_length_value", "json_limit",
+           "loads_json", "parse_infer_request"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -142,13 +141,18 @@ def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
+def header_length_value(value: str) -> int | None:
+    """The ``Inference-Header-Content-Length`` value as an integer, or None when it is not one: decimal digits
+    only, as HTTP's Content-Length (``int()`` would also take " 120 ", "+120" and "12_0"), at most 20 of them."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 20 else None
+
+
 def _header_length(value: str | None, body_len: int) -> int | None:
     if value is None:
         return None
-    # decimal digits only, as HTTP's Content-Length: int() would also take " 120 ", "+120" and "12_0"
-    if not (value.isascii() and value.isdigit()) or len(value) > 20:
+    n = header_length_value(value)
+    if n is None:
         raise ProtocolError(f"{HEADER_LENGTH} must be a decimal integer, got {value!r}"[:300])
-    n = int(value)
     if not 0 < n <= body_len:
         raise ProtocolError(f"{HEADER_LENGTH} {n} does not lie within the body's {body_len} bytes")
     return n
@@ -320,7 +324,7 @@ def parse_infer_request(
     ``max_rows`` refuses a batch axis above the model's limit (as Triton
     refuses batches above ``max_batch_size``) before any tensor is built;
     ``max_json_bytes`` bounds the JSON part (see :func:`json_limit`);
-    ``max_hw`` bounds a dynamic height and width (``--max-imgsz``).
+    ``max_hw`` bounds a dynamic height and width (``--max-imgsz``), each axis and the pixels of all rows.
     """
     n_header = _header_length(header_length, len(body))
     head = body[:n_header] if n_header is not None else body
@@ -367,6 +371,9 @@ def parse_infer_request(
             if input_shape[axis - 1] < 0 and shape[axis] > top:
                 raise ProtocolError(f"input {input_name!r}: {label} {shape[axis]} exceeds this server's limit of "
                                     f"{max_hw[0]}x{max_hw[1]} (--max-imgsz)")
+        if input_shape[1] < 0 and shape[0] * shape[2] * shape[3] > max_hw[0] * max_hw[1]:
+            raise ProtocolError(f"{shape[0]} rows of {shape[2]}x{shape[3]} exceed this server's pixels per batch "
+                                f"(one {max_hw[0]}x{max_hw[1]} image, --max-imgsz); split the request")
     if max_rows is not None and shape[0] > max_rows:
         raise ProtocolError(f"input {input_name!r}: batch of {shape[0]} rows exceeds this model's limit of "
                             f"{max_rows} rows per request ({rows_limit_source}); split the request")
@@ -479,19 +486,14 @@ def encode_outputs(model_name: str, model_version: str, request_id: str | None,
 
 
 def decode_and_parse(raw: bytes, encoding: str | None, header_length: str | None, body_limit: int,
-                     **parse_options) -> InferRequest:
-    """:func:`decode_body` then :func:`parse_infer_request` (``parse_options``): one request body, start to end.
+                     options: dict) -> InferRequest:
+    """:func:`decode_body` then :func:`parse_infer_request` (keyword ``options``): one request body, start to end.
 
-    A module-level function (picklable), so that the server can run it in a worker process: parsing a large
-    JSON body holds the interpreter lock for seconds, which a thread would take from the event loop.
+    A module-level function with positional arguments (what a process pool passes), so that the server can
+    run it in a worker process: parsing a large JSON body holds the interpreter lock for seconds, which a
+    thread would take from the event loop.
     """
-    return parse_infer_request(decode_body(raw, encoding, body_limit), header_length, **parse_options)
-
-
-def parse_with_options(raw: bytes, encoding: str | None, header_length: str | None, body_limit: int,
-                       options: dict) -> InferRequest:
-    """:func:`decode_and_parse` with its parse options as one mapping (positional: what a process pool passes)."""
-    return decode_and_parse(raw, encoding, header_length, body_limit, **options)
+    return parse_infer_request(decode_body(raw, encoding, body_limit), header_length, **options)
 
 
 def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:

@@ -71,21 +71,26 @@ def _closed_by_server(sock: socket.socket, within_s: float) -> tuple[bool, bytes
     return False, got
 
 
+def _trickle(sock: socket.socket, payload: bytes, period_s: float, stop: threading.Event) -> None:
+    """Sends ``payload`` every ``period_s`` from a daemon thread until ``stop`` is set or the server closes."""
+
+    def run():
+        while not stop.is_set():
+            try:
+                sock.sendall(payload)
+            except OSError:
+                return
+            time.sleep(period_s)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
 def test_declared_lengths_reserve_nothing(onnx_model):
     """Four uploads declare 16 MiB each (the whole 64 MiB in-flight budget) and send a byte every 0.25 s, and two
     more declare as much and send nothing: a valid request is answered 200 at once (declared lengths used to be
     reserved, and connections that reconnect after each 408 could hold the budget for good)."""
     srv = Proc(onnx_model, "--max-inflight-mb", "64", "--max-body-mb", "16")
     socks, stop = [], threading.Event()
-
-    def trickle(s):
-        while not stop.is_set():
-            try:
-                s.sendall(b" ")
-            except OSError:
-                return
-            time.sleep(0.25)
-
     try:
         for i in range(6):
             s = socket.create_connection(("127.0.0.1", srv.port))
@@ -93,7 +98,7 @@ def test_declared_lengths_reserve_nothing(onnx_model):
                       .encode())
             socks.append(s)
             if i < 4:
-                threading.Thread(target=trickle, args=(s,), daemon=True).start()
+                _trickle(s, b" ", 0.25, stop)
         x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
         body, headers = binary_request(x)
         time.sleep(0.3)
@@ -106,7 +111,7 @@ def test_declared_lengths_reserve_nothing(onnx_model):
         srv.close()
 
 
-@pytest.mark.parametrize("method, path", [("POST", f"/v2/models/nope/infer"), ("GET", "/v2/health/ready")])
+@pytest.mark.parametrize("method, path", [("POST", "/v2/models/nope/infer"), ("GET", "/v2/health/ready")])
 def test_answer_before_an_unread_body_closes_the_connection(onnx_model, method, path):
     """A never-ending chunked body to a route that answers without reading it: answered, then closed at once
     (well before --read-timeout-s 1 s / --body-timeout-s 3 s could matter)."""
@@ -115,17 +120,7 @@ def test_answer_before_an_unread_body_closes_the_connection(onnx_model, method, 
         s = socket.create_connection(("127.0.0.1", srv.port))
         s.sendall(f"{method} {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n".encode())
         stop = threading.Event()
-
-        def trickle():  # keeps sending chunks until the server closes
-            while not stop.is_set():
-                try:
-                    s.sendall(b"1\r\nx\r\n")
-                except OSError:
-                    return
-                time.sleep(0.05)
-
-        t = threading.Thread(target=trickle, daemon=True)
-        t.start()
+        _trickle(s, b"1\r\nx\r\n", 0.05, stop)  # keeps sending chunks until the server closes
         closed, got = _closed_by_server(s, 0.8)
         stop.set()
         s.close()
